@@ -1,0 +1,588 @@
+#!/usr/bin/env bash
+#
+# build.sh - build, format and test helper for chatcluster.
+#
+# Usage: ./build.sh <command> [args...]
+#
+#   build           go build -o bin/ ./cmd/...
+#   test [ARGS...]  full test suite: starts private MariaDB and Redis
+#                   instances, then runs gofmt, go vet and go test -race
+#                   (ARGS are passed through to go test, e.g. -run X)
+#   fmt             gofmt -w .
+#   help            show this help
+#
+# The service helpers (start_mariadb, start_redis, stop_all) never touch the
+# system services or their default ports: every instance lives in a private
+# state directory, listens on 127.0.0.1 on a free random port, and is stopped
+# again by an EXIT trap.
+
+set -euo pipefail
+
+# Always operate from the repository root (the directory holding this script).
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+cd "$REPO_ROOT"
+
+# Packages providing the services the test suite needs.
+APT_PACKAGES=(redis-server mariadb-server nginx libnginx-mod-stream)
+
+# Dynamic module file shipped by Debian's libnginx-mod-stream.
+NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
+
+# Port range used for private service instances.
+PORT_MIN=20000
+PORT_MAX=60000
+
+# Seconds to wait for a service to come up, and for one to shut down.
+START_TIMEOUT=60
+STOP_TIMEOUT=30
+
+# Bookkeeping for everything this script started.
+STATE_DIR=""          # temp dir holding data, sockets, logs and pid files
+STARTED_PIDS=()       # pids of started services, in start order
+STARTED_NAMES=()      # matching human readable names
+ALLOCATED_PORTS=()    # ports handed out by free_port in this run
+STEP_PID=""           # pid (== process group id) of the running test step
+FREE_PORT=""          # result of free_port (not a subshell, so it can record)
+
+# Set by the start_* functions.
+MARIADB_PID=""
+MARIADB_PORT=""
+MARIADB_SOCKET=""
+REDIS_PID=""
+REDIS_PORT=""
+
+# ---------------------------------------------------------------------------
+# Output helpers
+# ---------------------------------------------------------------------------
+
+log() {
+	printf '==> %s\n' "$*" >&2
+}
+
+warn() {
+	printf 'WARNING: %s\n' "$*" >&2
+}
+
+die() {
+	printf 'ERROR: %s\n' "$*" >&2
+	exit 1
+}
+
+# banner TEXT: a clearly visible header for each test step.
+banner() {
+	printf '\n' >&2
+	printf '==================================================================\n' >&2
+	printf '== %s\n' "$*" >&2
+	printf '==================================================================\n' >&2
+}
+
+usage() {
+	cat <<'EOF'
+Usage: ./build.sh <command> [args...]
+
+Commands:
+  build           build all binaries under cmd/ into bin/
+  test [ARGS...]  run the full test suite against private MariaDB and Redis
+                  instances (gofmt check, go vet, go test -race); ARGS are
+                  passed to go test, e.g. ./build.sh test -run TestFoo ./store/
+  fmt             format all Go sources in place (gofmt -w .)
+  help            show this help
+EOF
+}
+
+# ---------------------------------------------------------------------------
+# Generic helpers
+# ---------------------------------------------------------------------------
+
+# first_cmd NAME...: print the path of the first NAME found in PATH (or in
+# the sbin directories, which are not always in a non-root PATH).
+first_cmd() {
+	local name path
+	for name in "$@"; do
+		if path="$(command -v "$name" 2>/dev/null)"; then
+			printf '%s\n' "$path"
+			return 0
+		fi
+		for path in "/usr/sbin/$name" "/sbin/$name" "/usr/local/sbin/$name"; do
+			if [[ -x "$path" ]]; then
+				printf '%s\n' "$path"
+				return 0
+			fi
+		done
+	done
+	return 1
+}
+
+# as_root CMD...: run CMD as root, through sudo when not already root.
+as_root() {
+	if [[ "$(id -u)" -eq 0 ]]; then
+		"$@"
+	elif command -v sudo >/dev/null 2>&1; then
+		sudo "$@"
+	else
+		die "need root privileges (or sudo) to run: $*"
+	fi
+}
+
+# raise_nofile: raise the soft open-files limit to the hard limit; the race
+# detector, MariaDB and Redis all like many file descriptors.
+raise_nofile() {
+	local hard
+	hard="$(ulimit -Hn)"
+	if ! ulimit -Sn "$hard" 2>/dev/null; then
+		warn "could not raise open files limit to $hard (soft limit stays $(ulimit -Sn))"
+	fi
+	log "open files limit: $(ulimit -Sn)"
+}
+
+# nginx_has_stream: true when nginx can proxy TCP streams, i.e. the dynamic
+# stream module is installed or nginx was built with the module compiled in
+# (Debian's "nginx -V" lists --with-stream=dynamic even when the module
+# package is missing, so only a static --with-stream counts).
+nginx_has_stream() {
+	[[ -f "$NGINX_STREAM_MODULE" ]] && return 0
+	local nginx
+	nginx="$(first_cmd nginx)" || return 1
+	"$nginx" -V 2>&1 | grep -Eq -- '--with-stream([[:space:]]|$)'
+}
+
+# packages_present: true when every tool the test suite needs is installed.
+packages_present() {
+	first_cmd redis-server >/dev/null &&
+		first_cmd redis-cli >/dev/null &&
+		first_cmd mariadbd mysqld >/dev/null &&
+		first_cmd mariadb-install-db mysql_install_db >/dev/null &&
+		first_cmd mariadb-admin mysqladmin >/dev/null &&
+		first_cmd mariadb mysql >/dev/null &&
+		first_cmd nginx >/dev/null &&
+		nginx_has_stream
+}
+
+# ensure_packages: install the service packages with apt when any is missing.
+# The lock timeout makes apt wait for a concurrently running apt/dpkg.
+ensure_packages() {
+	if packages_present; then
+		log "required packages present"
+		return 0
+	fi
+	log "installing missing packages: ${APT_PACKAGES[*]}"
+	as_root apt-get -o DPkg::Lock::Timeout=600 update
+	as_root env DEBIAN_FRONTEND=noninteractive \
+		apt-get -o DPkg::Lock::Timeout=600 install -y "${APT_PACKAGES[@]}"
+	packages_present || die "required packages still missing after apt-get install"
+}
+
+# used_ports: print every local TCP port in LISTEN state, one per line.
+# Uses ss when available, otherwise parses /proc/net/tcp{,6} (hex ports,
+# state 0A == LISTEN).
+used_ports() {
+	if command -v ss >/dev/null 2>&1; then
+		ss -Hltn | awk '{ n = split($4, a, ":"); print a[n] }'
+	else
+		local f
+		for f in /proc/net/tcp /proc/net/tcp6; do
+			[[ -r "$f" ]] || continue
+			awk 'NR > 1 && $4 == "0A" { split($2, a, ":"); print strtonum("0x" a[2]) }' "$f"
+		done
+	fi
+}
+
+# free_port: set FREE_PORT to a random TCP port in [PORT_MIN, PORT_MAX] that
+# nothing listens on and that this script has not handed out before (it sets
+# a variable instead of printing, because a $(...) subshell could not record
+# the port). There is an unavoidable race with other processes; the start_*
+# functions retry with a new port when the bind fails.
+free_port() {
+	local used port tries p taken
+	used=" $(used_ports | tr '\n' ' ') ${ALLOCATED_PORTS[*]:-} "
+	for ((tries = 0; tries < 1000; tries++)); do
+		port=$((PORT_MIN + (RANDOM * 32768 + RANDOM) % (PORT_MAX - PORT_MIN + 1)))
+		taken=0
+		for p in $used; do
+			if [[ "$p" == "$port" ]]; then
+				taken=1
+				break
+			fi
+		done
+		if ((taken == 0)); then
+			ALLOCATED_PORTS+=("$port")
+			FREE_PORT="$port"
+			return 0
+		fi
+	done
+	die "no free port found in $PORT_MIN-$PORT_MAX"
+}
+
+# pid_alive PID: true while PID exists and is not a zombie.
+pid_alive() {
+	local state
+	[[ -r "/proc/$1/stat" ]] || return 1
+	# The state is the field after the parenthesised command name.
+	state="$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" || return 1
+	[[ -n "$state" && "$state" != "Z" ]]
+}
+
+# register_pid NAME PID: remember a started service so stop_all stops it.
+register_pid() {
+	STARTED_NAMES+=("$1")
+	STARTED_PIDS+=("$2")
+}
+
+# unregister_last: forget the most recently registered service (after it
+# failed to start and was stopped), so its pid is never signalled again.
+unregister_last() {
+	local n=$((${#STARTED_PIDS[@]} - 1))
+	if ((n >= 0)); then
+		unset "STARTED_PIDS[n]" "STARTED_NAMES[n]"
+	fi
+}
+
+# stop_pid NAME PID [SIGNAL]: stop a process, or with a negative PID a whole
+# process group (whose leader is -PID): send SIGNAL (default TERM), wait up to
+# STOP_TIMEOUT seconds for the (leader) process to exit, then SIGKILL what is
+# left (for a group: any member still running); finally reap it.
+stop_pid() {
+	local name="$1" pid="$2" sig="${3:-TERM}" target i
+	target="${pid#-}"
+	if pid_alive "$target"; then
+		log "stopping $name (pid $target)"
+		kill "-$sig" -- "$pid" 2>/dev/null || true
+		for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+			pid_alive "$target" || break
+			sleep 0.1
+		done
+		if pid_alive "$target"; then
+			warn "$name (pid $target) did not exit after ${STOP_TIMEOUT}s, killing it"
+			kill -KILL -- "$pid" 2>/dev/null || true
+		fi
+	fi
+	if [[ "$pid" == -* ]]; then
+		# Members of the group may outlive its leader.
+		kill -KILL -- "$pid" 2>/dev/null || true
+	fi
+	# Reap our child; this fails harmlessly for processes we did not fork.
+	wait "$target" 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------------------
+# Services
+# ---------------------------------------------------------------------------
+
+# start_mariadb DIR: initialise a fresh MariaDB data directory in DIR/mysql
+# and start a private server on 127.0.0.1:<free port> with its socket at
+# DIR/mysql.sock. Creates database chat_test and user chat/chat (all
+# privileges, since tests create their own databases). Sets MARIADB_PID,
+# MARIADB_PORT and MARIADB_SOCKET.
+start_mariadb() {
+	local dir="$1"
+	local mariadbd install_db admin client
+	local datadir="$dir/mysql" errlog="$dir/mysql.err"
+	local sock="$dir/mysql.sock" pidfile="$dir/mysql.pid"
+	local user_args=() attempt port pid i up
+
+	mariadbd="$(first_cmd mariadbd mysqld)" || die "mariadbd not found"
+	install_db="$(first_cmd mariadb-install-db mysql_install_db)" || die "mariadb-install-db not found"
+	admin="$(first_cmd mariadb-admin mysqladmin)" || die "mariadb-admin not found"
+	client="$(first_cmd mariadb mysql)" || die "mariadb client not found"
+
+	# mariadbd refuses to run as root unless told to explicitly.
+	if [[ "$(id -u)" -eq 0 ]]; then
+		user_args=(--user=root)
+	fi
+
+	log "initialising MariaDB data directory $datadir"
+	mkdir -p "$datadir"
+	if ! "$install_db" --no-defaults --datadir="$datadir" "${user_args[@]}" \
+		--auth-root-authentication-method=normal --skip-test-db \
+		--skip-name-resolve >"$dir/mysql-install.log" 2>&1; then
+		cat "$dir/mysql-install.log" >&2
+		die "mariadb-install-db failed"
+	fi
+
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		free_port
+		port="$FREE_PORT"
+		log "starting MariaDB on 127.0.0.1:$port"
+		: >"$errlog"
+		# --no-defaults keeps /etc/mysql out of the picture, so the server
+		# charset is set explicitly (the compiled-in default is latin1).
+		# Durability is irrelevant for a throwaway test instance, so skip the
+		# doublewrite buffer and per-commit log flushes to speed tests up.
+		"$mariadbd" --no-defaults \
+			--datadir="$datadir" \
+			--socket="$sock" \
+			--port="$port" \
+			--bind-address=127.0.0.1 \
+			--pid-file="$pidfile" \
+			"${user_args[@]}" \
+			--skip-name-resolve \
+			--innodb-buffer-pool-size=256M \
+			--innodb-doublewrite=0 \
+			--innodb-flush-log-at-trx-commit=2 \
+			--max-connections=500 \
+			--character-set-server=utf8mb4 \
+			--collation-server=utf8mb4_unicode_ci \
+			--log-error="$errlog" \
+			</dev/null >>"$errlog" 2>&1 &
+		pid=$!
+		register_pid mariadbd "$pid"
+
+		up=0
+		for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+			if "$admin" --no-defaults -S "$sock" -uroot ping >/dev/null 2>&1; then
+				up=1
+				break
+			fi
+			pid_alive "$pid" || break
+			sleep 0.1
+		done
+		if ((up == 1)); then
+			break
+		fi
+		stop_pid mariadbd "$pid"
+		unregister_last
+		if ((attempt < 3)) && grep -q 'already in use' "$errlog"; then
+			warn "port $port was taken, retrying with another port"
+			continue
+		fi
+		printf -- '----- %s -----\n' "$errlog" >&2
+		cat "$errlog" >&2
+		die "MariaDB failed to start (log above)"
+	done
+
+	# Create the test database and the password-authenticated test user
+	# (over the socket as root, who has no password in this instance).
+	"$client" --no-defaults -S "$sock" -uroot <<'SQL'
+CREATE DATABASE IF NOT EXISTS chat_test CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+CREATE USER IF NOT EXISTS 'chat'@'127.0.0.1' IDENTIFIED BY 'chat';
+CREATE USER IF NOT EXISTS 'chat'@'localhost' IDENTIFIED BY 'chat';
+GRANT ALL PRIVILEGES ON *.* TO 'chat'@'127.0.0.1' WITH GRANT OPTION;
+GRANT ALL PRIVILEGES ON *.* TO 'chat'@'localhost' WITH GRANT OPTION;
+FLUSH PRIVILEGES;
+SQL
+
+	MARIADB_PID="$pid"
+	MARIADB_PORT="$port"
+	MARIADB_SOCKET="$sock"
+	log "MariaDB ready on 127.0.0.1:$port (pid $pid)"
+}
+
+# start_redis DIR: start a private, non-persistent Redis server on
+# 127.0.0.1:<free port> with its working directory in DIR/redis and its log
+# in DIR/redis.log. Sets REDIS_PID and REDIS_PORT.
+start_redis() {
+	local dir="$1"
+	local server cli workdir="$dir/redis" logfile="$dir/redis.log"
+	local attempt port pid i up
+
+	server="$(first_cmd redis-server)" || die "redis-server not found"
+	cli="$(first_cmd redis-cli)" || die "redis-cli not found"
+	mkdir -p "$workdir"
+
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		free_port
+		port="$FREE_PORT"
+		log "starting Redis on 127.0.0.1:$port"
+		: >"$logfile"
+		"$server" --port "$port" --bind 127.0.0.1 \
+			--save '' --appendonly no \
+			--dir "$workdir" --daemonize no \
+			--logfile "$logfile" \
+			</dev/null >"$dir/redis.out" 2>&1 &
+		pid=$!
+		register_pid redis-server "$pid"
+		printf '%s\n' "$pid" >"$dir/redis.pid"
+
+		up=0
+		for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+			if [[ "$("$cli" -h 127.0.0.1 -p "$port" ping 2>/dev/null)" == "PONG" ]]; then
+				up=1
+				break
+			fi
+			pid_alive "$pid" || break
+			sleep 0.1
+		done
+		if ((up == 1)); then
+			break
+		fi
+		stop_pid redis-server "$pid"
+		unregister_last
+		if ((attempt < 3)) && grep -qs 'already in use' "$logfile" "$dir/redis.out"; then
+			warn "port $port was taken, retrying with another port"
+			continue
+		fi
+		printf -- '----- %s -----\n' "$logfile" >&2
+		cat "$logfile" >&2
+		cat "$dir/redis.out" >&2
+		die "Redis failed to start (log above)"
+	done
+
+	REDIS_PID="$pid"
+	REDIS_PORT="$port"
+	log "Redis ready on 127.0.0.1:$port (pid $pid)"
+}
+
+# print_services: summary of the running private services.
+print_services() {
+	log "MariaDB: 127.0.0.1:${MARIADB_PORT:-?} socket ${MARIADB_SOCKET:-?} pid ${MARIADB_PID:-?}"
+	log "Redis:   127.0.0.1:${REDIS_PORT:-?} pid ${REDIS_PID:-?}"
+}
+
+# stop_all: stop the running test step (its whole process group) and every
+# service started by this script, newest first.
+stop_all() {
+	local i
+	if [[ -n "$STEP_PID" ]]; then
+		# Interrupt go test gracefully first so it reports what was running.
+		stop_pid "test step" "-$STEP_PID" INT
+		STEP_PID=""
+	fi
+	for ((i = ${#STARTED_PIDS[@]} - 1; i >= 0; i--)); do
+		stop_pid "${STARTED_NAMES[i]}" "${STARTED_PIDS[i]}"
+	done
+	STARTED_PIDS=()
+	STARTED_NAMES=()
+}
+
+# cleanup: EXIT trap; stops everything and removes the state directory while
+# preserving the script's exit status.
+cleanup() {
+	local rc=$?
+	# Do not let a second Ctrl-C or a failing command abort the cleanup.
+	trap '' INT TERM HUP
+	set +e
+	stop_all
+	if [[ -n "$STATE_DIR" && -d "$STATE_DIR" ]]; then
+		rm -rf -- "$STATE_DIR"
+	fi
+	exit "$rc"
+}
+
+# on_signal NAME CODE: turn a signal into a normal exit (which runs cleanup).
+on_signal() {
+	warn "caught SIG$1, shutting down"
+	exit "$2"
+}
+
+install_traps() {
+	trap cleanup EXIT
+	trap 'on_signal INT 130' INT
+	trap 'on_signal TERM 143' TERM
+	trap 'on_signal HUP 129' HUP
+}
+
+# run_step CMD...: run a test step in its own process group and wait for it.
+# Waiting on a background job (instead of running it in the foreground)
+# lets the signal traps fire immediately, and the separate process group
+# lets stop_all interrupt go test together with the test binaries it runs.
+run_step() {
+	local rc=0
+	set -m
+	"$@" &
+	STEP_PID=$!
+	set +m
+	wait "$STEP_PID" || rc=$?
+	STEP_PID=""
+	return "$rc"
+}
+
+# ---------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------
+
+cmd_build() {
+	mkdir -p bin
+	go build -o bin/ ./cmd/...
+}
+
+cmd_fmt() {
+	gofmt -w .
+}
+
+# has_package_args ARGS...: true when the go test arguments name packages
+# (".", "./x", "../x" or import paths of this module); otherwise cmd_test
+# appends ./... so that e.g. "test -run TestFoo" still covers every package.
+has_package_args() {
+	local module arg
+	module="$(go list -m 2>/dev/null || true)"
+	for arg in "$@"; do
+		case "$arg" in
+		. | ./* | ../*) return 0 ;;
+		esac
+		if [[ -n "$module" && ( "$arg" == "$module" || "$arg" == "$module/"* ) ]]; then
+			return 0
+		fi
+	done
+	return 1
+}
+
+# cmd_test [ARGS...]: set up services, then gofmt check, go vet, go test.
+cmd_test() {
+	local start_time unformatted test_args
+
+	banner "Preparing test environment"
+	raise_nofile
+	ensure_packages
+
+	install_traps
+	STATE_DIR="$(mktemp -d "${TMPDIR:-/tmp}/chatcluster-test.XXXXXX")"
+	log "state directory: $STATE_DIR"
+
+	start_time=$SECONDS
+	start_mariadb "$STATE_DIR"
+	start_redis "$STATE_DIR"
+	log "services started in $((SECONDS - start_time))s"
+	print_services
+
+	export CHAT_TEST_MYSQL_DSN="chat:chat@tcp(127.0.0.1:$MARIADB_PORT)/chat_test"
+	export CHAT_TEST_REDIS_ADDR="127.0.0.1:$REDIS_PORT"
+	CHAT_TEST_REDIS_SERVER="$(first_cmd redis-server)"
+	export CHAT_TEST_REDIS_SERVER
+	CHAT_TEST_MARIADBD="$(first_cmd mariadbd mysqld)"
+	export CHAT_TEST_MARIADBD
+	CHAT_TEST_NGINX="$(first_cmd nginx)"
+	export CHAT_TEST_NGINX
+	if [[ -f "$NGINX_STREAM_MODULE" ]]; then
+		export CHAT_TEST_NGINX_STREAM_MODULE="$NGINX_STREAM_MODULE"
+	fi
+	export CHAT_REQUIRE_SERVICES=1
+	env | grep -E '^CHAT_' | sort >&2
+
+	banner "gofmt -l ."
+	unformatted="$(gofmt -l .)"
+	if [[ -n "$unformatted" ]]; then
+		printf '%s\n' "$unformatted" >&2
+		die "the files above are not gofmt-formatted (run ./build.sh fmt)"
+	fi
+
+	banner "go vet ./..."
+	run_step go vet ./...
+
+	test_args=(-race -count=1 -timeout 20m "$@")
+	if ! has_package_args "$@"; then
+		test_args+=(./...)
+	fi
+	banner "go test ${test_args[*]}"
+	run_step go test "${test_args[@]}"
+
+	banner "All tests passed"
+}
+
+main() {
+	local cmd="${1:-help}"
+	if (($# > 0)); then
+		shift
+	fi
+	case "$cmd" in
+	build) cmd_build "$@" ;;
+	test) cmd_test "$@" ;;
+	fmt) cmd_fmt "$@" ;;
+	help | -h | --help) usage ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}
+
+main "$@"

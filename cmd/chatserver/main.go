@@ -1,0 +1,44 @@
+// Command chatserver runs one chatcluster node. With no database or Redis
+// configured it runs alone on an embedded SQLite file (chat.db).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/chatcluster/chatcluster/conf"
+	"github.com/chatcluster/chatcluster/server"
+)
+
+func main() {
+	cfg, err := conf.Load(os.Args[1:], os.Getenv, os.Stderr)
+	if errors.Is(err, conf.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "chatserver:", err)
+		os.Exit(2)
+	}
+	log := cfg.Logger(os.Stderr)
+	raiseFileLimit(log)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	app, err := server.Open(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", "err", err)
+		os.Exit(1)
+	}
+	<-ctx.Done()
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := app.Close(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,198 @@
+package codec
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"testing"
+)
+
+func frame(body string) []byte { return AppendFrame(nil, []byte(body)) }
+
+func TestDecode(t *testing.T) {
+	big := make([]byte, 4)
+	binary.BigEndian.PutUint32(big, 70000)
+	tests := []struct {
+		name     string
+		in       []byte
+		max      int
+		wantBody string
+		wantN    int
+		wantErr  error
+	}{
+		{"empty buffer", nil, 100, "", 0, ErrIncomplete},
+		{"partial header", []byte{0, 0}, 100, "", 0, ErrIncomplete},
+		{"header only", []byte{0, 0, 0, 5}, 100, "", 0, ErrIncomplete},
+		{"partial body", append([]byte{0, 0, 0, 5}, "ab"...), 100, "", 0, ErrIncomplete},
+		{"whole frame", frame(`{"a":1}`), 100, `{"a":1}`, 11, nil},
+		{"two frames", append(frame("x"), frame("yz")...), 100, "x", 5, nil},
+		{"zero length", []byte{0, 0, 0, 0, 1}, 100, "", 0, ErrEmptyFrame},
+		{"too large", big, 65536, "", 0, ErrFrameTooLarge},
+		{"exactly max", frame("abcd"), 4, "abcd", 8, nil},
+		{"max plus one", frame("abcde"), 4, "", 0, ErrFrameTooLarge},
+		{"huge length", []byte{0xff, 0xff, 0xff, 0xff}, 65536, "", 0, ErrFrameTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			body, n, err := Decode(tt.in, tt.max)
+			if !errors.Is(err, tt.wantErr) {
+				t.Fatalf("err = %v, want %v", err, tt.wantErr)
+			}
+			if string(body) != tt.wantBody || n != tt.wantN {
+				t.Fatalf("got (%q, %d), want (%q, %d)", body, n, tt.wantBody, tt.wantN)
+			}
+		})
+	}
+}
+
+func TestParseRequest(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		wantErr bool
+		msgid   MsgID
+		reqid   string
+	}{
+		{"login", `{"msgid":1,"id":3,"password":"secret1","reqid":7}`, false, MsgLogin, "7"},
+		{"string reqid", `{"msgid":13,"reqid":"abc"}`, false, MsgPing, `"abc"`},
+		{"unknown fields ignored", `{"msgid":13,"extra":[1,2]}`, false, MsgPing, ""},
+		{"malformed", `{"msgid":1,`, true, 0, ""},
+		{"not an object", `[1,2,3]`, true, 0, ""},
+		{"mistyped id keeps msgid and reqid", `{"msgid":6,"reqid":9,"toid":"two","msg":"x"}`, true, MsgOneChat, "9"},
+		{"float id", `{"msgid":6,"toid":1.5}`, true, MsgOneChat, ""},
+		{"object reqid", `{"msgid":13,"reqid":{"a":1}}`, true, MsgPing, ""},
+		{"invalid utf8", "{\"msgid\":6,\"msg\":\"\xff\xfe\"}", true, 0, ""},
+		{"mistyped msgid", `{"msgid":"1"}`, true, 0, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			req, err := ParseRequest([]byte(tt.in))
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tt.wantErr)
+			}
+			var bre *BadRequestError
+			if err != nil && !errors.As(err, &bre) {
+				t.Fatalf("error %T is not a *BadRequestError", err)
+			}
+			if req.MsgID != tt.msgid || string(req.ReqID) != tt.reqid {
+				t.Fatalf("got msgid %d reqid %q, want %d %q", req.MsgID, req.ReqID, tt.msgid, tt.reqid)
+			}
+		})
+	}
+}
+
+func TestClientMsgID(t *testing.T) {
+	ok := map[string]string{`"a1"`: "s:a1", `42`: "n:42", ``: "", `null`: ""}
+	for in, want := range ok {
+		r := &Request{ClientMsgID: []byte(in)}
+		got, err := r.ClientMsgIDString()
+		if err != nil || got != want {
+			t.Errorf("%s: got %q, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, in := range []string{`""`, `1.5`, `{}`, `"` + string(bytes.Repeat([]byte("x"), 65)) + `"`} {
+		r := &Request{ClientMsgID: []byte(in)}
+		if _, err := r.ClientMsgIDString(); err == nil {
+			t.Errorf("%s: accepted", in)
+		}
+	}
+}
+
+// decodeStream splits a byte stream into frames the way the server does:
+// appending each chunk to a buffer and decoding until ErrIncomplete.
+func decodeStream(chunks [][]byte, max int) (bodies []string, err error) {
+	var buf []byte
+	for _, c := range chunks {
+		buf = append(buf, c...)
+		for {
+			body, n, err := Decode(buf, max)
+			if errors.Is(err, ErrIncomplete) {
+				break
+			}
+			if err != nil {
+				return bodies, err
+			}
+			bodies = append(bodies, string(body))
+			buf = buf[n:]
+		}
+	}
+	return bodies, nil
+}
+
+func FuzzDecodeSplit(f *testing.F) {
+	f.Add([]byte(`{"msgid":1,"id":1,"password":"abcdef"}`), []byte(`{"msgid":13}`), uint8(3))
+	f.Add([]byte(`{"msgid":6,"toid":2,"msg":"héllo"}`), []byte("\xff\xfe"), uint8(1))
+	f.Add([]byte(`[`), []byte(`{}`), uint8(0))
+	f.Add([]byte{}, []byte(`{"msgid":"x"}`), uint8(7))
+	f.Fuzz(func(t *testing.T, a, b []byte, split uint8) {
+		stream := append(AppendFrame(nil, a), AppendFrame(nil, b)...)
+		// Split the stream into pieces of (split%7)+1 bytes.
+		step := int(split%7) + 1
+		var chunks [][]byte
+		for i := 0; i < len(stream); i += step {
+			chunks = append(chunks, stream[i:min(i+step, len(stream))])
+		}
+		bodies, err := decodeStream(chunks, 1<<20)
+		if len(a) == 0 {
+			if !errors.Is(err, ErrEmptyFrame) {
+				t.Fatalf("empty first frame: err = %v", err)
+			}
+			return
+		}
+		if len(b) == 0 {
+			if !errors.Is(err, ErrEmptyFrame) || len(bodies) != 1 {
+				t.Fatalf("empty second frame: bodies %d err %v", len(bodies), err)
+			}
+			return
+		}
+		if err != nil || len(bodies) != 2 || bodies[0] != string(a) || bodies[1] != string(b) {
+			t.Fatalf("split %d: got %q, %v", step, bodies, err)
+		}
+		for _, body := range bodies {
+			// Parsing never panics and always yields a Request.
+			if req, _ := ParseRequest([]byte(body)); req == nil {
+				t.Fatal("nil request")
+			}
+		}
+	})
+}
+
+func FuzzParseRequest(f *testing.F) {
+	for _, s := range []string{`{"msgid":1,"id":1,"password":"x"}`, `{"msgid":10,"groupid":1,"msg":"m","clientmsgid":"c"}`, "\xc3\x28", `{"msgid":1e400}`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		req, err := ParseRequest(body)
+		if req == nil {
+			t.Fatal("nil request")
+		}
+		if err == nil {
+			_, _ = req.ClientMsgIDString()
+		}
+	})
+}
+
+func BenchmarkDecodeParse(b *testing.B) {
+	buf := frame(`{"msgid":6,"toid":12345,"msg":"hello there, how are you?","clientmsgid":"c-1","reqid":99}`)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		body, _, err := Decode(buf, DefaultMaxFrame)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := ParseRequest(body); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkMarshalDelivery(b *testing.B) {
+	d := Delivery{MsgID: MsgOneChat, ID: 1, Name: "alice", ToID: 2, Msg: "hello there, how are you?", Time: "2026-11-25 10:00:00", Seq: 12345}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Marshal(&d); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,311 @@
+package codec
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+	"unicode/utf8"
+)
+
+// UserID identifies a user; ids are assigned by SIGNUP and start at 1.
+type UserID int64
+
+// GroupID identifies a group; ids are assigned by CREATE_GROUP and start at 1.
+type GroupID int64
+
+// Seq is a position in one user's inbox: 1, 2, 3, ... without gaps.
+type Seq int64
+
+// MsgID is the "msgid" of a message: what kind of message it is.
+type MsgID int
+
+// Message numbers. 1 to 10 are the original project's, 11 and up are new.
+const (
+	MsgLogin       MsgID = 1
+	MsgLoginAck    MsgID = 2
+	MsgLogout      MsgID = 3 // LOGINOUT
+	MsgSignup      MsgID = 4
+	MsgSignupAck   MsgID = 5
+	MsgOneChat     MsgID = 6
+	MsgAddFriend   MsgID = 7
+	MsgCreateGroup MsgID = 8
+	MsgAddGroup    MsgID = 9
+	MsgGroupChat   MsgID = 10
+	MsgAck         MsgID = 11
+	MsgDelivered   MsgID = 12
+	MsgPing        MsgID = 13
+	MsgPong        MsgID = 14
+	MsgKicked      MsgID = 15
+)
+
+// Errno is the error code carried in responses.
+type Errno int
+
+// Error codes. 2 is unused, as in the original project.
+const (
+	OK                 Errno = 0
+	ErrnoAuth          Errno = 1  // wrong id, password or token
+	ErrnoBadRequest    Errno = 3  // malformed JSON, missing or mistyped field, unknown msgid
+	ErrnoNotLoggedIn   Errno = 4  // request needs a logged-in session
+	ErrnoNotFound      Errno = 5  // no such user or group
+	ErrnoForbidden     Errno = 6  // e.g. not a member of the group
+	ErrnoConflict      Errno = 7  // name taken, already friends, already a member
+	ErrnoRateLimited   Errno = 8  // too many requests on this connection
+	ErrnoFrameTooLarge Errno = 9  // frame length above the server's maximum
+	ErrnoUnavailable   Errno = 10 // store or bus unavailable; retry later
+)
+
+var errnoText = map[Errno]string{
+	OK:                 "ok",
+	ErrnoAuth:          "wrong id, password or token",
+	ErrnoBadRequest:    "bad request",
+	ErrnoNotLoggedIn:   "not logged in",
+	ErrnoNotFound:      "not found",
+	ErrnoForbidden:     "forbidden",
+	ErrnoConflict:      "conflict",
+	ErrnoRateLimited:   "rate limited",
+	ErrnoFrameTooLarge: "frame too large",
+	ErrnoUnavailable:   "server unavailable, retry later",
+}
+
+// String returns a short human-readable description of e.
+func (e Errno) String() string {
+	if s, ok := errnoText[e]; ok {
+		return s
+	}
+	return "errno " + strconv.Itoa(int(e))
+}
+
+// TimeLayout is the layout of every "time" field.
+const TimeLayout = "2006-01-02 15:04:05"
+
+// FormatTime formats t as a protocol time string in t's location.
+func FormatTime(t time.Time) string { return t.Format(TimeLayout) }
+
+// Request is any client-to-server message. Pointer fields are nil when the
+// field is absent, so handlers can tell missing from zero.
+type Request struct {
+	MsgID       MsgID           `json:"msgid"`
+	ReqID       json.RawMessage `json:"reqid,omitempty"`
+	ID          *int64          `json:"id,omitempty"`
+	Password    *string         `json:"password,omitempty"`
+	Token       *string         `json:"token,omitempty"`
+	Name        *string         `json:"name,omitempty"`
+	ToID        *int64          `json:"toid,omitempty"`
+	Msg         *string         `json:"msg,omitempty"`
+	ClientMsgID json.RawMessage `json:"clientmsgid,omitempty"`
+	FriendID    *int64          `json:"friendid,omitempty"`
+	GroupName   *string         `json:"groupname,omitempty"`
+	GroupDesc   *string         `json:"groupdesc,omitempty"`
+	GroupID     *int64          `json:"groupid,omitempty"`
+	Seq         *int64          `json:"seq,omitempty"`
+}
+
+// BadRequestError describes why a frame is not a valid request.
+type BadRequestError struct{ Reason string }
+
+func (e *BadRequestError) Error() string { return "bad request: " + e.Reason }
+
+func badRequest(format string, args ...any) error {
+	return &BadRequestError{Reason: fmt.Sprintf(format, args...)}
+}
+
+// MaxClientMsgIDLen bounds the length of a clientmsgid.
+const MaxClientMsgIDLen = 64
+
+// ParseRequest decodes one frame body. On a *BadRequestError the returned
+// Request still carries whatever msgid and reqid could be read, so the error
+// response can echo them. Only a JSON object with an integer msgid, valid
+// UTF-8 and correctly typed fields is accepted; unknown fields are ignored.
+func ParseRequest(body []byte) (*Request, error) {
+	req := &Request{}
+	if !utf8.Valid(body) {
+		return req, badRequest("frame is not valid UTF-8")
+	}
+	err := json.Unmarshal(body, req)
+	if !validReqID(req.ReqID) {
+		req.ReqID = nil
+		if err == nil {
+			return req, badRequest("reqid must be a number or a string")
+		}
+	}
+	if err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			return req, badRequest("field %q has the wrong type (want %s)", te.Field, te.Type)
+		}
+		if errors.As(err, &te) {
+			return req, badRequest("frame must be a JSON object")
+		}
+		return req, badRequest("malformed JSON")
+	}
+	return req, nil
+}
+
+func validReqID(raw json.RawMessage) bool {
+	if len(raw) == 0 {
+		return true
+	}
+	switch c := raw[0]; {
+	case c == '"':
+		return true
+	case c == '-' || (c >= '0' && c <= '9'):
+		return true
+	}
+	return false
+}
+
+// ClientMsgIDString returns the request's clientmsgid normalised to a string,
+// "" when absent. A clientmsgid must be a non-empty string of at most
+// MaxClientMsgIDLen bytes or an integer.
+func (r *Request) ClientMsgIDString() (string, error) {
+	raw := r.ClientMsgID
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", badRequest("clientmsgid is malformed")
+		}
+		if s == "" || len(s) > MaxClientMsgIDLen {
+			return "", badRequest("clientmsgid must be 1..%d bytes", MaxClientMsgIDLen)
+		}
+		return "s:" + s, nil
+	}
+	var n int64
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return "", badRequest("clientmsgid must be a string or an integer")
+	}
+	return "n:" + strconv.FormatInt(n, 10), nil
+}
+
+// Ack is the ACK (11) response.
+type Ack struct {
+	MsgID   MsgID           `json:"msgid"`
+	ReqID   json.RawMessage `json:"reqid,omitempty"`
+	Ack     MsgID           `json:"ack"`
+	Errno   Errno           `json:"errno"`
+	ErrMsg  string          `json:"errmsg"`
+	GroupID GroupID         `json:"groupid,omitempty"`
+	Time    string          `json:"time,omitempty"`
+}
+
+// ErrorResponse is a LOGIN_ACK or SIGNUP_ACK that reports a failure.
+type ErrorResponse struct {
+	MsgID  MsgID           `json:"msgid"`
+	ReqID  json.RawMessage `json:"reqid,omitempty"`
+	Errno  Errno           `json:"errno"`
+	ErrMsg string          `json:"errmsg"`
+}
+
+// SignupAck is the SIGNUP_ACK (5) response to a successful signup.
+type SignupAck struct {
+	MsgID  MsgID           `json:"msgid"`
+	ReqID  json.RawMessage `json:"reqid,omitempty"`
+	Errno  Errno           `json:"errno"`
+	ErrMsg string          `json:"errmsg"`
+	ID     UserID          `json:"id"`
+}
+
+// Friend is one entry of LOGIN_ACK.friends.
+type Friend struct {
+	ID    UserID `json:"id"`
+	Name  string `json:"name"`
+	State string `json:"state"` // "online" or "offline"
+}
+
+// GroupUser is one member in LOGIN_ACK.groups[].users.
+type GroupUser struct {
+	ID    UserID `json:"id"`
+	Name  string `json:"name"`
+	State string `json:"state"`
+	Role  string `json:"role"` // "creator" or "normal"
+}
+
+// Group is one entry of LOGIN_ACK.groups.
+type Group struct {
+	ID    GroupID     `json:"id"`
+	Name  string      `json:"groupname"`
+	Desc  string      `json:"groupdesc"`
+	Users []GroupUser `json:"users"`
+}
+
+// Presence states.
+const (
+	StateOnline  = "online"
+	StateOffline = "offline"
+)
+
+// Group roles.
+const (
+	RoleCreator = "creator"
+	RoleNormal  = "normal"
+)
+
+// LoginAck is the LOGIN_ACK (2) response to a successful login.
+type LoginAck struct {
+	MsgID      MsgID           `json:"msgid"`
+	ReqID      json.RawMessage `json:"reqid,omitempty"`
+	Errno      Errno           `json:"errno"`
+	ErrMsg     string          `json:"errmsg"`
+	ID         UserID          `json:"id"`
+	Name       string          `json:"name"`
+	Token      string          `json:"token"`
+	Friends    []Friend        `json:"friends"`
+	Groups     []Group         `json:"groups"`
+	OfflineMsg []Delivery      `json:"offlineMsg"`
+}
+
+// Delivery is a message delivered to its recipient: ONE_CHAT (6) with ToID
+// set, or GROUP_CHAT (10) with GroupID set. ID and Name are the sender's.
+type Delivery struct {
+	MsgID   MsgID   `json:"msgid"`
+	ID      UserID  `json:"id"`
+	Name    string  `json:"name"`
+	ToID    UserID  `json:"toid,omitempty"`
+	GroupID GroupID `json:"groupid,omitempty"`
+	Msg     string  `json:"msg"`
+	Time    string  `json:"time"`
+	Seq     Seq     `json:"seq"`
+}
+
+// Pong is the PONG (14) response.
+type Pong struct {
+	MsgID MsgID           `json:"msgid"`
+	ReqID json.RawMessage `json:"reqid,omitempty"`
+}
+
+// Kicked is the KICKED (15) notice sent before a replaced session is closed.
+type Kicked struct {
+	MsgID  MsgID  `json:"msgid"`
+	ErrMsg string `json:"errmsg"`
+}
+
+// Header is the part every server-to-client message shares; clients decode
+// it first to dispatch.
+type Header struct {
+	MsgID MsgID           `json:"msgid"`
+	ReqID json.RawMessage `json:"reqid,omitempty"`
+	Seq   Seq             `json:"seq,omitempty"`
+}
+
+// Marshal encodes v as JSON and wraps it in a frame.
+func Marshal(v any) ([]byte, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	return AppendFrame(make([]byte, 0, HeaderLen+len(body)), body), nil
+}
+
+// MustMarshal is Marshal for values that always encode (the structs above).
+func MustMarshal(v any) []byte {
+	b, err := Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}

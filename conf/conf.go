@@ -1,0 +1,204 @@
+// Package conf loads chatserver's configuration from, in rising precedence:
+// built-in defaults, a YAML file (-config), CHAT_* environment variables and
+// command-line flags. Every option has the same name in all three: flag
+// -max-frame, YAML key max-frame, variable CHAT_MAX_FRAME.
+package conf
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ErrHelp is returned by Load for -h or -help.
+var ErrHelp = flag.ErrHelp
+
+// Config is chatserver's configuration.
+type Config struct {
+	Listen string // TCP listen address
+	DB     string // sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB
+	Redis  string // host:port of Redis; empty = single node, in-process bus
+	NodeID string // this node's id in the cluster; default hostname:port
+
+	MaxFrame        int
+	MaxMessage      int
+	MaxConns        int
+	IdleTimeout     time.Duration
+	Rate            float64
+	RateBurst       float64
+	MaxPending      int
+	MaxPendingBytes int
+	MaxOutbound     int
+	Workers         int
+	EventLoops      int
+
+	BcryptCost int
+	TokenTTL   time.Duration
+	OfflineCap int
+
+	LogLevel  string
+	LogFormat string
+}
+
+// Default returns the built-in defaults.
+func Default() Config {
+	return Config{
+		Listen:          "127.0.0.1:6000",
+		DB:              "sqlite:chat.db",
+		MaxFrame:        65536,
+		MaxMessage:      4096,
+		MaxConns:        100000,
+		IdleTimeout:     90 * time.Second,
+		Rate:            1000,
+		RateBurst:       2000,
+		MaxPending:      256,
+		MaxPendingBytes: 1 << 20,
+		MaxOutbound:     8 << 20,
+		Workers:         256,
+		BcryptCost:      10,
+		TokenTTL:        7 * 24 * time.Hour,
+		OfflineCap:      500,
+		LogLevel:        "info",
+		LogFormat:       "text",
+	}
+}
+
+func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("chatserver", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.String("config", "", "YAML configuration file")
+	fs.StringVar(&c.Listen, "listen", c.Listen, "TCP listen address")
+	fs.StringVar(&c.DB, "db", c.DB, "database: sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB")
+	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis host:port for a cluster; empty runs a single node")
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node id in the cluster (default hostname:port)")
+	fs.IntVar(&c.MaxFrame, "max-frame", c.MaxFrame, "largest frame body in bytes")
+	fs.IntVar(&c.MaxMessage, "max-message", c.MaxMessage, "largest chat message text in bytes")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most open connections")
+	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a connection silent this long (PING keeps it alive)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "requests per second per connection (negative: unlimited)")
+	fs.Float64Var(&c.RateBurst, "rate-burst", c.RateBurst, "request burst per connection")
+	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests queued per connection before errno 8")
+	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", c.MaxPendingBytes, "bytes queued per connection before errno 8")
+	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unsent bytes per connection before it is closed as a slow consumer")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "request handler goroutines")
+	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU)")
+	fs.IntVar(&c.BcryptCost, "bcrypt-cost", c.BcryptCost, "bcrypt cost for new passwords (4..31)")
+	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "session token lifetime")
+	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK (the rest follow at once)")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	return fs
+}
+
+// Load builds the configuration from args (without the program name), the
+// environment (getenv, usually os.Getenv) and the file named by -config.
+func Load(args []string, getenv func(string) string, usage io.Writer) (Config, error) {
+	c := Default()
+	fs := c.flagSet(usage)
+	path := configPath(args, getenv)
+	if path != "" {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return c, fmt.Errorf("conf: %w", err)
+		}
+		var m map[string]any
+		if err := yaml.Unmarshal(raw, &m); err != nil {
+			return c, fmt.Errorf("conf: %s: %w", path, err)
+		}
+		for k, v := range m {
+			if k == "config" || fs.Lookup(k) == nil {
+				return c, fmt.Errorf("conf: %s: unknown option %q", path, k)
+			}
+			if err := fs.Set(k, fmt.Sprint(v)); err != nil {
+				return c, fmt.Errorf("conf: %s: %s: %w", path, k, err)
+			}
+		}
+	}
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		if f.Name == "config" {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" && envErr == nil {
+			if err := fs.Set(f.Name, v); err != nil {
+				envErr = fmt.Errorf("conf: %s: %w", EnvName(f.Name), err)
+			}
+		}
+	})
+	if envErr != nil {
+		return c, envErr
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("conf: unexpected argument %q", fs.Arg(0))
+	}
+	return c, c.Validate()
+}
+
+// EnvName is the environment variable of option name: CHAT_MAX_FRAME.
+func EnvName(name string) string {
+	return "CHAT_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+func configPath(args []string, getenv func(string) string) string {
+	path := getenv("CHAT_CONFIG")
+	for i, a := range args {
+		a = strings.TrimLeft(a, "-")
+		if v, ok := strings.CutPrefix(a, "config="); ok {
+			path = v
+		} else if a == "config" && i+1 < len(args) {
+			path = args[i+1]
+		}
+	}
+	return path
+}
+
+// Validate checks ranges.
+func (c Config) Validate() error {
+	var errs []error
+	if c.MaxFrame < 64 {
+		errs = append(errs, errors.New("max-frame must be at least 64"))
+	}
+	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame {
+		errs = append(errs, errors.New("max-message must be 1..max-frame"))
+	}
+	if c.BcryptCost < 4 || c.BcryptCost > 31 {
+		errs = append(errs, errors.New("bcrypt-cost must be 4..31"))
+	}
+	if c.IdleTimeout <= 0 || c.TokenTTL <= 0 {
+		errs = append(errs, errors.New("idle-timeout and token-ttl must be positive"))
+	}
+	if _, err := c.Level(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		errs = append(errs, errors.New("log-format must be text or json"))
+	}
+	return errors.Join(errs...)
+}
+
+// Level parses LogLevel.
+func (c Config) Level() (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(c.LogLevel))
+	return l, err
+}
+
+// Logger builds the slog logger the configuration asks for.
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	level, _ := c.Level()
+	opts := &slog.HandlerOptions{Level: level}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

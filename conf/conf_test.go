@@ -1,0 +1,48 @@
+package conf
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.yaml")
+	os.WriteFile(path, []byte("listen: 127.0.0.1:7000\nmax-frame: 1000\nidle-timeout: 30s\nworkers: 5\nmax-message: 500\n"), 0o644)
+	env := map[string]string{"CHAT_MAX_FRAME": "2000", "CHAT_WORKERS": "7"}
+	c, err := Load([]string{"-config", path, "-workers", "9"}, func(k string) string { return env[k] }, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != "127.0.0.1:7000" || c.MaxFrame != 2000 || c.Workers != 9 || c.IdleTimeout != 30*time.Second {
+		t.Fatalf("got %+v", c)
+	}
+	if c.DB != "sqlite:chat.db" || c.OfflineCap != 500 {
+		t.Fatalf("defaults lost: %+v", c)
+	}
+}
+
+func TestErrors(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, args := range [][]string{{"-max-frame", "10"}, {"-bcrypt-cost", "99"}, {"-log-level", "loud"}, {"-nope"}, {"extra"}} {
+		if _, err := Load(args, none, &strings.Builder{}); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
+	path := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(path, []byte("no-such-option: 1\n"), 0o644)
+	if _, err := Load([]string{"-config=" + path}, none, &strings.Builder{}); err == nil || !strings.Contains(err.Error(), "unknown option") {
+		t.Errorf("unknown yaml key: %v", err)
+	}
+	if _, err := Load(nil, func(k string) string {
+		if k == "CHAT_WORKERS" {
+			return "many"
+		}
+		return ""
+	}, &strings.Builder{}); err == nil {
+		t.Error("bad env accepted")
+	}
+}

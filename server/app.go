@@ -1,0 +1,75 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/chatcluster/chatcluster/conf"
+	"github.com/chatcluster/chatcluster/pubsub"
+	"github.com/chatcluster/chatcluster/service"
+	"github.com/chatcluster/chatcluster/store"
+)
+
+// App is a whole chatserver process: store, bus, services and listener,
+// wired from a conf.Config. cmd/chatserver and the end-to-end tests use it.
+type App struct {
+	Store  *store.Store
+	Bus    pubsub.Bus
+	Node   *service.Node
+	Server *Server
+}
+
+// ErrNoCluster: -redis was given, but this build has no Redis bus yet.
+var ErrNoCluster = errors.New("server: cluster mode (-redis) is not available yet; run without -redis")
+
+// Open builds and starts an App. Close stops it.
+func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	if cfg.Redis != "" {
+		return nil, ErrNoCluster
+	}
+	st, err := store.Open(ctx, store.Config{DSN: cfg.DB, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	bus := pubsub.NewMemory()
+	node, err := service.New(ctx, service.Config{
+		Store: st, Bus: bus, Logger: log,
+		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,
+		MaxMessageLen: cfg.MaxMessage,
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	srv := New(Config{
+		Listen: cfg.Listen, MaxFrame: cfg.MaxFrame, MaxConns: cfg.MaxConns, IdleTimeout: cfg.IdleTimeout,
+		RatePerSec: cfg.Rate, RateBurst: cfg.RateBurst, MaxPending: cfg.MaxPending,
+		MaxPendingBytes: cfg.MaxPendingBytes, MaxOutbound: cfg.MaxOutbound,
+		Workers: cfg.Workers, EventLoops: cfg.EventLoops, Logger: log,
+	}, node)
+	if err := srv.Start(); err != nil {
+		node.Close()
+		bus.Close()
+		st.Close()
+		return nil, err
+	}
+	return &App{Store: st, Bus: bus, Node: node, Server: srv}, nil
+}
+
+// Close stops the listener gracefully (in-flight requests finish, acks are
+// flushed), then the bus and the store.
+func (a *App) Close(ctx context.Context) error {
+	err := a.Server.Stop(ctx)
+	if e := a.Bus.Close(); e != nil {
+		err = errors.Join(err, fmt.Errorf("bus: %w", e))
+	}
+	if e := a.Store.Close(); e != nil {
+		err = errors.Join(err, fmt.Errorf("store: %w", e))
+	}
+	return err
+}

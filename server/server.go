@@ -1,0 +1,260 @@
+// Package server is chatcluster's network layer: a gnet/v2 multi-reactor
+// event loop that frames length-prefixed JSON, enforces per-connection
+// limits and hands each decoded frame to a fixed worker pool, which runs the
+// service handlers. Event loops never block: they decode, queue and write.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+	"golang.org/x/sys/unix"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// Errors returned by Start and Stop.
+var (
+	// ErrStarted: Start was called twice.
+	ErrStarted = errors.New("server: already started")
+	// ErrNotStarted: Stop before Start.
+	ErrNotStarted = errors.New("server: not started")
+)
+
+// Config configures a Server. Zero values mean the documented defaults.
+type Config struct {
+	// Listen is the TCP address: default 127.0.0.1:6000. Port 0 picks a
+	// free port (see Addr).
+	Listen string
+	// MaxFrame is the largest accepted frame body: default 65536.
+	MaxFrame int
+	// MaxConns bounds open connections: default 100000.
+	MaxConns int
+	// IdleTimeout closes a connection that sent no frame for this long:
+	// default 90 s. PING keeps a connection alive.
+	IdleTimeout time.Duration
+	// RatePerSec and RateBurst bound requests per connection (token
+	// bucket): defaults 1000/s and 2000. Negative RatePerSec disables.
+	RatePerSec float64
+	RateBurst  float64
+	// MaxPending bounds requests received but not yet handled on one
+	// connection: default 256. Beyond it requests get errno 8.
+	MaxPending int
+	// MaxPendingBytes bounds their bytes (the inbound buffer): default 1 MiB.
+	MaxPendingBytes int
+	// MaxOutbound closes a connection whose unsent output exceeds it (a
+	// client that does not read): default 8 MiB. Nothing is lost: unread
+	// deliveries stay in the inbox.
+	MaxOutbound int
+	// Workers is the size of the handler pool: default 256.
+	Workers int
+	// EventLoops: default the number of CPUs.
+	EventLoops int
+	// DrainTimeout bounds how long Stop waits for in-flight requests:
+	// default 10 s.
+	DrainTimeout time.Duration
+	// Logger: default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:6000"
+	}
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = codec.DefaultMaxFrame
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 100000
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 90 * time.Second
+	}
+	if c.RatePerSec == 0 {
+		c.RatePerSec = 1000
+	}
+	if c.RateBurst <= 0 {
+		c.RateBurst = 2 * c.RatePerSec
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 256
+	}
+	if c.MaxPendingBytes <= 0 {
+		c.MaxPendingBytes = 1 << 20
+	}
+	if c.MaxOutbound <= 0 {
+		c.MaxOutbound = 8 << 20
+	}
+	if c.Workers <= 0 {
+		c.Workers = 256
+	}
+	if c.EventLoops <= 0 {
+		c.EventLoops = runtime.NumCPU()
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Server is a running chat listener. Start, Addr and Stop are safe for
+// concurrent use.
+type Server struct {
+	gnet.BuiltinEventEngine
+	cfg  Config
+	node *service.Node
+	log  *slog.Logger
+
+	eng      gnet.Engine
+	addr     string
+	booted   chan struct{}
+	runErr   chan error
+	started  atomic.Bool
+	draining atomic.Bool
+
+	conns    registry
+	nconns   atomic.Int64
+	inflight atomic.Int64 // frames queued or being handled
+	work     chan *conn
+	workers  sync.WaitGroup
+	stopOnce sync.Once
+	quit     chan struct{}
+}
+
+// New returns an unstarted server that hands requests to node.
+func New(cfg Config, node *service.Node) *Server {
+	cfg.setDefaults()
+	s := &Server{
+		cfg: cfg, node: node, log: cfg.Logger,
+		booted: make(chan struct{}),
+		runErr: make(chan error, 1),
+		quit:   make(chan struct{}),
+	}
+	s.conns.init()
+	return s
+}
+
+// Start listens and serves in the background; it returns once the listener
+// is up.
+func (s *Server) Start() error {
+	if !s.started.CompareAndSwap(false, true) {
+		return ErrStarted
+	}
+	// Each connection has at most one entry in the work queue, so a queue
+	// as long as MaxConns never blocks an event loop.
+	s.work = make(chan *conn, s.cfg.MaxConns+1)
+	for i := 0; i < s.cfg.Workers; i++ {
+		s.workers.Add(1)
+		go s.worker()
+	}
+	go func() {
+		s.runErr <- gnet.Run(s, "tcp://"+s.cfg.Listen,
+			gnet.WithMulticore(true),
+			gnet.WithNumEventLoop(s.cfg.EventLoops),
+			gnet.WithReuseAddr(true),
+			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
+			gnet.WithTCPKeepAlive(time.Minute),
+			gnet.WithLogger(gnetLogger{s.log}),
+		)
+	}()
+	select {
+	case <-s.booted:
+	case err := <-s.runErr:
+		close(s.quit)
+		s.workers.Wait()
+		return fmt.Errorf("server: listen %s: %w", s.cfg.Listen, err)
+	}
+	go s.sweep()
+	s.log.Info("listening", "addr", s.addr, "event_loops", s.cfg.EventLoops, "workers", s.cfg.Workers)
+	return nil
+}
+
+// Addr is the bound listen address (useful with port 0).
+func (s *Server) Addr() string { return s.addr }
+
+// OnBoot implements gnet.EventHandler.
+func (s *Server) OnBoot(eng gnet.Engine) gnet.Action {
+	s.eng = eng
+	s.addr = s.cfg.Listen
+	if fd, err := eng.Dup(); err == nil {
+		if sa, err := unix.Getsockname(fd); err == nil {
+			switch a := sa.(type) {
+			case *unix.SockaddrInet4:
+				s.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			case *unix.SockaddrInet6:
+				s.addr = net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+			}
+		}
+		unix.Close(fd)
+	}
+	close(s.booted)
+	return gnet.None
+}
+
+// Stop shuts down gracefully: refuse new connections and frames, finish the
+// requests already received, flush acknowledgements and writes, close every
+// connection.
+func (s *Server) Stop(ctx context.Context) error {
+	if !s.started.Load() {
+		return ErrNotStarted
+	}
+	var err error
+	s.stopOnce.Do(func() {
+		s.draining.Store(true)
+		deadline := time.Now().Add(s.cfg.DrainTimeout)
+		for s.inflight.Load() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+		}
+		if n := s.inflight.Load(); n > 0 {
+			s.log.Warn("stopping with requests still in flight", "requests", n)
+		}
+		s.node.Close()
+		err = s.eng.Stop(ctx)
+		close(s.quit)
+		s.workers.Wait()
+		<-s.runErr
+		s.log.Info("stopped", "addr", s.addr)
+	})
+	return err
+}
+
+// sweep closes idle connections.
+func (s *Server) sweep() {
+	period := min(s.cfg.IdleTimeout/4, time.Second)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.quit:
+			return
+		case now := <-t.C:
+			limit := now.Add(-s.cfg.IdleTimeout).UnixNano()
+			s.conns.each(func(c *conn) {
+				if c.lastActive.Load() < limit {
+					c.idle.Store(true)
+					c.gc.Close()
+				}
+			})
+		}
+	}
+}
+
+type gnetLogger struct{ l *slog.Logger }
+
+func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Infof(f string, a ...any)  { g.l.Debug(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Warnf(f string, a ...any)  { g.l.Warn(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Errorf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "src", "gnet") }
+func (g gnetLogger) Fatalf(f string, a ...any) { g.l.Error(fmt.Sprintf(f, a...), "src", "gnet") }

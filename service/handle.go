@@ -1,0 +1,542 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"unicode"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// reqError is a handler failure with the errno the client sees.
+type reqError struct {
+	errno codec.Errno
+	msg   string
+}
+
+func (e *reqError) Error() string { return e.msg }
+
+func fail(errno codec.Errno, format string, args ...any) *reqError {
+	return &reqError{errno: errno, msg: fmt.Sprintf(format, args...)}
+}
+
+// storeFail maps a Store error to the client's errno.
+func (n *Node) storeFail(op string, err error) *reqError {
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fail(codec.ErrnoNotFound, "%s: not found", op)
+	case errors.Is(err, ErrConflict):
+		return fail(codec.ErrnoConflict, "%s: already exists", op)
+	}
+	n.log.Warn("store unavailable", "op", op, "err", err)
+	return fail(codec.ErrnoUnavailable, "%s: server unavailable, retry later", op)
+}
+
+// Handle runs one request frame of session s. The server calls it from a
+// worker, one call at a time per session, in arrival order.
+func (n *Node) Handle(s *Session, body []byte) {
+	req, err := codec.ParseRequest(body)
+	if err != nil {
+		n.reply(s, req, nil, fail(codec.ErrnoBadRequest, "%s", err.Error()))
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+	defer cancel()
+	switch req.MsgID {
+	case codec.MsgLogin:
+		n.login(ctx, s, req)
+	case codec.MsgSignup:
+		n.signup(ctx, s, req)
+	case codec.MsgPing:
+		s.send(&codec.Pong{MsgID: codec.MsgPong, ReqID: req.ReqID})
+	case codec.MsgLogout, codec.MsgOneChat, codec.MsgAddFriend, codec.MsgCreateGroup,
+		codec.MsgAddGroup, codec.MsgGroupChat, codec.MsgDelivered:
+		uid, name := s.User()
+		if uid == 0 {
+			n.reply(s, req, nil, fail(codec.ErrnoNotLoggedIn, "log in first"))
+			return
+		}
+		n.loggedIn(ctx, s, req, uid, name)
+	default:
+		n.reply(s, req, nil, fail(codec.ErrnoBadRequest, "unknown or missing msgid %d", req.MsgID))
+	}
+}
+
+// Reject answers a frame the server could not even hand to Handle (too
+// large, empty): an ACK with ack 0.
+func Reject(errno codec.Errno, msg string) []byte {
+	return codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, Errno: errno, ErrMsg: msg})
+}
+
+// reply sends the response for req: ack on success (nil err) or the error.
+// LOGIN and SIGNUP failures use their own ack msgid, everything else ACK.
+func (n *Node) reply(s *Session, req *codec.Request, ack *codec.Ack, err *reqError) {
+	if err != nil {
+		switch req.MsgID {
+		case codec.MsgLogin, codec.MsgSignup:
+			s.send(&codec.ErrorResponse{MsgID: req.MsgID + 1, ReqID: req.ReqID, Errno: err.errno, ErrMsg: err.msg})
+		default:
+			s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: req.MsgID, Errno: err.errno, ErrMsg: err.msg})
+		}
+		return
+	}
+	if ack == nil {
+		ack = &codec.Ack{}
+	}
+	ack.MsgID, ack.ReqID, ack.Ack, ack.ErrMsg = codec.MsgAck, req.ReqID, req.MsgID, "ok"
+	s.send(ack)
+}
+
+func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid codec.UserID, name string) {
+	var (
+		ack = &codec.Ack{}
+		err *reqError
+	)
+	switch req.MsgID {
+	case codec.MsgLogout:
+		err = n.logout(ctx, s, uid)
+	case codec.MsgOneChat:
+		err = n.oneChat(ctx, req, uid, name, ack)
+	case codec.MsgAddFriend:
+		err = n.addFriend(ctx, req, uid)
+	case codec.MsgCreateGroup:
+		err = n.createGroup(ctx, req, uid, ack)
+	case codec.MsgAddGroup:
+		err = n.addGroup(ctx, req, uid)
+	case codec.MsgGroupChat:
+		err = n.groupChat(ctx, req, uid, name, ack)
+	case codec.MsgDelivered:
+		if err = n.delivered(s, req, uid); err == nil {
+			return // DELIVERED has no response
+		}
+	}
+	n.reply(s, req, ack, err)
+}
+
+func requireID(v *int64, field string) (int64, *reqError) {
+	if v == nil {
+		return 0, fail(codec.ErrnoBadRequest, "missing field %q", field)
+	}
+	if *v <= 0 {
+		return 0, fail(codec.ErrnoBadRequest, "field %q must be a positive integer", field)
+	}
+	return *v, nil
+}
+
+func requireString(v *string, field string) (string, *reqError) {
+	if v == nil {
+		return "", fail(codec.ErrnoBadRequest, "missing field %q", field)
+	}
+	return *v, nil
+}
+
+func (n *Node) signup(ctx context.Context, s *Session, req *codec.Request) {
+	name, rerr := requireString(req.Name, "name")
+	if rerr == nil {
+		if err := validName(name); err != nil {
+			rerr = fail(codec.ErrnoBadRequest, "name %s", err)
+		}
+	}
+	var password string
+	if rerr == nil {
+		password, rerr = requireString(req.Password, "password")
+	}
+	if rerr == nil && (len(password) < MinPasswordLen || len(password) > MaxPasswordLen) {
+		rerr = fail(codec.ErrnoBadRequest, "password must be %d..%d bytes", MinPasswordLen, MaxPasswordLen)
+	}
+	if rerr != nil {
+		n.reply(s, req, nil, rerr)
+		return
+	}
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), n.cfg.BcryptCost)
+	if err != nil {
+		n.reply(s, req, nil, fail(codec.ErrnoBadRequest, "password rejected: %v", err))
+		return
+	}
+	id, err := n.store.CreateUser(ctx, name, hash)
+	if errors.Is(err, ErrConflict) {
+		n.reply(s, req, nil, fail(codec.ErrnoConflict, "name %q is taken", name))
+		return
+	}
+	if err != nil {
+		n.reply(s, req, nil, n.storeFail("signup", err))
+		return
+	}
+	n.names.put(id, name)
+	s.send(&codec.SignupAck{MsgID: codec.MsgSignupAck, ReqID: req.ReqID, ErrMsg: "ok", ID: id})
+}
+
+func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
+	rawID, rerr := requireID(req.ID, "id")
+	if rerr == nil && req.Password == nil && req.Token == nil {
+		rerr = fail(codec.ErrnoBadRequest, "login needs \"password\" or \"token\"")
+	}
+	if rerr != nil {
+		n.reply(s, req, nil, rerr)
+		return
+	}
+	if cur, _ := s.User(); cur != 0 {
+		n.reply(s, req, nil, fail(codec.ErrnoConflict, "already logged in as %d; send LOGINOUT first", cur))
+		return
+	}
+	uid := codec.UserID(rawID)
+	wrong := fail(codec.ErrnoAuth, "wrong id, password or token")
+	u, err := n.store.User(ctx, uid)
+	if errors.Is(err, ErrNotFound) {
+		n.reply(s, req, nil, wrong)
+		return
+	}
+	if err != nil {
+		n.reply(s, req, nil, n.storeFail("login", err))
+		return
+	}
+	if req.Token != nil {
+		version, err := n.tokens.verify(*req.Token, uid, n.cfg.Now())
+		if err != nil || version != u.TokenVersion {
+			n.reply(s, req, nil, wrong)
+			return
+		}
+	} else if bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(*req.Password)) != nil {
+		n.reply(s, req, nil, wrong)
+		return
+	}
+	n.names.put(uid, u.Name)
+
+	// Become the user's session first, so every entry committed from now on
+	// reaches this session (held back while pumping), then read the inbox.
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.uid, s.name = uid, u.Name
+	s.sent, s.known, s.pumping = 0, 0, true
+	s.gen++
+	gen := s.gen
+	s.mu.Unlock()
+	if old := n.hub.swap(uid, s); old != nil && old != s {
+		n.kick(old)
+	} else if err := n.bus.SetOnline(ctx, uid); err != nil {
+		n.log.Warn("presence: set online", "user", uid, "err", err)
+	}
+
+	ack, acked, err := n.loginAck(ctx, uid, u)
+	if err != nil {
+		n.unbind(s, uid, gen)
+		n.reply(s, req, nil, n.storeFail("login", err))
+		return
+	}
+	ack.ReqID = req.ReqID
+	s.mu.Lock()
+	if s.gen != gen {
+		s.mu.Unlock()
+		return // kicked or closed meanwhile
+	}
+	s.send(ack)
+	if k := len(ack.OfflineMsg); k > 0 {
+		s.sent = ack.OfflineMsg[k-1].Seq
+	} else {
+		s.sent = acked
+	}
+	if s.sent > s.known {
+		s.known = s.sent
+	}
+	s.mu.Unlock()
+	n.log.Debug("login", "user", uid)
+	// Send the rest of the backlog and anything that arrived meanwhile.
+	n.pump(s, gen)
+}
+
+// loginAck builds a successful LOGIN_ACK for uid and returns the user's
+// acknowledged seq, after which its offline messages start.
+func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.LoginAck, codec.Seq, error) {
+	friends, err := n.store.Friends(ctx, uid)
+	if err != nil {
+		return nil, 0, err
+	}
+	groups, err := n.store.UserGroups(ctx, uid)
+	if err != nil {
+		return nil, 0, err
+	}
+	_, acked, err := n.store.InboxState(ctx, uid)
+	if err != nil {
+		return nil, 0, err
+	}
+	// A DELIVERED of an earlier session on this node may not be flushed yet.
+	n.ackMu.Lock()
+	if pending := n.acks[uid]; pending > acked {
+		acked = pending
+	}
+	n.ackMu.Unlock()
+	offline, err := n.store.Inbox(ctx, uid, acked, n.cfg.OfflineCap)
+	if err != nil {
+		return nil, 0, err
+	}
+	ids := make([]codec.UserID, 0, len(friends))
+	for _, f := range friends {
+		ids = append(ids, f.ID)
+	}
+	for _, g := range groups {
+		for _, m := range g.Members {
+			ids = append(ids, m.ID)
+		}
+	}
+	online, err := n.bus.Online(ctx, ids)
+	if err != nil {
+		return nil, 0, err
+	}
+	state := func(id codec.UserID) string {
+		if online[id] || id == uid {
+			return codec.StateOnline
+		}
+		return codec.StateOffline
+	}
+	ack := &codec.LoginAck{
+		MsgID: codec.MsgLoginAck, ErrMsg: "ok", ID: uid, Name: u.Name,
+		Token:   n.tokens.issue(uid, u.TokenVersion, n.cfg.Now()),
+		Friends: make([]codec.Friend, 0, len(friends)), Groups: make([]codec.Group, 0, len(groups)),
+		OfflineMsg: offline,
+	}
+	if ack.OfflineMsg == nil {
+		ack.OfflineMsg = []codec.Delivery{}
+	}
+	for _, f := range friends {
+		ack.Friends = append(ack.Friends, codec.Friend{ID: f.ID, Name: f.Name, State: state(f.ID)})
+	}
+	for _, g := range groups {
+		cg := codec.Group{ID: g.ID, Name: g.Name, Desc: g.Desc, Users: make([]codec.GroupUser, 0, len(g.Members))}
+		for _, m := range g.Members {
+			cg.Users = append(cg.Users, codec.GroupUser{ID: m.ID, Name: m.Name, State: state(m.ID), Role: m.Role})
+		}
+		ack.Groups = append(ack.Groups, cg)
+	}
+	return ack, acked, nil
+}
+
+// unbind undoes a login that could not complete.
+func (n *Node) unbind(s *Session, uid codec.UserID, gen uint64) {
+	s.mu.Lock()
+	if s.gen == gen {
+		s.uid, s.name, s.pumping = 0, "", false
+		s.gen++
+	}
+	s.mu.Unlock()
+	n.leave(uid, s)
+}
+
+// kick ends a session replaced by a newer login of the same user.
+func (n *Node) kick(old *Session) {
+	old.mu.Lock()
+	if old.uid == 0 {
+		old.mu.Unlock()
+		return
+	}
+	old.uid, old.name, old.pumping = 0, "", false
+	old.gen++
+	old.send(&codec.Kicked{MsgID: codec.MsgKicked, ErrMsg: "logged in elsewhere"})
+	old.mu.Unlock()
+	old.t.Close()
+}
+
+func (n *Node) logout(ctx context.Context, s *Session, uid codec.UserID) *reqError {
+	if err := n.store.BumpTokenVersion(ctx, uid); err != nil {
+		return n.storeFail("logout", err)
+	}
+	s.mu.Lock()
+	s.uid, s.name, s.pumping = 0, "", false
+	s.gen++
+	s.mu.Unlock()
+	n.leave(uid, s)
+	return nil
+}
+
+func (n *Node) messageText(req *codec.Request) (string, *reqError) {
+	msg, rerr := requireString(req.Msg, "msg")
+	if rerr != nil {
+		return "", rerr
+	}
+	if msg == "" || len(msg) > n.cfg.MaxMessageLen {
+		return "", fail(codec.ErrnoBadRequest, "msg must be 1..%d bytes", n.cfg.MaxMessageLen)
+	}
+	blank := true
+	for _, r := range msg {
+		if !unicode.IsSpace(r) {
+			blank = false
+			break
+		}
+	}
+	if blank {
+		return "", fail(codec.ErrnoBadRequest, "msg must not be blank")
+	}
+	return msg, nil
+}
+
+// userName returns the name of an existing user, from the cache or the store.
+func (n *Node) userName(ctx context.Context, uid codec.UserID) (string, error) {
+	if name, ok := n.names.get(uid); ok {
+		return name, nil
+	}
+	u, err := n.store.User(ctx, uid)
+	if err != nil {
+		return "", err
+	}
+	n.names.put(uid, u.Name)
+	return u.Name, nil
+}
+
+func (n *Node) send(ctx context.Context, req *codec.Request, sr SendRequest, ack *codec.Ack) *reqError {
+	cmid, err := req.ClientMsgIDString()
+	if err != nil {
+		return fail(codec.ErrnoBadRequest, "%s", err.Error())
+	}
+	sr.ClientMsgID = cmid
+	sr.UnixMilli = n.cfg.Now().UnixMilli()
+	res, err := n.store.Send(ctx, sr)
+	if err != nil {
+		return n.storeFail("send", err)
+	}
+	ack.Time = codec.FormatTime(timeFromMilli(res.UnixMilli))
+	return nil
+}
+
+func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string, ack *codec.Ack) *reqError {
+	to, rerr := requireID(req.ToID, "toid")
+	if rerr != nil {
+		return rerr
+	}
+	msg, rerr := n.messageText(req)
+	if rerr != nil {
+		return rerr
+	}
+	if _, err := n.userName(ctx, codec.UserID(to)); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return fail(codec.ErrnoNotFound, "no user %d", to)
+		}
+		return n.storeFail("chat", err)
+	}
+	toID := codec.UserID(to)
+	return n.send(ctx, req, SendRequest{From: uid, FromName: name, To: []codec.UserID{toID}, ToUser: toID, Body: msg}, ack)
+}
+
+func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string, ack *codec.Ack) *reqError {
+	gid, rerr := requireID(req.GroupID, "groupid")
+	if rerr != nil {
+		return rerr
+	}
+	msg, rerr := n.messageText(req)
+	if rerr != nil {
+		return rerr
+	}
+	members, err := n.store.GroupMembers(ctx, codec.GroupID(gid))
+	if errors.Is(err, ErrNotFound) {
+		return fail(codec.ErrnoNotFound, "no group %d", gid)
+	}
+	if err != nil {
+		return n.storeFail("group chat", err)
+	}
+	to := make([]codec.UserID, 0, len(members))
+	member := false
+	for _, m := range members {
+		if m.ID == uid {
+			member = true
+		} else {
+			to = append(to, m.ID)
+		}
+	}
+	if !member {
+		return fail(codec.ErrnoForbidden, "not a member of group %d", gid)
+	}
+	ack.GroupID = codec.GroupID(gid)
+	return n.send(ctx, req, SendRequest{From: uid, FromName: name, To: to, Group: codec.GroupID(gid), Body: msg}, ack)
+}
+
+func (n *Node) addFriend(ctx context.Context, req *codec.Request, uid codec.UserID) *reqError {
+	fid, rerr := requireID(req.FriendID, "friendid")
+	if rerr != nil {
+		return rerr
+	}
+	if codec.UserID(fid) == uid {
+		return fail(codec.ErrnoBadRequest, "cannot add yourself as a friend")
+	}
+	err := n.store.AddFriend(ctx, uid, codec.UserID(fid))
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fail(codec.ErrnoNotFound, "no user %d", fid)
+	case errors.Is(err, ErrConflict):
+		return fail(codec.ErrnoConflict, "already friends with %d", fid)
+	case err != nil:
+		return n.storeFail("add friend", err)
+	}
+	return nil
+}
+
+func (n *Node) createGroup(ctx context.Context, req *codec.Request, uid codec.UserID, ack *codec.Ack) *reqError {
+	name, rerr := requireString(req.GroupName, "groupname")
+	if rerr != nil {
+		return rerr
+	}
+	if err := validName(name); err != nil {
+		return fail(codec.ErrnoBadRequest, "groupname %s", err)
+	}
+	desc := ""
+	if req.GroupDesc != nil {
+		desc = *req.GroupDesc
+	}
+	if len([]rune(desc)) > MaxGroupDesc {
+		return fail(codec.ErrnoBadRequest, "groupdesc must be at most %d characters", MaxGroupDesc)
+	}
+	gid, err := n.store.CreateGroup(ctx, uid, name, desc)
+	if errors.Is(err, ErrConflict) {
+		return fail(codec.ErrnoConflict, "group name %q is taken", name)
+	}
+	if err != nil {
+		return n.storeFail("create group", err)
+	}
+	ack.GroupID = gid
+	return nil
+}
+
+func (n *Node) addGroup(ctx context.Context, req *codec.Request, uid codec.UserID) *reqError {
+	gid, rerr := requireID(req.GroupID, "groupid")
+	if rerr != nil {
+		return rerr
+	}
+	err := n.store.JoinGroup(ctx, codec.GroupID(gid), uid)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fail(codec.ErrnoNotFound, "no group %d", gid)
+	case errors.Is(err, ErrConflict):
+		return fail(codec.ErrnoConflict, "already a member of group %d", gid)
+	case err != nil:
+		return n.storeFail("join group", err)
+	}
+	return nil
+}
+
+// delivered records a cumulative DELIVERED. A seq beyond what this session
+// was sent is clamped: a client cannot acknowledge what it never got.
+func (n *Node) delivered(s *Session, req *codec.Request, uid codec.UserID) *reqError {
+	if req.Seq == nil {
+		return fail(codec.ErrnoBadRequest, "missing field \"seq\"")
+	}
+	seq := codec.Seq(*req.Seq)
+	s.mu.Lock()
+	if seq > s.sent {
+		seq = s.sent
+	}
+	s.mu.Unlock()
+	if seq > 0 {
+		n.queueAck(uid, seq)
+	}
+	return nil
+}
+
+// RejectRequest answers a request the server refused before handling it
+// (rate limited), echoing its msgid and reqid when the body parses.
+func RejectRequest(body []byte, errno codec.Errno, msg string) []byte {
+	req, _ := codec.ParseRequest(body)
+	return codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: req.MsgID, Errno: errno, ErrMsg: msg})
+}

@@ -1,0 +1,333 @@
+// Package service is chatcluster's business layer: sign-up and login,
+// one-to-one and group chat, friends and groups, and delivery of each user's
+// durable inbox in seq order. It talks to connections through Transport, to
+// persistence through Store and to other nodes through pubsub.Bus, so it
+// never imports gnet, sqlx or go-redis.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/pubsub"
+)
+
+// Config configures a Node. Store and Bus are required; every other zero
+// value means the documented default.
+type Config struct {
+	Store Store
+	Bus   pubsub.Bus
+	// Logger: default slog.Default().
+	Logger *slog.Logger
+	// BcryptCost for new passwords: default 10.
+	BcryptCost int
+	// TokenTTL is how long a session token stays valid: default 7 days.
+	TokenTTL time.Duration
+	// OfflineCap bounds LOGIN_ACK.offlineMsg: default 500.
+	OfflineCap int
+	// MaxMessageLen bounds "msg" in bytes: default 4096.
+	MaxMessageLen int
+	// AckFlushInterval is how often DELIVERED acks are written: default 50ms.
+	AckFlushInterval time.Duration
+	// RequestTimeout bounds the store calls of one request: default 5 s.
+	RequestTimeout time.Duration
+	// Now is the clock: default time.Now.
+	Now func() time.Time
+}
+
+// Limits on names and passwords.
+const (
+	MaxNameLen     = 50  // characters, users and groups
+	MaxGroupDesc   = 200 // characters
+	MinPasswordLen = 6   // bytes
+	MaxPasswordLen = 72  // bytes, bcrypt's limit
+)
+
+// Node runs the services of one chatserver process. Its methods are safe for
+// concurrent use.
+type Node struct {
+	cfg    Config
+	store  Store
+	bus    pubsub.Bus
+	log    *slog.Logger
+	tokens tokenSigner
+	hub    *hub
+	names  *nameCache
+
+	ackMu   sync.Mutex
+	acks    map[codec.UserID]codec.Seq
+	ackStop chan struct{}
+	ackDone chan struct{}
+	closeMu sync.Once
+}
+
+// New builds a Node, loads the token key from the store and subscribes to
+// the bus.
+func New(ctx context.Context, cfg Config) (*Node, error) {
+	if cfg.Store == nil || cfg.Bus == nil {
+		return nil, errors.New("service: Store and Bus are required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.BcryptCost == 0 {
+		cfg.BcryptCost = bcrypt.DefaultCost
+	}
+	if cfg.BcryptCost < bcrypt.MinCost || cfg.BcryptCost > bcrypt.MaxCost {
+		return nil, fmt.Errorf("service: bcrypt cost %d out of range %d..%d", cfg.BcryptCost, bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = 7 * 24 * time.Hour
+	}
+	if cfg.OfflineCap <= 0 {
+		cfg.OfflineCap = 500
+	}
+	if cfg.MaxMessageLen <= 0 {
+		cfg.MaxMessageLen = 4096
+	}
+	if cfg.AckFlushInterval <= 0 {
+		cfg.AckFlushInterval = 50 * time.Millisecond
+	}
+	if cfg.RequestTimeout <= 0 {
+		cfg.RequestTimeout = 5 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	key, err := cfg.Store.Secret(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("service: token key: %w", err)
+	}
+	n := &Node{
+		cfg: cfg, store: cfg.Store, bus: cfg.Bus, log: cfg.Logger,
+		tokens:  tokenSigner{key: key, ttl: cfg.TokenTTL},
+		hub:     newHub(),
+		names:   newNameCache(1 << 14),
+		acks:    map[codec.UserID]codec.Seq{},
+		ackStop: make(chan struct{}),
+		ackDone: make(chan struct{}),
+	}
+	if err := cfg.Bus.Subscribe(n.deliver, n.resyncAll); err != nil {
+		return nil, fmt.Errorf("service: subscribe: %w", err)
+	}
+	cfg.Store.SetCommitHook(n.committed)
+	go n.ackLoop()
+	return n, nil
+}
+
+// Close flushes pending acknowledgements. Call it after the server stopped
+// handing requests to the node.
+func (n *Node) Close() {
+	n.closeMu.Do(func() {
+		close(n.ackStop)
+		<-n.ackDone
+	})
+}
+
+// Open returns the session of a new connection.
+func (n *Node) Open(t Transport) *Session { return &Session{t: t} }
+
+// Closed ends a session whose connection is gone.
+func (n *Node) Closed(s *Session) {
+	s.mu.Lock()
+	uid := s.uid
+	s.closed = true
+	s.uid = 0
+	s.gen++
+	s.mu.Unlock()
+	if uid != 0 {
+		n.leave(uid, s)
+	}
+}
+
+// leave removes a logged-out or closed session from presence.
+func (n *Node) leave(uid codec.UserID, s *Session) {
+	if n.hub.remove(uid, s) {
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+		defer cancel()
+		if err := n.bus.SetOffline(ctx, uid); err != nil {
+			n.log.Warn("presence: set offline", "user", uid, "err", err)
+		}
+	}
+}
+
+// committed is the store's commit hook: it publishes the new entries, one
+// notice per recipient, in seq order.
+func (n *Node) committed(entries []Entry) {
+	notices := make([]pubsub.Notice, 0, len(entries))
+	index := make(map[codec.UserID]int, len(entries))
+	for _, e := range entries {
+		if i, ok := index[e.To]; ok {
+			notices[i].Deliveries = append(notices[i].Deliveries, e.Delivery)
+			continue
+		}
+		index[e.To] = len(notices)
+		notices = append(notices, pubsub.Notice{To: e.To, Deliveries: []codec.Delivery{e.Delivery}})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+	defer cancel()
+	if err := n.bus.Publish(ctx, notices); err != nil {
+		// The entries are stored; recipients get them at the next resync
+		// or login.
+		n.log.Warn("publish failed", "notices", len(notices), "err", err)
+	}
+}
+
+// deliver is the bus handler: notices for users on this node.
+func (n *Node) deliver(notices []pubsub.Notice) {
+	for _, nt := range notices {
+		s := n.hub.get(nt.To)
+		if s == nil {
+			continue
+		}
+		s.mu.Lock()
+		pump := s.offerLocked(nt.Deliveries)
+		gen := s.gen
+		s.mu.Unlock()
+		if pump {
+			go n.pump(s, gen)
+		}
+	}
+}
+
+// resyncAll makes every local session re-read its inbox: notices may have
+// been lost.
+func (n *Node) resyncAll() {
+	n.hub.each(func(s *Session) {
+		s.mu.Lock()
+		if s.uid == 0 || s.pumping {
+			s.mu.Unlock()
+			return
+		}
+		s.pumping = true
+		gen := s.gen
+		s.mu.Unlock()
+		go n.pump(s, gen)
+	})
+}
+
+// pumpPage is how many inbox entries one pump read takes.
+const pumpPage = 500
+
+// pump writes the session's inbox entries after s.sent, in order, until it
+// caught up with everything known. The caller set s.pumping.
+func (n *Node) pump(s *Session, gen uint64) {
+	for {
+		s.mu.Lock()
+		if s.gen != gen || s.uid == 0 {
+			s.mu.Unlock()
+			return
+		}
+		uid, after := s.uid, s.sent
+		s.mu.Unlock()
+
+		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+		page, err := n.store.Inbox(ctx, uid, after, pumpPage)
+		cancel()
+		if err != nil {
+			n.log.Warn("inbox read failed; retrying", "user", uid, "err", err)
+			time.Sleep(time.Second)
+			continue
+		}
+		s.mu.Lock()
+		if s.gen != gen || s.uid == 0 {
+			s.mu.Unlock()
+			return
+		}
+		for i := range page {
+			if page[i].Seq == s.sent+1 {
+				s.t.Send(codec.MustMarshal(&page[i]))
+				s.sent = page[i].Seq
+			}
+		}
+		if s.sent > s.known {
+			s.known = s.sent
+		}
+		if len(page) < pumpPage && s.sent >= s.known {
+			s.pumping = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
+}
+
+// ackLoop writes coalesced DELIVERED acks every AckFlushInterval.
+func (n *Node) ackLoop() {
+	defer close(n.ackDone)
+	t := time.NewTicker(n.cfg.AckFlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			n.flushAcks()
+		case <-n.ackStop:
+			n.flushAcks()
+			return
+		}
+	}
+}
+
+func (n *Node) flushAcks() {
+	n.ackMu.Lock()
+	if len(n.acks) == 0 {
+		n.ackMu.Unlock()
+		return
+	}
+	batch := n.acks
+	n.acks = make(map[codec.UserID]codec.Seq, len(batch))
+	n.ackMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+	defer cancel()
+	if err := n.store.Ack(ctx, batch); err != nil {
+		n.log.Warn("ack flush failed; will retry", "users", len(batch), "err", err)
+		n.ackMu.Lock()
+		for uid, seq := range batch {
+			if seq > n.acks[uid] {
+				n.acks[uid] = seq
+			}
+		}
+		n.ackMu.Unlock()
+	}
+}
+
+func (n *Node) queueAck(uid codec.UserID, seq codec.Seq) {
+	n.ackMu.Lock()
+	if seq > n.acks[uid] {
+		n.acks[uid] = seq
+	}
+	n.ackMu.Unlock()
+}
+
+// validName checks a user or group name: 1..MaxNameLen characters, no
+// control characters, not only spaces.
+func validName(s string) error {
+	n := utf8.RuneCountInString(s)
+	if n < 1 || n > MaxNameLen {
+		return fmt.Errorf("must be 1..%d characters", MaxNameLen)
+	}
+	blank := true
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return errors.New("must not contain control characters")
+		}
+		if !unicode.IsSpace(r) {
+			blank = false
+		}
+	}
+	if blank {
+		return errors.New("must not be blank")
+	}
+	return nil
+}
+
+func timeFromMilli(ms int64) time.Time { return time.UnixMilli(ms) }

@@ -1,0 +1,80 @@
+package service
+
+import (
+	"sync"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// Transport is the service's view of one client connection. The server
+// implements it; the service never sees the network.
+type Transport interface {
+	// Send queues one encoded frame for writing. Safe for concurrent use;
+	// frames queued by one goroutine (or under one lock) are written in
+	// the order queued.
+	Send(frame []byte)
+	// Close writes what was queued, then closes the connection. Safe for
+	// concurrent use and idempotent.
+	Close()
+}
+
+// Session is one client connection's state in the service. Its methods are
+// safe for concurrent use: requests arrive on a worker, deliveries on the bus
+// handler, and the close from the server.
+type Session struct {
+	t Transport
+
+	mu     sync.Mutex
+	uid    codec.UserID // 0 until login
+	name   string
+	closed bool
+	// Delivery state for the logged-in user:
+	sent    codec.Seq // highest seq queued on the transport
+	known   codec.Seq // highest seq known to exist in the inbox
+	pumping bool      // a pump is reading the inbox up to known
+	gen     uint64    // bumped at each login/logout so a stale pump stops
+}
+
+// User returns the logged-in user's id and name, or 0 and "".
+func (s *Session) User() (codec.UserID, string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.uid, s.name
+}
+
+// send marshals v and queues it.
+func (s *Session) send(v any) { s.t.Send(codec.MustMarshal(v)) }
+
+// offerLocked takes deliveries from the bus: writes them at once when they
+// continue what was sent, and otherwise reports that a pump must read the
+// inbox. Called with s.mu held.
+func (s *Session) offerLocked(ds []codec.Delivery) (needPump bool) {
+	if s.uid == 0 || s.closed || len(ds) == 0 {
+		return false
+	}
+	last := ds[len(ds)-1].Seq
+	if last > s.known {
+		s.known = last
+	}
+	if s.pumping {
+		return false
+	}
+	for _, d := range ds {
+		switch {
+		case d.Seq <= s.sent:
+			continue // already written (a duplicate notice)
+		case d.Seq == s.sent+1:
+			s.t.Send(codec.MustMarshal(&d))
+			s.sent = d.Seq
+		default:
+			// A gap: an earlier entry's notice is late or was lost.
+			s.pumping = true
+			return true
+		}
+	}
+	if s.known > s.sent {
+		s.pumping = true
+		return true
+	}
+	return false
+}

@@ -1,0 +1,117 @@
+package service
+
+import (
+	"context"
+	"errors"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// Errors a Store returns; handlers map them to errnos. Any other error from a
+// Store is treated as the store being unavailable (errno 10).
+var (
+	// ErrNotFound: no such user or group.
+	ErrNotFound = errors.New("not found")
+	// ErrConflict: a unique name is taken, or the row already exists.
+	ErrConflict = errors.New("conflict")
+	// ErrUnavailable: the store (or bus) cannot serve the request now.
+	ErrUnavailable = errors.New("unavailable")
+)
+
+// User is a stored user.
+type User struct {
+	ID           codec.UserID
+	Name         string
+	PasswordHash []byte
+	TokenVersion int64 // bumped by LOGINOUT; tokens of older versions are revoked
+}
+
+// Member is a user in a group.
+type Member struct {
+	ID   codec.UserID
+	Name string
+	Role string // codec.RoleCreator or codec.RoleNormal
+}
+
+// Group is a stored group with its members.
+type Group struct {
+	ID      codec.GroupID
+	Name    string
+	Desc    string
+	Members []Member
+}
+
+// SendRequest is one chat message to store: to one user (Group == 0) or to
+// every recipient of a group.
+type SendRequest struct {
+	From        codec.UserID
+	FromName    string
+	To          []codec.UserID // recipients; for a group, every member but the sender
+	ToUser      codec.UserID   // one-to-one: the addressee (== To[0])
+	Group       codec.GroupID  // group chat: the group
+	Body        string
+	ClientMsgID string // "" when the client sent none
+	UnixMilli   int64  // server time of the send
+}
+
+// SendResult is the outcome of a stored send.
+type SendResult struct {
+	// UnixMilli is the stored time of the message; for a retried
+	// clientmsgid it is the original's.
+	UnixMilli int64
+	// Duplicate is true when the clientmsgid was seen before and nothing
+	// new was stored.
+	Duplicate bool
+}
+
+// Entry is one stored inbox entry: the delivery to user To at seq.
+type Entry struct {
+	To       codec.UserID
+	Delivery codec.Delivery
+}
+
+// Store is everything the services need from persistence. Implementations
+// must be safe for concurrent use.
+type Store interface {
+	// CreateUser stores a new user; ErrConflict when the name is taken.
+	CreateUser(ctx context.Context, name string, hash []byte) (codec.UserID, error)
+	// User loads one user; ErrNotFound when there is none.
+	User(ctx context.Context, id codec.UserID) (User, error)
+	// BumpTokenVersion revokes every token issued to the user so far.
+	BumpTokenVersion(ctx context.Context, id codec.UserID) error
+	// AddFriend makes a and b friends of each other; ErrNotFound when b does
+	// not exist, ErrConflict when they already are.
+	AddFriend(ctx context.Context, a, b codec.UserID) error
+	// Friends lists the user's friends.
+	Friends(ctx context.Context, id codec.UserID) ([]Member, error)
+	// CreateGroup creates a group with creator as its first member;
+	// ErrConflict when the name is taken.
+	CreateGroup(ctx context.Context, creator codec.UserID, name, desc string) (codec.GroupID, error)
+	// JoinGroup adds the user to the group; ErrNotFound when the group does
+	// not exist, ErrConflict when the user is already a member.
+	JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) error
+	// GroupMembers lists a group's members; ErrNotFound when there is no
+	// such group.
+	GroupMembers(ctx context.Context, gid codec.GroupID) ([]Member, error)
+	// UserGroups lists the groups the user belongs to, with their members.
+	UserGroups(ctx context.Context, uid codec.UserID) ([]Group, error)
+	// Send stores a message durably for every recipient, giving each its
+	// next inbox seq, and returns once it is committed. Concurrent calls are
+	// committed together (group commit); the entries of each commit are
+	// passed to the commit hook, in seq order per recipient, before the Send
+	// calls of that commit return.
+	Send(ctx context.Context, req SendRequest) (SendResult, error)
+	// SetCommitHook sets the function that receives committed entries. Call
+	// it once, before the first Send; fn must not block.
+	SetCommitHook(fn func([]Entry))
+	// Inbox returns up to limit entries of the user's inbox with seq > after,
+	// in seq order.
+	Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error)
+	// InboxState returns the user's last assigned seq and last acknowledged seq.
+	InboxState(ctx context.Context, uid codec.UserID) (last, acked codec.Seq, err error)
+	// Ack records, for each user in acks, that every delivery with seq <= the
+	// given seq was received. It never lowers an acknowledged seq.
+	Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error
+	// Secret returns the cluster-wide token signing key, creating it once.
+	Secret(ctx context.Context) ([]byte, error)
+}

@@ -1,0 +1,396 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// sendOp is one queued Send.
+type sendOp struct {
+	req  service.SendRequest
+	done chan sendDone
+}
+
+type sendDone struct {
+	res service.SendResult
+	err error
+}
+
+// batcher is the group-commit writer: one goroutine takes every queued send
+// and commits them in one transaction.
+type batcher struct {
+	s        *Store
+	maxBatch int
+	ops      chan *sendOp
+	quit     chan struct{}
+	stopped  chan struct{}
+	hookMu   sync.RWMutex
+	hook     func([]service.Entry)
+	closeOne sync.Once
+}
+
+func newBatcher(s *Store, maxBatch int) *batcher {
+	b := &batcher{
+		s:        s,
+		maxBatch: maxBatch,
+		ops:      make(chan *sendOp, 4*maxBatch),
+		quit:     make(chan struct{}),
+		stopped:  make(chan struct{}),
+	}
+	go b.run()
+	return b
+}
+
+func (b *batcher) close() {
+	b.closeOne.Do(func() { close(b.quit) })
+	<-b.stopped
+}
+
+var donePool = sync.Pool{New: func() any { return make(chan sendDone, 1) }}
+
+// SetCommitHook implements service.Store.
+func (s *Store) SetCommitHook(fn func([]service.Entry)) {
+	s.batcher.hookMu.Lock()
+	s.batcher.hook = fn
+	s.batcher.hookMu.Unlock()
+}
+
+// Send implements service.Store.
+func (s *Store) Send(ctx context.Context, req service.SendRequest) (service.SendResult, error) {
+	op := &sendOp{req: req, done: donePool.Get().(chan sendDone)}
+	select {
+	case s.batcher.ops <- op:
+	case <-s.batcher.quit:
+		return service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ErrClosed)
+	case <-ctx.Done():
+		return service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ctx.Err())
+	}
+	// Once queued, the op is committed or failed by the batcher whatever
+	// happens to ctx, so wait for the outcome: the caller must learn whether
+	// its message was stored.
+	d := <-op.done
+	donePool.Put(op.done)
+	return d.res, d.err
+}
+
+func (b *batcher) run() {
+	defer close(b.stopped)
+	batch := make([]*sendOp, 0, b.maxBatch)
+	for {
+		select {
+		case op := <-b.ops:
+			batch = append(batch[:0], op)
+		case <-b.quit:
+			// Commit what is still queued, then stop.
+			for {
+				select {
+				case op := <-b.ops:
+					batch = append(batch[:0], op)
+					b.drain(&batch)
+					b.commit(batch)
+				default:
+					return
+				}
+			}
+		}
+		b.drain(&batch)
+		b.commit(batch)
+	}
+}
+
+func (b *batcher) drain(batch *[]*sendOp) {
+	for len(*batch) < b.maxBatch {
+		select {
+		case op := <-b.ops:
+			*batch = append(*batch, op)
+		default:
+			return
+		}
+	}
+}
+
+// commit stores a batch in one transaction and reports to every op.
+func (b *batcher) commit(batch []*sendOp) {
+	ctx, cancel := context.WithTimeout(context.Background(), b.s.cfg.QueryTimeout)
+	defer cancel()
+	var (
+		results []service.SendResult
+		entries []service.Entry
+	)
+	err := b.s.inTx(ctx, func(tx *sqlx.Tx) error {
+		var err error
+		results, entries, err = b.s.storeBatch(ctx, tx, batch)
+		return err
+	})
+	if err != nil && isConflict(err) {
+		// A clientmsgid committed meanwhile by another node: the retry's
+		// dedup query now sees it.
+		err = b.s.inTx(ctx, func(tx *sqlx.Tx) error {
+			var err error
+			results, entries, err = b.s.storeBatch(ctx, tx, batch)
+			return err
+		})
+	}
+	if err != nil {
+		b.s.log.Warn("group commit failed", "sends", len(batch), "err", err)
+		err = unavailable(err)
+		for _, op := range batch {
+			op.done <- sendDone{err: err}
+		}
+		return
+	}
+	if len(entries) > 0 {
+		b.hookMu.RLock()
+		hook := b.hook
+		b.hookMu.RUnlock()
+		if hook != nil {
+			hook(entries)
+		}
+	}
+	for i, op := range batch {
+		op.done <- sendDone{res: results[i]}
+	}
+}
+
+type dedupKey struct {
+	sender codec.UserID
+	cmid   string
+}
+
+// storeBatch writes a batch inside tx: dedup by clientmsgid, seq allocation
+// for every recipient, inbox rows. It returns one result per op and the new
+// entries in op order (so per recipient in seq order).
+func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([]service.SendResult, []service.Entry, error) {
+	results := make([]service.SendResult, len(batch))
+	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
+	// 1. Which clientmsgids were stored before, or repeat within the batch?
+	var keys []dedupKey
+	first := map[dedupKey]int{}
+	for i, op := range batch {
+		dup[i] = -1
+		if op.req.ClientMsgID == "" {
+			continue
+		}
+		k := dedupKey{op.req.From, op.req.ClientMsgID}
+		if j, ok := first[k]; ok {
+			dup[i] = j
+			continue
+		}
+		first[k] = i
+		keys = append(keys, k)
+	}
+	if len(keys) > 0 {
+		stored, err := selectSent(ctx, tx, keys)
+		if err != nil {
+			return nil, nil, err
+		}
+		for k, ms := range stored {
+			i := first[k]
+			dup[i] = -2
+			results[i] = service.SendResult{UnixMilli: ms, Duplicate: true}
+		}
+	}
+	// 2. Count deliveries per recipient and allocate seqs.
+	counts := map[codec.UserID]int64{}
+	var newKeys []dedupKey
+	var newTimes []int64
+	for i, op := range batch {
+		if dup[i] != -1 {
+			continue
+		}
+		results[i] = service.SendResult{UnixMilli: op.req.UnixMilli}
+		for _, to := range op.req.To {
+			counts[to]++
+		}
+		if op.req.ClientMsgID != "" {
+			newKeys = append(newKeys, dedupKey{op.req.From, op.req.ClientMsgID})
+			newTimes = append(newTimes, op.req.UnixMilli)
+		}
+	}
+	for i := range batch {
+		if j := dup[i]; j >= 0 {
+			results[i] = results[j]
+			results[i].Duplicate = true
+		}
+	}
+	var entries []service.Entry
+	var created []int64 // created_ms of each entry
+	if len(counts) > 0 {
+		next, err := s.allocSeqs(ctx, tx, counts)
+		if err != nil {
+			return nil, nil, err
+		}
+		for i, op := range batch {
+			if dup[i] != -1 {
+				continue
+			}
+			kind := codec.MsgOneChat
+			if op.req.Group != 0 {
+				kind = codec.MsgGroupChat
+			}
+			tm := codec.FormatTime(time.UnixMilli(op.req.UnixMilli))
+			for _, to := range op.req.To {
+				seq := next[to]
+				next[to]++
+				entries = append(entries, service.Entry{To: to, Delivery: codec.Delivery{
+					MsgID: kind, ID: op.req.From, Name: op.req.FromName, ToID: op.req.ToUser,
+					GroupID: op.req.Group, Msg: op.req.Body, Time: tm, Seq: seq,
+				}})
+				created = append(created, op.req.UnixMilli)
+			}
+		}
+		if err := insertInbox(ctx, tx, entries, created); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := insertSent(ctx, tx, newKeys, newTimes); err != nil {
+		return nil, nil, err
+	}
+	return results, entries, nil
+}
+
+// chunk bounds the rows of one multi-row statement.
+const chunk = 400
+
+func selectSent(ctx context.Context, q sqlx.QueryerContext, keys []dedupKey) (map[dedupKey]int64, error) {
+	out := map[dedupKey]int64{}
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		var sb strings.Builder
+		args := make([]any, 0, 2*len(part))
+		sb.WriteString("SELECT senderid, clientmsgid, created_ms FROM sent WHERE ")
+		for i, k := range part {
+			if i > 0 {
+				sb.WriteString(" OR ")
+			}
+			sb.WriteString("(senderid = ? AND clientmsgid = ?)")
+			args = append(args, k.sender, k.cmid)
+		}
+		rows, err := q.QueryxContext(ctx, sb.String(), args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var (
+				sender int64
+				cmid   string
+				ms     int64
+			)
+			if err := rows.Scan(&sender, &cmid, &ms); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out[dedupKey{codec.UserID(sender), cmid}] = ms
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// allocSeqs reserves counts[u] seqs for each recipient and returns the first
+// new seq of each. Rows are touched in user id order so that concurrent
+// batches on other nodes cannot deadlock.
+func (s *Store) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error) {
+	ids := make([]codec.UserID, 0, len(counts))
+	for id := range counts {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	next := make(map[codec.UserID]codec.Seq, len(ids))
+	for start := 0; start < len(ids); start += chunk {
+		part := ids[start:min(start+chunk, len(ids))]
+		args := make([]any, 0, 2*len(part))
+		for _, id := range part {
+			args = append(args, id, counts[id])
+		}
+		stmt := fmt.Sprintf(s.dialect.bumpSeq, placeholders(len(part), "(?, ?)"))
+		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+			return nil, err
+		}
+		q, qargs, err := sqlx.In("SELECT userid, last_seq FROM inbox_state WHERE userid IN (?)", part)
+		if err != nil {
+			return nil, err
+		}
+		rows, err := tx.QueryxContext(ctx, q, qargs...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			var id, last int64
+			if err := rows.Scan(&id, &last); err != nil {
+				rows.Close()
+				return nil, err
+			}
+			uid := codec.UserID(id)
+			next[uid] = codec.Seq(last - counts[uid] + 1)
+		}
+		if err := rows.Close(); err != nil {
+			return nil, err
+		}
+		if err := rows.Err(); err != nil {
+			return nil, err
+		}
+	}
+	if len(next) != len(ids) {
+		return nil, fmt.Errorf("store: seq allocation returned %d of %d users", len(next), len(ids))
+	}
+	return next, nil
+}
+
+func placeholders(n int, one string) string {
+	var sb strings.Builder
+	sb.Grow(n * (len(one) + 1))
+	for i := 0; i < n; i++ {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		sb.WriteString(one)
+	}
+	return sb.String()
+}
+
+func insertInbox(ctx context.Context, tx sqlx.ExtContext, entries []service.Entry, created []int64) error {
+	for start := 0; start < len(entries); start += chunk {
+		part := entries[start:min(start+chunk, len(entries))]
+		args := make([]any, 0, 9*len(part))
+		for i, e := range part {
+			d := e.Delivery
+			args = append(args, e.To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[start+i])
+		}
+		stmt := "INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES " +
+			placeholders(len(part), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func insertSent(ctx context.Context, tx sqlx.ExtContext, keys []dedupKey, times []int64) error {
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		args := make([]any, 0, 3*len(part))
+		for i, k := range part {
+			args = append(args, k.sender, k.cmid, times[start+i])
+		}
+		stmt := "INSERT INTO sent (senderid, clientmsgid, created_ms) VALUES " + placeholders(len(part), "(?, ?, ?)")
+		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}

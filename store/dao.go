@@ -1,0 +1,316 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+func nowMilli() int64 { return time.Now().UnixMilli() }
+
+// The DAO functions below take sqlx.ExtContext or sqlx.QueryerContext so they
+// run inside or outside a transaction.
+
+func insertUser(ctx context.Context, q sqlx.ExtContext, name string, hash []byte, now int64) (codec.UserID, error) {
+	res, err := q.ExecContext(ctx, "INSERT INTO users (name, password, created_ms) VALUES (?, ?, ?)", name, hash, now)
+	if err != nil {
+		return 0, err
+	}
+	id, err := res.LastInsertId()
+	if err != nil {
+		return 0, err
+	}
+	if _, err := q.ExecContext(ctx, "INSERT INTO inbox_state (userid, last_seq, acked_seq) VALUES (?, 0, 0)", id); err != nil {
+		return 0, err
+	}
+	return codec.UserID(id), nil
+}
+
+type userRow struct {
+	ID           int64  `db:"id"`
+	Name         string `db:"name"`
+	Password     []byte `db:"password"`
+	TokenVersion int64  `db:"token_version"`
+}
+
+func selectUser(ctx context.Context, q sqlx.QueryerContext, id codec.UserID) (User, error) {
+	var r userRow
+	err := sqlx.GetContext(ctx, q, &r, "SELECT id, name, password, token_version FROM users WHERE id = ?", id)
+	if errors.Is(err, sql.ErrNoRows) {
+		return User{}, service.ErrNotFound
+	}
+	if err != nil {
+		return User{}, err
+	}
+	return User{ID: codec.UserID(r.ID), Name: r.Name, PasswordHash: r.Password, TokenVersion: r.TokenVersion}, nil
+}
+
+// User is service.User, named here for the DAO signatures.
+type User = service.User
+
+type memberRow struct {
+	ID   int64  `db:"id"`
+	Name string `db:"name"`
+	Role string `db:"role"`
+}
+
+func toMembers(rows []memberRow) []service.Member {
+	out := make([]service.Member, len(rows))
+	for i, r := range rows {
+		out[i] = service.Member{ID: codec.UserID(r.ID), Name: r.Name, Role: r.Role}
+	}
+	return out
+}
+
+func selectFriends(ctx context.Context, q sqlx.QueryerContext, id codec.UserID) ([]service.Member, error) {
+	var rows []memberRow
+	err := sqlx.SelectContext(ctx, q, &rows,
+		"SELECT u.id, u.name, '' AS role FROM friends f JOIN users u ON u.id = f.friendid WHERE f.userid = ? ORDER BY u.id", id)
+	return toMembers(rows), err
+}
+
+func selectMembers(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID) ([]service.Member, error) {
+	var rows []memberRow
+	err := sqlx.SelectContext(ctx, q, &rows,
+		"SELECT u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid WHERE m.groupid = ? ORDER BY m.joined_ms, u.id", gid)
+	return toMembers(rows), err
+}
+
+func groupExists(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID) (bool, error) {
+	var n int
+	err := sqlx.GetContext(ctx, q, &n, "SELECT COUNT(*) FROM chat_groups WHERE id = ?", gid)
+	return n > 0, err
+}
+
+func userExists(ctx context.Context, q sqlx.QueryerContext, id codec.UserID) (bool, error) {
+	var n int
+	err := sqlx.GetContext(ctx, q, &n, "SELECT COUNT(*) FROM users WHERE id = ?", id)
+	return n > 0, err
+}
+
+// CreateUser implements service.Store.
+func (s *Store) CreateUser(ctx context.Context, name string, hash []byte) (codec.UserID, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var id codec.UserID
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		var err error
+		id, err = insertUser(ctx, tx, name, hash, nowMilli())
+		return err
+	})
+	if isConflict(err) {
+		return 0, service.ErrConflict
+	}
+	return id, unavailable(err)
+}
+
+// User implements service.Store.
+func (s *Store) User(ctx context.Context, id codec.UserID) (User, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	u, err := selectUser(ctx, s.db, id)
+	return u, unavailable(err)
+}
+
+// BumpTokenVersion implements service.Store.
+func (s *Store) BumpTokenVersion(ctx context.Context, id codec.UserID) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	_, err := s.db.ExecContext(ctx, "UPDATE users SET token_version = token_version + 1 WHERE id = ?", id)
+	return unavailable(err)
+}
+
+// AddFriend implements service.Store.
+func (s *Store) AddFriend(ctx context.Context, a, b codec.UserID) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		ok, err := userExists(ctx, tx, b)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return service.ErrNotFound
+		}
+		now := nowMilli()
+		if _, err := tx.ExecContext(ctx, "INSERT INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?)", a, b, now); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, s.dialect.insertIgnore+" INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?)", b, a, now)
+		return err
+	})
+	if isConflict(err) {
+		return service.ErrConflict
+	}
+	return unavailable(err)
+}
+
+// Friends implements service.Store.
+func (s *Store) Friends(ctx context.Context, id codec.UserID) ([]service.Member, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	m, err := selectFriends(ctx, s.db, id)
+	return m, unavailable(err)
+}
+
+// CreateGroup implements service.Store.
+func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, desc string) (codec.GroupID, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var gid codec.GroupID
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		now := nowMilli()
+		res, err := tx.ExecContext(ctx, "INSERT INTO chat_groups (groupname, groupdesc, creator, created_ms) VALUES (?, ?, ?, ?)", name, desc, creator, now)
+		if err != nil {
+			return err
+		}
+		id, err := res.LastInsertId()
+		if err != nil {
+			return err
+		}
+		gid = codec.GroupID(id)
+		_, err = tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, creator, codec.RoleCreator, now)
+		return err
+	})
+	if isConflict(err) {
+		return 0, service.ErrConflict
+	}
+	return gid, unavailable(err)
+}
+
+// JoinGroup implements service.Store.
+func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) error {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		ok, err := groupExists(ctx, tx, gid)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return service.ErrNotFound
+		}
+		_, err = tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, uid, codec.RoleNormal, nowMilli())
+		return err
+	})
+	if isConflict(err) {
+		return service.ErrConflict
+	}
+	return unavailable(err)
+}
+
+// GroupMembers implements service.Store.
+func (s *Store) GroupMembers(ctx context.Context, gid codec.GroupID) ([]service.Member, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	m, err := selectMembers(ctx, s.db, gid)
+	if err == nil && len(m) == 0 {
+		// Every group has its creator as a member, so none means no group.
+		return nil, service.ErrNotFound
+	}
+	return m, unavailable(err)
+}
+
+type groupRow struct {
+	ID   int64  `db:"id"`
+	Name string `db:"groupname"`
+	Desc string `db:"groupdesc"`
+}
+
+// UserGroups implements service.Store.
+func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Group, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var rows []groupRow
+	err := s.db.SelectContext(ctx, &rows,
+		"SELECT g.id, g.groupname, g.groupdesc FROM group_members m JOIN chat_groups g ON g.id = m.groupid WHERE m.userid = ? ORDER BY g.id", uid)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	out := make([]service.Group, 0, len(rows))
+	for _, r := range rows {
+		members, err := selectMembers(ctx, s.db, codec.GroupID(r.ID))
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		out = append(out, service.Group{ID: codec.GroupID(r.ID), Name: r.Name, Desc: r.Desc, Members: members})
+	}
+	return out, nil
+}
+
+type inboxRow struct {
+	Seq       int64  `db:"seq"`
+	Kind      int    `db:"kind"`
+	FromID    int64  `db:"fromid"`
+	FromName  string `db:"fromname"`
+	ToID      int64  `db:"toid"`
+	GroupID   int64  `db:"groupid"`
+	Body      string `db:"body"`
+	CreatedMS int64  `db:"created_ms"`
+}
+
+// Delivery builds the wire delivery of a stored inbox row.
+func (r inboxRow) delivery() codec.Delivery {
+	return codec.Delivery{
+		MsgID: codec.MsgID(r.Kind), ID: codec.UserID(r.FromID), Name: r.FromName,
+		ToID: codec.UserID(r.ToID), GroupID: codec.GroupID(r.GroupID), Msg: r.Body,
+		Time: codec.FormatTime(time.UnixMilli(r.CreatedMS)), Seq: codec.Seq(r.Seq),
+	}
+}
+
+// Inbox implements service.Store.
+func (s *Store) Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var rows []inboxRow
+	err := s.db.SelectContext(ctx, &rows,
+		"SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	out := make([]codec.Delivery, len(rows))
+	for i, r := range rows {
+		out[i] = r.delivery()
+	}
+	return out, nil
+}
+
+// InboxState implements service.Store.
+func (s *Store) InboxState(ctx context.Context, uid codec.UserID) (last, acked codec.Seq, err error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var row struct {
+		Last  int64 `db:"last_seq"`
+		Acked int64 `db:"acked_seq"`
+	}
+	err = s.db.GetContext(ctx, &row, "SELECT last_seq, acked_seq FROM inbox_state WHERE userid = ?", uid)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, 0, nil
+	}
+	return codec.Seq(row.Last), codec.Seq(row.Acked), unavailable(err)
+}
+
+// Ack implements service.Store: one transaction for every user in acks.
+func (s *Store) Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error {
+	if len(acks) == 0 {
+		return nil
+	}
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		for uid, seq := range acks {
+			if _, err := tx.ExecContext(ctx,
+				"UPDATE inbox_state SET acked_seq = ? WHERE userid = ? AND acked_seq < ? AND last_seq >= ?", seq, uid, seq, seq); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return unavailable(err)
+}

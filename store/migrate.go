@@ -1,0 +1,100 @@
+package store
+
+import (
+	"context"
+	_ "embed"
+	"fmt"
+	"strconv"
+	"strings"
+)
+
+//go:embed migrations/sqlite.sql
+var sqliteSchema string
+
+//go:embed migrations/mysql.sql
+var mysqlSchema string
+
+// migration is one numbered schema step.
+type migration struct {
+	version    int
+	statements []string
+}
+
+// parseMigrations splits a schema file into "-- migration N" sections of
+// ";"-terminated statements.
+func parseMigrations(src string) ([]migration, error) {
+	var out []migration
+	var stmt strings.Builder
+	for _, line := range strings.Split(src, "\n") {
+		trimmed := strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(trimmed, "-- migration "); ok {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("store: bad migration header %q", trimmed)
+			}
+			out = append(out, migration{version: n})
+			continue
+		}
+		if trimmed == "" || strings.HasPrefix(trimmed, "--") {
+			continue
+		}
+		if len(out) == 0 {
+			return nil, fmt.Errorf("store: statement before the first migration header")
+		}
+		stmt.WriteString(line)
+		stmt.WriteByte('\n')
+		if strings.HasSuffix(trimmed, ";") {
+			m := &out[len(out)-1]
+			m.statements = append(m.statements, strings.TrimSpace(stmt.String()))
+			stmt.Reset()
+		}
+	}
+	return out, nil
+}
+
+// migrate applies every migration newer than the recorded version. It is
+// idempotent, and on MySQL serialised across nodes by a named lock.
+func (s *Store) migrate(ctx context.Context) error {
+	src := sqliteSchema
+	if s.dialect.name == "mysql" {
+		src = mysqlSchema
+	}
+	migs, err := parseMigrations(src)
+	if err != nil {
+		return err
+	}
+	conn, err := s.db.Connx(ctx)
+	if err != nil {
+		return fmt.Errorf("store: connect: %w", err)
+	}
+	defer conn.Close()
+	if s.dialect.name == "mysql" {
+		var got int
+		if err := conn.GetContext(ctx, &got, "SELECT GET_LOCK('chatcluster_migrate', 60)"); err != nil || got != 1 {
+			return fmt.Errorf("store: migration lock: %v (got %d)", err, got)
+		}
+		defer conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK('chatcluster_migrate')")
+	}
+	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_ms BIGINT NOT NULL)"); err != nil {
+		return fmt.Errorf("store: create schema_migrations: %w", err)
+	}
+	var current int
+	if err := conn.GetContext(ctx, &current, "SELECT COALESCE(MAX(version), 0) FROM schema_migrations"); err != nil {
+		return fmt.Errorf("store: read schema version: %w", err)
+	}
+	for _, m := range migs {
+		if m.version <= current {
+			continue
+		}
+		for _, st := range m.statements {
+			if _, err := conn.ExecContext(ctx, st); err != nil {
+				return fmt.Errorf("store: migration %d: %w", m.version, err)
+			}
+		}
+		if _, err := conn.ExecContext(ctx, "INSERT INTO schema_migrations (version, applied_ms) VALUES (?, ?)", m.version, nowMilli()); err != nil {
+			return fmt.Errorf("store: record migration %d: %w", m.version, err)
+		}
+		s.log.Info("applied schema migration", "version", m.version, "driver", s.dialect.name)
+	}
+	return nil
+}

@@ -1,0 +1,58 @@
+-- chatcluster schema for SQLite (embedded default). Each migration starts
+-- with a "-- migration N" line; statements end with ";" at end of line.
+-- migration 1
+CREATE TABLE IF NOT EXISTS users (
+  id            INTEGER PRIMARY KEY AUTOINCREMENT,
+  name          TEXT    NOT NULL UNIQUE,
+  password      BLOB    NOT NULL,
+  token_version INTEGER NOT NULL DEFAULT 0,
+  created_ms    INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS friends (
+  userid     INTEGER NOT NULL,
+  friendid   INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL,
+  PRIMARY KEY (userid, friendid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS chat_groups (
+  id         INTEGER PRIMARY KEY AUTOINCREMENT,
+  groupname  TEXT    NOT NULL UNIQUE,
+  groupdesc  TEXT    NOT NULL,
+  creator    INTEGER NOT NULL,
+  created_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS group_members (
+  groupid   INTEGER NOT NULL,
+  userid    INTEGER NOT NULL,
+  role      TEXT    NOT NULL,
+  joined_ms INTEGER NOT NULL,
+  PRIMARY KEY (groupid, userid)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_members_user ON group_members (userid);
+CREATE TABLE IF NOT EXISTS inbox_state (
+  userid    INTEGER PRIMARY KEY,
+  last_seq  INTEGER NOT NULL DEFAULT 0,
+  acked_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS inbox (
+  userid     INTEGER NOT NULL,
+  seq        INTEGER NOT NULL,
+  kind       INTEGER NOT NULL,
+  fromid     INTEGER NOT NULL,
+  fromname   TEXT    NOT NULL,
+  toid       INTEGER NOT NULL,
+  groupid    INTEGER NOT NULL,
+  body       TEXT    NOT NULL,
+  created_ms INTEGER NOT NULL,
+  PRIMARY KEY (userid, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sent (
+  senderid    INTEGER NOT NULL,
+  clientmsgid TEXT    NOT NULL,
+  created_ms  INTEGER NOT NULL,
+  PRIMARY KEY (senderid, clientmsgid)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS settings (
+  name  TEXT PRIMARY KEY,
+  value BLOB NOT NULL
+);

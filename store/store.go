@@ -1,0 +1,269 @@
+// Package store keeps users, friends, groups and the durable message inbox in
+// SQLite (embedded default, modernc.org/sqlite, no cgo) or MySQL/MariaDB
+// (go-sql-driver/mysql), through one set of sqlx DAOs with "?" placeholders.
+//
+// A *Store is safe for concurrent use. Sends are group-committed: one writer
+// goroutine commits every Send queued while the previous commit ran in one
+// transaction.
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jmoiron/sqlx"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// Errors of this package, beside the service.Err* sentinels its methods
+// return for the service layer.
+var (
+	// ErrBadDSN: the DSN is neither sqlite:PATH nor mysql:DSN.
+	ErrBadDSN = errors.New("store: dsn must be sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB")
+	// ErrClosed: the store was closed.
+	ErrClosed = errors.New("store: closed")
+)
+
+// Config configures Open. The zero value of every field but DSN is a
+// sensible default.
+type Config struct {
+	// DSN is "sqlite:PATH" (PATH may carry ?_pragma=... query options) or
+	// "mysql:USER:PASS@tcp(HOST:PORT)/DB" (a go-sql-driver/mysql DSN).
+	DSN string
+	// MaxBatch bounds the number of sends in one group commit; default 512.
+	MaxBatch int
+	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
+	MaxOpenConns int
+	// ConnMaxLifetime recycles pooled connections; default 3 minutes, below
+	// MySQL's wait_timeout.
+	ConnMaxLifetime time.Duration
+	// QueryTimeout bounds each store call that has no deadline; default 5 s.
+	QueryTimeout time.Duration
+	// Logger receives store events; default slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is the SQL implementation of service.Store.
+type Store struct {
+	db      *sqlx.DB
+	dialect dialect
+	cfg     Config
+	log     *slog.Logger
+	batcher *batcher
+}
+
+var _ service.Store = (*Store)(nil)
+
+// Open connects, applies the embedded migrations and starts the commit
+// goroutine. Close releases everything.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.MaxBatch <= 0 {
+		cfg.MaxBatch = 512
+	}
+	if cfg.ConnMaxLifetime <= 0 {
+		cfg.ConnMaxLifetime = 3 * time.Minute
+	}
+	if cfg.QueryTimeout <= 0 {
+		cfg.QueryTimeout = 5 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	driver, dsn, d, err := parseDSN(cfg.DSN)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.MaxOpenConns <= 0 {
+		cfg.MaxOpenConns = d.defaultConns
+	}
+	db, err := sqlx.Open(driver, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	db.SetMaxOpenConns(cfg.MaxOpenConns)
+	db.SetMaxIdleConns(cfg.MaxOpenConns)
+	db.SetConnMaxLifetime(cfg.ConnMaxLifetime)
+	db.SetConnMaxIdleTime(cfg.ConnMaxLifetime / 2)
+	s := &Store{db: db, dialect: d, cfg: cfg, log: cfg.Logger}
+	if err := s.migrate(ctx); err != nil {
+		db.Close()
+		return nil, err
+	}
+	s.batcher = newBatcher(s, cfg.MaxBatch)
+	return s, nil
+}
+
+// Close stops the commit goroutine after it committed what was queued, then
+// closes the database.
+func (s *Store) Close() error {
+	s.batcher.close()
+	return s.db.Close()
+}
+
+// DB exposes the underlying handle for tests and tools.
+func (s *Store) DB() *sqlx.DB { return s.db }
+
+// Driver returns "sqlite" or "mysql".
+func (s *Store) Driver() string { return s.dialect.name }
+
+func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
+	kind, rest, ok := strings.Cut(dsn, ":")
+	if !ok || rest == "" {
+		return "", "", d, ErrBadDSN
+	}
+	switch kind {
+	case "sqlite":
+		path, query, _ := strings.Cut(rest, "?")
+		if !strings.Contains(query, "journal_mode") {
+			query = addParam(query, "_pragma=journal_mode(WAL)")
+		}
+		if !strings.Contains(query, "synchronous") {
+			query = addParam(query, "_pragma=synchronous(FULL)")
+		}
+		if !strings.Contains(query, "busy_timeout") {
+			query = addParam(query, "_pragma=busy_timeout(10000)")
+		}
+		query = addParam(query, "_txlock=immediate")
+		return "sqlite", "file:" + path + "?" + query, sqliteDialect, nil
+	case "mysql":
+		mc, err := mysql.ParseDSN(rest)
+		if err != nil {
+			return "", "", d, fmt.Errorf("%w: %v", ErrBadDSN, err)
+		}
+		if mc.Params == nil {
+			mc.Params = map[string]string{}
+		}
+		mc.InterpolateParams = true
+		mc.ParseTime = false
+		if mc.Timeout == 0 {
+			mc.Timeout = 3 * time.Second
+		}
+		if mc.ReadTimeout == 0 {
+			mc.ReadTimeout = 10 * time.Second
+		}
+		if mc.WriteTimeout == 0 {
+			mc.WriteTimeout = 10 * time.Second
+		}
+		if _, ok := mc.Params["charset"]; !ok {
+			mc.Params["charset"] = "utf8mb4"
+		}
+		return "mysql", mc.FormatDSN(), mysqlDialect, nil
+	}
+	return "", "", d, ErrBadDSN
+}
+
+func addParam(q, p string) string {
+	if q == "" {
+		return p
+	}
+	return q + "&" + p
+}
+
+// dialect holds the few statements that differ between the drivers.
+type dialect struct {
+	name         string
+	defaultConns int
+	// bumpSeq upserts inbox_state.last_seq += n; "%s" takes the VALUES rows.
+	bumpSeq      string
+	insertIgnore string
+}
+
+var (
+	sqliteDialect = dialect{
+		name:         "sqlite",
+		defaultConns: 8,
+		bumpSeq:      "INSERT INTO inbox_state (userid, last_seq) VALUES %s ON CONFLICT(userid) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
+		insertIgnore: "INSERT OR IGNORE",
+	}
+	mysqlDialect = dialect{
+		name:         "mysql",
+		defaultConns: 32,
+		bumpSeq:      "INSERT INTO inbox_state (userid, last_seq) VALUES %s ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+		insertIgnore: "INSERT IGNORE",
+	}
+)
+
+// isConflict reports a unique or primary key violation.
+func isConflict(err error) bool {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number == 1062
+	}
+	return err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed")
+}
+
+// isRetryable reports a deadlock or lock timeout worth retrying.
+func isRetryable(err error) bool {
+	var me *mysql.MySQLError
+	if errors.As(err, &me) {
+		return me.Number == 1213 || me.Number == 1205
+	}
+	return err != nil && (strings.Contains(err.Error(), "SQLITE_BUSY") || strings.Contains(err.Error(), "database is locked"))
+}
+
+// unavailable wraps a driver error as service.ErrUnavailable, keeping the
+// cause for logs.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, service.ErrNotFound) || errors.Is(err, service.ErrConflict) || errors.Is(err, service.ErrUnavailable) {
+		return err
+	}
+	return fmt.Errorf("%w: %v", service.ErrUnavailable, err)
+}
+
+func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, s.cfg.QueryTimeout)
+}
+
+// inTx runs fn in a transaction, retrying deadlocks a few times.
+func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var tx *sqlx.Tx
+		tx, err = s.db.BeginTxx(ctx, nil)
+		if err != nil {
+			return err
+		}
+		if err = fn(tx); err == nil {
+			if err = tx.Commit(); err == nil {
+				return nil
+			}
+		} else {
+			_ = tx.Rollback()
+		}
+		if !isRetryable(err) || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+	}
+	return err
+}
+
+// Secret returns the token signing key shared by every node of the cluster,
+// creating a random one the first time.
+func (s *Store) Secret(ctx context.Context) ([]byte, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	if _, err := s.db.ExecContext(ctx, s.dialect.insertIgnore+" INTO settings (name, value) VALUES (?, ?)", "token_secret", key); err != nil {
+		return nil, unavailable(err)
+	}
+	var got []byte
+	if err := s.db.GetContext(ctx, &got, "SELECT value FROM settings WHERE name = ?", "token_secret"); err != nil {
+		return nil, unavailable(err)
+	}
+	return got, nil
+}

@@ -1,0 +1,346 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-sql-driver/mysql"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// backends returns the DSNs every DAO test runs against: a fresh SQLite file
+// and, when CHAT_TEST_MYSQL_DSN is set, a fresh MariaDB database (required
+// when CHAT_REQUIRE_SERVICES=1).
+func backends(t *testing.T) map[string]string {
+	t.Helper()
+	out := map[string]string{"sqlite": "sqlite:" + filepath.Join(t.TempDir(), "chat.db")}
+	if dsn := MySQLTestDSN(t); dsn != "" {
+		out["mysql"] = dsn
+	}
+	return out
+}
+
+// MySQLTestDSN creates a private database on the server named by
+// CHAT_TEST_MYSQL_DSN and returns its "mysql:" DSN, dropped when t ends. It
+// returns "" when the variable is unset, unless CHAT_REQUIRE_SERVICES=1.
+func MySQLTestDSN(t testing.TB) string {
+	t.Helper()
+	base := os.Getenv("CHAT_TEST_MYSQL_DSN")
+	if base == "" {
+		if os.Getenv("CHAT_REQUIRE_SERVICES") == "1" {
+			t.Fatal("CHAT_REQUIRE_SERVICES=1 but CHAT_TEST_MYSQL_DSN is not set")
+		}
+		return ""
+	}
+	cfg, err := mysql.ParseDSN(base)
+	if err != nil {
+		t.Fatalf("CHAT_TEST_MYSQL_DSN: %v", err)
+	}
+	var b [6]byte
+	rand.Read(b[:])
+	name := "chat_t_" + hex.EncodeToString(b[:])
+	cfg.DBName = ""
+	admin, err := sql.Open("mysql", cfg.FormatDSN())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec("CREATE DATABASE " + name + " CHARACTER SET utf8mb4"); err != nil {
+		admin.Close()
+		t.Fatalf("create test database: %v", err)
+	}
+	t.Cleanup(func() {
+		admin.Exec("DROP DATABASE IF EXISTS " + name)
+		admin.Close()
+	})
+	cfg.DBName = name
+	return "mysql:" + cfg.FormatDSN()
+}
+
+func forEachBackend(t *testing.T, fn func(t *testing.T, s *Store)) {
+	for name, dsn := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			s, err := Open(context.Background(), Config{DSN: dsn})
+			if err != nil {
+				t.Fatalf("open %s: %v", name, err)
+			}
+			t.Cleanup(func() { s.Close() })
+			fn(t, s)
+		})
+	}
+}
+
+func mustUser(t *testing.T, s *Store, name string) codec.UserID {
+	t.Helper()
+	id, err := s.CreateUser(context.Background(), name, []byte("hash-"+name))
+	if err != nil {
+		t.Fatalf("create user %s: %v", name, err)
+	}
+	return id
+}
+
+func TestUsers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		a := mustUser(t, s, "alice")
+		b := mustUser(t, s, "Alice") // names are case-sensitive on both drivers
+		if a == b || a <= 0 {
+			t.Fatalf("ids %d %d", a, b)
+		}
+		if _, err := s.CreateUser(ctx, "alice", []byte("x")); !errors.Is(err, service.ErrConflict) {
+			t.Fatalf("duplicate name: %v", err)
+		}
+		u, err := s.User(ctx, a)
+		if err != nil || u.Name != "alice" || string(u.PasswordHash) != "hash-alice" || u.TokenVersion != 0 {
+			t.Fatalf("user = %+v, %v", u, err)
+		}
+		if err := s.BumpTokenVersion(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if u, _ := s.User(ctx, a); u.TokenVersion != 1 {
+			t.Fatalf("token version %d", u.TokenVersion)
+		}
+		if _, err := s.User(ctx, 9999); !errors.Is(err, service.ErrNotFound) {
+			t.Fatalf("missing user: %v", err)
+		}
+		s1, err := s.Secret(ctx)
+		if err != nil || len(s1) != 32 {
+			t.Fatalf("secret %x %v", s1, err)
+		}
+		if s2, _ := s.Secret(ctx); string(s1) != string(s2) {
+			t.Fatal("secret changed")
+		}
+	})
+}
+
+func TestFriendsAndGroups(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
+		if err := s.AddFriend(ctx, a, b); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.AddFriend(ctx, a, b); !errors.Is(err, service.ErrConflict) {
+			t.Fatalf("again: %v", err)
+		}
+		if err := s.AddFriend(ctx, b, a); !errors.Is(err, service.ErrConflict) {
+			t.Fatalf("reverse: %v", err)
+		}
+		if err := s.AddFriend(ctx, a, 777); !errors.Is(err, service.ErrNotFound) {
+			t.Fatalf("missing: %v", err)
+		}
+		fb, err := s.Friends(ctx, b)
+		if err != nil || len(fb) != 1 || fb[0].ID != a || fb[0].Name != "a" {
+			t.Fatalf("friends of b: %+v %v", fb, err)
+		}
+		g, err := s.CreateGroup(ctx, a, "g1", "first")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CreateGroup(ctx, b, "g1", "dup"); !errors.Is(err, service.ErrConflict) {
+			t.Fatalf("dup group: %v", err)
+		}
+		if err := s.JoinGroup(ctx, g, c); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.JoinGroup(ctx, g, c); !errors.Is(err, service.ErrConflict) {
+			t.Fatalf("join twice: %v", err)
+		}
+		if err := s.JoinGroup(ctx, 999, c); !errors.Is(err, service.ErrNotFound) {
+			t.Fatalf("join missing: %v", err)
+		}
+		m, err := s.GroupMembers(ctx, g)
+		if err != nil || len(m) != 2 || m[0].ID != a || m[0].Role != codec.RoleCreator || m[1].ID != c || m[1].Role != codec.RoleNormal {
+			t.Fatalf("members %+v %v", m, err)
+		}
+		if _, err := s.GroupMembers(ctx, 999); !errors.Is(err, service.ErrNotFound) {
+			t.Fatalf("members of missing: %v", err)
+		}
+		gs, err := s.UserGroups(ctx, c)
+		if err != nil || len(gs) != 1 || gs[0].Name != "g1" || gs[0].Desc != "first" || len(gs[0].Members) != 2 {
+			t.Fatalf("groups %+v %v", gs, err)
+		}
+	})
+}
+
+func TestSendSeqAndDedup(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		const senders, perSender = 8, 40
+		to := mustUser(t, s, "rcpt")
+		other := mustUser(t, s, "other")
+		var hookMu sync.Mutex
+		var hooked []service.Entry
+		s.SetCommitHook(func(e []service.Entry) {
+			hookMu.Lock()
+			hooked = append(hooked, e...)
+			hookMu.Unlock()
+		})
+		var wg sync.WaitGroup
+		errs := make(chan error, senders*perSender)
+		for i := 0; i < senders; i++ {
+			from := mustUser(t, s, fmt.Sprintf("s%d", i))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := 0; j < perSender; j++ {
+					_, err := s.Send(ctx, service.SendRequest{
+						From: from, FromName: "x", To: []codec.UserID{to, other}, Group: 1,
+						Body: fmt.Sprintf("m%d", j), ClientMsgID: fmt.Sprintf("s:%d", j), UnixMilli: time.Now().UnixMilli(),
+					})
+					if err != nil {
+						errs <- err
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		for _, uid := range []codec.UserID{to, other} {
+			got, err := s.Inbox(ctx, uid, 0, 10000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != senders*perSender {
+				t.Fatalf("inbox of %d has %d entries", uid, len(got))
+			}
+			for i, d := range got {
+				if d.Seq != codec.Seq(i+1) || d.MsgID != codec.MsgGroupChat || d.GroupID != 1 {
+					t.Fatalf("entry %d = %+v", i, d)
+				}
+			}
+			last, acked, err := s.InboxState(ctx, uid)
+			if err != nil || last != senders*perSender || acked != 0 {
+				t.Fatalf("state %d %d %v", last, acked, err)
+			}
+		}
+		// The hook saw every entry once, in seq order per recipient.
+		hookMu.Lock()
+		seen := map[codec.UserID]codec.Seq{}
+		for _, e := range hooked {
+			if e.Delivery.Seq != seen[e.To]+1 {
+				t.Fatalf("hook order: user %d got seq %d after %d", e.To, e.Delivery.Seq, seen[e.To])
+			}
+			seen[e.To] = e.Delivery.Seq
+		}
+		hookMu.Unlock()
+		if len(hooked) != 2*senders*perSender {
+			t.Fatalf("hook saw %d entries", len(hooked))
+		}
+		// A retried clientmsgid stores nothing and returns the original time.
+		from := mustUser(t, s, "retry")
+		first, err := s.Send(ctx, service.SendRequest{From: from, To: []codec.UserID{to}, ToUser: to, Body: "once", ClientMsgID: "s:k", UnixMilli: 1000})
+		if err != nil || first.Duplicate {
+			t.Fatal(first, err)
+		}
+		again, err := s.Send(ctx, service.SendRequest{From: from, To: []codec.UserID{to}, ToUser: to, Body: "once", ClientMsgID: "s:k", UnixMilli: 5000})
+		if err != nil || !again.Duplicate || again.UnixMilli != 1000 {
+			t.Fatalf("retry = %+v, %v", again, err)
+		}
+		if last, _, _ := s.InboxState(ctx, to); last != senders*perSender+1 {
+			t.Fatalf("retry stored twice: last %d", last)
+		}
+	})
+}
+
+func TestAck(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+		for i := 0; i < 5; i++ {
+			if _, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{b}, ToUser: b, Body: "x", UnixMilli: 1}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check := func(want codec.Seq) {
+			t.Helper()
+			if _, acked, err := s.InboxState(ctx, b); err != nil || acked != want {
+				t.Fatalf("acked = %d (%v), want %d", acked, err, want)
+			}
+		}
+		if err := s.Ack(ctx, map[codec.UserID]codec.Seq{b: 3}); err != nil {
+			t.Fatal(err)
+		}
+		check(3)
+		s.Ack(ctx, map[codec.UserID]codec.Seq{b: 2}) // never lowers
+		check(3)
+		s.Ack(ctx, map[codec.UserID]codec.Seq{b: 9}) // beyond the last seq: ignored
+		check(3)
+		s.Ack(ctx, map[codec.UserID]codec.Seq{b: 5})
+		check(5)
+		rest, err := s.Inbox(ctx, b, 3, 10)
+		if err != nil || len(rest) != 2 || rest[0].Seq != 4 {
+			t.Fatalf("inbox after 3: %+v %v", rest, err)
+		}
+	})
+}
+
+func TestMigrationsIdempotent(t *testing.T) {
+	for name, dsn := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			for i := 0; i < 2; i++ {
+				s, err := Open(context.Background(), Config{DSN: dsn})
+				if err != nil {
+					t.Fatalf("open %d: %v", i, err)
+				}
+				var v int
+				if err := s.DB().Get(&v, "SELECT MAX(version) FROM schema_migrations"); err != nil || v != 1 {
+					t.Fatalf("version %d %v", v, err)
+				}
+				s.Close()
+			}
+		})
+	}
+}
+
+func TestParseDSN(t *testing.T) {
+	for _, bad := range []string{"", "chat.db", "postgres:x", "sqlite:", "mysql:%%%"} {
+		if _, _, _, err := parseDSN(bad); !errors.Is(err, ErrBadDSN) {
+			t.Errorf("%q: %v", bad, err)
+		}
+	}
+	if d, c, _, err := parseDSN("mysql:u:p@tcp(127.0.0.1:3306)/chat"); err != nil || d != "mysql" || c == "" {
+		t.Errorf("mysql dsn: %s %s %v", d, c, err)
+	}
+}
+
+func BenchmarkSendBatch(b *testing.B) {
+	s, err := Open(context.Background(), Config{DSN: "sqlite:" + filepath.Join(b.TempDir(), "bench.db")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	users := make([]codec.UserID, 100)
+	for i := range users {
+		users[i], _ = s.CreateUser(ctx, fmt.Sprintf("u%d", i), []byte("h"))
+	}
+	b.ReportAllocs()
+	b.SetParallelism(64) // many concurrent senders, as on a busy node
+	i := 0
+	var mu sync.Mutex
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			mu.Lock()
+			i++
+			from, to := users[i%100], users[(i+1)%100]
+			mu.Unlock()
+			if _, err := s.Send(ctx, service.SendRequest{From: from, FromName: "u", To: []codec.UserID{to}, ToUser: to, Body: "hello there", UnixMilli: time.Now().UnixMilli()}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
