@@ -1,0 +1,698 @@
+// Package client is a Go client for the chatcluster wire protocol (see
+// package codec): it multiplexes concurrent requests over one TCP connection
+// by "reqid", and hands the server's deliveries to the application in seq
+// order, deduplicated, acknowledging them with DELIVERED.
+//
+// A Client owns exactly two goroutines (a reader and a writer) and no timers
+// unless Options.PingInterval is set, so a process can hold many thousands
+// of them. The package has no global state. Every exported method of Client
+// is safe for concurrent use by multiple goroutines.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// Defaults applied by Dial to zero (or negative) Options fields.
+const (
+	DefaultDeliveryBuffer = 1024
+	DefaultDialTimeout    = 5 * time.Second
+)
+
+const (
+	readBufSize   = 4096     // bufio.Reader size; larger frames get their own buffer
+	maxKeptWrite  = 64 << 10 // write buffers above this are not kept for reuse
+	maxFreeChans  = 4        // per-client free list of response channels
+	silenceFactor = 3        // with pings: close after silenceFactor*PingInterval of silence
+	idPrefixBytes = 6        // random bytes in the clientmsgid prefix
+	deliveredCap  = 40       // enough for {"msgid":12,"seq":<int64>}
+)
+
+// Options configures Dial. The zero value is usable. Options is a plain value;
+// Dial copies it.
+type Options struct {
+	// MaxFrame is the largest frame body accepted from the server; a larger
+	// one closes the connection with an error wrapping ErrProtocol. Default
+	// codec.DefaultMaxFrame.
+	MaxFrame int
+	// ManualAck disables automatic acknowledgement: the application must call
+	// Client.Ack after it has processed a delivery. By default a delivery is
+	// acknowledged as soon as it has been put into the Deliveries channel.
+	ManualAck bool
+	// DeliveryBuffer is the capacity of the Deliveries channel. Default 1024.
+	// The buffer is allocated up front (about 90 bytes per slot), so programs
+	// holding thousands of clients should choose a small value.
+	DeliveryBuffer int
+	// DialTimeout bounds the TCP connect. Default 5s.
+	DialTimeout time.Duration
+	// PingInterval, when positive, makes the client send a PING (without
+	// reqid) every PingInterval, and close the connection with an error
+	// wrapping os.ErrDeadlineExceeded when nothing at all has been received
+	// for 3*PingInterval. Zero disables both.
+	PingInterval time.Duration
+	// OnUnsolicited, when not nil, is called from the reader goroutine for
+	// each server message that is neither a delivery, a KICKED, nor the
+	// response to a pending request: e.g. an ACK without reqid for input the
+	// server could not attribute, or a response that arrived after its
+	// request was abandoned. It must not block and must not call Close;
+	// r.Body is owned by the callee. PONGs to keep-alive pings are not
+	// reported.
+	OnUnsolicited func(r Response)
+}
+
+// Response is one server response as returned by Client.Do. It is a plain
+// value: once returned it is owned by the caller and is not touched by the
+// Client again.
+type Response struct {
+	// Header holds the response's msgid and the echoed reqid.
+	Header codec.Header
+	// Errno and ErrMsg are the response's "errno" and "errmsg" (zero when
+	// absent, as in PONG).
+	Errno  codec.Errno
+	ErrMsg string
+	// Ack is the "ack" field of an ACK response: the msgid it answers.
+	Ack codec.MsgID
+	// Body is the complete JSON object of the response.
+	Body []byte
+}
+
+// Decode unmarshals the response body into v, typically a pointer to a codec
+// response struct (codec.Ack, codec.LoginAck, ...).
+func (r Response) Decode(v any) error { return json.Unmarshal(r.Body, v) }
+
+// Err returns nil when Errno is codec.OK, else a *ServerError. reqMsg is the
+// msgid of the request, used as ServerError.Ack when the response is not an
+// ACK (pass 0 if unknown).
+func (r Response) Err(reqMsg codec.MsgID) error {
+	if r.Errno == codec.OK {
+		return nil
+	}
+	ack := reqMsg
+	if r.Header.MsgID == codec.MsgAck && r.Ack != 0 {
+		ack = r.Ack
+	}
+	return &ServerError{Ack: ack, Errno: r.Errno, ErrMsg: r.ErrMsg}
+}
+
+// Client is one connection to a chatcluster server. Create it with Dial and
+// release it with Close. All methods are safe for concurrent use.
+type Client struct {
+	conn net.Conn
+	opts Options
+
+	// Reader goroutine state (touched only by the reader).
+	br       *bufio.Reader
+	lastRead time.Time // last time the read deadline was pushed back
+
+	// Pending requests.
+	nextReqID atomic.Uint64
+	pmu       sync.Mutex
+	pending   map[uint64]chan Response
+	free      []chan Response
+
+	// Write queue, drained by the writer goroutine.
+	qmu   sync.Mutex
+	queue []byte
+	spare []byte // writer-owned buffer swapped with queue
+	wake  chan struct{}
+
+	// Deliveries and acknowledgements.
+	deliveries chan codec.Delivery
+	lastSeq    atomic.Int64 // highest seq handed out (or set by SetLastSeq)
+	ackWant    atomic.Int64 // highest seq the server should be told about
+	ackSent    int64        // writer-owned: highest seq sent in DELIVERED
+
+	// clientmsgid generation.
+	msgPrefix string
+	msgCount  atomic.Uint64
+
+	// Shutdown.
+	failOnce sync.Once
+	err      error         // cause; written once before closing is closed
+	closing  chan struct{} // closed as soon as the connection is failing
+	kicked   chan struct{} // closed when KICKED arrives
+	done     chan struct{} // closed when both goroutines have exited
+	running  atomic.Int32  // goroutines still running
+}
+
+// Dial connects to addr (host:port) and starts the client's goroutines. ctx
+// bounds only the connect. The returned Client is safe for concurrent use.
+func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
+	if opts.MaxFrame <= 0 {
+		opts.MaxFrame = codec.DefaultMaxFrame
+	}
+	if opts.DeliveryBuffer <= 0 {
+		opts.DeliveryBuffer = DefaultDeliveryBuffer
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	d := net.Dialer{Timeout: opts.DialTimeout}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	return newClient(conn, opts), nil
+}
+
+func newClient(conn net.Conn, opts Options) *Client {
+	var prefix [idPrefixBytes]byte
+	_, _ = rand.Read(prefix[:]) // crypto/rand.Read never fails
+	c := &Client{
+		conn:       conn,
+		opts:       opts,
+		pending:    make(map[uint64]chan Response),
+		wake:       make(chan struct{}, 1),
+		deliveries: make(chan codec.Delivery, opts.DeliveryBuffer),
+		msgPrefix:  hex.EncodeToString(prefix[:]) + "-",
+		closing:    make(chan struct{}),
+		kicked:     make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	c.br = bufio.NewReaderSize((*connReader)(c), readBufSize)
+	c.running.Store(2)
+	go c.readLoop()
+	go c.writeLoop()
+	return c
+}
+
+// Deliveries returns the channel of messages delivered to the logged-in user,
+// in seq order and without duplicates. After a successful Login or
+// LoginToken, the LOGIN_ACK's offline messages are in the channel before the
+// call returns, ahead of any later live delivery. The channel is closed when
+// the connection ends. The client never drops a delivery: while the channel
+// is full it stops reading from the connection.
+func (c *Client) Deliveries() <-chan codec.Delivery { return c.deliveries }
+
+// LastSeq returns the highest delivery seq put into the Deliveries channel
+// (or set by SetLastSeq); it is at least the seq of every delivery already
+// received from the channel, and final once Done is closed. Safe for
+// concurrent use.
+func (c *Client) LastSeq() codec.Seq { return codec.Seq(c.lastSeq.Load()) }
+
+// SetLastSeq carries deduplication state over from a previous Client of the
+// same user: deliveries with seq <= seq are dropped (and, without ManualAck,
+// acknowledged to the server). Call it before Login/LoginToken with the old
+// client's LastSeq (with ManualAck: the highest seq the application has
+// processed, and then call Ack with it after logging in). Calling it while
+// deliveries are arriving is safe but makes the dedup point racy.
+func (c *Client) SetLastSeq(seq codec.Seq) { c.lastSeq.Store(int64(seq)) }
+
+// Ack tells the server that every delivery with seq <= seq has been
+// processed. It is needed only with Options.ManualAck (without it, it is
+// harmless). seq is clamped to LastSeq; acknowledgements are cumulative and
+// coalesced, and sent by the writer goroutine without waiting for a
+// response. Ack never blocks and is a no-op once the connection is closed.
+func (c *Client) Ack(seq codec.Seq) {
+	if last := c.LastSeq(); seq > last {
+		seq = last
+	}
+	c.requestAck(int64(seq))
+}
+
+func (c *Client) requestAck(seq int64) {
+	for {
+		cur := c.ackWant.Load()
+		if seq <= cur {
+			return
+		}
+		if c.ackWant.CompareAndSwap(cur, seq) {
+			break
+		}
+	}
+	c.signal()
+}
+
+// Kicked returns a channel closed when the server sent KICKED (the session
+// was taken over by another login). The connection is then closed and Err
+// wraps ErrKicked. Safe for concurrent use.
+func (c *Client) Kicked() <-chan struct{} { return c.kicked }
+
+// Done returns a channel closed when the connection has ended and the
+// client's goroutines have exited. Safe for concurrent use.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns nil while the connection is up, and afterwards why it ended:
+// io.EOF (server closed), an error wrapping ErrKicked, ErrClosed (Close was
+// called), an error wrapping ErrProtocol, or a network error. Safe for
+// concurrent use.
+func (c *Client) Err() error {
+	select {
+	case <-c.closing:
+		return c.err
+	default:
+		return nil
+	}
+}
+
+// Close closes the connection, makes pending requests return ErrClosed and
+// waits for the client's goroutines to exit. Acknowledgements not yet sent
+// are lost (the server will deliver those messages again; see SetLastSeq).
+// It is safe to call more than once and concurrently; it always returns nil.
+func (c *Client) Close() error {
+	c.fail(ErrClosed)
+	<-c.done
+	return nil
+}
+
+// fail records the first cause, wakes everyone waiting and closes the socket.
+func (c *Client) fail(err error) {
+	c.failOnce.Do(func() {
+		c.err = err
+		close(c.closing)
+		_ = c.conn.Close()
+	})
+}
+
+func (c *Client) exited() {
+	if c.running.Add(-1) == 0 {
+		close(c.done)
+	}
+}
+
+// Do sends req with a fresh numeric "reqid" and waits for the response that
+// echoes it. req is one of: a map[string]any (must not contain "reqid"), a
+// codec.Request or *codec.Request (its ReqID is replaced, the argument is
+// not modified), a json.RawMessage or []byte holding a JSON object without
+// "reqid", or any value that json.Marshal encodes as an object without a
+// "reqid" member. A response with errno != 0 is not an error for Do: check
+// Response.Err. Do returns ctx.Err() if ctx ends first (the request may
+// still have been sent), and Err() if the connection ends first. Safe for
+// concurrent use; responses are matched whatever order they arrive in.
+func (c *Client) Do(ctx context.Context, req any) (Response, error) {
+	id := c.nextReqID.Add(1)
+	body, err := encodeWithReqID(id, req)
+	if err != nil {
+		return Response{}, err
+	}
+	return c.roundTrip(ctx, id, body)
+}
+
+func encodeWithReqID(id uint64, req any) ([]byte, error) {
+	var body []byte
+	switch r := req.(type) {
+	case codec.Request:
+		r.ReqID = strconv.AppendUint(nil, id, 10)
+		return json.Marshal(&r)
+	case *codec.Request:
+		cp := *r
+		cp.ReqID = strconv.AppendUint(nil, id, 10)
+		return json.Marshal(&cp)
+	case map[string]any:
+		if _, ok := r["reqid"]; ok {
+			return nil, errors.New("client: Do: request must not contain \"reqid\"")
+		}
+		b, err := json.Marshal(r)
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	case json.RawMessage:
+		body = bytes.TrimSpace(r)
+	case []byte:
+		body = bytes.TrimSpace(r)
+	default:
+		b, err := json.Marshal(r)
+		if err != nil {
+			return nil, err
+		}
+		body = b
+	}
+	// Splice "reqid" in as the last member: with duplicate names
+	// encoding/json keeps the last one.
+	if len(body) < 2 || body[0] != '{' || body[len(body)-1] != '}' {
+		return nil, errors.New("client: Do: request is not a JSON object")
+	}
+	out := make([]byte, 0, len(body)+32)
+	inner := bytes.TrimSpace(body[1 : len(body)-1])
+	out = append(out, '{')
+	if len(inner) > 0 {
+		out = append(out, inner...)
+		out = append(out, ',')
+	}
+	out = append(out, `"reqid":`...)
+	out = strconv.AppendUint(out, id, 10)
+	return append(out, '}'), nil
+}
+
+// roundTrip registers id, queues body and waits for the matching response.
+func (c *Client) roundTrip(ctx context.Context, id uint64, body []byte) (Response, error) {
+	if err := ctx.Err(); err != nil {
+		return Response{}, err
+	}
+	if uint64(len(body)) > math.MaxUint32 {
+		return Response{}, errors.New("client: request too large for a frame")
+	}
+	c.pmu.Lock()
+	if err := c.Err(); err != nil {
+		c.pmu.Unlock()
+		return Response{}, err
+	}
+	var ch chan Response
+	if n := len(c.free); n > 0 {
+		ch = c.free[n-1]
+		c.free = c.free[:n-1]
+	} else {
+		ch = make(chan Response, 1)
+	}
+	c.pending[id] = ch
+	c.pmu.Unlock()
+
+	if err := c.enqueue(body); err != nil {
+		c.abandon(id, ch)
+		return Response{}, err
+	}
+	select {
+	case r := <-ch:
+		c.release(ch)
+		return r, nil
+	case <-ctx.Done():
+		if r, ok := c.abandon(id, ch); ok {
+			return r, nil
+		}
+		return Response{}, ctx.Err()
+	case <-c.closing:
+		if r, ok := c.abandon(id, ch); ok {
+			return r, nil
+		}
+		return Response{}, c.err
+	}
+}
+
+// abandon unregisters id. If the reader already delivered the response it
+// is returned with ok = true.
+func (c *Client) abandon(id uint64, ch chan Response) (r Response, ok bool) {
+	c.pmu.Lock()
+	if _, pending := c.pending[id]; pending {
+		delete(c.pending, id)
+	} else {
+		// The reader removed it and sent (under pmu) the one response.
+		r, ok = <-ch, true
+	}
+	c.putFree(ch)
+	c.pmu.Unlock()
+	return r, ok
+}
+
+func (c *Client) release(ch chan Response) {
+	c.pmu.Lock()
+	c.putFree(ch)
+	c.pmu.Unlock()
+}
+
+func (c *Client) putFree(ch chan Response) {
+	if len(c.free) < maxFreeChans {
+		c.free = append(c.free, ch)
+	}
+}
+
+// dispatch hands r to the waiter for id; it reports false if there is none.
+func (c *Client) dispatch(id uint64, r Response, body []byte) bool {
+	c.pmu.Lock()
+	ch, ok := c.pending[id]
+	if ok {
+		delete(c.pending, id)
+		r.Body = bytes.Clone(body)
+		ch <- r // buffered, and this is its only send: never blocks
+	}
+	c.pmu.Unlock()
+	return ok
+}
+
+// enqueue appends one frame holding body to the write queue.
+func (c *Client) enqueue(body []byte) error {
+	c.qmu.Lock()
+	if err := c.Err(); err != nil {
+		c.qmu.Unlock()
+		return err
+	}
+	c.queue = codec.AppendFrame(c.queue, body)
+	c.qmu.Unlock()
+	c.signal()
+	return nil
+}
+
+func (c *Client) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// writeLoop writes queued frames in batches, adding a coalesced DELIVERED
+// for the highest requested ack and, if configured, keep-alive pings.
+func (c *Client) writeLoop() {
+	defer c.exited()
+	var tick <-chan time.Time
+	if c.opts.PingInterval > 0 {
+		t := time.NewTicker(c.opts.PingInterval)
+		defer t.Stop()
+		tick = t.C
+	}
+	for {
+		ping := false
+		select {
+		case <-c.wake:
+		case <-tick:
+			ping = true
+		case <-c.closing:
+			return
+		}
+		c.qmu.Lock()
+		buf := c.queue
+		c.queue = c.spare[:0]
+		c.qmu.Unlock()
+		if ack := c.ackWant.Load(); ack > c.ackSent {
+			buf = appendDelivered(buf, ack)
+			c.ackSent = ack
+		}
+		if ping {
+			buf = codec.AppendFrame(buf, []byte(`{"msgid":13}`))
+		}
+		if len(buf) > 0 {
+			if _, err := c.conn.Write(buf); err != nil {
+				c.fail(err)
+				return
+			}
+		}
+		if cap(buf) <= maxKeptWrite {
+			c.spare = buf[:0]
+		} else {
+			c.spare = nil
+		}
+	}
+}
+
+func appendDelivered(dst []byte, seq int64) []byte {
+	var body [deliveredCap]byte
+	b := append(body[:0], `{"msgid":12,"seq":`...)
+	b = strconv.AppendInt(b, seq, 10)
+	b = append(b, '}')
+	return codec.AppendFrame(dst, b)
+}
+
+// connReader is the reader goroutine's view of the connection: with pings
+// enabled it pushes the read deadline back before blocking reads.
+type connReader Client
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if iv := r.opts.PingInterval; iv > 0 {
+		if now := time.Now(); now.Sub(r.lastRead) >= iv {
+			_ = r.conn.SetReadDeadline(now.Add(silenceFactor * iv))
+			r.lastRead = now
+		}
+	}
+	return r.conn.Read(p)
+}
+
+// wireMsg is the union of the server-to-client fields the reader needs.
+type wireMsg struct {
+	MsgID      codec.MsgID      `json:"msgid"`
+	ReqID      json.RawMessage  `json:"reqid"`
+	Seq        codec.Seq        `json:"seq"`
+	Errno      codec.Errno      `json:"errno"`
+	ErrMsg     string           `json:"errmsg"`
+	Ack        codec.MsgID      `json:"ack"`
+	ID         codec.UserID     `json:"id"`
+	Name       string           `json:"name"`
+	ToID       codec.UserID     `json:"toid"`
+	GroupID    codec.GroupID    `json:"groupid"`
+	Msg        string           `json:"msg"`
+	Time       string           `json:"time"`
+	OfflineMsg []codec.Delivery `json:"offlineMsg"`
+}
+
+func (c *Client) readLoop() {
+	defer c.exited()
+	err := c.readFrames()
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF // server closed mid-frame
+	}
+	c.fail(err)
+	close(c.deliveries)
+}
+
+func (c *Client) readFrames() error {
+	for {
+		hdr, err := c.br.Peek(codec.HeaderLen)
+		if err != nil {
+			return c.readErr(err)
+		}
+		n := codec.FrameLen(hdr)
+		switch {
+		case n == 0:
+			return protocolErrorf("empty frame")
+		case n > c.opts.MaxFrame:
+			return protocolErrorf("frame of %d bytes exceeds MaxFrame %d", n, c.opts.MaxFrame)
+		}
+		var body []byte
+		if total := codec.HeaderLen + n; total <= c.br.Size() {
+			buf, err := c.br.Peek(total)
+			if err != nil {
+				return c.readErr(err)
+			}
+			body = buf[codec.HeaderLen:]
+			err = c.handle(body)
+			_, _ = c.br.Discard(total)
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		_, _ = c.br.Discard(codec.HeaderLen)
+		body = make([]byte, n)
+		if _, err := io.ReadFull(c.br, body); err != nil {
+			return c.readErr(err)
+		}
+		if err := c.handle(body); err != nil {
+			return err
+		}
+	}
+}
+
+func (c *Client) readErr(err error) error {
+	var ne net.Error
+	if c.opts.PingInterval > 0 && errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("client: nothing received from server for %v: %w", silenceFactor*c.opts.PingInterval, err)
+	}
+	return err
+}
+
+// errStop ends the read loop without overriding an earlier cause.
+var errStop = errors.New("client: stopped")
+
+// handle processes one frame body; body is only valid during the call.
+func (c *Client) handle(body []byte) error {
+	var m wireMsg
+	if err := json.Unmarshal(body, &m); err != nil {
+		return protocolErrorf("bad JSON from server: %v", err)
+	}
+	if (m.MsgID == codec.MsgOneChat || m.MsgID == codec.MsgGroupChat) && m.Seq > 0 {
+		return c.push(codec.Delivery{
+			MsgID: m.MsgID, ID: m.ID, Name: m.Name, ToID: m.ToID, GroupID: m.GroupID,
+			Msg: m.Msg, Time: m.Time, Seq: m.Seq,
+		})
+	}
+	if m.MsgID == codec.MsgKicked {
+		close(c.kicked)
+		c.fail(fmt.Errorf("%w: %s", ErrKicked, m.ErrMsg))
+		return errStop
+	}
+	if m.MsgID == codec.MsgLoginAck && m.Errno == codec.OK && len(m.OfflineMsg) > 0 {
+		// Before the waiter learns about the login, so these cannot be
+		// overtaken by live deliveries read after this frame.
+		slices.SortStableFunc(m.OfflineMsg, func(a, b codec.Delivery) int {
+			return cmp.Compare(a.Seq, b.Seq)
+		})
+		for _, d := range m.OfflineMsg {
+			if err := c.push(d); err != nil {
+				return err
+			}
+		}
+	}
+	r := Response{
+		Header: codec.Header{MsgID: m.MsgID, ReqID: m.ReqID, Seq: m.Seq},
+		Errno:  m.Errno,
+		ErrMsg: m.ErrMsg,
+		Ack:    m.Ack,
+	}
+	if id, ok := parseReqID(m.ReqID); ok && c.dispatch(id, r, body) {
+		return nil
+	}
+	if m.MsgID == codec.MsgPong && len(m.ReqID) == 0 {
+		return nil // answer to a keep-alive ping
+	}
+	if f := c.opts.OnUnsolicited; f != nil {
+		r.Body = bytes.Clone(body)
+		f(r)
+	}
+	return nil
+}
+
+// push hands d to the application unless it is a duplicate. It blocks while
+// the channel is full, until the connection fails.
+func (c *Client) push(d codec.Delivery) error {
+	if d.Seq > 0 && int64(d.Seq) <= c.lastSeq.Load() {
+		if !c.opts.ManualAck {
+			c.requestAck(int64(d.Seq)) // handed out before: acknowledge again
+		}
+		return nil
+	}
+	// Raise lastSeq before the send, so that a consumer that got d sees
+	// LastSeq >= d.Seq (and Ack(d.Seq) is not clamped); undo it if d is
+	// never handed out.
+	prev := c.lastSeq.Load()
+	if d.Seq > 0 {
+		c.lastSeq.Store(int64(d.Seq))
+	}
+	select {
+	case c.deliveries <- d:
+	case <-c.closing:
+		c.lastSeq.Store(prev)
+		return errStop
+	}
+	if d.Seq > 0 && !c.opts.ManualAck {
+		c.requestAck(int64(d.Seq))
+	}
+	return nil
+}
+
+// parseReqID parses a reqid this client generated: a decimal uint64.
+func parseReqID(b []byte) (uint64, bool) {
+	if len(b) == 0 || len(b) > 20 {
+		return 0, false
+	}
+	var n uint64
+	for _, ch := range b {
+		if ch < '0' || ch > '9' {
+			return 0, false
+		}
+		d := uint64(ch - '0')
+		if n > (math.MaxUint64-d)/10 {
+			return 0, false
+		}
+		n = n*10 + d
+	}
+	return n, true
+}

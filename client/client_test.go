@@ -1,0 +1,847 @@
+package client
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+const testTimeout = 5 * time.Second
+
+// checkFor polls f until it returns nil, failing the test with f's last
+// error after timeout.
+func checkFor(t *testing.T, timeout time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met after %v: %v", timeout, err)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// waitClosed fails the test unless ch is closed within testTimeout.
+func waitClosed[T any](t *testing.T, ch <-chan T, what string) {
+	t.Helper()
+	timer := time.NewTimer(testTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case _, ok := <-ch:
+			if !ok {
+				return
+			}
+		case <-timer.C:
+			t.Fatalf("%s not closed after %v", what, testTimeout)
+		}
+	}
+}
+
+// peer is the fake server's end of one connection. Its methods must be
+// called from the test goroutine only.
+type peer struct {
+	t    *testing.T
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// frame is one request as the fake server sees it.
+type frame struct {
+	*codec.Request
+	raw []byte
+}
+
+// dial starts a fake server, connects a Client to it and returns both ends;
+// both are closed when the test ends.
+func dial(t *testing.T, opts Options) (*Client, *peer) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- conn
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	c, err := Dial(ctx, ln.Addr().String(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	conn, ok := <-accepted
+	if !ok {
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { conn.Close() })
+	return c, &peer{t: t, conn: conn, br: bufio.NewReader(conn)}
+}
+
+// readErr reads one frame, returning an error instead of failing.
+func (p *peer) readErr() (frame, error) {
+	_ = p.conn.SetReadDeadline(time.Now().Add(testTimeout))
+	var hdr [codec.HeaderLen]byte
+	if _, err := io.ReadFull(p.br, hdr[:]); err != nil {
+		return frame{}, err
+	}
+	body := make([]byte, codec.FrameLen(hdr[:]))
+	if _, err := io.ReadFull(p.br, body); err != nil {
+		return frame{}, err
+	}
+	req, err := codec.ParseRequest(body)
+	if err != nil {
+		return frame{}, fmt.Errorf("client sent an invalid request %s: %w", body, err)
+	}
+	return frame{Request: req, raw: body}, nil
+}
+
+// read reads one frame sent by the client.
+func (p *peer) read() frame {
+	p.t.Helper()
+	f, err := p.readErr()
+	if err != nil {
+		p.t.Fatalf("peer read: %v", err)
+	}
+	return f
+}
+
+// readMsg reads one frame and checks its msgid.
+func (p *peer) readMsg(want codec.MsgID) frame {
+	p.t.Helper()
+	f := p.read()
+	if f.MsgID != want {
+		p.t.Fatalf("peer got %s, want msgid %d", f.raw, want)
+	}
+	return f
+}
+
+// send writes each value as one frame, all in a single write.
+func (p *peer) send(vs ...any) {
+	p.t.Helper()
+	var buf []byte
+	for _, v := range vs {
+		switch b := v.(type) {
+		case []byte: // pre-framed bytes, sent as is
+			buf = append(buf, b...)
+		default:
+			buf = append(buf, codec.MustMarshal(v)...)
+		}
+	}
+	_ = p.conn.SetWriteDeadline(time.Now().Add(testTimeout))
+	if _, err := p.conn.Write(buf); err != nil {
+		p.t.Fatalf("peer write: %v", err)
+	}
+}
+
+func delivery(seq codec.Seq) codec.Delivery {
+	return codec.Delivery{MsgID: codec.MsgOneChat, ID: 7, Name: "bob", ToID: 1, Msg: "m" + strconv.Itoa(int(seq)), Time: "2024-01-02 03:04:05", Seq: seq}
+}
+
+func ackFor(f frame, errno codec.Errno, errmsg string) codec.Ack {
+	return codec.Ack{MsgID: codec.MsgAck, ReqID: f.ReqID, Ack: f.MsgID, Errno: errno, ErrMsg: errmsg}
+}
+
+// next receives one delivery or fails.
+func next(t *testing.T, c *Client) codec.Delivery {
+	t.Helper()
+	select {
+	case d, ok := <-c.Deliveries():
+		if !ok {
+			t.Fatalf("deliveries closed: %v", c.Err())
+		}
+		return d
+	case <-time.After(testTimeout):
+		t.Fatal("no delivery")
+	}
+	return codec.Delivery{}
+}
+
+func expectSeqs(t *testing.T, c *Client, seqs ...codec.Seq) {
+	t.Helper()
+	for _, want := range seqs {
+		d := next(t, c)
+		if d.Seq != want {
+			t.Fatalf("got delivery seq %d, want %d", d.Seq, want)
+		}
+		if want := delivery(want); d != want {
+			t.Fatalf("got delivery %+v, want %+v", d, want)
+		}
+	}
+}
+
+type result struct {
+	r   Response
+	err error
+}
+
+func goDo(ctx context.Context, c *Client, req any) <-chan result {
+	ch := make(chan result, 1)
+	go func() {
+		r, err := c.Do(ctx, req)
+		ch <- result{r, err}
+	}()
+	return ch
+}
+
+func goErr(f func() error) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- f() }()
+	return ch
+}
+
+func recv[T any](t *testing.T, ch <-chan T) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(testTimeout):
+		t.Fatal("timed out waiting for a result")
+	}
+	var zero T
+	return zero
+}
+
+func TestDoMatchesOutOfOrder(t *testing.T) {
+	c, p := dial(t, Options{})
+	const n = 20
+	results := make([]<-chan result, n)
+	for i := range n {
+		results[i] = goDo(context.Background(), c, map[string]any{"msgid": 7, "friendid": i})
+	}
+	var frames []frame
+	seen := map[string]bool{}
+	for range n {
+		f := p.readMsg(codec.MsgAddFriend)
+		if len(f.ReqID) == 0 || seen[string(f.ReqID)] {
+			t.Fatalf("missing or duplicate reqid in %s", f.raw)
+		}
+		if _, err := strconv.ParseUint(string(f.ReqID), 10, 64); err != nil {
+			t.Fatalf("reqid %s is not numeric", f.ReqID)
+		}
+		seen[string(f.ReqID)] = true
+		frames = append(frames, f)
+	}
+	for i := len(frames) - 1; i >= 0; i-- { // answer in reverse order
+		f := frames[i]
+		p.send(ackFor(f, codec.OK, "friend "+strconv.FormatInt(*f.FriendID, 10)))
+	}
+	for i := range n {
+		res := recv(t, results[i])
+		if res.err != nil {
+			t.Fatalf("Do %d: %v", i, res.err)
+		}
+		if want := "friend " + strconv.Itoa(i); res.r.ErrMsg != want {
+			t.Fatalf("Do %d got response %q, want %q", i, res.r.ErrMsg, want)
+		}
+		var ack codec.Ack
+		if err := res.r.Decode(&ack); err != nil || ack.Ack != codec.MsgAddFriend || ack.ErrMsg != res.r.ErrMsg {
+			t.Fatalf("Decode = %+v, %v", ack, err)
+		}
+		if res.r.Header.MsgID != codec.MsgAck || res.r.Ack != codec.MsgAddFriend || res.r.Err(7) != nil {
+			t.Fatalf("bad response %+v", res.r)
+		}
+	}
+}
+
+func TestDoRequestForms(t *testing.T) {
+	c, p := dial(t, Options{})
+	name := "x"
+	forms := []any{
+		codec.Request{MsgID: codec.MsgSignup, Name: &name, ReqID: json.RawMessage(`"theirs"`)},
+		&codec.Request{MsgID: codec.MsgSignup, Name: &name},
+		json.RawMessage(` {"msgid":4,"name":"x"} `),
+		[]byte(`{"msgid":4,"name":"x"}`),
+		struct {
+			MsgID int    `json:"msgid"`
+			Name  string `json:"name"`
+		}{4, "x"},
+		map[string]any{"msgid": 4, "name": "x"},
+	}
+	for i, form := range forms {
+		res := goDo(context.Background(), c, form)
+		f := p.readMsg(codec.MsgSignup)
+		if f.Name == nil || *f.Name != "x" {
+			t.Fatalf("form %d: server got %s", i, f.raw)
+		}
+		if _, err := strconv.ParseUint(string(f.ReqID), 10, 64); err != nil {
+			t.Fatalf("form %d: reqid %s is not ours", i, f.ReqID)
+		}
+		p.send(codec.SignupAck{MsgID: codec.MsgSignupAck, ReqID: f.ReqID, ID: codec.UserID(i + 1)})
+		r := recv(t, res)
+		var ack codec.SignupAck
+		if r.err != nil || r.r.Decode(&ack) != nil || ack.ID != codec.UserID(i+1) {
+			t.Fatalf("form %d: %+v %v", i, ack, r.err)
+		}
+	}
+	if _, err := c.Do(context.Background(), map[string]any{"msgid": 4, "reqid": 1}); err == nil {
+		t.Fatal("Do accepted a map with reqid")
+	}
+	if _, err := c.Do(context.Background(), []int{1}); err == nil {
+		t.Fatal("Do accepted a non-object")
+	}
+}
+
+func TestTypedHelpers(t *testing.T) {
+	c, p := dial(t, Options{})
+	ctx := context.Background()
+
+	done := goErr(func() error {
+		id, err := c.Signup(ctx, "alice", "pw")
+		if err == nil && id != 42 {
+			err = fmt.Errorf("Signup id = %d", id)
+		}
+		return err
+	})
+	f := p.readMsg(codec.MsgSignup)
+	if *f.Name != "alice" || *f.Password != "pw" {
+		t.Fatalf("signup request %s", f.raw)
+	}
+	p.send(codec.SignupAck{MsgID: codec.MsgSignupAck, ReqID: f.ReqID, ID: 42})
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	login := make(chan *codec.LoginAck, 1)
+	done = goErr(func() error {
+		a, err := c.LoginToken(ctx, 42, "tok")
+		login <- a
+		return err
+	})
+	f = p.readMsg(codec.MsgLogin)
+	if *f.ID != 42 || f.Token == nil || *f.Token != "tok" || f.Password != nil {
+		t.Fatalf("login request %s", f.raw)
+	}
+	p.send(codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: f.ReqID, ID: 42, Name: "alice", Token: "t2",
+		Friends: []codec.Friend{{ID: 7, Name: "bob", State: codec.StateOnline}}})
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+	if a := <-login; a.ID != 42 || a.Token != "t2" || len(a.Friends) != 1 || a.Friends[0].Name != "bob" {
+		t.Fatalf("LoginAck = %+v", a)
+	}
+
+	chatIDs := map[string]bool{}
+	for i := range 3 {
+		done = goErr(func() error {
+			a, err := c.Chat(ctx, 7, "hi")
+			if err == nil && (a.Time != "2024-01-02 03:04:05" || a.Ack != codec.MsgOneChat) {
+				err = fmt.Errorf("Chat ack = %+v", a)
+			}
+			return err
+		})
+		f = p.readMsg(codec.MsgOneChat)
+		cid, err := f.ClientMsgIDString()
+		if err != nil || cid == "" || chatIDs[cid] || *f.ToID != 7 || *f.Msg != "hi" {
+			t.Fatalf("chat %d request %s (clientmsgid %q, %v)", i, f.raw, cid, err)
+		}
+		chatIDs[cid] = true
+		a := ackFor(f, codec.OK, "")
+		a.Time = "2024-01-02 03:04:05"
+		p.send(a)
+		if err := recv(t, done); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	done = goErr(func() error { _, err := c.ChatWithID(ctx, 8, "again", "retry-1"); return err })
+	f = p.readMsg(codec.MsgOneChat)
+	if string(f.ClientMsgID) != `"retry-1"` {
+		t.Fatalf("ChatWithID request %s", f.raw)
+	}
+	p.send(ackFor(f, codec.OK, ""))
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	done = goErr(func() error {
+		gid, err := c.CreateGroup(ctx, "g", "desc")
+		if err == nil && gid != 9 {
+			err = fmt.Errorf("CreateGroup gid = %d", gid)
+		}
+		return err
+	})
+	f = p.readMsg(codec.MsgCreateGroup)
+	if *f.GroupName != "g" || *f.GroupDesc != "desc" {
+		t.Fatalf("create group request %s", f.raw)
+	}
+	a := ackFor(f, codec.OK, "")
+	a.GroupID = 9
+	p.send(a)
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	done = goErr(func() error { return c.AddGroup(ctx, 9) })
+	f = p.readMsg(codec.MsgAddGroup)
+	if *f.GroupID != 9 {
+		t.Fatalf("add group request %s", f.raw)
+	}
+	p.send(ackFor(f, codec.OK, ""))
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	done = goErr(func() error { _, err := c.GroupChat(ctx, 9, "hey"); return err })
+	f = p.readMsg(codec.MsgGroupChat)
+	if cid, _ := f.ClientMsgIDString(); *f.GroupID != 9 || *f.Msg != "hey" || cid == "" || chatIDs[cid] {
+		t.Fatalf("group chat request %s", f.raw)
+	}
+	p.send(ackFor(f, codec.OK, ""))
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	done = goErr(func() error { return c.Ping(ctx) })
+	f = p.readMsg(codec.MsgPing)
+	p.send(codec.Pong{MsgID: codec.MsgPong, ReqID: f.ReqID})
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	done = goErr(func() error { return c.Logout(ctx) })
+	f = p.readMsg(codec.MsgLogout)
+	p.send(ackFor(f, codec.OK, ""))
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+
+	// A response of the wrong kind is a protocol error.
+	done = goErr(func() error { return c.Ping(ctx) })
+	f = p.readMsg(codec.MsgPing)
+	p.send(ackFor(f, codec.OK, ""))
+	if err := recv(t, done); !errors.Is(err, ErrProtocol) {
+		t.Fatalf("mismatched response: err = %v, want ErrProtocol", err)
+	}
+}
+
+func TestServerError(t *testing.T) {
+	c, p := dial(t, Options{})
+	ctx := context.Background()
+
+	done := goErr(func() error { return c.AddFriend(ctx, 99) })
+	f := p.readMsg(codec.MsgAddFriend)
+	p.send(ackFor(f, codec.ErrnoNotFound, "no such user"))
+	err := recv(t, done)
+	var se *ServerError
+	if !errors.As(err, &se) {
+		t.Fatalf("err = %v, want *ServerError", err)
+	}
+	if *se != (ServerError{Ack: codec.MsgAddFriend, Errno: codec.ErrnoNotFound, ErrMsg: "no such user"}) {
+		t.Fatalf("ServerError = %+v", *se)
+	}
+	if ErrnoOf(err) != codec.ErrnoNotFound || !errors.Is(err, ErrNotFound) || errors.Is(err, ErrConflict) {
+		t.Fatalf("ErrnoOf/Is wrong for %v", err)
+	}
+	if !errors.Is(err, &ServerError{Ack: codec.MsgAddFriend, Errno: codec.ErrnoNotFound}) ||
+		errors.Is(err, &ServerError{Ack: codec.MsgAddGroup, Errno: codec.ErrnoNotFound}) {
+		t.Fatal("Is ignores Ack")
+	}
+	if !strings.Contains(err.Error(), "no such user") {
+		t.Fatalf("message %q lacks errmsg", err)
+	}
+
+	// LOGIN_ACK failures carry the request's msgid.
+	done = goErr(func() error { _, err := c.Login(ctx, 5, "bad"); return err })
+	f = p.readMsg(codec.MsgLogin)
+	if *f.ID != 5 || *f.Password != "bad" {
+		t.Fatalf("login request %s", f.raw)
+	}
+	p.send(codec.ErrorResponse{MsgID: codec.MsgLoginAck, ReqID: f.ReqID, Errno: codec.ErrnoAuth, ErrMsg: "wrong password"})
+	err = recv(t, done)
+	if !errors.As(err, &se) || se.Ack != codec.MsgLogin || se.Errno != codec.ErrnoAuth || !errors.Is(err, ErrAuth) {
+		t.Fatalf("login err = %v", err)
+	}
+
+	// A failing SIGNUP answered with a generic ACK (e.g. rate limiting).
+	done = goErr(func() error { _, err := c.Signup(ctx, "a", "b"); return err })
+	f = p.readMsg(codec.MsgSignup)
+	p.send(ackFor(f, codec.ErrnoRateLimited, "slow down"))
+	if err := recv(t, done); ErrnoOf(err) != codec.ErrnoRateLimited {
+		t.Fatalf("signup err = %v", err)
+	}
+
+	if ErrnoOf(nil) != codec.OK || ErrnoOf(io.EOF) != NoErrno {
+		t.Fatal("ErrnoOf of nil / non-server error")
+	}
+}
+
+func TestDeliveriesDeduplicated(t *testing.T) {
+	c, p := dial(t, Options{})
+	p.send(delivery(1), delivery(2), delivery(2), delivery(3), delivery(1))
+	expectSeqs(t, c, 1, 2, 3)
+	p.send(delivery(4))
+	expectSeqs(t, c, 4) // nothing in between
+	if c.LastSeq() != 4 {
+		t.Fatalf("LastSeq = %d", c.LastSeq())
+	}
+}
+
+func TestLoginOfflineBeforeLive(t *testing.T) {
+	c, p := dial(t, Options{})
+	done := goErr(func() error { _, err := c.Login(context.Background(), 1, "pw"); return err })
+	f := p.readMsg(codec.MsgLogin)
+	// The LOGIN_ACK and the live deliveries reach the client in one segment.
+	p.send(codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: f.ReqID, ID: 1, Name: "alice",
+		OfflineMsg: []codec.Delivery{delivery(1), delivery(2), delivery(3)}},
+		delivery(3), delivery(4))
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(c.Deliveries()); n < 3 {
+		t.Fatalf("only %d deliveries queued when Login returned", n)
+	}
+	expectSeqs(t, c, 1, 2, 3, 4)
+	p.send(delivery(5))
+	expectSeqs(t, c, 5)
+
+	// Auto-ack: DELIVERED frames are cumulative and reach the last seq.
+	var last int64
+	for last < 5 {
+		f := p.readMsg(codec.MsgDelivered)
+		if f.Seq == nil || *f.Seq < last || *f.Seq > 5 || len(f.ReqID) != 0 {
+			t.Fatalf("bad DELIVERED %s after %d", f.raw, last)
+		}
+		last = *f.Seq
+	}
+}
+
+func TestSetLastSeqCarriesDedup(t *testing.T) {
+	c, p := dial(t, Options{})
+	c.SetLastSeq(3)
+	done := goErr(func() error { _, err := c.Login(context.Background(), 1, "pw"); return err })
+	f := p.readMsg(codec.MsgLogin)
+	p.send(codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: f.ReqID,
+		OfflineMsg: []codec.Delivery{delivery(2), delivery(4), delivery(3)}}, delivery(5))
+	if err := recv(t, done); err != nil {
+		t.Fatal(err)
+	}
+	expectSeqs(t, c, 4, 5)
+	var last int64
+	for last < 5 {
+		f := p.readMsg(codec.MsgDelivered)
+		if *f.Seq < last || *f.Seq > 5 {
+			t.Fatalf("bad DELIVERED %s after %d", f.raw, last)
+		}
+		last = *f.Seq
+	}
+}
+
+func TestManualAck(t *testing.T) {
+	c, p := dial(t, Options{ManualAck: true})
+	ping := func() {
+		t.Helper()
+		done := goErr(func() error { return c.Ping(context.Background()) })
+		f := p.readMsg(codec.MsgPing) // fails if a DELIVERED comes first
+		p.send(codec.Pong{MsgID: codec.MsgPong, ReqID: f.ReqID})
+		if err := recv(t, done); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.send(delivery(1), delivery(2))
+	expectSeqs(t, c, 1, 2)
+	ping() // no DELIVERED without Ack
+	c.Ack(1)
+	if f := p.readMsg(codec.MsgDelivered); *f.Seq != 1 {
+		t.Fatalf("DELIVERED %s, want seq 1", f.raw)
+	}
+	c.Ack(1) // already acknowledged: nothing is sent
+	ping()
+	c.Ack(100) // clamped to LastSeq
+	if f := p.readMsg(codec.MsgDelivered); *f.Seq != 2 {
+		t.Fatalf("DELIVERED %s, want seq 2", f.raw)
+	}
+	ping()
+}
+
+func TestKicked(t *testing.T) {
+	c, p := dial(t, Options{})
+	pending := goErr(func() error { return c.Ping(context.Background()) })
+	p.readMsg(codec.MsgPing)
+	p.send(codec.Kicked{MsgID: codec.MsgKicked, ErrMsg: "logged in elsewhere"})
+	waitClosed(t, c.Kicked(), "Kicked()")
+	waitClosed(t, c.Done(), "Done()")
+	if err := c.Err(); !errors.Is(err, ErrKicked) || !strings.Contains(err.Error(), "logged in elsewhere") {
+		t.Fatalf("Err() = %v", err)
+	}
+	if err := recv(t, pending); !errors.Is(err, ErrKicked) {
+		t.Fatalf("pending Ping err = %v", err)
+	}
+	if err := c.Ping(context.Background()); !errors.Is(err, ErrKicked) {
+		t.Fatalf("Ping after kick: %v", err)
+	}
+	waitClosed(t, c.Deliveries(), "Deliveries()")
+	if _, err := p.readErr(); err != io.EOF {
+		t.Fatalf("server side read after kick: %v, want EOF", err)
+	}
+	if err := c.Close(); err != nil || !errors.Is(c.Err(), ErrKicked) {
+		t.Fatalf("Close = %v, Err = %v", err, c.Err())
+	}
+}
+
+func TestContextCancel(t *testing.T) {
+	var unsolicited = make(chan Response, 4)
+	c, p := dial(t, Options{OnUnsolicited: func(r Response) { unsolicited <- r }})
+	ctx, cancel := context.WithCancel(context.Background())
+	res := goErr(func() error { return c.Ping(ctx) })
+	f := p.readMsg(codec.MsgPing)
+	cancel()
+	if err := recv(t, res); !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	// The late answer is not matched to anything, and the client still works.
+	p.send(codec.Pong{MsgID: codec.MsgPong, ReqID: f.ReqID})
+	r := recv(t, unsolicited)
+	if r.Header.MsgID != codec.MsgPong || string(r.Header.ReqID) != string(f.ReqID) {
+		t.Fatalf("unsolicited = %+v", r)
+	}
+
+	// An already-expired context sends nothing.
+	ctx, cancel = context.WithTimeout(context.Background(), -time.Second)
+	defer cancel()
+	if err := c.Ping(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want DeadlineExceeded", err)
+	}
+	res = goErr(func() error { return c.Ping(context.Background()) })
+	f = p.readMsg(codec.MsgPing)
+	p.send(codec.Pong{MsgID: codec.MsgPong, ReqID: f.ReqID})
+	if err := recv(t, res); err != nil {
+		t.Fatal(err)
+	}
+	if c.Err() != nil {
+		t.Fatal(c.Err())
+	}
+}
+
+func TestUnsolicitedAck(t *testing.T) {
+	unsolicited := make(chan Response, 4)
+	c, p := dial(t, Options{OnUnsolicited: func(r Response) { unsolicited <- r }})
+	p.send(codec.Ack{MsgID: codec.MsgAck, Errno: codec.ErrnoBadRequest, ErrMsg: "malformed JSON"})
+	r := recv(t, unsolicited)
+	if r.Errno != codec.ErrnoBadRequest || r.Header.ReqID != nil || !errors.Is(r.Err(0), ErrBadRequest) {
+		t.Fatalf("unsolicited = %+v", r)
+	}
+	var a codec.Ack
+	if err := r.Decode(&a); err != nil || a.ErrMsg != "malformed JSON" {
+		t.Fatalf("Decode = %+v, %v", a, err)
+	}
+	if c.Err() != nil {
+		t.Fatal(c.Err())
+	}
+}
+
+func TestCloseWhileWaiting(t *testing.T) {
+	before := runtime.NumGoroutine()
+	c, p := dial(t, Options{})
+	res := goErr(func() error { return c.Ping(context.Background()) })
+	p.readMsg(codec.MsgPing)
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := recv(t, res); !errors.Is(err, ErrClosed) {
+		t.Fatalf("pending Ping err = %v, want ErrClosed", err)
+	}
+	waitClosed(t, c.Done(), "Done()")
+	waitClosed(t, c.Deliveries(), "Deliveries()")
+	if err := c.Close(); err != nil || c.Err() != ErrClosed {
+		t.Fatalf("second Close = %v, Err = %v", err, c.Err())
+	}
+	if err := c.Ping(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Ping after Close = %v", err)
+	}
+	c.Ack(5) // no-op, must not block or panic
+	checkFor(t, testTimeout, func() error {
+		if n := runtime.NumGoroutine(); n > before {
+			return fmt.Errorf("%d goroutines, %d before", n, before)
+		}
+		return nil
+	})
+}
+
+func TestCloseUnblocksFullDeliveries(t *testing.T) {
+	c, p := dial(t, Options{DeliveryBuffer: 1})
+	p.send(delivery(1), delivery(2), delivery(3)) // reader blocks on seq 2
+	checkFor(t, testTimeout, func() error {
+		if len(c.Deliveries()) != 1 {
+			return errors.New("delivery buffer not full yet")
+		}
+		return nil
+	})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectSeqs(t, c, 1)
+	waitClosed(t, c.Deliveries(), "Deliveries()")
+	if c.LastSeq() != 1 { // seq 2 was never handed out
+		t.Fatalf("LastSeq = %d after Close, want 1", c.LastSeq())
+	}
+}
+
+func TestParseReqID(t *testing.T) {
+	for in, want := range map[string]uint64{"0": 0, "17": 17, "18446744073709551615": 1<<64 - 1} {
+		if got, ok := parseReqID([]byte(in)); !ok || got != want {
+			t.Errorf("parseReqID(%q) = %d, %v", in, got, ok)
+		}
+	}
+	for _, in := range []string{"", `"1"`, "-1", "1.5", "18446744073709551616", "99999999999999999999"} {
+		if _, ok := parseReqID([]byte(in)); ok {
+			t.Errorf("parseReqID(%q) accepted", in)
+		}
+	}
+}
+
+func TestServerEOF(t *testing.T) {
+	c, p := dial(t, Options{})
+	res := goErr(func() error { return c.Ping(context.Background()) })
+	p.readMsg(codec.MsgPing)
+	p.conn.Close()
+	if err := recv(t, res); err != io.EOF {
+		t.Fatalf("pending Ping err = %v, want io.EOF", err)
+	}
+	waitClosed(t, c.Done(), "Done()")
+	if c.Err() != io.EOF {
+		t.Fatalf("Err() = %v", c.Err())
+	}
+}
+
+func TestProtocolErrors(t *testing.T) {
+	tooBig := codec.AppendFrame(nil, []byte(`{"msgid":11,"errmsg":"`+strings.Repeat("x", 100)+`"}`))
+	tests := []struct {
+		name string
+		send []byte
+	}{
+		{"frame above MaxFrame", tooBig},
+		{"empty frame", []byte{0, 0, 0, 0}},
+		{"not JSON", codec.AppendFrame(nil, []byte("hello"))},
+		{"not an object", codec.AppendFrame(nil, []byte("[1,2]"))},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, p := dial(t, Options{MaxFrame: 100})
+			p.send(tt.send)
+			waitClosed(t, c.Done(), "Done()")
+			if !errors.Is(c.Err(), ErrProtocol) {
+				t.Fatalf("Err() = %v, want ErrProtocol", c.Err())
+			}
+		})
+	}
+}
+
+func TestLargeFrames(t *testing.T) {
+	c, p := dial(t, Options{})
+	big := strings.Repeat("y", 20000) // larger than the 4 KiB read buffer
+	res := goDo(context.Background(), c, map[string]any{"msgid": 13})
+	f := p.readMsg(codec.MsgPing)
+	d := delivery(1)
+	d.Msg = big
+	p.send(ackFor(f, codec.ErrnoBadRequest, big), d, delivery(2))
+	r := recv(t, res)
+	if r.err != nil || r.r.ErrMsg != big {
+		t.Fatalf("large response: err %v, errmsg %d bytes", r.err, len(r.r.ErrMsg))
+	}
+	if got := next(t, c); got.Seq != 1 || got.Msg != big {
+		t.Fatalf("large delivery seq %d, %d bytes", got.Seq, len(got.Msg))
+	}
+	expectSeqs(t, c, 2)
+}
+
+func TestKeepAlivePings(t *testing.T) {
+	const iv = 50 * time.Millisecond
+	c, p := dial(t, Options{PingInterval: iv})
+	// Answered pings keep the connection up well past 3 intervals.
+	start := time.Now()
+	for time.Since(start) < 10*iv {
+		f := p.read()
+		if f.MsgID != codec.MsgPing || len(f.ReqID) != 0 {
+			t.Fatalf("keep-alive frame %s", f.raw)
+		}
+		p.send(codec.Pong{MsgID: codec.MsgPong})
+	}
+	if err := c.Err(); err != nil {
+		t.Fatalf("connection died despite pongs: %v", err)
+	}
+	// A silent server is detected.
+	waitClosed(t, c.Done(), "Done()")
+	if !errors.Is(c.Err(), os.ErrDeadlineExceeded) {
+		t.Fatalf("Err() = %v, want a deadline error", c.Err())
+	}
+}
+
+func TestConcurrentStress(t *testing.T) {
+	c, p := dial(t, Options{DeliveryBuffer: 8})
+	// Echo server: answers every PING, and interleaves deliveries.
+	serverErr := make(chan error, 1)
+	const workers, perWorker = 16, 50
+	go func() {
+		w := bufio.NewWriter(p.conn)
+		seq := codec.Seq(0)
+		for answered := 0; answered < workers*perWorker; {
+			f, err := p.readErr()
+			if err != nil {
+				serverErr <- err
+				return
+			}
+			if f.MsgID != codec.MsgPing {
+				continue // DELIVERED
+			}
+			seq++
+			w.Write(codec.MustMarshal(delivery(seq)))
+			w.Write(codec.MustMarshal(codec.Pong{MsgID: codec.MsgPong, ReqID: f.ReqID}))
+			if err := w.Flush(); err != nil {
+				serverErr <- err
+				return
+			}
+			answered++
+		}
+		serverErr <- w.Flush()
+	}()
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for range workers {
+		wg.Go(func() {
+			for range perWorker {
+				if err := c.Ping(context.Background()); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	for want := codec.Seq(1); want <= workers*perWorker; want++ {
+		if d := next(t, c); d.Seq != want {
+			t.Fatalf("got seq %d, want %d", d.Seq, want)
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if err := recv(t, serverErr); err != nil {
+		t.Fatal(err)
+	}
+}

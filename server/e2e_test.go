@@ -1,0 +1,381 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/conf"
+)
+
+func TestSignupAndLoginErrors(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dial(client.Options{})
+	ctx := ctxT(t)
+	id, err := c.Signup(ctx, "alice", "secret1")
+	if err != nil || id <= 0 {
+		t.Fatalf("signup: %d %v", id, err)
+	}
+	// The original answered a duplicate signup with "ok, id -1".
+	_, err = c.Signup(ctx, "alice", "other-pw")
+	wantErrno(t, err, codec.ErrnoConflict)
+	for _, bad := range []struct{ name, pw string }{
+		{"", "secret1"}, {strings.Repeat("n", 51), "secret1"}, {"tab\tname", "secret1"}, {"   ", "secret1"},
+		{"bob", "short"}, {"bob", strings.Repeat("p", 73)},
+	} {
+		_, err := c.Signup(ctx, bad.name, bad.pw)
+		wantErrno(t, err, codec.ErrnoBadRequest)
+	}
+	if _, err := c.Signup(ctx, strings.Repeat("é", 50), "secret1"); err != nil {
+		t.Fatalf("50-character name: %v", err)
+	}
+	_, err = c.Login(ctx, id, "wrong-pw")
+	wantErrno(t, err, codec.ErrnoAuth)
+	_, err = c.Login(ctx, 999999, "secret1")
+	wantErrno(t, err, codec.ErrnoAuth)
+	r, err := c.Do(ctx, map[string]any{"msgid": 1, "id": id})
+	if err != nil || r.Errno != codec.ErrnoBadRequest || r.Header.MsgID != codec.MsgLoginAck {
+		t.Fatalf("login without password: %+v %v", r, err)
+	}
+	ack, err := c.Login(ctx, id, "secret1")
+	if err != nil || ack.ID != id || ack.Name != "alice" || ack.Token == "" {
+		t.Fatalf("login: %+v %v", ack, err)
+	}
+	_, err = c.Login(ctx, id, "secret1")
+	wantErrno(t, err, codec.ErrnoConflict) // already logged in on this connection
+
+	// Passwords are stored as bcrypt hashes, never in plain text.
+	var stored []byte
+	if err := ts.app.Store.DB().Get(&stored, "SELECT password FROM users WHERE id = ?", id); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(stored), "secret1") || !strings.HasPrefix(string(stored), "$2") {
+		t.Fatalf("stored password is not a bcrypt hash: %q", stored)
+	}
+}
+
+func TestRequestsBeforeLogin(t *testing.T) {
+	ts := startServer(t, nil)
+	c := ts.dial(client.Options{})
+	for _, req := range []map[string]any{
+		{"msgid": 3}, {"msgid": 6, "toid": 1, "msg": "x"}, {"msgid": 7, "friendid": 1},
+		{"msgid": 8, "groupname": "g", "groupdesc": "d"}, {"msgid": 9, "groupid": 1},
+		{"msgid": 10, "groupid": 1, "msg": "x"}, {"msgid": 12, "seq": 1},
+	} {
+		r, err := c.Do(ctxT(t), req)
+		if err != nil || r.Errno != codec.ErrnoNotLoggedIn || r.Ack != codec.MsgID(req["msgid"].(int)) {
+			t.Fatalf("%v: %+v %v", req, r, err)
+		}
+	}
+	if err := c.Ping(ctxT(t)); err != nil {
+		t.Fatalf("ping before login: %v", err)
+	}
+	r, err := c.Do(ctxT(t), map[string]any{"msgid": 99})
+	if err != nil || r.Errno != codec.ErrnoBadRequest || r.Ack != 99 {
+		t.Fatalf("unknown msgid: %+v %v", r, err)
+	}
+}
+
+func TestOneChatIdentityFromSession(t *testing.T) {
+	ts := startServer(t, nil)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	ctx := ctxT(t)
+	ack, err := alice.c.Chat(ctx, bob.id, "hello bob")
+	if err != nil || ack.Time == "" {
+		t.Fatalf("chat: %+v %v", ack, err)
+	}
+	d := next(t, bob.c)
+	if d.MsgID != codec.MsgOneChat || d.ID != alice.id || d.Name != "alice" || d.ToID != bob.id || d.Msg != "hello bob" || d.Seq != 1 || d.Time != ack.Time {
+		t.Fatalf("delivery %+v", d)
+	}
+	// A spoofed sender id and name are ignored: identity is the session's.
+	r, err := alice.c.Do(ctx, map[string]any{"msgid": 6, "id": bob.id, "name": "bob", "toid": bob.id, "msg": "spoof"})
+	if err != nil || r.Errno != 0 {
+		t.Fatalf("spoof send: %+v %v", r, err)
+	}
+	if d := next(t, bob.c); d.ID != alice.id || d.Name != "alice" || d.Msg != "spoof" || d.Seq != 2 {
+		t.Fatalf("spoofed delivery %+v", d)
+	}
+	_, err = alice.c.Chat(ctx, 424242, "nobody")
+	wantErrno(t, err, codec.ErrnoNotFound)
+	_, err = alice.c.Chat(ctx, bob.id, "")
+	wantErrno(t, err, codec.ErrnoBadRequest)
+	_, err = alice.c.Chat(ctx, bob.id, strings.Repeat("x", 4097))
+	wantErrno(t, err, codec.ErrnoBadRequest)
+	r, err = alice.c.Do(ctx, map[string]any{"msgid": 6, "toid": "bob", "msg": "typed"})
+	if err != nil || r.Errno != codec.ErrnoBadRequest || r.Ack != codec.MsgOneChat {
+		t.Fatalf("mistyped toid: %+v %v", r, err)
+	}
+	none(t, bob.c)
+}
+
+func TestFriends(t *testing.T) {
+	ts := startServer(t, nil)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	carol := ts.newUser("carol", client.Options{})
+	ctx := ctxT(t)
+	if err := alice.c.AddFriend(ctx, bob.id); err != nil {
+		t.Fatal(err)
+	}
+	wantErrno(t, alice.c.AddFriend(ctx, bob.id), codec.ErrnoConflict)
+	wantErrno(t, bob.c.AddFriend(ctx, alice.id), codec.ErrnoConflict) // friendship is mutual
+	wantErrno(t, alice.c.AddFriend(ctx, 98765), codec.ErrnoNotFound)
+	wantErrno(t, alice.c.AddFriend(ctx, alice.id), codec.ErrnoBadRequest)
+	if err := alice.c.AddFriend(ctx, carol.id); err != nil {
+		t.Fatal(err)
+	}
+	carol.c.Close()
+	checkFor(t, 5*time.Second, func() error {
+		alice.c.Close()
+		ts.relogin(alice, client.Options{})
+		want := []codec.Friend{{ID: bob.id, Name: "bob", State: "online"}, {ID: carol.id, Name: "carol", State: "offline"}}
+		if fmt.Sprint(alice.ack.Friends) != fmt.Sprint(want) {
+			return fmt.Errorf("friends %+v, want %+v", alice.ack.Friends, want)
+		}
+		return nil
+	})
+}
+
+func TestGroups(t *testing.T) {
+	ts := startServer(t, nil)
+	ctx := ctxT(t)
+	users := make([]*user, 5)
+	for i := range users {
+		users[i] = ts.newUser(fmt.Sprintf("u%d", i), client.Options{})
+	}
+	owner, outsider := users[0], users[4]
+	gid, err := owner.c.CreateGroup(ctx, "devs", "we build")
+	if err != nil || gid <= 0 {
+		t.Fatalf("create: %d %v", gid, err)
+	}
+	_, err = users[1].c.CreateGroup(ctx, "devs", "again")
+	wantErrno(t, err, codec.ErrnoConflict)
+	_, err = users[1].c.CreateGroup(ctx, "", "empty")
+	wantErrno(t, err, codec.ErrnoBadRequest)
+	for _, u := range users[1:4] {
+		if err := u.c.AddGroup(ctx, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantErrno(t, users[1].c.AddGroup(ctx, gid), codec.ErrnoConflict)
+	wantErrno(t, users[1].c.AddGroup(ctx, 5555), codec.ErrnoNotFound)
+	_, err = outsider.c.GroupChat(ctx, gid, "let me in")
+	wantErrno(t, err, codec.ErrnoForbidden)
+	_, err = owner.c.GroupChat(ctx, 5555, "nowhere")
+	wantErrno(t, err, codec.ErrnoNotFound)
+
+	ack, err := users[2].c.GroupChat(ctx, gid, "hi all")
+	if err != nil || ack.GroupID != gid || ack.Time == "" {
+		t.Fatalf("group chat: %+v %v", ack, err)
+	}
+	for i, u := range users[:4] {
+		if i == 2 {
+			continue
+		}
+		d := next(t, u.c)
+		if d.MsgID != codec.MsgGroupChat || d.GroupID != gid || d.ID != users[2].id || d.Name != "u2" || d.Msg != "hi all" || d.Seq != 1 {
+			t.Fatalf("%s got %+v", u.name, d)
+		}
+	}
+	none(t, users[2].c) // not to the sender
+	none(t, outsider.c)
+
+	users[3].c.Close()
+	ts.relogin(users[3], client.Options{})
+	g := users[3].ack.Groups
+	if len(g) != 1 || g[0].ID != gid || g[0].Name != "devs" || g[0].Desc != "we build" || len(g[0].Users) != 4 {
+		t.Fatalf("login groups %+v", g)
+	}
+	if g[0].Users[0].ID != owner.id || g[0].Users[0].Role != codec.RoleCreator || g[0].Users[1].Role != codec.RoleNormal || g[0].Users[0].State != codec.StateOnline {
+		t.Fatalf("group users %+v", g[0].Users)
+	}
+}
+
+func TestOfflineDeliveryAndRedelivery(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.OfflineCap = 5 })
+	ctx := ctxT(t)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{ManualAck: true})
+	bob.c.Close()
+	for i := 1; i <= 12; i++ {
+		if _, err := alice.c.Chat(ctx, bob.id, fmt.Sprintf("m%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Login: 5 in LOGIN_ACK, the other 7 right after, in order.
+	ts.relogin(bob, client.Options{ManualAck: true})
+	if n := len(bob.ack.OfflineMsg); n != 5 || bob.ack.OfflineMsg[0].Msg != "m1" {
+		t.Fatalf("offlineMsg: %d entries %+v", n, bob.ack.OfflineMsg)
+	}
+	live, err := alice.c.Chat(ctx, bob.id, "m13")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 13; i++ {
+		d := next(t, bob.c)
+		if d.Seq != codec.Seq(i) || d.Msg != fmt.Sprintf("m%d", i) {
+			t.Fatalf("delivery %d: %+v", i, d)
+		}
+		if i == 13 && d.Time != live.Time {
+			t.Fatalf("live delivery time %q, ack time %q", d.Time, live.Time)
+		}
+	}
+	// Acknowledge up to 8 only, then drop the connection: 9..13 come again.
+	bob.c.Ack(8)
+	checkFor(t, 5*time.Second, func() error {
+		_, acked, err := ts.app.Store.InboxState(ctx, bob.id)
+		if acked != 8 {
+			return fmt.Errorf("acked %d %v", acked, err)
+		}
+		return nil
+	})
+	bob.c.Close()
+	ts.relogin(bob, client.Options{})
+	if n := len(bob.ack.OfflineMsg); n != 5 || bob.ack.OfflineMsg[0].Seq != 9 || bob.ack.OfflineMsg[4].Msg != "m13" {
+		t.Fatalf("redelivery: %+v", bob.ack.OfflineMsg)
+	}
+	// Stored messages are never deleted by delivery.
+	var rows int
+	ts.app.Store.DB().Get(&rows, "SELECT COUNT(*) FROM inbox WHERE userid = ?", bob.id)
+	if rows != 13 {
+		t.Fatalf("inbox rows %d", rows)
+	}
+}
+
+func TestKickedSession(t *testing.T) {
+	ts := startServer(t, nil)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	first := bob.c
+	ts.relogin(bob, client.Options{})
+	select {
+	case <-first.Kicked():
+	case <-time.After(5 * time.Second):
+		t.Fatal("old session not kicked")
+	}
+	<-first.Done()
+	if !errors.Is(first.Err(), client.ErrKicked) {
+		t.Fatalf("old session error %v", first.Err())
+	}
+	if _, err := alice.c.Chat(ctxT(t), bob.id, "to the new one"); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, bob.c); d.Msg != "to the new one" {
+		t.Fatalf("got %+v", d)
+	}
+}
+
+func TestTokenLoginAndLogout(t *testing.T) {
+	ts := startServer(t, nil)
+	ctx := ctxT(t)
+	bob := ts.newUser("bob", client.Options{})
+	token := bob.ack.Token
+	c2 := ts.dial(client.Options{})
+	_, err := c2.LoginToken(ctx, bob.id, token+"x")
+	wantErrno(t, err, codec.ErrnoAuth)
+	alice := ts.newUser("alice", client.Options{})
+	_, err = c2.LoginToken(ctx, alice.id, token) // another user's token
+	wantErrno(t, err, codec.ErrnoAuth)
+	ack, err := c2.LoginToken(ctx, bob.id, token)
+	if err != nil || ack.ID != bob.id {
+		t.Fatalf("token login: %+v %v", ack, err)
+	}
+	<-bob.c.Done() // kicked by the token login
+	if err := c2.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Logged out: requests need a login again, and the token is revoked.
+	_, err = c2.Chat(ctx, alice.id, "after logout")
+	wantErrno(t, err, codec.ErrnoNotLoggedIn)
+	_, err = c2.LoginToken(ctx, bob.id, token)
+	wantErrno(t, err, codec.ErrnoAuth)
+	if _, err := c2.Login(ctx, bob.id, bob.password); err != nil {
+		t.Fatalf("password login after logout on the same connection: %v", err)
+	}
+}
+
+func TestClientMsgIDRetry(t *testing.T) {
+	ts := startServer(t, nil)
+	ctx := ctxT(t)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	first, err := alice.c.ChatWithID(ctx, bob.id, "once", "cmid-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1100 * time.Millisecond) // so a new time would differ
+	again, err := alice.c.ChatWithID(ctx, bob.id, "once", "cmid-1")
+	if err != nil || again.Time != first.Time {
+		t.Fatalf("retry ack %+v (first %+v) %v", again, first, err)
+	}
+	gid, _ := alice.c.CreateGroup(ctx, "g", "")
+	bob.c.AddGroup(ctx, gid)
+	if _, err := alice.c.GroupChatWithID(ctx, gid, "group once", "cmid-2"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.c.GroupChatWithID(ctx, gid, "group once", "cmid-2"); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, bob.c); d.Msg != "once" || d.Seq != 1 {
+		t.Fatalf("got %+v", d)
+	}
+	if d := next(t, bob.c); d.Msg != "group once" || d.Seq != 2 {
+		t.Fatalf("got %+v", d)
+	}
+	none(t, bob.c)
+}
+
+// TestManyPairs is the scenario that lost 20 of 136 messages on the original:
+// many pairs chatting at once, every message delivered once, in order.
+func TestManyPairs(t *testing.T) {
+	ts := startServer(t, nil)
+	const pairs, perPair = 20, 50
+	type pair struct{ from, to *user }
+	ps := make([]pair, pairs)
+	for i := range ps {
+		ps[i] = pair{ts.newUser(fmt.Sprintf("s%d", i), client.Options{}), ts.newUser(fmt.Sprintf("r%d", i), client.Options{})}
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, pairs*2)
+	for _, p := range ps {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for j := 0; j < perPair; j++ {
+				if _, err := p.from.c.Chat(context.Background(), p.to.id, fmt.Sprint(j)); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			for j := 1; j <= perPair; j++ {
+				select {
+				case d := <-p.to.c.Deliveries():
+					if d.Seq != codec.Seq(j) || d.ID != p.from.id || d.Msg != fmt.Sprint(j-1) {
+						errs <- fmt.Errorf("%s: delivery %d = %+v", p.to.name, j, d)
+						return
+					}
+				case <-time.After(20 * time.Second):
+					errs <- fmt.Errorf("%s: only %d of %d delivered", p.to.name, j-1, perPair)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	t.Logf("%d pairs x %d messages: all delivered once, in order", pairs, perPair)
+}

@@ -1,0 +1,259 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/conf"
+	"github.com/chatcluster/chatcluster/server"
+)
+
+// testServer is a real chatserver on a random loopback port with its own
+// SQLite file.
+type testServer struct {
+	t    *testing.T
+	cfg  conf.Config
+	app  *server.App
+	addr string
+}
+
+func startServer(t *testing.T, mutate func(*conf.Config)) *testServer {
+	t.Helper()
+	cfg := conf.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DB = "sqlite:" + filepath.Join(t.TempDir(), "chat.db")
+	cfg.BcryptCost = 4 // tests only; the default is 10
+	cfg.LogLevel = "warn"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ts := &testServer{t: t, cfg: cfg}
+	ts.start()
+	t.Cleanup(func() { ts.stop() })
+	return ts
+}
+
+func (ts *testServer) start() {
+	ts.t.Helper()
+	app, err := server.Open(context.Background(), ts.cfg, ts.cfg.Logger(testWriter{ts.t}))
+	if err != nil {
+		ts.t.Fatalf("start server: %v", err)
+	}
+	ts.app, ts.addr = app, app.Server.Addr()
+	// Restarts reuse the port so clients find the server again.
+	ts.cfg.Listen = ts.addr
+}
+
+func (ts *testServer) stop() {
+	if ts.app == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := ts.app.Close(ctx); err != nil {
+		ts.t.Errorf("stop server: %v", err)
+	}
+	ts.app = nil
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Logf("%s", p)
+	return len(p), nil
+}
+
+func (ts *testServer) dial(opts client.Options) *client.Client {
+	ts.t.Helper()
+	c, err := client.Dial(context.Background(), ts.addr, opts)
+	if err != nil {
+		ts.t.Fatalf("dial: %v", err)
+	}
+	ts.t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// user is a signed-up, logged-in test user.
+type user struct {
+	id       codec.UserID
+	name     string
+	password string
+	c        *client.Client
+	ack      *codec.LoginAck
+}
+
+func (ts *testServer) newUser(name string, opts client.Options) *user {
+	ts.t.Helper()
+	u := &user{name: name, password: "password-" + name}
+	u.c = ts.dial(opts)
+	id, err := u.c.Signup(ctxT(ts.t), name, u.password)
+	if err != nil {
+		ts.t.Fatalf("signup %s: %v", name, err)
+	}
+	u.id = id
+	u.ack, err = u.c.Login(ctxT(ts.t), id, u.password)
+	if err != nil {
+		ts.t.Fatalf("login %s: %v", name, err)
+	}
+	return u
+}
+
+// relogin connects u again with a new client.
+func (ts *testServer) relogin(u *user, opts client.Options) {
+	ts.t.Helper()
+	u.c = ts.dial(opts)
+	var err error
+	u.ack, err = u.c.Login(ctxT(ts.t), u.id, u.password)
+	if err != nil {
+		ts.t.Fatalf("relogin %s: %v", u.name, err)
+	}
+}
+
+// checkFor polls fn until it returns nil or timeout passes.
+func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var err error
+	for time.Now().Before(deadline) {
+		if err = fn(); err == nil {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("condition not met after %v: %v", timeout, err)
+}
+
+// next returns the next delivery of c.
+func next(t *testing.T, c *client.Client) codec.Delivery {
+	t.Helper()
+	select {
+	case d, ok := <-c.Deliveries():
+		if !ok {
+			t.Fatalf("connection ended: %v", c.Err())
+		}
+		return d
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery within 10s")
+	}
+	return codec.Delivery{}
+}
+
+// none asserts that no delivery arrives for a short while.
+func none(t *testing.T, c *client.Client) {
+	t.Helper()
+	select {
+	case d := <-c.Deliveries():
+		t.Fatalf("unexpected delivery %+v", d)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
+
+func wantErrno(t *testing.T, err error, want codec.Errno) {
+	t.Helper()
+	if got := client.ErrnoOf(err); got != want {
+		t.Fatalf("errno = %d (%v), want %d", got, err, want)
+	}
+}
+
+// raw is a bare TCP connection speaking frames, for malformed input.
+type raw struct {
+	t *testing.T
+	c net.Conn
+}
+
+func (ts *testServer) raw() *raw {
+	ts.t.Helper()
+	c, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	ts.t.Cleanup(func() { c.Close() })
+	return &raw{t: ts.t, c: c}
+}
+
+func (r *raw) write(b []byte) {
+	r.t.Helper()
+	if _, err := r.c.Write(b); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+func (r *raw) send(v any) {
+	r.t.Helper()
+	body, ok := v.([]byte)
+	if !ok {
+		var err error
+		if body, err = json.Marshal(v); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+	r.write(codec.AppendFrame(nil, body))
+}
+
+// read returns the next frame as a generic object; err is io.EOF when the
+// server closed.
+func (r *raw) read() (map[string]any, error) {
+	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr [4]byte
+	if _, err := io.ReadFull(r.c, hdr[:]); err != nil {
+		return nil, err
+	}
+	body := make([]byte, codec.FrameLen(hdr[:]))
+	if _, err := io.ReadFull(r.c, body); err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("server sent invalid JSON %q: %w", body, err)
+	}
+	return m, nil
+}
+
+func (r *raw) mustRead() map[string]any {
+	r.t.Helper()
+	m, err := r.read()
+	if err != nil {
+		r.t.Fatalf("read: %v", err)
+	}
+	return m
+}
+
+// closed asserts the server closes the connection.
+func (r *raw) closed() {
+	r.t.Helper()
+	for {
+		m, err := r.read()
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || isReset(err) {
+			return
+		}
+		if err != nil {
+			r.t.Fatalf("want close, got %v", err)
+		}
+		r.t.Logf("frame before close: %v", m)
+	}
+}
+
+func isReset(err error) bool {
+	var ne *net.OpError
+	return errors.As(err, &ne) && !ne.Timeout()
+}
+
+func num(m map[string]any, k string) int {
+	f, _ := m[k].(float64)
+	return int(f)
+}

@@ -1,0 +1,177 @@
+package server_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/conf"
+)
+
+// rawLogin signs up name on a raw connection and logs in; it returns the id.
+func rawLogin(t *testing.T, r *raw, name string) int {
+	t.Helper()
+	r.send(map[string]any{"msgid": 4, "name": name, "password": "secret1"})
+	id := num(r.mustRead(), "id")
+	r.send(map[string]any{"msgid": 1, "id": id, "password": "secret1"})
+	if m := r.mustRead(); num(m, "msgid") != 2 || num(m, "errno") != 0 {
+		t.Fatalf("login: %v", m)
+	}
+	return id
+}
+
+// TestPipelinedAndSplitFrames: the original handled only the first request of
+// a TCP read and died on JSON split across reads.
+func TestPipelinedAndSplitFrames(t *testing.T) {
+	ts := startServer(t, nil)
+	bob := ts.newUser("bob", client.Options{})
+	r := ts.raw()
+	rawLogin(t, r, "alice")
+	// 100 requests in one write, handled in order.
+	var burst []byte
+	for i := 0; i < 100; i++ {
+		body, _ := json.Marshal(map[string]any{"msgid": 6, "toid": bob.id, "msg": fmt.Sprint(i), "reqid": i})
+		burst = codec.AppendFrame(burst, body)
+	}
+	r.write(burst)
+	for i := 0; i < 100; i++ {
+		if m := r.mustRead(); num(m, "reqid") != i || num(m, "errno") != 0 {
+			t.Fatalf("response %d: %v", i, m)
+		}
+	}
+	for i := 0; i < 100; i++ {
+		if d := next(t, bob.c); d.Msg != fmt.Sprint(i) {
+			t.Fatalf("delivery %d: %+v", i, d)
+		}
+	}
+	// One frame written a byte at a time, then two frames split mid-header.
+	one := codec.AppendFrame(nil, []byte(`{"msgid":13,"reqid":"slow"}`))
+	for _, b := range one {
+		r.write([]byte{b})
+		time.Sleep(time.Millisecond)
+	}
+	if m := r.mustRead(); m["reqid"] != "slow" || num(m, "msgid") != 14 {
+		t.Fatalf("slow frame: %v", m)
+	}
+	two := codec.AppendFrame(codec.AppendFrame(nil, []byte(`{"msgid":13,"reqid":"a"}`)), []byte(`{"msgid":13,"reqid":"b"}`))
+	cut := len(two) - len(`{"msgid":13,"reqid":"b"}`) - 2
+	r.write(two[:cut])
+	time.Sleep(20 * time.Millisecond)
+	r.write(two[cut:])
+	if a, b := r.mustRead(), r.mustRead(); a["reqid"] != "a" || b["reqid"] != "b" {
+		t.Fatalf("split: %v %v", a, b)
+	}
+}
+
+// TestGarbageThenLogin: ten malformed frames each get errno 3, and the same
+// connection then logs in and works.
+func TestGarbageThenLogin(t *testing.T) {
+	ts := startServer(t, nil)
+	r := ts.raw()
+	garbage := [][]byte{
+		[]byte(`not json`), []byte(`{"msgid":1,`), []byte("\xff\xfe\xfd"), []byte(`[1,2,3]`), []byte(`"string"`),
+		[]byte(`{"msgid":"one"}`), []byte(`{"msgid":6.5}`), []byte(`{"msgid":4,"name":7,"password":"secret1"}`),
+		[]byte(`{"msgid":1,"id":"me","password":"x"}`), []byte(`{}`),
+	}
+	for _, g := range garbage {
+		r.send(g)
+		if m := r.mustRead(); num(m, "errno") != int(codec.ErrnoBadRequest) || m["errmsg"] == "" {
+			t.Fatalf("garbage %q: %v", g, m)
+		}
+	}
+	other := ts.newUser("other", client.Options{}) // other connections unaffected
+	rawLogin(t, r, "survivor")
+	if err := other.c.Ping(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestOversizedAndEmptyFrames(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxFrame = 1024; c.MaxMessage = 512 })
+	bystander := ts.newUser("bystander", client.Options{})
+	r := ts.raw()
+	r.write([]byte{0, 0, 0x10, 0}) // 4096 > 1024
+	if m := r.mustRead(); num(m, "msgid") != 11 || num(m, "ack") != 0 || num(m, "errno") != int(codec.ErrnoFrameTooLarge) {
+		t.Fatalf("oversized: %v", m)
+	}
+	r.closed()
+	r = ts.raw()
+	r.write([]byte{0, 0, 0, 0})
+	if m := r.mustRead(); num(m, "errno") != int(codec.ErrnoBadRequest) {
+		t.Fatalf("empty: %v", m)
+	}
+	r.closed()
+	if err := bystander.c.Ping(ctxT(t)); err != nil {
+		t.Fatalf("other connection hurt: %v", err)
+	}
+}
+
+func TestIdleTimeout(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.IdleTimeout = 400 * time.Millisecond })
+	idle := ts.raw()
+	pinger := ts.dial(client.Options{})
+	start := time.Now()
+	for time.Since(start) < 1200*time.Millisecond {
+		if err := pinger.Ping(ctxT(t)); err != nil {
+			t.Fatalf("pinging connection closed: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	idle.closed()
+	if time.Since(start) > 5*time.Second {
+		t.Fatal("idle connection not closed in time")
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.Rate = 5; c.RateBurst = 5 })
+	r := ts.raw()
+	var burst []byte
+	for i := 0; i < 20; i++ {
+		burst = codec.AppendFrame(burst, []byte(fmt.Sprintf(`{"msgid":13,"reqid":%d}`, i)))
+	}
+	r.write(burst)
+	limited, ok := 0, 0
+	for i := 0; i < 20; i++ {
+		m := r.mustRead()
+		switch {
+		case num(m, "msgid") == 14:
+			ok++
+		case num(m, "errno") == int(codec.ErrnoRateLimited) && num(m, "ack") == 13:
+			limited++
+		default:
+			t.Fatalf("unexpected %v", m)
+		}
+	}
+	if ok < 5 || limited == 0 || ok+limited != 20 {
+		t.Fatalf("ok %d limited %d", ok, limited)
+	}
+	time.Sleep(300 * time.Millisecond) // tokens refill: the connection works again
+	r.send(map[string]any{"msgid": 13, "reqid": "after"})
+	if m := r.mustRead(); m["reqid"] != "after" || num(m, "msgid") != 14 {
+		t.Fatalf("after refill: %v", m)
+	}
+}
+
+// TestStoreUnavailable: with the database gone, requests get errno 10
+// promptly and the connection stays usable.
+func TestStoreUnavailable(t *testing.T) {
+	ts := startServer(t, nil)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	ts.app.Store.DB().Close()
+	start := time.Now()
+	_, err := alice.c.Chat(ctxT(t), bob.id+100, "x")
+	wantErrno(t, err, codec.ErrnoUnavailable)
+	_, err = alice.c.CreateGroup(ctxT(t), "g", "")
+	wantErrno(t, err, codec.ErrnoUnavailable)
+	if time.Since(start) > 5*time.Second {
+		t.Fatalf("errno 10 took %v", time.Since(start))
+	}
+	if err := alice.c.Ping(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+}
