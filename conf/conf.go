@@ -26,6 +26,12 @@ type Config struct {
 	DB     string // sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB
 	Redis  string // host:port of Redis; empty = single node, in-process bus
 	NodeID string // this node's id in the cluster; default hostname:port
+	// RedisPrefix starts every Redis key and channel, so several clusters
+	// can share one Redis.
+	RedisPrefix string
+	// PresenceLease: a node that stops renewing it has its users read as
+	// offline after this long.
+	PresenceLease time.Duration
 
 	MaxFrame        int
 	MaxMessage      int
@@ -52,6 +58,8 @@ func Default() Config {
 	return Config{
 		Listen:          "127.0.0.1:6000",
 		DB:              "sqlite:chat.db",
+		RedisPrefix:     "chat:",
+		PresenceLease:   15 * time.Second,
 		MaxFrame:        65536,
 		MaxMessage:      4096,
 		MaxConns:        100000,
@@ -78,6 +86,8 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.DB, "db", c.DB, "database: sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis host:port for a cluster; empty runs a single node")
 	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node id in the cluster (default hostname:port)")
+	fs.StringVar(&c.RedisPrefix, "redis-prefix", c.RedisPrefix, "prefix of every Redis key and channel")
+	fs.DurationVar(&c.PresenceLease, "presence-lease", c.PresenceLease, "a dead node's users read offline after this long")
 	fs.IntVar(&c.MaxFrame, "max-frame", c.MaxFrame, "largest frame body in bytes")
 	fs.IntVar(&c.MaxMessage, "max-message", c.MaxMessage, "largest chat message text in bytes")
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most open connections")

@@ -22,27 +22,36 @@ var ErrClosed = errors.New("pubsub: closed")
 // Notice tells the node holding user To about new inbox entries. Deliveries
 // holds them in seq order; it may be empty, meaning "read the store".
 type Notice struct {
-	To         codec.UserID
-	Deliveries []codec.Delivery
+	To         codec.UserID     `json:"to"`
+	Deliveries []codec.Delivery `json:"d,omitempty"`
 }
 
-// Handler receives the notices addressed to this node. It must not block.
-type Handler func([]Notice)
+// Handler is the node's side of the bus. Its methods must not block.
+type Handler interface {
+	// Deliver hands notices to the sessions on this node and returns the
+	// notices whose recipient has no session here.
+	Deliver(notices []Notice) (rest []Notice)
+	// Kick ends the session of uid on this node if its id is session.
+	Kick(uid codec.UserID, session string)
+	// Resync makes every session on this node re-read its inbox, because
+	// notices may have been lost.
+	Resync()
+}
 
 // Bus carries notices between nodes and tracks presence.
 type Bus interface {
-	// Subscribe installs the handler for notices to users on this node and
-	// the resync function, called whenever notices may have been missed
-	// (after the subscription (re)connects). Call once, before Publish.
-	Subscribe(h Handler, resync func()) error
-	// Publish hands each notice to the node holding its recipient; notices
-	// to users online nowhere are dropped.
+	// Subscribe installs the node's handler. Call once, before anything else.
+	Subscribe(h Handler) error
+	// Publish delivers notices to the nodes holding their recipients:
+	// local ones at once, remote ones asynchronously. Notices to users
+	// online nowhere are dropped (the inbox keeps the entries).
 	Publish(ctx context.Context, notices []Notice) error
-	// SetOnline records that uid is online on this node.
-	SetOnline(ctx context.Context, uid codec.UserID) error
-	// SetOffline records that uid is no longer online on this node.
-	SetOffline(ctx context.Context, uid codec.UserID) error
-	// Online reports which of uids are online on any node.
+	// SetOnline records session as uid's session, on this node. A session
+	// of uid on another node is kicked before it returns.
+	SetOnline(ctx context.Context, uid codec.UserID, session string) error
+	// SetOffline forgets uid's presence if session is still its session.
+	SetOffline(ctx context.Context, uid codec.UserID, session string) error
+	// Online reports which of uids are online on any live node.
 	Online(ctx context.Context, uids []codec.UserID) (map[codec.UserID]bool, error)
 	// Close stops the bus.
 	Close() error
@@ -57,7 +66,7 @@ type Memory struct {
 	closed  bool
 	online  [shards]struct {
 		sync.RWMutex
-		m map[codec.UserID]int // online sessions per user
+		m map[codec.UserID]string // session of each online user
 	}
 }
 
@@ -67,14 +76,13 @@ var _ Bus = (*Memory)(nil)
 func NewMemory() *Memory {
 	m := &Memory{}
 	for i := range m.online {
-		m.online[i].m = map[codec.UserID]int{}
+		m.online[i].m = map[codec.UserID]string{}
 	}
 	return m
 }
 
-// Subscribe implements Bus. Memory never misses a notice, so resync is
-// never called.
-func (m *Memory) Subscribe(h Handler, _ func()) error {
+// Subscribe implements Bus.
+func (m *Memory) Subscribe(h Handler) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -84,7 +92,8 @@ func (m *Memory) Subscribe(h Handler, _ func()) error {
 	return nil
 }
 
-// Publish implements Bus by calling the handler directly.
+// Publish implements Bus by calling the handler directly; there is no other
+// node, so what it does not take is dropped.
 func (m *Memory) Publish(_ context.Context, notices []Notice) error {
 	m.mu.RLock()
 	h, closed := m.handler, m.closed
@@ -93,7 +102,7 @@ func (m *Memory) Publish(_ context.Context, notices []Notice) error {
 		return ErrClosed
 	}
 	if h != nil && len(notices) > 0 {
-		h(notices)
+		h.Deliver(notices)
 	}
 	return nil
 }
@@ -101,22 +110,20 @@ func (m *Memory) Publish(_ context.Context, notices []Notice) error {
 func (m *Memory) shard(uid codec.UserID) int { return int(uint64(uid) % shards) }
 
 // SetOnline implements Bus.
-func (m *Memory) SetOnline(_ context.Context, uid codec.UserID) error {
+func (m *Memory) SetOnline(_ context.Context, uid codec.UserID, session string) error {
 	s := &m.online[m.shard(uid)]
 	s.Lock()
-	s.m[uid]++
+	s.m[uid] = session
 	s.Unlock()
 	return nil
 }
 
 // SetOffline implements Bus.
-func (m *Memory) SetOffline(_ context.Context, uid codec.UserID) error {
+func (m *Memory) SetOffline(_ context.Context, uid codec.UserID, session string) error {
 	s := &m.online[m.shard(uid)]
 	s.Lock()
-	if s.m[uid] <= 1 {
+	if s.m[uid] == session {
 		delete(s.m, uid)
-	} else {
-		s.m[uid]--
 	}
 	s.Unlock()
 	return nil
@@ -128,7 +135,7 @@ func (m *Memory) Online(_ context.Context, uids []codec.UserID) (map[codec.UserI
 	for _, uid := range uids {
 		s := &m.online[m.shard(uid)]
 		s.RLock()
-		out[uid] = s.m[uid] > 0
+		_, out[uid] = s.m[uid]
 		s.RUnlock()
 	}
 	return out, nil

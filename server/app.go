@@ -2,9 +2,13 @@ package server
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"os"
 
 	"github.com/chatcluster/chatcluster/conf"
 	"github.com/chatcluster/chatcluster/pubsub"
@@ -21,22 +25,46 @@ type App struct {
 	Server *Server
 }
 
-// ErrNoCluster: -redis was given, but this build has no Redis bus yet.
-var ErrNoCluster = errors.New("server: cluster mode (-redis) is not available yet; run without -redis")
+// DefaultNodeID is the node id used when none is configured: the host name
+// and the listen port, e.g. "chat1:6000".
+func DefaultNodeID(listen string) string {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "node"
+	}
+	_, port, err := net.SplitHostPort(listen)
+	if err != nil || port == "0" {
+		var b [4]byte
+		_, _ = rand.Read(b[:])
+		port = hex.EncodeToString(b[:])
+	}
+	return host + ":" + port
+}
 
 // Open builds and starts an App. Close stops it.
 func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if cfg.Redis != "" {
-		return nil, ErrNoCluster
-	}
 	st, err := store.Open(ctx, store.Config{DSN: cfg.DB, Logger: log})
 	if err != nil {
 		return nil, err
 	}
-	bus := pubsub.NewMemory()
+	var bus pubsub.Bus = pubsub.NewMemory()
+	if cfg.Redis != "" {
+		nodeID := cfg.NodeID
+		if nodeID == "" {
+			nodeID = DefaultNodeID(cfg.Listen)
+		}
+		log = log.With("node", nodeID)
+		bus, err = pubsub.NewRedis(ctx, pubsub.RedisConfig{
+			Addr: cfg.Redis, NodeID: nodeID, Prefix: cfg.RedisPrefix, Lease: cfg.PresenceLease, Logger: log,
+		})
+		if err != nil {
+			st.Close()
+			return nil, err
+		}
+	}
 	node, err := service.New(ctx, service.Config{
 		Store: st, Bus: bus, Logger: log,
 		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,

@@ -219,8 +219,13 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	s.mu.Unlock()
 	if old := n.hub.swap(uid, s); old != nil && old != s {
 		n.kick(old)
-	} else if err := n.bus.SetOnline(ctx, uid); err != nil {
-		n.log.Warn("presence: set online", "user", uid, "err", err)
+	}
+	// Presence before the inbox read: a sender that misses this presence
+	// committed before the read below, so the read sees its entry.
+	if err := n.bus.SetOnline(ctx, uid, s.id); err != nil {
+		n.unbind(s, uid, gen)
+		n.reply(s, req, nil, n.storeFail("login", fmt.Errorf("%w: presence: %v", ErrUnavailable, err)))
+		return
 	}
 
 	ack, acked, err := n.loginAck(ctx, uid, u)

@@ -7,6 +7,8 @@ package service
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -116,7 +118,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		ackStop: make(chan struct{}),
 		ackDone: make(chan struct{}),
 	}
-	if err := cfg.Bus.Subscribe(n.deliver, n.resyncAll); err != nil {
+	if err := cfg.Bus.Subscribe(busHandler{n}); err != nil {
 		return nil, fmt.Errorf("service: subscribe: %w", err)
 	}
 	cfg.Store.SetCommitHook(n.committed)
@@ -134,7 +136,11 @@ func (n *Node) Close() {
 }
 
 // Open returns the session of a new connection.
-func (n *Node) Open(t Transport) *Session { return &Session{t: t} }
+func (n *Node) Open(t Transport) *Session {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return &Session{t: t, id: hex.EncodeToString(b[:])}
+}
 
 // Closed ends a session whose connection is gone.
 func (n *Node) Closed(s *Session) {
@@ -154,7 +160,7 @@ func (n *Node) leave(uid codec.UserID, s *Session) {
 	if n.hub.remove(uid, s) {
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
 		defer cancel()
-		if err := n.bus.SetOffline(ctx, uid); err != nil {
+		if err := n.bus.SetOffline(ctx, uid, s.id); err != nil {
 			n.log.Warn("presence: set offline", "user", uid, "err", err)
 		}
 	}
@@ -182,11 +188,31 @@ func (n *Node) committed(entries []Entry) {
 	}
 }
 
-// deliver is the bus handler: notices for users on this node.
-func (n *Node) deliver(notices []pubsub.Notice) {
+// busHandler is the node's pubsub.Handler.
+type busHandler struct{ n *Node }
+
+var _ pubsub.Handler = busHandler{}
+
+func (h busHandler) Deliver(notices []pubsub.Notice) []pubsub.Notice { return h.n.deliver(notices) }
+func (h busHandler) Resync()                                         { h.n.resyncAll() }
+
+// Kick ends the local session of uid with the given id: the user logged in
+// on another node.
+func (h busHandler) Kick(uid codec.UserID, session string) {
+	s := h.n.hub.get(uid)
+	if s == nil || s.id != session {
+		return
+	}
+	h.n.hub.remove(uid, s)
+	h.n.kick(s)
+}
+
+// deliver hands notices to local sessions and returns the others.
+func (n *Node) deliver(notices []pubsub.Notice) (rest []pubsub.Notice) {
 	for _, nt := range notices {
 		s := n.hub.get(nt.To)
 		if s == nil {
+			rest = append(rest, nt)
 			continue
 		}
 		s.mu.Lock()
@@ -197,23 +223,36 @@ func (n *Node) deliver(notices []pubsub.Notice) {
 			go n.pump(s, gen)
 		}
 	}
+	return rest
 }
 
 // resyncAll makes every local session re-read its inbox: notices may have
-// been lost.
+// been lost. At most resyncParallel inbox reads run at once.
 func (n *Node) resyncAll() {
-	n.hub.each(func(s *Session) {
-		s.mu.Lock()
-		if s.uid == 0 || s.pumping {
+	go func() {
+		sem := make(chan struct{}, resyncParallel)
+		count := 0
+		n.hub.each(func(s *Session) {
+			s.mu.Lock()
+			if s.uid == 0 || s.pumping {
+				s.mu.Unlock()
+				return
+			}
+			s.pumping = true
+			gen := s.gen
 			s.mu.Unlock()
-			return
-		}
-		s.pumping = true
-		gen := s.gen
-		s.mu.Unlock()
-		go n.pump(s, gen)
-	})
+			count++
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				n.pump(s, gen)
+			}()
+		})
+		n.log.Info("resynced sessions", "sessions", count)
+	}()
 }
+
+const resyncParallel = 16
 
 // pumpPage is how many inbox entries one pump read takes.
 const pumpPage = 500

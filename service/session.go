@@ -22,7 +22,8 @@ type Transport interface {
 // safe for concurrent use: requests arrive on a worker, deliveries on the bus
 // handler, and the close from the server.
 type Session struct {
-	t Transport
+	t  Transport
+	id string // unique session id, for presence and cross-node kicks
 
 	mu     sync.Mutex
 	uid    codec.UserID // 0 until login

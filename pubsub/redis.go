@@ -1,0 +1,551 @@
+package pubsub
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// RedisConfig configures NewRedis. Zero values mean the documented defaults.
+type RedisConfig struct {
+	// Addr is Redis's host:port. Required.
+	Addr string
+	// Password and DB select the Redis database.
+	Password string
+	DB       int
+	// NodeID names this node; it must be unique in the cluster. Required.
+	NodeID string
+	// Prefix starts every key and channel: default "chat:".
+	Prefix string
+	// Lease is how long a node's presence survives without renewal, so a
+	// crashed node's users read offline within it: default 15 s. The node
+	// renews it every Lease/3.
+	Lease time.Duration
+	// ProbeInterval is how often the node publishes a probe to its own
+	// channel; a subscription that sees no probe for 3 intervals is
+	// re-created (and the node resyncs): default 2 s.
+	ProbeInterval time.Duration
+	// KickTimeout bounds the wait for another node to confirm a kick:
+	// default 2 s.
+	KickTimeout time.Duration
+	// Timeout bounds every Redis command: default 1 s, so that a Redis
+	// outage surfaces as errno 10 promptly.
+	Timeout time.Duration
+	// QueueLen bounds the batches of notices waiting to be published:
+	// default 4096. Beyond it notices are dropped and a resync follows.
+	QueueLen int
+	// Logger: default slog.Default().
+	Logger *slog.Logger
+}
+
+// Redis is the cluster Bus: per-node channels on Redis pub/sub, presence in
+// Redis keys with a per-node lease. Safe for concurrent use.
+//
+// Keys and channels (P is the prefix):
+//
+//	P+"presence:"+uid  string "SESSION@NODE": uid's current session
+//	P+"lease:"+NODE    string, expires after Lease unless renewed: NODE is alive
+//	P+"node:"+NODE     channel: envelopes for NODE
+//	P+"all"            channel: envelopes for every node
+type Redis struct {
+	cfg RedisConfig
+	rdb *redis.Client
+	log *slog.Logger
+
+	handler atomic.Pointer[handlerBox]
+	queue   chan []Notice
+	lost    atomic.Bool // notices were dropped: broadcast a resync when Redis is back
+
+	waitMu  sync.Mutex
+	waiters map[string]chan struct{} // kick id -> confirmation
+
+	lastProbe atomic.Int64
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+type handlerBox struct{ h Handler }
+
+var _ Bus = (*Redis)(nil)
+
+// envelope is the payload of every message on the bus, JSON encoded:
+//
+//	{"t":"n","n":[{"to":UID,"d":[DELIVERY...]}...]}  notices
+//	{"t":"k","u":UID,"s":SESSION,"id":KICKID,"f":NODE}  kick a session
+//	{"t":"ka","id":KICKID}                             kick done
+//	{"t":"p"}                                          probe
+//	{"t":"r"}                                          resync every session
+type envelope struct {
+	T       string       `json:"t"`
+	Notices []Notice     `json:"n,omitempty"`
+	UID     codec.UserID `json:"u,omitempty"`
+	Session string       `json:"s,omitempty"`
+	ID      string       `json:"id,omitempty"`
+	From    string       `json:"f,omitempty"`
+}
+
+// NewRedis connects to Redis and starts the node's lease, probe, publisher
+// and subscriber goroutines once Subscribe is called.
+func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
+	if cfg.Addr == "" || cfg.NodeID == "" {
+		return nil, errors.New("pubsub: Redis Addr and NodeID are required")
+	}
+	if strings.ContainsAny(cfg.NodeID, "@ \t\r\n") {
+		return nil, fmt.Errorf("pubsub: node id %q must not contain '@' or spaces", cfg.NodeID)
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "chat:"
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = 15 * time.Second
+	}
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 2 * time.Second
+	}
+	if cfg.KickTimeout <= 0 {
+		cfg.KickTimeout = 2 * time.Second
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = time.Second
+	}
+	if cfg.QueueLen <= 0 {
+		cfg.QueueLen = 4096
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	rdb := redis.NewClient(&redis.Options{
+		Addr: cfg.Addr, Password: cfg.Password, DB: cfg.DB,
+		DialTimeout: cfg.Timeout, ReadTimeout: cfg.Timeout, WriteTimeout: cfg.Timeout,
+		PoolTimeout: cfg.Timeout, MaxRetries: 1,
+		ConnMaxLifetime: 5 * time.Minute, ConnMaxIdleTime: time.Minute,
+		ContextTimeoutEnabled: true,
+		ClientName:            cfg.Prefix + cfg.NodeID,
+	})
+	r := &Redis{
+		cfg: cfg, rdb: rdb, log: cfg.Logger.With("node", cfg.NodeID),
+		queue:   make(chan []Notice, cfg.QueueLen),
+		waiters: map[string]chan struct{}{},
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("pubsub: redis %s: %w", cfg.Addr, err)
+	}
+	if err := r.renewLease(ctx); err != nil {
+		rdb.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+func (r *Redis) presenceKey(uid codec.UserID) string {
+	return r.cfg.Prefix + "presence:" + strconv.FormatInt(int64(uid), 10)
+}
+func (r *Redis) leaseKey(node string) string { return r.cfg.Prefix + "lease:" + node }
+func (r *Redis) channel(node string) string  { return r.cfg.Prefix + "node:" + node }
+func (r *Redis) allChannel() string          { return r.cfg.Prefix + "all" }
+
+func (r *Redis) cmdCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, r.cfg.Timeout)
+}
+
+// Subscribe implements Bus and starts the background goroutines.
+func (r *Redis) Subscribe(h Handler) error {
+	if !r.handler.CompareAndSwap(nil, &handlerBox{h}) {
+		return errors.New("pubsub: Subscribe called twice")
+	}
+	r.wg.Add(3)
+	go r.subscribeLoop()
+	go r.publishLoop()
+	go r.leaseLoop()
+	return nil
+}
+
+func (r *Redis) h() Handler {
+	if b := r.handler.Load(); b != nil {
+		return b.h
+	}
+	return nil
+}
+
+// Publish implements Bus: local recipients at once, the rest queued for the
+// publisher goroutine. It never blocks on Redis; when the queue is full the
+// notices are dropped and a resync is broadcast once Redis works again.
+func (r *Redis) Publish(_ context.Context, notices []Notice) error {
+	h := r.h()
+	if h == nil || len(notices) == 0 {
+		return nil
+	}
+	rest := h.Deliver(notices)
+	if len(rest) == 0 {
+		return nil
+	}
+	select {
+	case r.queue <- rest:
+		return nil
+	default:
+		r.lost.Store(true)
+		return errors.New("pubsub: publish queue full; notices dropped, will resync")
+	}
+}
+
+// maxPublishBatch bounds the notices of one publish round.
+const maxPublishBatch = 10000
+
+// publishLoop sends queued notices: one presence lookup for the batch and
+// one PUBLISH per destination node.
+func (r *Redis) publishLoop() {
+	defer r.wg.Done()
+	for {
+		var batch []Notice
+		select {
+		case <-r.ctx.Done():
+			return
+		case batch = <-r.queue:
+		}
+	drain:
+		for len(batch) < maxPublishBatch {
+			select {
+			case more := <-r.queue:
+				batch = append(batch, more...)
+			default:
+				break drain
+			}
+		}
+		if err := r.publish(batch); err != nil {
+			r.lost.Store(true)
+			r.log.Warn("publish failed; recipients resync when Redis is back", "notices", len(batch), "err", err)
+		}
+	}
+}
+
+func (r *Redis) publish(batch []Notice) error {
+	byNode := map[string][]Notice{}
+	for start := 0; start < len(batch); start += 1000 {
+		part := batch[start:min(start+1000, len(batch))]
+		keys := make([]string, len(part))
+		for i, n := range part {
+			keys[i] = r.presenceKey(n.To)
+		}
+		ctx, cancel := r.cmdCtx(r.ctx)
+		vals, err := r.rdb.MGet(ctx, keys...).Result()
+		cancel()
+		if err != nil {
+			return err
+		}
+		for i, v := range vals {
+			s, ok := v.(string)
+			if !ok {
+				continue // offline: the entry waits in the inbox
+			}
+			_, node, _ := strings.Cut(s, "@")
+			byNode[node] = append(byNode[node], part[i])
+		}
+	}
+	if len(byNode) == 0 {
+		return nil
+	}
+	ctx, cancel := r.cmdCtx(r.ctx)
+	defer cancel()
+	pipe := r.rdb.Pipeline()
+	for node, ns := range byNode {
+		payload, err := json.Marshal(envelope{T: "n", Notices: ns})
+		if err != nil {
+			return err
+		}
+		pipe.Publish(ctx, r.channel(node), payload)
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
+// leaseLoop renews the node lease, publishes probes, watches the
+// subscription and broadcasts a resync after lost notices.
+func (r *Redis) leaseLoop() {
+	defer r.wg.Done()
+	probe := time.NewTicker(r.cfg.ProbeInterval)
+	defer probe.Stop()
+	lastRenew := time.Now()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-probe.C:
+		}
+		if time.Since(lastRenew) >= r.cfg.Lease/3 {
+			if err := r.renewLease(r.ctx); err != nil {
+				r.log.Warn("lease renewal failed", "err", err)
+			} else {
+				lastRenew = time.Now()
+			}
+		}
+		if err := r.send(r.ctx, r.channel(r.cfg.NodeID), envelope{T: "p"}); err != nil {
+			continue
+		}
+		if r.lost.Load() {
+			if err := r.send(r.ctx, r.allChannel(), envelope{T: "r"}); err == nil {
+				r.lost.Store(false)
+				r.log.Info("broadcast resync after lost notices")
+			}
+		}
+	}
+}
+
+func (r *Redis) renewLease(ctx context.Context) error {
+	ctx, cancel := r.cmdCtx(ctx)
+	defer cancel()
+	if err := r.rdb.Set(ctx, r.leaseKey(r.cfg.NodeID), "1", r.cfg.Lease).Err(); err != nil {
+		return fmt.Errorf("pubsub: lease: %w", err)
+	}
+	return nil
+}
+
+func (r *Redis) send(ctx context.Context, channel string, e envelope) error {
+	payload, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := r.cmdCtx(ctx)
+	defer cancel()
+	return r.rdb.Publish(ctx, channel, payload).Err()
+}
+
+// subscribeLoop is the node's single subscriber. Each (re)subscription is
+// followed by a resync of every local session, because whatever was
+// published meanwhile is lost.
+func (r *Redis) subscribeLoop() {
+	defer r.wg.Done()
+	backoff := 100 * time.Millisecond
+	for r.ctx.Err() == nil {
+		err := r.subscribeOnce()
+		if r.ctx.Err() != nil {
+			return
+		}
+		r.log.Warn("subscription lost; re-subscribing", "err", err, "in", backoff)
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+}
+
+func (r *Redis) subscribeOnce() error {
+	ps := r.rdb.Subscribe(r.ctx, r.channel(r.cfg.NodeID), r.allChannel())
+	defer ps.Close()
+	// Wait for both subscriptions to be confirmed.
+	for confirmed := 0; confirmed < 2; {
+		msg, err := ps.ReceiveTimeout(r.ctx, r.cfg.Timeout)
+		if err != nil {
+			return err
+		}
+		if _, ok := msg.(*redis.Subscription); ok {
+			confirmed++
+		}
+	}
+	r.log.Info("subscribed", "channel", r.channel(r.cfg.NodeID))
+	r.lastProbe.Store(time.Now().UnixNano())
+	if h := r.h(); h != nil {
+		h.Resync()
+	}
+	silence := 3 * r.cfg.ProbeInterval
+	for {
+		msg, err := ps.ReceiveTimeout(r.ctx, silence)
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *redis.Message:
+			r.dispatch(m.Payload)
+		case *redis.Pong:
+		}
+		if time.Since(time.Unix(0, r.lastProbe.Load())) > silence {
+			return errors.New("no probe received: subscription is broken")
+		}
+	}
+}
+
+func (r *Redis) dispatch(payload string) {
+	var e envelope
+	if err := json.Unmarshal([]byte(payload), &e); err != nil {
+		r.log.Warn("bad bus message", "err", err)
+		return
+	}
+	h := r.h()
+	switch e.T {
+	case "p":
+		r.lastProbe.Store(time.Now().UnixNano())
+	case "n":
+		if h != nil {
+			// Recipients that moved away meanwhile are dropped: their new
+			// node reads the inbox at login.
+			h.Deliver(e.Notices)
+		}
+	case "k":
+		if h != nil {
+			h.Kick(e.UID, e.Session)
+		}
+		if e.From != "" {
+			if err := r.send(r.ctx, r.channel(e.From), envelope{T: "ka", ID: e.ID}); err != nil {
+				r.log.Warn("kick confirmation failed", "err", err)
+			}
+		}
+	case "ka":
+		r.waitMu.Lock()
+		if ch, ok := r.waiters[e.ID]; ok {
+			close(ch)
+			delete(r.waiters, e.ID)
+		}
+		r.waitMu.Unlock()
+	case "r":
+		if h != nil {
+			h.Resync()
+		}
+	}
+}
+
+// SetOnline implements Bus. The previous session of uid, if it lives on
+// another live node, is kicked and the kick confirmed (or KickTimeout
+// passes) before SetOnline returns.
+func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
+	cctx, cancel := r.cmdCtx(ctx)
+	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), session+"@"+r.cfg.NodeID, redis.SetArgs{Get: true}).Result()
+	cancel()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("pubsub: presence: %w", err)
+	}
+	prevSession, node, _ := strings.Cut(prev, "@")
+	if node == r.cfg.NodeID || node == "" {
+		return nil // a local session: the node's hub already replaced it
+	}
+	cctx, cancel = r.cmdCtx(ctx)
+	alive, err := r.rdb.Exists(cctx, r.leaseKey(node)).Result()
+	cancel()
+	if err != nil {
+		return fmt.Errorf("pubsub: lease: %w", err)
+	}
+	if alive == 0 {
+		return nil // that node is dead; its connections are gone
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	id := hex.EncodeToString(b[:])
+	done := make(chan struct{})
+	r.waitMu.Lock()
+	r.waiters[id] = done
+	r.waitMu.Unlock()
+	defer func() {
+		r.waitMu.Lock()
+		delete(r.waiters, id)
+		r.waitMu.Unlock()
+	}()
+	if err := r.send(ctx, r.channel(node), envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID}); err != nil {
+		return fmt.Errorf("pubsub: kick: %w", err)
+	}
+	select {
+	case <-done:
+	case <-time.After(r.cfg.KickTimeout):
+		r.log.Warn("kick not confirmed in time", "user", uid, "node", node)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return nil
+}
+
+// offlineScript deletes a presence key only if it still names the session.
+var offlineScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
+
+// SetOffline implements Bus.
+func (r *Redis) SetOffline(ctx context.Context, uid codec.UserID, session string) error {
+	ctx, cancel := r.cmdCtx(ctx)
+	defer cancel()
+	return offlineScript.Run(ctx, r.rdb, []string{r.presenceKey(uid)}, session+"@"+r.cfg.NodeID).Err()
+}
+
+// Online implements Bus: a user is online when its presence names a node
+// whose lease is alive.
+func (r *Redis) Online(ctx context.Context, uids []codec.UserID) (map[codec.UserID]bool, error) {
+	out := make(map[codec.UserID]bool, len(uids))
+	if len(uids) == 0 {
+		return out, nil
+	}
+	keys := make([]string, len(uids))
+	for i, uid := range uids {
+		keys[i] = r.presenceKey(uid)
+	}
+	cctx, cancel := r.cmdCtx(ctx)
+	vals, err := r.rdb.MGet(cctx, keys...).Result()
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("pubsub: presence: %w", err)
+	}
+	nodeOf := make(map[codec.UserID]string, len(uids))
+	var nodes []string
+	seen := map[string]bool{}
+	for i, v := range vals {
+		s, ok := v.(string)
+		if !ok {
+			continue
+		}
+		_, node, _ := strings.Cut(s, "@")
+		nodeOf[uids[i]] = node
+		if !seen[node] {
+			seen[node] = true
+			nodes = append(nodes, r.leaseKey(node))
+		}
+	}
+	alive := map[string]bool{}
+	if len(nodes) > 0 {
+		cctx, cancel := r.cmdCtx(ctx)
+		leases, err := r.rdb.MGet(cctx, nodes...).Result()
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("pubsub: lease: %w", err)
+		}
+		for i, l := range leases {
+			if l != nil {
+				alive[strings.TrimPrefix(nodes[i], r.cfg.Prefix+"lease:")] = true
+			}
+		}
+	}
+	for _, uid := range uids {
+		out[uid] = alive[nodeOf[uid]]
+	}
+	return out, nil
+}
+
+// Close implements Bus: it stops the goroutines and drops the node's lease,
+// so its users read offline at once.
+func (r *Redis) Close() error {
+	r.closeOnce.Do(func() {
+		r.cancel()
+		r.wg.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
+		defer cancel()
+		r.rdb.Del(ctx, r.leaseKey(r.cfg.NodeID))
+		r.rdb.Close()
+	})
+	return nil
+}
