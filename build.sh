@@ -43,6 +43,7 @@ STARTED_NAMES=()      # matching human readable names
 ALLOCATED_PORTS=()    # ports handed out by free_port in this run
 STEP_PID=""           # pid (== process group id) of the running test step
 FREE_PORT=""          # result of free_port (not a subshell, so it can record)
+SPAWNED_PID=""        # result of spawn
 
 # Set by the start_* functions.
 MARIADB_PID=""
@@ -222,6 +223,21 @@ pid_alive() {
 	[[ -n "$state" && "$state" != "Z" ]]
 }
 
+# spawn OUTFILE CMD...: start CMD in the background, in its own process group
+# (job control on), with stdin from /dev/null and output appended to OUTFILE;
+# sets SPAWNED_PID. Its own process group keeps a terminal Ctrl-C away from
+# the service, so that the EXIT trap shuts things down in order (test step
+# first, then the services), and with job control on bash does not set
+# SIGINT to "ignored" in the child as it does for plain background commands.
+spawn() {
+	local out="$1"
+	shift
+	set -m
+	"$@" </dev/null >>"$out" 2>&1 &
+	SPAWNED_PID=$!
+	set +m
+}
+
 # register_pid NAME PID: remember a started service so stop_all stops it.
 register_pid() {
 	STARTED_NAMES+=("$1")
@@ -308,7 +324,7 @@ start_mariadb() {
 		# charset is set explicitly (the compiled-in default is latin1).
 		# Durability is irrelevant for a throwaway test instance, so skip the
 		# doublewrite buffer and per-commit log flushes to speed tests up.
-		"$mariadbd" --no-defaults \
+		spawn "$errlog" "$mariadbd" --no-defaults \
 			--datadir="$datadir" \
 			--socket="$sock" \
 			--port="$port" \
@@ -322,9 +338,8 @@ start_mariadb() {
 			--max-connections=500 \
 			--character-set-server=utf8mb4 \
 			--collation-server=utf8mb4_unicode_ci \
-			--log-error="$errlog" \
-			</dev/null >>"$errlog" 2>&1 &
-		pid=$!
+			--log-error="$errlog"
+		pid="$SPAWNED_PID"
 		register_pid mariadbd "$pid"
 
 		up=0
@@ -384,12 +399,12 @@ start_redis() {
 		port="$FREE_PORT"
 		log "starting Redis on 127.0.0.1:$port"
 		: >"$logfile"
-		"$server" --port "$port" --bind 127.0.0.1 \
+		: >"$dir/redis.out"
+		spawn "$dir/redis.out" "$server" --port "$port" --bind 127.0.0.1 \
 			--save '' --appendonly no \
 			--dir "$workdir" --daemonize no \
-			--logfile "$logfile" \
-			</dev/null >"$dir/redis.out" 2>&1 &
-		pid=$!
+			--logfile "$logfile"
+		pid="$SPAWNED_PID"
 		register_pid redis-server "$pid"
 		printf '%s\n' "$pid" >"$dir/redis.pid"
 
@@ -475,10 +490,11 @@ install_traps() {
 # Waiting on a background job (instead of running it in the foreground)
 # lets the signal traps fire immediately, and the separate process group
 # lets stop_all interrupt go test together with the test binaries it runs.
+# (Tests get no stdin: a background job reading the terminal would stop.)
 run_step() {
 	local rc=0
 	set -m
-	"$@" &
+	"$@" </dev/null &
 	STEP_PID=$!
 	set +m
 	wait "$STEP_PID" || rc=$?
