@@ -51,6 +51,9 @@ type Config struct {
 
 	LogLevel  string
 	LogFormat string
+
+	// Migrate applies the schema migrations and exits.
+	Migrate bool
 }
 
 // Default returns the built-in defaults.
@@ -104,6 +107,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK (the rest follow at once)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
+	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply the database schema migrations and exit")
 	return fs
 }
 

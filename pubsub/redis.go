@@ -72,6 +72,9 @@ type Redis struct {
 	waitMu  sync.Mutex
 	waiters map[string]chan struct{} // kick id -> confirmation
 
+	localMu sync.Mutex
+	local   map[codec.UserID]string // sessions on this node, to re-assert presence
+
 	lastProbe atomic.Int64
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -141,6 +144,7 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		cfg: cfg, rdb: rdb, log: cfg.Logger.With("node", cfg.NodeID),
 		queue:   make(chan []Notice, cfg.QueueLen),
 		waiters: map[string]chan struct{}{},
+		local:   map[codec.UserID]string{},
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -364,6 +368,11 @@ func (r *Redis) subscribeOnce() error {
 	}
 	r.log.Info("subscribed", "channel", r.channel(r.cfg.NodeID))
 	r.lastProbe.Store(time.Now().UnixNano())
+	// Redis may have restarted empty: put back the presence of every local
+	// session, then resync, so that nothing committed meanwhile is missed.
+	if err := r.reassertPresence(); err != nil {
+		return err
+	}
 	if h := r.h(); h != nil {
 		h.Resync()
 	}
@@ -401,6 +410,11 @@ func (r *Redis) dispatch(payload string) {
 			h.Deliver(e.Notices)
 		}
 	case "k":
+		r.localMu.Lock()
+		if r.local[e.UID] == e.Session {
+			delete(r.local, e.UID)
+		}
+		r.localMu.Unlock()
 		if h != nil {
 			h.Kick(e.UID, e.Session)
 		}
@@ -423,6 +437,34 @@ func (r *Redis) dispatch(payload string) {
 	}
 }
 
+// reassertPresence writes the presence of every local session that Redis no
+// longer has (SET NX: a newer login elsewhere wins).
+func (r *Redis) reassertPresence() error {
+	r.localMu.Lock()
+	local := make(map[codec.UserID]string, len(r.local))
+	for uid, s := range r.local {
+		local[uid] = s
+	}
+	r.localMu.Unlock()
+	if err := r.renewLease(r.ctx); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(r.ctx, 10*r.cfg.Timeout)
+	defer cancel()
+	pipe := r.rdb.Pipeline()
+	n := 0
+	for uid, s := range local {
+		pipe.SetNX(ctx, r.presenceKey(uid), s+"@"+r.cfg.NodeID, 0)
+		if n++; n%1000 == 0 {
+			if _, err := pipe.Exec(ctx); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := pipe.Exec(ctx)
+	return err
+}
+
 // SetOnline implements Bus. The previous session of uid, if it lives on
 // another live node, is kicked and the kick confirmed (or KickTimeout
 // passes) before SetOnline returns.
@@ -430,6 +472,11 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	cctx, cancel := r.cmdCtx(ctx)
 	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), session+"@"+r.cfg.NodeID, redis.SetArgs{Get: true}).Result()
 	cancel()
+	if err == nil || errors.Is(err, redis.Nil) {
+		r.localMu.Lock()
+		r.local[uid] = session
+		r.localMu.Unlock()
+	}
 	if errors.Is(err, redis.Nil) {
 		return nil
 	}
@@ -479,6 +526,11 @@ var offlineScript = redis.NewScript(`if redis.call('GET', KEYS[1]) == ARGV[1] th
 
 // SetOffline implements Bus.
 func (r *Redis) SetOffline(ctx context.Context, uid codec.UserID, session string) error {
+	r.localMu.Lock()
+	if r.local[uid] == session {
+		delete(r.local, uid)
+	}
+	r.localMu.Unlock()
 	ctx, cancel := r.cmdCtx(ctx)
 	defer cancel()
 	return offlineScript.Run(ctx, r.rdb, []string{r.presenceKey(uid)}, session+"@"+r.cfg.NodeID).Err()

@@ -13,6 +13,7 @@ import (
 
 	"github.com/chatcluster/chatcluster/conf"
 	"github.com/chatcluster/chatcluster/server"
+	"github.com/chatcluster/chatcluster/store"
 )
 
 func main() {
@@ -28,6 +29,16 @@ func main() {
 	raiseFileLimit(log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	if cfg.Migrate {
+		st, err := store.Open(ctx, store.Config{DSN: cfg.DB, Logger: log})
+		if err != nil {
+			log.Error("migrate failed", "err", err)
+			os.Exit(1)
+		}
+		st.Close()
+		log.Info("schema is up to date")
+		return
+	}
 	app, err := server.Open(ctx, cfg, log)
 	if err != nil {
 		log.Error("start failed", "err", err)

@@ -1,0 +1,365 @@
+package test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// online signs up and logs in count members on each address in turn.
+func online(t *testing.T, c *cluster, prefix string, count int, addrs ...string) []*member {
+	t.Helper()
+	ms := make([]*member, count)
+	for i := range ms {
+		addr := addrs[i%len(addrs)]
+		ms[i] = signup(t, addr, fmt.Sprintf("%s%d", prefix, i))
+		ms[i].fallback = c.nginx.addr
+		if err := ms[i].connect(ctxT(t, 10*time.Second), addr, 0); err != nil {
+			t.Fatalf("login %s: %v", ms[i].name, err)
+		}
+		t.Cleanup(func() { ms[i].client().Close() })
+	}
+	return ms
+}
+
+func receiveAll(t *testing.T, ctx context.Context, l *ledger, ms []*member) *sync.WaitGroup {
+	wg := &sync.WaitGroup{}
+	for _, m := range ms {
+		wg.Add(1)
+		go m.run(ctx, t, l, wg)
+	}
+	return wg
+}
+
+// stopReceivers ends the receive loops.
+func stopReceivers(cancel context.CancelFunc, wg *sync.WaitGroup, ms []*member) {
+	cancel()
+	for _, m := range ms {
+		m.client().Close()
+	}
+	wg.Wait()
+}
+
+func TestClusterChat(t *testing.T) {
+	for _, nodes := range []int{2, 3} {
+		t.Run(fmt.Sprintf("%d-nodes", nodes), func(t *testing.T) {
+			c := startCluster(t, nodes)
+			addrs := []string{}
+			for _, n := range c.nodes {
+				addrs = append(addrs, n.addr)
+			}
+			// Users spread over every node directly, plus some through nginx.
+			ms := online(t, c, "u", 3*nodes, addrs...)
+			ms = append(ms, online(t, c, "lb", 3, c.nginx.addr)...)
+			l := newLedger()
+			ctx, cancel := context.WithCancel(context.Background())
+			wg := receiveAll(t, ctx, l, ms)
+
+			// A group with every user; presence in LOGIN_ACK spans nodes.
+			gid, err := ms[0].client().CreateGroup(ctxT(t, 5*time.Second), fmt.Sprintf("all-%d", nodes), "everyone")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range ms[1:] {
+				if err := m.client().AddGroup(ctxT(t, 5*time.Second), gid); err != nil {
+					t.Fatal(err)
+				}
+			}
+			check, err := client.Dial(ctxT(t, 5*time.Second), c.nginx.addr, client.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer check.Close()
+			probe := signup(t, c.nginx.addr, "probe")
+			ack, err := check.Login(ctxT(t, 5*time.Second), probe.id, probe.password)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = ack
+			if err := check.AddGroup(ctxT(t, 5*time.Second), gid); err != nil {
+				t.Fatal(err)
+			}
+			check.Close()
+			check, _ = client.Dial(ctxT(t, 5*time.Second), c.nginx.addr, client.Options{})
+			ack, err = check.Login(ctxT(t, 5*time.Second), probe.id, probe.password)
+			if err != nil {
+				t.Fatal(err)
+			}
+			onlineCount := 0
+			for _, u := range ack.Groups[0].Users {
+				if u.State == codec.StateOnline {
+					onlineCount++
+				}
+			}
+			if onlineCount != len(ms)+1 {
+				t.Fatalf("LOGIN_ACK shows %d of %d group members online", onlineCount, len(ms)+1)
+			}
+			check.Close()
+
+			var sends sync.WaitGroup
+			for i, m := range ms {
+				sends.Add(1)
+				go func() {
+					defer sends.Done()
+					to := ms[(i+1)%len(ms)]
+					for j := 0; j < 20; j++ {
+						send(t, l, m, to.id, 0, []codec.UserID{to.id}, fmt.Sprintf("%s>%s#%d", m.name, to.name, j))
+					}
+					var rcpts []codec.UserID
+					for _, o := range ms {
+						if o != m {
+							rcpts = append(rcpts, o.id)
+						}
+					}
+					for j := 0; j < 5; j++ {
+						send(t, l, m, 0, gid, rcpts, fmt.Sprintf("%s@g#%d", m.name, j))
+					}
+				}()
+			}
+			sends.Wait()
+			l.verify(t, 20*time.Second)
+			stopReceivers(cancel, wg, ms)
+		})
+	}
+}
+
+// TestKillNode kills -9 a node while its users are receiving; they log in
+// again through nginx (landing on the other node) and get everything that
+// was acknowledged to the senders, once.
+func TestKillNode(t *testing.T) {
+	c := startCluster(t, 2)
+	victims := online(t, c, "victim", 4, c.nodes[0].addr)
+	senders := online(t, c, "sender", 4, c.nodes[1].addr)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	all := append(append([]*member{}, victims...), senders...)
+	wg := receiveAll(t, ctx, l, all)
+	var sent atomic.Int64
+	stop := make(chan struct{})
+	var sends sync.WaitGroup
+	for i, s := range senders {
+		sends.Add(1)
+		go func() {
+			defer sends.Done()
+			to := victims[i]
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				send(t, l, s, to.id, 0, []codec.UserID{to.id}, fmt.Sprintf("%s>%s#%d", s.name, to.name, j))
+				sent.Add(1)
+				time.Sleep(2 * time.Millisecond)
+			}
+		}()
+	}
+	checkFor(t, 10*time.Second, func() error {
+		if sent.Load() < 200 {
+			return fmt.Errorf("%d sent", sent.Load())
+		}
+		return nil
+	})
+	c.nodes[0].kill()
+	t.Logf("killed %s after %d sends", c.nodes[0].name, sent.Load())
+	before := sent.Load()
+	checkFor(t, 20*time.Second, func() error {
+		if sent.Load() < before+400 {
+			return fmt.Errorf("%d sent since the kill", sent.Load()-before)
+		}
+		return nil
+	})
+	close(stop)
+	sends.Wait()
+	l.verify(t, 30*time.Second)
+	for _, v := range victims {
+		if v.reconns == 0 {
+			t.Errorf("%s never reconnected", v.name)
+		}
+	}
+	stopReceivers(cancel, wg, all)
+}
+
+// sendLoop makes each sender send to its peer until stop closes, retrying a
+// failed send with the same clientmsgid (the retry must not be stored twice).
+func sendLoop(t *testing.T, l *ledger, pairs [][2]*member, stop chan struct{}, sent *atomic.Int64) *sync.WaitGroup {
+	wg := &sync.WaitGroup{}
+	for _, p := range pairs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			from, to := p[0], p[1]
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				body := fmt.Sprintf("%s>%s#%d", from.name, to.name, j)
+				for try := 0; try < 50; try++ {
+					err := send(t, l, from, to.id, 0, []codec.UserID{to.id}, body)
+					if err == nil {
+						break
+					}
+					if client.ErrnoOf(err) == client.NoErrno && !errors.Is(err, context.DeadlineExceeded) {
+						time.Sleep(100 * time.Millisecond) // connection lost: the receive loop reconnects
+					} else {
+						time.Sleep(50 * time.Millisecond)
+					}
+				}
+				sent.Add(1)
+				time.Sleep(3 * time.Millisecond)
+			}
+		}()
+	}
+	return wg
+}
+
+func crossPairs(c *cluster, t *testing.T) ([][2]*member, []*member) {
+	a := online(t, c, "a", 4, c.nodes[0].addr)
+	b := online(t, c, "b", 4, c.nodes[1].addr)
+	var pairs [][2]*member
+	for i := range a {
+		pairs = append(pairs, [2]*member{a[i], b[i]}, [2]*member{b[i], a[i]})
+	}
+	return pairs, append(a, b...)
+}
+
+func waitSent(t *testing.T, sent *atomic.Int64, more int64) {
+	t.Helper()
+	before := sent.Load()
+	checkFor(t, 30*time.Second, func() error {
+		if sent.Load() < before+more {
+			return fmt.Errorf("%d sent", sent.Load()-before)
+		}
+		return nil
+	})
+}
+
+// TestRedisRestart restarts Redis (empty: no persistence) mid-traffic.
+func TestRedisRestart(t *testing.T) {
+	c := startCluster(t, 2)
+	pairs, all := crossPairs(c, t)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := receiveAll(t, ctx, l, all)
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	sends := sendLoop(t, l, pairs, stop, &sent)
+	waitSent(t, &sent, 200)
+	c.redis.kill()
+	time.Sleep(time.Second)
+	if err := c.redis.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("redis restarted")
+	waitSent(t, &sent, 400)
+	close(stop)
+	sends.Wait()
+	l.verify(t, 30*time.Second)
+	stopReceivers(cancel, wg, all)
+}
+
+// TestMariaDBStop stops MariaDB for a few seconds mid-traffic: sends get
+// errno 10 promptly, and everything acknowledged is delivered once.
+func TestMariaDBStop(t *testing.T) {
+	c := startCluster(t, 2)
+	pairs, all := crossPairs(c, t)
+	l := newLedger()
+	ctx, cancel := context.WithCancel(context.Background())
+	wg := receiveAll(t, ctx, l, all)
+	stop := make(chan struct{})
+	var sent atomic.Int64
+	sends := sendLoop(t, l, pairs, stop, &sent)
+	waitSent(t, &sent, 200)
+	mariadb.stop()
+	t.Log("mariadb stopped")
+	// While it is down a send fails promptly with errno 10.
+	start := time.Now()
+	_, err := all[0].client().Chat(ctxT(t, 15*time.Second), all[1].id, "while down")
+	if client.ErrnoOf(err) != codec.ErrnoUnavailable || time.Since(start) > 8*time.Second {
+		t.Errorf("send with MariaDB down: %v after %v, want errno 10 promptly", err, time.Since(start))
+	}
+	time.Sleep(2 * time.Second)
+	if err := mariadb.start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("mariadb started again")
+	waitSent(t, &sent, 400)
+	close(stop)
+	sends.Wait()
+	l.verify(t, 30*time.Second)
+	l.mu.Lock()
+	n := l.errnos[codec.ErrnoUnavailable]
+	l.mu.Unlock()
+	if n == 0 {
+		t.Error("no send saw errno 10 while MariaDB was down")
+	}
+	stopReceivers(cancel, wg, all)
+}
+
+// TestDoubleLoginAcrossNodes logs the same user in on two nodes at once,
+// several times: exactly one session survives each time.
+func TestDoubleLoginAcrossNodes(t *testing.T) {
+	c := startCluster(t, 2)
+	u := signup(t, c.nodes[0].addr, "twice")
+	sender := online(t, c, "s", 1, c.nodes[1].addr)[0]
+	for round := 0; round < 5; round++ {
+		var cs [2]*client.Client
+		var errs [2]error
+		var wg sync.WaitGroup
+		for i := range cs {
+			cl, err := client.Dial(ctxT(t, 5*time.Second), c.nodes[i].addr, client.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs[i] = cl
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				_, errs[i] = cl.Login(ctxT(t, 10*time.Second), u.id, u.password)
+			}()
+		}
+		wg.Wait()
+		var survivor *client.Client
+		checkFor(t, 10*time.Second, func() error {
+			alive := 0
+			for i, cl := range cs {
+				select {
+				case <-cl.Done():
+				default:
+					if errs[i] == nil {
+						alive++
+						survivor = cl
+					}
+				}
+			}
+			if alive != 1 {
+				return fmt.Errorf("round %d: %d sessions alive (login errors %v)", round, alive, errs)
+			}
+			return nil
+		})
+		body := fmt.Sprintf("round %d", round)
+		if _, err := sender.client().Chat(ctxT(t, 5*time.Second), u.id, body); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case d := <-survivor.Deliveries():
+			for d.Msg != body { // earlier rounds' messages may be re-sent first
+				d = <-survivor.Deliveries()
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: survivor got nothing", round)
+		}
+		for _, cl := range cs {
+			cl.Close()
+		}
+	}
+}
