@@ -175,3 +175,59 @@ func TestStoreUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestMaxConnections(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxConns = 2 })
+	a, b := ts.raw(), ts.raw()
+	a.send(map[string]any{"msgid": 13})
+	b.send(map[string]any{"msgid": 13})
+	a.mustRead()
+	b.mustRead()
+	third := ts.raw()
+	if m := third.mustRead(); num(m, "errno") != int(codec.ErrnoUnavailable) {
+		t.Fatalf("third connection: %v", m)
+	}
+	third.closed()
+	a.c.Close()
+	checkFor(t, 5*time.Second, func() error { // a slot is free again
+		r := ts.raw()
+		r.send(map[string]any{"msgid": 13, "reqid": 1})
+		m, err := r.read()
+		r.c.Close()
+		if err != nil || num(m, "msgid") != 14 {
+			return fmt.Errorf("got %v %v", m, err)
+		}
+		return nil
+	})
+}
+
+// TestPendingLimit: requests beyond MaxPending queued on one connection get
+// errno 8, each still answered once, and the connection keeps working.
+func TestPendingLimit(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxPending = 2; c.Rate = -1; c.BcryptCost = 11 })
+	r := ts.raw()
+	var burst []byte
+	for i := 0; i < 10; i++ { // each signup hashes for a long while
+		burst = codec.AppendFrame(burst, []byte(fmt.Sprintf(`{"msgid":4,"name":"n%d","password":"secret1","reqid":%d}`, i, i)))
+	}
+	r.write(burst)
+	ok, limited := 0, 0
+	for i := 0; i < 10; i++ {
+		m := r.mustRead()
+		switch {
+		case num(m, "msgid") == 5 && num(m, "errno") == 0:
+			ok++
+		case num(m, "msgid") == 11 && num(m, "errno") == int(codec.ErrnoRateLimited) && num(m, "ack") == 4:
+			limited++
+		default:
+			t.Fatalf("unexpected %v", m)
+		}
+	}
+	if ok < 1 || limited < 1 {
+		t.Fatalf("ok %d, limited %d", ok, limited)
+	}
+	r.send(map[string]any{"msgid": 13, "reqid": "still"})
+	if m := r.mustRead(); m["reqid"] != "still" {
+		t.Fatalf("after the burst: %v", m)
+	}
+}
