@@ -257,3 +257,24 @@ func num(m map[string]any, k string) int {
 	f, _ := m[k].(float64)
 	return int(f)
 }
+
+// startServerB is startServer for benchmarks.
+func startServerB(b *testing.B, mutate func(*conf.Config)) *testServer {
+	b.Helper()
+	cfg := conf.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DB = "sqlite:" + filepath.Join(b.TempDir(), "chat.db")
+	cfg.BcryptCost = 4
+	cfg.LogLevel = "error"
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	app, err := server.Open(context.Background(), cfg, cfg.Logger(io.Discard))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { app.Close(context.Background()) })
+	return &testServer{cfg: cfg, app: app, addr: app.Server.Addr()}
+}
+
+func codecID(id int64) codec.UserID { return codec.UserID(id) }

@@ -214,7 +214,7 @@ func (s *Server) Stop(ctx context.Context) error {
 	s.stopOnce.Do(func() {
 		s.draining.Store(true)
 		deadline := time.Now().Add(s.cfg.DrainTimeout)
-		for s.inflight.Load() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		for (s.inflight.Load() > 0 || s.node.Busy()) && time.Now().Before(deadline) && ctx.Err() == nil {
 			time.Sleep(5 * time.Millisecond)
 		}
 		if n := s.inflight.Load(); n > 0 {

@@ -39,6 +39,11 @@ func (n *Node) storeFail(op string, err error) *reqError {
 // worker, one call at a time per session, in arrival order.
 func (n *Node) Handle(s *Session, body []byte) {
 	req, err := codec.ParseRequest(body)
+	if req.MsgID != codec.MsgOneChat && req.MsgID != codec.MsgGroupChat && req.MsgID != codec.MsgDelivered {
+		// Chat sends complete asynchronously; answer nothing else before
+		// their ACKs, so responses keep the order of the requests.
+		s.sends.Wait()
+	}
 	if err != nil {
 		n.reply(s, req, nil, fail(codec.ErrnoBadRequest, "%s", err.Error()))
 		return
@@ -96,18 +101,26 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 		err *reqError
 	)
 	switch req.MsgID {
+	case codec.MsgOneChat, codec.MsgGroupChat:
+		var sr SendRequest
+		if req.MsgID == codec.MsgOneChat {
+			sr, err = n.oneChat(ctx, req, uid, name)
+		} else {
+			sr, err = n.groupChat(ctx, req, uid, name)
+		}
+		if err == nil {
+			n.sendAsync(s, req, sr)
+			return
+		}
+		s.sends.Wait() // after the ACKs of earlier sends
 	case codec.MsgLogout:
 		err = n.logout(ctx, s, uid)
-	case codec.MsgOneChat:
-		err = n.oneChat(ctx, req, uid, name, ack)
 	case codec.MsgAddFriend:
 		err = n.addFriend(ctx, req, uid)
 	case codec.MsgCreateGroup:
 		err = n.createGroup(ctx, req, uid, ack)
 	case codec.MsgAddGroup:
 		err = n.addGroup(ctx, req, uid)
-	case codec.MsgGroupChat:
-		err = n.groupChat(ctx, req, uid, name, ack)
 	case codec.MsgDelivered:
 		if err = n.delivered(s, req, uid); err == nil {
 			return // DELIVERED has no response
@@ -392,55 +405,77 @@ func (n *Node) userName(ctx context.Context, uid codec.UserID) (string, error) {
 	return u.Name, nil
 }
 
-func (n *Node) send(ctx context.Context, req *codec.Request, sr SendRequest, ack *codec.Ack) *reqError {
+// sendAsync queues a validated chat message for the group commit; its ACK
+// is written when the commit is done, after the ACKs of earlier sends of
+// the same session.
+func (n *Node) sendAsync(s *Session, req *codec.Request, sr SendRequest) {
+	sr.UnixMilli = n.cfg.Now().UnixMilli()
+	s.sends.Add(1)
+	n.sending.Add(1)
+	reqID, msgID, gid := req.ReqID, req.MsgID, sr.Group
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+	defer cancel()
+	n.store.SendAsync(ctx, sr, func(res SendResult, err error) {
+		defer n.sending.Add(-1)
+		defer s.sends.Done()
+		if err != nil {
+			rerr := n.storeFail("send", err)
+			s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, Errno: rerr.errno, ErrMsg: rerr.msg})
+			return
+		}
+		s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, ErrMsg: "ok", GroupID: gid,
+			Time: codec.FormatTime(timeFromMilli(res.UnixMilli))})
+	})
+}
+
+// Busy reports whether chat sends are still waiting for their commit.
+func (n *Node) Busy() bool { return n.sending.Load() > 0 }
+
+// clientMsgID validates the request's clientmsgid into sr.
+func clientMsgID(req *codec.Request, sr *SendRequest) *reqError {
 	cmid, err := req.ClientMsgIDString()
 	if err != nil {
 		return fail(codec.ErrnoBadRequest, "%s", err.Error())
 	}
 	sr.ClientMsgID = cmid
-	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	res, err := n.store.Send(ctx, sr)
-	if err != nil {
-		return n.storeFail("send", err)
-	}
-	ack.Time = codec.FormatTime(timeFromMilli(res.UnixMilli))
 	return nil
 }
 
-func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string, ack *codec.Ack) *reqError {
+func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string) (SendRequest, *reqError) {
 	to, rerr := requireID(req.ToID, "toid")
 	if rerr != nil {
-		return rerr
+		return SendRequest{}, rerr
 	}
 	msg, rerr := n.messageText(req)
 	if rerr != nil {
-		return rerr
+		return SendRequest{}, rerr
 	}
 	if _, err := n.userName(ctx, codec.UserID(to)); err != nil {
 		if errors.Is(err, ErrNotFound) {
-			return fail(codec.ErrnoNotFound, "no user %d", to)
+			return SendRequest{}, fail(codec.ErrnoNotFound, "no user %d", to)
 		}
-		return n.storeFail("chat", err)
+		return SendRequest{}, n.storeFail("chat", err)
 	}
 	toID := codec.UserID(to)
-	return n.send(ctx, req, SendRequest{From: uid, FromName: name, To: []codec.UserID{toID}, ToUser: toID, Body: msg}, ack)
+	sr := SendRequest{From: uid, FromName: name, To: []codec.UserID{toID}, ToUser: toID, Body: msg}
+	return sr, clientMsgID(req, &sr)
 }
 
-func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string, ack *codec.Ack) *reqError {
+func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string) (SendRequest, *reqError) {
 	gid, rerr := requireID(req.GroupID, "groupid")
 	if rerr != nil {
-		return rerr
+		return SendRequest{}, rerr
 	}
 	msg, rerr := n.messageText(req)
 	if rerr != nil {
-		return rerr
+		return SendRequest{}, rerr
 	}
 	members, err := n.store.GroupMembers(ctx, codec.GroupID(gid))
 	if errors.Is(err, ErrNotFound) {
-		return fail(codec.ErrnoNotFound, "no group %d", gid)
+		return SendRequest{}, fail(codec.ErrnoNotFound, "no group %d", gid)
 	}
 	if err != nil {
-		return n.storeFail("group chat", err)
+		return SendRequest{}, n.storeFail("group chat", err)
 	}
 	to := make([]codec.UserID, 0, len(members))
 	member := false
@@ -452,10 +487,10 @@ func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.User
 		}
 	}
 	if !member {
-		return fail(codec.ErrnoForbidden, "not a member of group %d", gid)
+		return SendRequest{}, fail(codec.ErrnoForbidden, "not a member of group %d", gid)
 	}
-	ack.GroupID = codec.GroupID(gid)
-	return n.send(ctx, req, SendRequest{From: uid, FromName: name, To: to, Group: codec.GroupID(gid), Body: msg}, ack)
+	sr := SendRequest{From: uid, FromName: name, To: to, Group: codec.GroupID(gid), Body: msg}
+	return sr, clientMsgID(req, &sr)
 }
 
 func (n *Node) addFriend(ctx context.Context, req *codec.Request, uid codec.UserID) *reqError {

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -64,6 +65,8 @@ type Node struct {
 	tokens tokenSigner
 	hub    *hub
 	names  *nameCache
+
+	sending atomic.Int64 // chat sends waiting for their commit
 
 	ackMu   sync.Mutex
 	acks    map[codec.UserID]codec.Seq

@@ -25,6 +25,8 @@ type Session struct {
 	t  Transport
 	id string // unique session id, for presence and cross-node kicks
 
+	sends sync.WaitGroup // chat sends waiting for their commit
+
 	mu     sync.Mutex
 	uid    codec.UserID // 0 until login
 	name   string

@@ -101,6 +101,11 @@ type Store interface {
 	// passed to the commit hook, in seq order per recipient, before the Send
 	// calls of that commit return.
 	Send(ctx context.Context, req SendRequest) (SendResult, error)
+	// SendAsync is Send without waiting: done runs exactly once, with the
+	// outcome, on the store's commit goroutine (so it must not block), in
+	// the order the SendAsync calls were made. SendAsync itself blocks only
+	// while the commit queue is full.
+	SendAsync(ctx context.Context, req SendRequest, done func(SendResult, error))
 	// SetCommitHook sets the function that receives committed entries. Call
 	// it once, before the first Send; fn must not block.
 	SetCommitHook(fn func([]Entry))

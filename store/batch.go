@@ -14,15 +14,10 @@ import (
 	"github.com/chatcluster/chatcluster/service"
 )
 
-// sendOp is one queued Send.
+// sendOp is one queued send; done runs on the batcher goroutine.
 type sendOp struct {
 	req  service.SendRequest
-	done chan sendDone
-}
-
-type sendDone struct {
-	res service.SendResult
-	err error
+	done func(service.SendResult, error)
 }
 
 // batcher is the group-commit writer: one goroutine takes every queued send
@@ -35,7 +30,10 @@ type batcher struct {
 	stopped  chan struct{}
 	hookMu   sync.RWMutex
 	hook     func([]service.Entry)
-	closeOne sync.Once
+	// closeMu makes enqueueing and closing exclusive, so that no op is
+	// queued after the final drain.
+	closeMu sync.RWMutex
+	closed  bool
 }
 
 func newBatcher(s *Store, maxBatch int) *batcher {
@@ -51,11 +49,14 @@ func newBatcher(s *Store, maxBatch int) *batcher {
 }
 
 func (b *batcher) close() {
-	b.closeOne.Do(func() { close(b.quit) })
+	b.closeMu.Lock()
+	if !b.closed {
+		b.closed = true
+		close(b.quit)
+	}
+	b.closeMu.Unlock()
 	<-b.stopped
 }
-
-var donePool = sync.Pool{New: func() any { return make(chan sendDone, 1) }}
 
 // SetCommitHook implements service.Store.
 func (s *Store) SetCommitHook(fn func([]service.Entry)) {
@@ -66,20 +67,34 @@ func (s *Store) SetCommitHook(fn func([]service.Entry)) {
 
 // Send implements service.Store.
 func (s *Store) Send(ctx context.Context, req service.SendRequest) (service.SendResult, error) {
-	op := &sendOp{req: req, done: donePool.Get().(chan sendDone)}
-	select {
-	case s.batcher.ops <- op:
-	case <-s.batcher.quit:
-		return service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ErrClosed)
-	case <-ctx.Done():
-		return service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ctx.Err())
+	type outcome struct {
+		res service.SendResult
+		err error
 	}
-	// Once queued, the op is committed or failed by the batcher whatever
-	// happens to ctx, so wait for the outcome: the caller must learn whether
-	// its message was stored.
-	d := <-op.done
-	donePool.Put(op.done)
-	return d.res, d.err
+	ch := make(chan outcome, 1)
+	s.SendAsync(ctx, req, func(res service.SendResult, err error) { ch <- outcome{res, err} })
+	o := <-ch
+	return o.res, o.err
+}
+
+// SendAsync implements service.Store. It blocks only while the commit queue
+// is full (backpressure); once queued, the op is committed or failed whatever
+// happens to ctx, and done always runs exactly once.
+func (s *Store) SendAsync(ctx context.Context, req service.SendRequest, done func(service.SendResult, error)) {
+	b := s.batcher
+	b.closeMu.RLock()
+	if b.closed {
+		b.closeMu.RUnlock()
+		done(service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ErrClosed))
+		return
+	}
+	select {
+	case b.ops <- &sendOp{req: req, done: done}:
+		b.closeMu.RUnlock()
+	case <-ctx.Done():
+		b.closeMu.RUnlock()
+		done(service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ctx.Err()))
+	}
 }
 
 func (b *batcher) run() {
@@ -144,7 +159,7 @@ func (b *batcher) commit(batch []*sendOp) {
 		b.s.log.Warn("group commit failed", "sends", len(batch), "err", err)
 		err = unavailable(err)
 		for _, op := range batch {
-			op.done <- sendDone{err: err}
+			op.done(service.SendResult{}, err)
 		}
 		return
 	}
@@ -157,7 +172,7 @@ func (b *batcher) commit(batch []*sendOp) {
 		}
 	}
 	for i, op := range batch {
-		op.done <- sendDone{res: results[i]}
+		op.done(results[i], nil)
 	}
 }
 
@@ -174,6 +189,7 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
 	// 1. Which clientmsgids were stored before, or repeat within the batch?
 	var keys []dedupKey
+	var keyTimes []int64
 	first := map[dedupKey]int{}
 	for i, op := range batch {
 		dup[i] = -1
@@ -187,9 +203,10 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 		}
 		first[k] = i
 		keys = append(keys, k)
+		keyTimes = append(keyTimes, op.req.UnixMilli)
 	}
 	if len(keys) > 0 {
-		stored, err := selectSent(ctx, tx, keys)
+		stored, err := s.writer.dedup(ctx, tx, keys, keyTimes)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -225,7 +242,7 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	var entries []service.Entry
 	var created []int64 // created_ms of each entry
 	if len(counts) > 0 {
-		next, err := s.allocSeqs(ctx, tx, counts)
+		next, err := s.writer.allocSeqs(ctx, tx, counts)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -248,11 +265,11 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 				created = append(created, op.req.UnixMilli)
 			}
 		}
-		if err := insertInbox(ctx, tx, entries, created); err != nil {
+		if err := s.writer.insertInbox(ctx, tx, entries, created); err != nil {
 			return nil, nil, err
 		}
 	}
-	if err := insertSent(ctx, tx, newKeys, newTimes); err != nil {
+	if err := s.writer.recordSent(ctx, tx, newKeys, newTimes); err != nil {
 		return nil, nil, err
 	}
 	return results, entries, nil
@@ -260,6 +277,35 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 
 // chunk bounds the rows of one multi-row statement.
 const chunk = 400
+
+// sendWriter is the driver-specific part of a group commit. MySQL gets
+// few round trips (multi-row statements); SQLite, where a statement costs
+// no round trip but parsing a large one costs CPU, gets small prepared
+// statements.
+type sendWriter interface {
+	// dedup returns the stored time of each key already sent. It may also
+	// record the new keys (then recordSent does nothing).
+	dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error)
+	recordSent(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) error
+	// allocSeqs reserves counts[u] seqs for each user and returns the first.
+	allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error)
+	insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error
+}
+
+// multiRowWriter is the MySQL sendWriter.
+type multiRowWriter struct{ bumpSeq string }
+
+func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, _ []int64) (map[dedupKey]int64, error) {
+	return selectSent(ctx, tx, keys)
+}
+
+func (w multiRowWriter) recordSent(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) error {
+	return insertSent(ctx, tx, keys, times)
+}
+
+func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
+	return insertInbox(ctx, tx, entries, created)
+}
 
 func selectSent(ctx context.Context, q sqlx.QueryerContext, keys []dedupKey) (map[dedupKey]int64, error) {
 	out := map[dedupKey]int64{}
@@ -301,15 +347,21 @@ func selectSent(ctx context.Context, q sqlx.QueryerContext, keys []dedupKey) (ma
 	return out, nil
 }
 
-// allocSeqs reserves counts[u] seqs for each recipient and returns the first
-// new seq of each. Rows are touched in user id order so that concurrent
-// batches on other nodes cannot deadlock.
-func (s *Store) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error) {
+// sortedIDs returns the users of counts in id order: rows are always locked
+// in that order, so concurrent batches on other nodes cannot deadlock.
+func sortedIDs(counts map[codec.UserID]int64) []codec.UserID {
 	ids := make([]codec.UserID, 0, len(counts))
 	for id := range counts {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
+	return ids
+}
+
+// allocSeqs bumps inbox_state.last_seq with one multi-row upsert per chunk,
+// then reads the new values back.
+func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error) {
+	ids := sortedIDs(counts)
 	next := make(map[codec.UserID]codec.Seq, len(ids))
 	for start := 0; start < len(ids); start += chunk {
 		part := ids[start:min(start+chunk, len(ids))]
@@ -317,7 +369,7 @@ func (s *Store) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.Use
 		for _, id := range part {
 			args = append(args, id, counts[id])
 		}
-		stmt := fmt.Sprintf(s.dialect.bumpSeq, placeholders(len(part), "(?, ?)"))
+		stmt := fmt.Sprintf(w.bumpSeq, placeholders(len(part), "(?, ?)"))
 		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
 			return nil, err
 		}

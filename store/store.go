@@ -38,7 +38,7 @@ type Config struct {
 	// DSN is "sqlite:PATH" (PATH may carry ?_pragma=... query options) or
 	// "mysql:USER:PASS@tcp(HOST:PORT)/DB" (a go-sql-driver/mysql DSN).
 	DSN string
-	// MaxBatch bounds the number of sends in one group commit; default 512.
+	// MaxBatch bounds the number of sends in one group commit; default 2048.
 	MaxBatch int
 	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
 	MaxOpenConns int
@@ -58,6 +58,9 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	batcher *batcher
+	writer  sendWriter
+	// closeWriter releases the writer's prepared statements, if any.
+	closeWriter func()
 }
 
 var _ service.Store = (*Store)(nil)
@@ -66,7 +69,7 @@ var _ service.Store = (*Store)(nil)
 // goroutine. Close releases everything.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 512
+		cfg.MaxBatch = 2048
 	}
 	if cfg.ConnMaxLifetime <= 0 {
 		cfg.ConnMaxLifetime = 3 * time.Minute
@@ -97,6 +100,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		db.Close()
 		return nil, err
 	}
+	if d.name == "sqlite" {
+		pw, err := newPreparedWriter(ctx, db)
+		if err != nil {
+			db.Close()
+			return nil, err
+		}
+		s.writer, s.closeWriter = pw, pw.close
+	} else {
+		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
+	}
 	s.batcher = newBatcher(s, cfg.MaxBatch)
 	return s, nil
 }
@@ -105,6 +118,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // closes the database.
 func (s *Store) Close() error {
 	s.batcher.close()
+	if s.closeWriter != nil {
+		s.closeWriter()
+	}
 	return s.db.Close()
 }
 
@@ -130,6 +146,12 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 		}
 		if !strings.Contains(query, "busy_timeout") {
 			query = addParam(query, "_pragma=busy_timeout(10000)")
+		}
+		if !strings.Contains(query, "temp_store") {
+			query = addParam(query, "_pragma=temp_store(MEMORY)")
+		}
+		if !strings.Contains(query, "cache_size") {
+			query = addParam(query, "_pragma=cache_size(-65536)")
 		}
 		query = addParam(query, "_txlock=immediate")
 		return "sqlite", "file:" + path + "?" + query, sqliteDialect, nil

@@ -1,0 +1,119 @@
+package store
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// inboxRows is the row count of the prepared multi-row inbox insert.
+const inboxRows = 64
+
+// preparedWriter is the SQLite sendWriter: statements prepared once and
+// reused by every commit (database/sql re-binds them to the commit's
+// connection), so no commit parses SQL.
+type preparedWriter struct {
+	sentIns, sentSel, seqBump, inboxOne, inboxMany *sqlx.Stmt
+}
+
+func newPreparedWriter(ctx context.Context, db *sqlx.DB) (*preparedWriter, error) {
+	w := &preparedWriter{}
+	inbox := "INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES "
+	row := "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+	for _, p := range []struct {
+		dst   **sqlx.Stmt
+		query string
+	}{
+		{&w.sentIns, "INSERT OR IGNORE INTO sent (senderid, clientmsgid, created_ms) VALUES (?, ?, ?)"},
+		{&w.sentSel, "SELECT created_ms FROM sent WHERE senderid = ? AND clientmsgid = ?"},
+		{&w.seqBump, "UPDATE inbox_state SET last_seq = last_seq + ? WHERE userid = ? RETURNING last_seq"},
+		{&w.inboxOne, inbox + row},
+		{&w.inboxMany, inbox + placeholders(inboxRows, row)},
+	} {
+		st, err := db.PreparexContext(ctx, p.query)
+		if err != nil {
+			w.close()
+			return nil, fmt.Errorf("store: prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	return w, nil
+}
+
+func (w *preparedWriter) close() {
+	for _, st := range []*sqlx.Stmt{w.sentIns, w.sentSel, w.seqBump, w.inboxOne, w.inboxMany} {
+		if st != nil {
+			st.Close()
+		}
+	}
+}
+
+// dedup records each new key with INSERT OR IGNORE: a key that inserts
+// nothing was sent before, and its stored time is read back.
+func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error) {
+	ins := tx.StmtxContext(ctx, w.sentIns)
+	out := map[dedupKey]int64{}
+	for i, k := range keys {
+		res, err := ins.ExecContext(ctx, k.sender, k.cmid, times[i])
+		if err != nil {
+			return nil, err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == 1 {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		var ms int64
+		if err := tx.StmtxContext(ctx, w.sentSel).GetContext(ctx, &ms, k.sender, k.cmid); err != nil {
+			return nil, err
+		}
+		out[k] = ms
+	}
+	return out, nil
+}
+
+// recordSent does nothing: dedup already inserted the new keys.
+func (w *preparedWriter) recordSent(context.Context, *sqlx.Tx, []dedupKey, []int64) error { return nil }
+
+func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error) {
+	bump := tx.StmtxContext(ctx, w.seqBump)
+	next := make(map[codec.UserID]codec.Seq, len(counts))
+	for _, id := range sortedIDs(counts) {
+		var last int64
+		if err := bump.QueryRowxContext(ctx, counts[id], id).Scan(&last); err != nil {
+			return nil, fmt.Errorf("store: seq of user %d: %w", id, err)
+		}
+		next[id] = codec.Seq(last - counts[id] + 1)
+	}
+	return next, nil
+}
+
+func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
+	many, one := tx.StmtxContext(ctx, w.inboxMany), tx.StmtxContext(ctx, w.inboxOne)
+	args := make([]any, 0, 9*inboxRows)
+	for start := 0; start < len(entries); {
+		n := 1
+		if len(entries)-start >= inboxRows {
+			n = inboxRows
+		}
+		args = args[:0]
+		for i := start; i < start+n; i++ {
+			d := entries[i].Delivery
+			args = append(args, entries[i].To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[i])
+		}
+		st := one
+		if n == inboxRows {
+			st = many
+		}
+		if _, err := st.ExecContext(ctx, args...); err != nil {
+			return err
+		}
+		start += n
+	}
+	return nil
+}
