@@ -9,16 +9,25 @@
 #                   instances, then runs gofmt, go vet and go test -race
 #                   (ARGS are passed through to go test, e.g. -run X)
 #   fmt             gofmt -w .
+#   cluster up [N]  start a local cluster that outlives this script: private
+#                   MariaDB, Redis, N chatserver nodes (default 2) and nginx
+#                   in front of them, state in ${CHAT_CLUSTER_DIR:-.cluster};
+#                   prints nginx's HOST:PORT (the client address) last
+#   cluster down    stop that cluster again
+#   cluster status  list its processes (NAME PID ADDRESS running|dead)
 #   help            show this help
 #
 # The service helpers (start_mariadb, start_redis, stop_all) never touch the
 # system services or their default ports: every instance lives in a private
 # state directory, listens on 127.0.0.1 on a free random port, and is stopped
-# again by an EXIT trap.
+# again by an EXIT trap (except those of "cluster up", which are recorded in
+# the cluster state directory and stopped by "cluster down").
 
 set -euo pipefail
 
-# Always operate from the repository root (the directory holding this script).
+# Always operate from the repository root (the directory holding this script);
+# remember the caller's directory for relative paths given by the user.
+CALLER_PWD="$PWD"
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$REPO_ROOT"
 
@@ -87,7 +96,20 @@ Commands:
                   instances (gofmt check, go vet, go test -race); ARGS are
                   passed to go test, e.g. ./build.sh test -run TestFoo ./store/
   fmt             format all Go sources in place (gofmt -w .)
-  help            show this help
+  cluster up [N]  start a local cluster in the background: private MariaDB
+                  and Redis, N chatserver nodes (default 2) and nginx in
+                  front of them, all on free 127.0.0.1 ports; installs
+                  missing Debian packages with apt-get. Progress goes to
+                  stderr; the last stdout line is the address clients use
+                  (nginx's HOST:PORT). Fails if a cluster already runs.
+  cluster down    stop the cluster (nodes, nginx, Redis, MariaDB) and wait
+                  for every process to exit; fine when none runs
+  cluster status  one line per process: NAME PID ADDRESS running|dead;
+                  exit 0 when all run, 1 otherwise, 3 when there is none
+
+  The cluster lives in the state directory $CHAT_CLUSTER_DIR (default:
+  .cluster in the repository): pids/, addr/, bin/chatserver and the logs
+  (nodeN.log, mysql.err, redis.log, nginx/error.log).
 EOF
 }
 
@@ -584,6 +606,480 @@ cmd_test() {
 	banner "All tests passed"
 }
 
+# ---------------------------------------------------------------------------
+# Cluster: a long-lived local cluster (MariaDB, Redis, N nodes, nginx)
+# ---------------------------------------------------------------------------
+#
+# Unlike the test services, the cluster processes outlive build.sh: "up"
+# records each one in the state directory and "down" stops them from there.
+# Layout of the state directory:
+#   .chatcluster      marker: the directory belongs to build.sh cluster
+#   procs             process names, in start order
+#   pids/NAME.pid     pid of NAME
+#   pids/NAME.start   its start time (/proc/PID/stat field 22), so that a
+#                     recycled pid is never mistaken for (or signalled as) it
+#   addr/NAME         the HOST:PORT NAME listens on
+#   bin/chatserver    the node binary; nodeN.log the node logs; mysql/,
+#                     mysql.err, redis/, redis.log, nginx/ the services' files
+
+CLUSTER_DIR=""          # absolute state directory, set by cluster_set_dir
+CLUSTER_TEMPLATE="deploy/nginx/chatcluster-stream.conf"
+CLUSTER_MARKER=".chatcluster"
+
+# cluster_set_dir: set CLUSTER_DIR from CHAT_CLUSTER_DIR (relative to the
+# caller's working directory) or default to .cluster in the repository.
+cluster_set_dir() {
+	local dir="${CHAT_CLUSTER_DIR:-$REPO_ROOT/.cluster}"
+	if [[ "$dir" != /* ]]; then
+		dir="$CALLER_PWD/$dir"
+	fi
+	CLUSTER_DIR="${dir%/}"
+}
+
+# proc_starttime PID: print the start time of PID in clock ticks since boot.
+proc_starttime() {
+	local rest
+	rest="$(sed -e 's/^.*) //' "/proc/$1/stat" 2>/dev/null)" || return 1
+	[[ -n "$rest" ]] || return 1
+	cut -d' ' -f20 <<<"$rest"
+}
+
+# cluster_record NAME PID ADDR: record a started cluster process.
+cluster_record() {
+	local name="$1" pid="$2" addr="$3" start
+	start="$(proc_starttime "$pid")" || start=""
+	mkdir -p "$CLUSTER_DIR/pids" "$CLUSTER_DIR/addr"
+	printf '%s\n' "$pid" >"$CLUSTER_DIR/pids/$name.pid"
+	printf '%s\n' "$start" >"$CLUSTER_DIR/pids/$name.start"
+	printf '%s\n' "$addr" >"$CLUSTER_DIR/addr/$name"
+	if ! grep -qsx -- "$name" "$CLUSTER_DIR/procs"; then
+		printf '%s\n' "$name" >>"$CLUSTER_DIR/procs"
+	fi
+}
+
+# cluster_forget NAME: remove the records of NAME.
+cluster_forget() {
+	rm -f -- "$CLUSTER_DIR/pids/$1.pid" "$CLUSTER_DIR/pids/$1.start" "$CLUSTER_DIR/addr/$1"
+}
+
+# cluster_names: print the recorded process names in start order (names
+# whose pid file is gone are skipped).
+cluster_names() {
+	local name
+	[[ -f "$CLUSTER_DIR/procs" ]] || return 0
+	while IFS= read -r name; do
+		[[ -n "$name" && -f "$CLUSTER_DIR/pids/$name.pid" ]] && printf '%s\n' "$name"
+	done <"$CLUSTER_DIR/procs"
+	return 0
+}
+
+# cluster_pid NAME: print the recorded pid of NAME.
+cluster_pid() {
+	local pid
+	pid="$(cat "$CLUSTER_DIR/pids/$1.pid" 2>/dev/null)" || return 1
+	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
+	printf '%s\n' "$pid"
+}
+
+# cluster_addr NAME: print the recorded address of NAME (or "-").
+cluster_addr() {
+	local addr
+	addr="$(cat "$CLUSTER_DIR/addr/$1" 2>/dev/null)" || addr=""
+	printf '%s\n' "${addr:--}"
+}
+
+# cluster_alive NAME: true while the recorded process of NAME runs (the
+# same process: its start time must match the recorded one).
+cluster_alive() {
+	local pid want got
+	pid="$(cluster_pid "$1")" || return 1
+	pid_alive "$pid" || return 1
+	want="$(cat "$CLUSTER_DIR/pids/$1.start" 2>/dev/null)" || want=""
+	[[ -z "$want" ]] && return 0
+	got="$(proc_starttime "$pid")" || return 1
+	[[ "$got" == "$want" ]]
+}
+
+# group_members PGID: print the pids of live (non-zombie) processes in the
+# process group PGID.
+group_members() {
+	awk -v pg="$1" '
+		FNR == 1 {
+			line = $0
+			sub(/^.*\) /, "", line)
+			split(line, f, " ")
+			if (f[3] == pg && f[1] != "Z") {
+				n = split(FILENAME, p, "/")
+				print p[n - 1]
+			}
+			nextfile
+		}' /proc/[0-9]*/stat 2>/dev/null || true
+}
+
+# cluster_stop NAME...: stop the named cluster processes together: SIGTERM
+# to each, wait up to STOP_TIMEOUT seconds for all to exit, SIGKILL what is
+# left; then kill any leftovers in their process groups (e.g. nginx
+# workers), and forget them.
+cluster_stop() {
+	local name pid i left members
+	local -a names=() pids=()
+	for name in "$@"; do
+		if cluster_alive "$name"; then
+			pid="$(cluster_pid "$name")"
+			log "stopping $name (pid $pid)"
+			kill -TERM -- "$pid" 2>/dev/null || true
+			names+=("$name")
+			pids+=("$pid")
+		elif [[ -f "$CLUSTER_DIR/pids/$name.pid" ]]; then
+			log "$name is not running"
+		fi
+	done
+	for ((i = 0; i < STOP_TIMEOUT * 10; i++)); do
+		left=0
+		for pid in "${pids[@]}"; do
+			pid_alive "$pid" && left=1
+		done
+		((left == 0)) && break
+		sleep 0.1
+	done
+	for ((i = 0; i < ${#pids[@]}; i++)); do
+		if pid_alive "${pids[i]}"; then
+			warn "${names[i]} (pid ${pids[i]}) did not exit after ${STOP_TIMEOUT}s, killing it"
+			kill -KILL -- "${pids[i]}" 2>/dev/null || true
+		fi
+	done
+	for pid in "${pids[@]}"; do
+		for ((i = 0; i < 50; i++)); do
+			pid_alive "$pid" || break
+			sleep 0.1
+		done
+		# Every cluster process leads its own process group (spawn);
+		# while members remain the group id cannot be reused.
+		members="$(group_members "$pid")"
+		if [[ -n "$members" ]]; then
+			warn "killing leftover processes of group $pid: $(tr '\n' ' ' <<<"$members")"
+			kill -KILL -- "-$pid" 2>/dev/null || true
+		fi
+	done
+	for name in "$@"; do
+		cluster_forget "$name"
+	done
+}
+
+# cluster_any_alive: true when any recorded cluster process runs.
+cluster_any_alive() {
+	local name
+	while IFS= read -r name; do
+		cluster_alive "$name" && return 0
+	done < <(cluster_names)
+	return 1
+}
+
+# wait_listen NAME PID PORT: wait until PID listens on PORT; fails when PID
+# exits first or after START_TIMEOUT seconds.
+wait_listen() {
+	local name="$1" pid="$2" port="$3" i
+	for ((i = 0; i < START_TIMEOUT * 10; i++)); do
+		pid_alive "$pid" || return 1
+		# (grep without -q reads all input: no SIGPIPE under pipefail)
+		if used_ports | grep -x -- "$port" >/dev/null; then
+			# Still ours (not another process that took the port)?
+			pid_alive "$pid" && return 0
+			return 1
+		fi
+		sleep 0.1
+	done
+	warn "$name (pid $pid) did not listen on 127.0.0.1:$port after ${START_TIMEOUT}s"
+	return 1
+}
+
+# render_stream TEMPLATE LISTEN NODE...: print the stream block of TEMPLATE
+# with the ##NODES## lines replaced by one server line per NODE address
+# (options taken from the first ##NODES## line) and the
+# ##LISTEN## line by "listen LISTEN;" - exactly as test/harness_test.go's
+# renderStream does.
+render_stream() {
+	local tmpl="$1" listen="$2" line node emitted=0 have_listen=0
+	local -a nodes=("${@:3}") fields
+	while IFS= read -r line || [[ -n "$line" ]]; do
+		line="${line%$'\r'}"
+		if [[ "$line" == *'##NODES##' ]]; then
+			((emitted == 1)) && continue
+			emitted=1
+			read -ra fields <<<"${line%'##NODES##'}"
+			((${#fields[@]} >= 2)) || die "$tmpl: bad ##NODES## line: $line"
+			for node in "${nodes[@]}"; do
+				fields[1]="$node"
+				printf '        %s\n' "${fields[*]}"
+			done
+		elif [[ "$line" == *'##LISTEN##' ]]; then
+			have_listen=1
+			printf '        listen %s;\n' "$listen"
+		else
+			printf '%s\n' "$line"
+		fi
+	done <"$tmpl"
+	((emitted == 1)) || die "$tmpl has no line marked ##NODES##"
+	((have_listen == 1)) || die "$tmpl has no line marked ##LISTEN##"
+}
+
+# cluster_start_node I DB REDIS: start node I; on a port clash retry with
+# another port. Records the node.
+cluster_start_node() {
+	local i="$1" db="$2" redis="$3" name="node$1" logfile attempt port pid
+	logfile="$CLUSTER_DIR/$name.log"
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		free_port
+		port="$FREE_PORT"
+		log "starting $name on 127.0.0.1:$port"
+		spawn "$logfile" "$CLUSTER_DIR/bin/chatserver" \
+			-listen "127.0.0.1:$port" -db "$db" -redis "$redis" -node-id "$name"
+		pid="$SPAWNED_PID"
+		register_pid "$name" "$pid"
+		cluster_record "$name" "$pid" "127.0.0.1:$port"
+		if wait_listen "$name" "$pid" "$port"; then
+			log "$name ready on 127.0.0.1:$port (pid $pid)"
+			return 0
+		fi
+		stop_pid "$name" "$pid"
+		unregister_last
+		cluster_forget "$name"
+		if ((attempt < 3)) && grep -qi 'address already in use' "$logfile"; then
+			warn "port $port was taken, retrying with another port"
+			continue
+		fi
+		break
+	done
+	printf -- '----- %s (tail) -----\n' "$logfile" >&2
+	tail -n 40 "$logfile" >&2
+	die "$name failed to start (log above)"
+}
+
+# cluster_start_nginx NODE...: render the stream template for the NODE
+# addresses and run nginx in the foreground of its own prefix
+# directory, in the background of this script. Records it; sets FREE_PORT
+# to its port.
+cluster_start_nginx() {
+	local nginx prefix conf attempt port pid module
+	nginx="$(first_cmd nginx)" || die "nginx not found"
+	prefix="$CLUSTER_DIR/nginx"
+	conf="$prefix/nginx.conf"
+	mkdir -p "$prefix/logs"
+	module="${CHAT_TEST_NGINX_STREAM_MODULE:-$NGINX_STREAM_MODULE}"
+	for ((attempt = 1; attempt <= 3; attempt++)); do
+		free_port
+		port="$FREE_PORT"
+		{
+			if [[ -f "$module" ]]; then
+				printf 'load_module %s;\n' "$module"
+			fi
+			printf 'daemon off;\nmaster_process on;\nworker_processes 1;\n'
+			printf 'pid %s/nginx.pid;\nerror_log %s/error.log info;\n' "$prefix" "$prefix"
+			printf 'events { worker_connections 4096; }\n'
+			render_stream "$CLUSTER_TEMPLATE" "127.0.0.1:$port" "$@"
+		} >"$conf.tmp"
+		mv -f -- "$conf.tmp" "$conf"
+		log "starting nginx on 127.0.0.1:$port (config $conf)"
+		: >"$prefix/error.log"
+		spawn "$prefix/stdout.log" "$nginx" -p "$prefix" -c "$conf" -e "$prefix/error.log"
+		pid="$SPAWNED_PID"
+		# A negative pid: on failure stop the whole group (master and workers).
+		register_pid nginx "-$pid"
+		cluster_record nginx "$pid" "127.0.0.1:$port"
+		if wait_listen nginx "$pid" "$port"; then
+			log "nginx ready on 127.0.0.1:$port (pid $pid)"
+			FREE_PORT="$port"
+			return 0
+		fi
+		stop_pid nginx "-$pid"
+		unregister_last
+		cluster_forget nginx
+		if ((attempt < 3)) && grep -qsi 'address already in use' "$prefix/error.log" "$prefix/stdout.log"; then
+			warn "port $port was taken, retrying with another port"
+			continue
+		fi
+		break
+	done
+	printf -- '----- %s -----\n' "$prefix/error.log" >&2
+	tail -n 40 "$prefix/error.log" "$prefix/stdout.log" >&2
+	die "nginx failed to start (log above)"
+}
+
+# cluster_up_exit: EXIT trap of "cluster up": when up fails, stop whatever
+# it started (the pids registered so far) and drop their records.
+cluster_up_exit() {
+	local rc=$? name
+	trap '' INT TERM HUP
+	set +e
+	if ((rc != 0)); then
+		warn "cluster up failed, stopping what it started"
+		stop_all
+		while IFS= read -r name; do
+			cluster_forget "$name"
+		done < <(cluster_names)
+		rm -f -- "$CLUSTER_DIR/procs"
+		warn "logs are kept in $CLUSTER_DIR"
+	fi
+	exit "$rc"
+}
+
+# cluster_prepare_dir: make CLUSTER_DIR an empty state directory, refusing
+# when a cluster runs there and cleaning the state of a dead one.
+cluster_prepare_dir() {
+	local entries
+	if [[ -d "$CLUSTER_DIR" ]]; then
+		if cluster_any_alive; then
+			die "a cluster is already running in $CLUSTER_DIR (see ./build.sh cluster status; stop it with ./build.sh cluster down)"
+		fi
+		if [[ -f "$CLUSTER_DIR/$CLUSTER_MARKER" ]]; then
+			log "removing stale cluster state in $CLUSTER_DIR"
+			# The marker proves the directory is ours: clear it entirely.
+			find "$CLUSTER_DIR" -mindepth 1 -delete
+		else
+			entries="$(find "$CLUSTER_DIR" -mindepth 1 -maxdepth 1 -print -quit)"
+			if [[ -n "$entries" ]]; then
+				die "$CLUSTER_DIR exists, is not empty and is not a cluster state directory; remove it or set CHAT_CLUSTER_DIR"
+			fi
+		fi
+	fi
+	mkdir -p "$CLUSTER_DIR"
+	: >"$CLUSTER_DIR/$CLUSTER_MARKER"
+}
+
+# cmd_cluster_up_run N: the work of "cluster up" (all output on stderr);
+# sets FREE_PORT to nginx's port.
+cmd_cluster_up_run() {
+	local n="$1" i start_time db redis
+	local -a nodes=()
+	start_time=$SECONDS
+	cluster_prepare_dir
+	log "state directory: $CLUSTER_DIR"
+	raise_nofile
+	ensure_packages
+
+	trap cluster_up_exit EXIT
+	trap 'on_signal INT 130' INT
+	trap 'on_signal TERM 143' TERM
+	trap 'on_signal HUP 129' HUP
+
+	log "building chatserver into $CLUSTER_DIR/bin/"
+	mkdir -p "$CLUSTER_DIR/bin"
+	go build -o "$CLUSTER_DIR/bin/" ./cmd/chatserver || die "go build ./cmd/chatserver failed"
+
+	start_mariadb "$CLUSTER_DIR"
+	cluster_record mariadb "$MARIADB_PID" "127.0.0.1:$MARIADB_PORT"
+	"$(first_cmd mariadb mysql)" --no-defaults -S "$MARIADB_SOCKET" -uroot \
+		-e 'CREATE DATABASE IF NOT EXISTS chat CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci' ||
+		die "could not create database chat"
+
+	start_redis "$CLUSTER_DIR"
+	cluster_record redis "$REDIS_PID" "127.0.0.1:$REDIS_PORT"
+
+	db="mysql:chat:chat@tcp(127.0.0.1:$MARIADB_PORT)/chat"
+	redis="127.0.0.1:$REDIS_PORT"
+	for ((i = 1; i <= n; i++)); do
+		cluster_start_node "$i" "$db" "$redis"
+		nodes+=("$(cluster_addr "node$i")")
+	done
+
+	cluster_start_nginx "${nodes[@]}"
+
+	# Success: the processes now belong to the state directory, not to
+	# this script's EXIT trap.
+	STARTED_PIDS=()
+	STARTED_NAMES=()
+	trap - EXIT INT TERM HUP
+	log "cluster of $n node(s) up in $((SECONDS - start_time))s; state in $CLUSTER_DIR"
+	cmd_cluster_status >&2 || true
+	log "clients connect to 127.0.0.1:$FREE_PORT; stop with ./build.sh cluster down"
+}
+
+# cmd_cluster_up [N]: start MariaDB, Redis, N nodes and nginx; print
+# nginx's address alone on the last line of stdout.
+cmd_cluster_up() {
+	local n="${1:-2}"
+	(($# <= 1)) || die "usage: ./build.sh cluster up [N]"
+	if ! [[ "$n" =~ ^[0-9]+$ ]] || ((10#$n < 1 || 10#$n > 200)); then
+		die "N must be a number of nodes between 1 and 200, not '$n'"
+	fi
+	n=$((10#$n))
+	cluster_set_dir
+	cmd_cluster_up_run "$n" >&2
+	printf '127.0.0.1:%s\n' "$FREE_PORT"
+}
+
+# cmd_cluster_down: stop every recorded process (nodes, nginx, Redis,
+# MariaDB, then anything else) and remove the records.
+cmd_cluster_down() {
+	local name start_time
+	local -a all=() nodes=() rest=()
+	(($# == 0)) || die "usage: ./build.sh cluster down"
+	cluster_set_dir
+	mapfile -t all < <(cluster_names)
+	if ((${#all[@]} == 0)); then
+		log "no cluster in $CLUSTER_DIR"
+		return 0
+	fi
+	start_time=$SECONDS
+	for name in "${all[@]}"; do
+		case "$name" in
+		node*) nodes+=("$name") ;;
+		nginx | redis | mariadb) ;;
+		*) rest+=("$name") ;;
+		esac
+	done
+	((${#nodes[@]} == 0)) || cluster_stop "${nodes[@]}"
+	for name in nginx redis mariadb; do
+		if [[ -f "$CLUSTER_DIR/pids/$name.pid" ]]; then
+			cluster_stop "$name"
+		fi
+	done
+	((${#rest[@]} == 0)) || cluster_stop "${rest[@]}"
+	rm -f -- "$CLUSTER_DIR/procs"
+	log "cluster in $CLUSTER_DIR stopped in $((SECONDS - start_time))s"
+}
+
+# cmd_cluster_status: print NAME PID ADDRESS running|dead for every
+# recorded process; exit 0 when all run, 1 otherwise, 3 without a cluster.
+cmd_cluster_status() {
+	local name pid state rc=0
+	local -a all=()
+	(($# == 0)) || die "usage: ./build.sh cluster status"
+	cluster_set_dir
+	mapfile -t all < <(cluster_names)
+	if ((${#all[@]} == 0)); then
+		log "no cluster in $CLUSTER_DIR"
+		return 3
+	fi
+	for name in "${all[@]}"; do
+		pid="$(cluster_pid "$name")" || pid="-"
+		if cluster_alive "$name"; then
+			state=running
+		else
+			state=dead
+			rc=1
+		fi
+		printf '%-8s %-8s %-21s %s\n' "$name" "$pid" "$(cluster_addr "$name")" "$state"
+	done
+	return "$rc"
+}
+
+cmd_cluster() {
+	local sub="${1:-}"
+	if (($# > 0)); then
+		shift
+	fi
+	case "$sub" in
+	up) cmd_cluster_up "$@" ;;
+	down) cmd_cluster_down "$@" ;;
+	status) cmd_cluster_status "$@" ;;
+	*)
+		usage >&2
+		exit 2
+		;;
+	esac
+}
+
 main() {
 	local cmd="${1:-help}"
 	if (($# > 0)); then
@@ -593,6 +1089,7 @@ main() {
 	build) cmd_build "$@" ;;
 	test) cmd_test "$@" ;;
 	fmt) cmd_fmt "$@" ;;
+	cluster) cmd_cluster "$@" ;;
 	help | -h | --help) usage ;;
 	*)
 		usage >&2
