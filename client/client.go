@@ -34,6 +34,8 @@ import (
 // Defaults applied by Dial to zero (or negative) Options fields.
 const (
 	DefaultDeliveryBuffer = 1024
+	// DefaultMaxFrame is the default Options.MaxFrame.
+	DefaultMaxFrame = 16 << 20
 	DefaultDialTimeout    = 5 * time.Second
 )
 
@@ -51,7 +53,8 @@ const (
 type Options struct {
 	// MaxFrame is the largest frame body accepted from the server; a larger
 	// one closes the connection with an error wrapping ErrProtocol. Default
-	// codec.DefaultMaxFrame.
+	// DefaultMaxFrame (16 MiB): a LOGIN_ACK carrying offline messages can be
+	// far larger than the server's request limit.
 	MaxFrame int
 	// ManualAck disables automatic acknowledgement: the application must call
 	// Client.Ack after it has processed a delivery. By default a delivery is
@@ -137,6 +140,8 @@ type Client struct {
 	// Deliveries and acknowledgements.
 	deliveries chan codec.Delivery
 	lastSeq    atomic.Int64 // highest seq handed out (or set by SetLastSeq)
+	user       atomic.Int64 // user of the last successful login
+	ackReset   atomic.Bool  // the writer must forget ackSent (new user)
 	ackWant    atomic.Int64 // highest seq the server should be told about
 	ackSent    int64        // writer-owned: highest seq sent in DELIVERED
 
@@ -157,7 +162,7 @@ type Client struct {
 // bounds only the connect. The returned Client is safe for concurrent use.
 func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 	if opts.MaxFrame <= 0 {
-		opts.MaxFrame = codec.DefaultMaxFrame
+		opts.MaxFrame = DefaultMaxFrame
 	}
 	if opts.DeliveryBuffer <= 0 {
 		opts.DeliveryBuffer = DefaultDeliveryBuffer
@@ -483,6 +488,9 @@ func (c *Client) writeLoop() {
 		buf := c.queue
 		c.queue = c.spare[:0]
 		c.qmu.Unlock()
+		if c.ackReset.Swap(false) {
+			c.ackSent = 0
+		}
 		if ack := c.ackWant.Load(); ack > c.ackSent {
 			buf = appendDelivered(buf, ack)
 			c.ackSent = ack
@@ -618,6 +626,15 @@ func (c *Client) handle(body []byte) error {
 		close(c.kicked)
 		c.fail(fmt.Errorf("%w: %s", ErrKicked, m.ErrMsg))
 		return errStop
+	}
+	if m.MsgID == codec.MsgLoginAck && m.Errno == codec.OK {
+		// Seqs are per user: a login as another user on this connection
+		// starts dedup and acknowledgement afresh.
+		if prev := c.user.Swap(int64(m.ID)); prev != 0 && prev != int64(m.ID) {
+			c.lastSeq.Store(0)
+			c.ackWant.Store(0)
+			c.ackReset.Store(true)
+		}
 	}
 	if m.MsgID == codec.MsgLoginAck && m.Errno == codec.OK && len(m.OfflineMsg) > 0 {
 		// Before the waiter learns about the login, so these cannot be

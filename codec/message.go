@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"strconv"
 	"time"
 	"unicode/utf8"
@@ -134,7 +135,7 @@ func ParseRequest(body []byte) (*Request, error) {
 	if err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
-			return req, badRequest("field %q has the wrong type (want %s)", te.Field, te.Type)
+			return req, badRequest("field %q has the wrong type (want %s)", te.Field, jsonKind(te.Type))
 		}
 		if errors.As(err, &te) {
 			return req, badRequest("frame must be a JSON object")
@@ -142,6 +143,20 @@ func ParseRequest(body []byte) (*Request, error) {
 		return req, badRequest("malformed JSON")
 	}
 	return req, nil
+}
+
+// jsonKind names a Go type the way a JSON client thinks of it.
+func jsonKind(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64,
+		reflect.Uint, reflect.Uint8, reflect.Uint16, reflect.Uint32, reflect.Uint64:
+		return "an integer"
+	case reflect.String:
+		return "a string"
+	case reflect.Pointer:
+		return jsonKind(t.Elem())
+	}
+	return "another type"
 }
 
 func validReqID(raw json.RawMessage) bool {

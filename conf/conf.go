@@ -93,9 +93,9 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.DurationVar(&c.PresenceLease, "presence-lease", c.PresenceLease, "a dead node's users read offline after this long")
 	fs.IntVar(&c.MaxFrame, "max-frame", c.MaxFrame, "largest frame body in bytes")
 	fs.IntVar(&c.MaxMessage, "max-message", c.MaxMessage, "largest chat message text in bytes")
-	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most open connections")
+	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most open connections (0: the default)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a connection silent this long (PING keeps it alive)")
-	fs.Float64Var(&c.Rate, "rate", c.Rate, "requests per second per connection (negative: unlimited)")
+	fs.Float64Var(&c.Rate, "rate", c.Rate, "requests per second per connection (negative: unlimited, 0: the default)")
 	fs.Float64Var(&c.RateBurst, "rate-burst", c.RateBurst, "request burst per connection")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests queued per connection before errno 8")
 	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", c.MaxPendingBytes, "bytes queued per connection before errno 8")
@@ -104,7 +104,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU)")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", c.BcryptCost, "bcrypt cost for new passwords (4..31)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "session token lifetime")
-	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK (the rest follow at once)")
+	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK, the rest follow at once (0: the default)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply the database schema migrations and exit")
@@ -129,6 +129,9 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 		for k, v := range m {
 			if k == "config" || fs.Lookup(k) == nil {
 				return c, fmt.Errorf("conf: %s: unknown option %q", path, k)
+			}
+			if v == nil {
+				v = "" // "key:" with no value
 			}
 			if err := fs.Set(k, fmt.Sprint(v)); err != nil {
 				return c, fmt.Errorf("conf: %s: %s: %w", path, k, err)
@@ -163,14 +166,23 @@ func EnvName(name string) string {
 	return "CHAT_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
 }
 
+// configPath finds -config (or --config) among args before they are parsed.
 func configPath(args []string, getenv func(string) string) string {
 	path := getenv("CHAT_CONFIG")
-	for i, a := range args {
-		a = strings.TrimLeft(a, "-")
-		if v, ok := strings.CutPrefix(a, "config="); ok {
-			path = v
-		} else if a == "config" && i+1 < len(args) {
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			break
+		}
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(a, "-"), "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "config" {
+			continue
+		}
+		if hasValue {
+			path = value
+		} else if i+1 < len(args) {
 			path = args[i+1]
+			i++
 		}
 	}
 	return path
@@ -182,8 +194,11 @@ func (c Config) Validate() error {
 	if c.MaxFrame < 64 {
 		errs = append(errs, errors.New("max-frame must be at least 64"))
 	}
-	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame {
-		errs = append(errs, errors.New("max-message must be 1..max-frame"))
+	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame || c.MaxMessage > 1<<20 {
+		errs = append(errs, errors.New("max-message must be 1..max-frame and at most 1 MiB"))
+	}
+	if c.RateBurst < 1 && c.Rate > 0 {
+		errs = append(errs, errors.New("rate-burst must be at least 1"))
 	}
 	if c.BcryptCost < 4 || c.BcryptCost > 31 {
 		errs = append(errs, errors.New("bcrypt-cost must be 4..31"))

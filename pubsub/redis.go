@@ -75,6 +75,9 @@ type Redis struct {
 	localMu sync.Mutex
 	local   map[codec.UserID]string // sessions on this node, to re-assert presence
 
+	psMu sync.Mutex
+	ps   *redis.PubSub // the current subscription, closed by Close to end a blocked read
+
 	lastProbe atomic.Int64
 	ctx       context.Context
 	cancel    context.CancelFunc
@@ -355,7 +358,14 @@ func (r *Redis) subscribeLoop() {
 
 func (r *Redis) subscribeOnce() error {
 	ps := r.rdb.Subscribe(r.ctx, r.channel(r.cfg.NodeID), r.allChannel())
+	r.psMu.Lock()
+	r.ps = ps
+	closing := r.ctx.Err() != nil
+	r.psMu.Unlock()
 	defer ps.Close()
+	if closing {
+		return r.ctx.Err()
+	}
 	// Wait for both subscriptions to be confirmed.
 	for confirmed := 0; confirmed < 2; {
 		msg, err := ps.ReceiveTimeout(r.ctx, r.cfg.Timeout)
@@ -592,7 +602,12 @@ func (r *Redis) Online(ctx context.Context, uids []codec.UserID) (map[codec.User
 // so its users read offline at once.
 func (r *Redis) Close() error {
 	r.closeOnce.Do(func() {
+		r.psMu.Lock()
 		r.cancel()
+		if r.ps != nil {
+			r.ps.Close() // a blocked ReceiveTimeout returns at once
+		}
+		r.psMu.Unlock()
 		r.wg.Wait()
 		ctx, cancel := context.WithTimeout(context.Background(), r.cfg.Timeout)
 		defer cancel()

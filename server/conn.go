@@ -28,13 +28,20 @@ type conn struct {
 	idle       atomic.Bool  // closed by the idle sweeper
 
 	mu      sync.Mutex
-	queue   [][]byte // frames waiting for a worker
+	queue   []queued // frames waiting for a worker
 	qbytes  int
 	running bool // a worker owns the queue
 	closed  bool
 }
 
 var _ service.Transport = (*conn)(nil)
+
+// queued is a received frame waiting for a worker. A rate-limited frame is
+// queued too, so that its errno 8 answer keeps the order of the responses.
+type queued struct {
+	frame   []byte
+	limited bool
+}
 
 // Send implements service.Transport.
 func (c *conn) Send(frame []byte) {
@@ -119,25 +126,41 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		c.lastActive.Store(now)
 		if s.draining.Load() {
+			_, _ = gc.Write(service.RejectRequest(body, codec.ErrnoUnavailable, "server is shutting down"))
 			_, _ = gc.Discard(n)
 			continue
 		}
-		if reason := c.admit(now, len(body)); reason != "" {
-			_, _ = gc.Write(service.RejectRequest(body, codec.ErrnoRateLimited, reason))
+		admit := c.admit(now, len(body))
+		if admit == queueFull {
+			// Answered at once: it may overtake responses still queued.
+			_, _ = gc.Write(service.RejectRequest(body, codec.ErrnoRateLimited, "rate limited: too many requests in flight"))
 			_, _ = gc.Discard(n)
 			continue
 		}
 		frame := make([]byte, len(body)) // the worker must not see gnet's buffer
 		copy(frame, body)
 		_, _ = gc.Discard(n)
-		s.enqueue(c, frame)
+		s.enqueue(c, queued{frame: frame, limited: admit == rateLimited})
 	}
 }
 
-// admit applies the rate limit and the pending limits; it returns why a
-// frame is refused, or "".
-func (c *conn) admit(now int64, size int) string {
+// Outcomes of admit.
+const (
+	admitted = iota
+	rateLimited
+	queueFull
+)
+
+// admit applies the pending limits, then the rate limit (a refused frame
+// spends no token).
+func (c *conn) admit(now int64, size int) int {
 	cfg := &c.srv.cfg
+	c.mu.Lock()
+	full := len(c.queue) >= cfg.MaxPending || c.qbytes+size > cfg.MaxPendingBytes
+	c.mu.Unlock()
+	if full {
+		return queueFull
+	}
 	if cfg.RatePerSec > 0 {
 		c.tokens += float64(now-c.lastFill) / 1e9 * cfg.RatePerSec
 		c.lastFill = now
@@ -145,27 +168,21 @@ func (c *conn) admit(now int64, size int) string {
 			c.tokens = cfg.RateBurst
 		}
 		if c.tokens < 1 {
-			return "rate limited: too many requests per second"
+			return rateLimited
 		}
 		c.tokens--
 	}
-	c.mu.Lock()
-	full := len(c.queue) >= cfg.MaxPending || c.qbytes+size > cfg.MaxPendingBytes
-	c.mu.Unlock()
-	if full {
-		return "rate limited: too many requests in flight"
-	}
-	return ""
+	return admitted
 }
 
-func (s *Server) enqueue(c *conn, frame []byte) {
+func (s *Server) enqueue(c *conn, q queued) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return
 	}
-	c.queue = append(c.queue, frame)
-	c.qbytes += len(frame)
+	c.queue = append(c.queue, q)
+	c.qbytes += len(q.frame)
 	s.inflight.Add(1)
 	schedule := !c.running
 	c.running = true
@@ -215,15 +232,19 @@ func (s *Server) serve(c *conn) {
 			s.schedule(c) // still running: requeue behind others
 			return
 		}
-		frame := c.queue[0]
-		c.queue[0] = nil
+		q := c.queue[0]
+		c.queue[0] = queued{}
 		c.queue = c.queue[1:]
 		if len(c.queue) == 0 {
 			c.queue = nil // release the backing array while idle
 		}
-		c.qbytes -= len(frame)
+		c.qbytes -= len(q.frame)
 		c.mu.Unlock()
-		s.node.Handle(c.sess, frame)
+		if q.limited {
+			s.node.Refuse(c.sess, q.frame, codec.ErrnoRateLimited, "rate limited: too many requests per second")
+		} else {
+			s.node.Handle(c.sess, q.frame)
+		}
 		s.inflight.Add(-1)
 	}
 }

@@ -137,6 +137,9 @@ func TestRateLimit(t *testing.T) {
 	limited, ok := 0, 0
 	for i := 0; i < 20; i++ {
 		m := r.mustRead()
+		if num(m, "reqid") != i {
+			t.Fatalf("response %d answers reqid %v: responses out of order", i, m["reqid"])
+		}
 		switch {
 		case num(m, "msgid") == 14:
 			ok++
@@ -204,7 +207,7 @@ func TestMaxConnections(t *testing.T) {
 // TestPendingLimit: requests beyond MaxPending queued on one connection get
 // errno 8, each still answered once, and the connection keeps working.
 func TestPendingLimit(t *testing.T) {
-	ts := startServer(t, func(c *conf.Config) { c.MaxPending = 2; c.Rate = -1; c.BcryptCost = 11 })
+	ts := startServer(t, func(c *conf.Config) { c.MaxPending = 2; c.Rate = -1; c.BcryptCost = 8 })
 	r := ts.raw()
 	var burst []byte
 	for i := 0; i < 10; i++ { // each signup hashes for a long while

@@ -293,6 +293,14 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.L
 	if err != nil {
 		return nil, 0, err
 	}
+	// Keep the LOGIN_ACK frame modest; what is cut follows at once.
+	size := 0
+	for i, d := range offline {
+		if size += len(d.Msg) + len(d.Name) + 128; size > maxOfflineBytes && i > 0 {
+			offline = offline[:i]
+			break
+		}
+	}
 	ids := make([]codec.UserID, 0, len(friends))
 	for _, f := range friends {
 		ids = append(ids, f.ID)
@@ -572,6 +580,13 @@ func (n *Node) delivered(s *Session, req *codec.Request, uid codec.UserID) *reqE
 		n.queueAck(uid, seq)
 	}
 	return nil
+}
+
+// Refuse answers a request of s without handling it (rate limited), after
+// the responses to its earlier requests.
+func (n *Node) Refuse(s *Session, body []byte, errno codec.Errno, msg string) {
+	s.sends.Wait()
+	s.t.Send(RejectRequest(body, errno, msg))
 }
 
 // RejectRequest answers a request the server refused before handling it

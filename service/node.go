@@ -15,6 +15,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -49,6 +50,8 @@ type Config struct {
 
 // Limits on names and passwords.
 const (
+	// maxOfflineBytes bounds the offline messages inside one LOGIN_ACK.
+	maxOfflineBytes = 1 << 20
 	MaxNameLen     = 50  // characters, users and groups
 	MaxGroupDesc   = 200 // characters
 	MinPasswordLen = 6   // bytes
@@ -351,23 +354,20 @@ func (n *Node) queueAck(uid codec.UserID, seq codec.Seq) {
 }
 
 // validName checks a user or group name: 1..MaxNameLen characters, no
-// control characters, not only spaces.
+// control characters, no leading or trailing spaces (MySQL's collation would
+// ignore trailing ones, SQLite would not).
 func validName(s string) error {
 	n := utf8.RuneCountInString(s)
 	if n < 1 || n > MaxNameLen {
 		return fmt.Errorf("must be 1..%d characters", MaxNameLen)
 	}
-	blank := true
 	for _, r := range s {
 		if unicode.IsControl(r) {
 			return errors.New("must not contain control characters")
 		}
-		if !unicode.IsSpace(r) {
-			blank = false
-		}
 	}
-	if blank {
-		return errors.New("must not be blank")
+	if strings.TrimSpace(s) != s {
+		return errors.New("must not start or end with spaces")
 	}
 	return nil
 }

@@ -44,7 +44,7 @@ CREATE TABLE IF NOT EXISTS inbox (
   fromname   VARCHAR(50) CHARACTER SET utf8mb4 NOT NULL,
   toid       BIGINT  NOT NULL,
   groupid    BIGINT  NOT NULL,
-  body       TEXT    CHARACTER SET utf8mb4 NOT NULL,
+  body       MEDIUMTEXT CHARACTER SET utf8mb4 NOT NULL,
   created_ms BIGINT  NOT NULL,
   PRIMARY KEY (userid, seq)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
