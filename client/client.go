@@ -35,8 +35,8 @@ import (
 const (
 	DefaultDeliveryBuffer = 1024
 	// DefaultMaxFrame is the default Options.MaxFrame.
-	DefaultMaxFrame = 16 << 20
-	DefaultDialTimeout    = 5 * time.Second
+	DefaultMaxFrame    = 16 << 20
+	DefaultDialTimeout = 5 * time.Second
 )
 
 const (

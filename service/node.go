@@ -12,10 +12,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -52,10 +52,10 @@ type Config struct {
 const (
 	// maxOfflineBytes bounds the offline messages inside one LOGIN_ACK.
 	maxOfflineBytes = 1 << 20
-	MaxNameLen     = 50  // characters, users and groups
-	MaxGroupDesc   = 200 // characters
-	MinPasswordLen = 6   // bytes
-	MaxPasswordLen = 72  // bytes, bcrypt's limit
+	MaxNameLen      = 50  // characters, users and groups
+	MaxGroupDesc    = 200 // characters
+	MinPasswordLen  = 6   // bytes
+	MaxPasswordLen  = 72  // bytes, bcrypt's limit
 )
 
 // Node runs the services of one chatserver process. Its methods are safe for

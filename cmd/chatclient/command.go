@@ -118,7 +118,7 @@ func Parse(line string) (Command, error) {
 		}
 	}
 	if spec == nil {
-		return Command{}, fmt.Errorf("unknown command %q; type help", sanitize(strings.TrimSpace(head)))
+		return Command{}, fmt.Errorf("unknown command \"%s\"; type help", sanitize(strings.TrimSpace(head)))
 	}
 	cmd := Command{Kind: spec.kind, Name: spec.name}
 	usage := fmt.Errorf("%s: usage: %s", spec.name, spec.usage)

@@ -18,6 +18,7 @@ var (
 	errLoggedIn    = errors.New("already logged in; type loginout first")
 	errEnded       = errors.New("session closed")
 	errConnLost    = errors.New("connection lost before the server answered; the request may not have been done")
+	errReconnect   = errors.New("not connected (reconnecting); try again")
 )
 
 // friendly turns an error from the client package (or the session) into a
@@ -71,7 +72,7 @@ func friendly(err error) string {
 	var ne *net.OpError
 	switch {
 	case errors.Is(err, errNotLoggedIn), errors.Is(err, errLoggedIn), errors.Is(err, errEnded),
-		errors.Is(err, errConnLost):
+		errors.Is(err, errConnLost), errors.Is(err, errReconnect):
 		return err.Error()
 	case errors.Is(err, client.ErrKicked):
 		return "logged in elsewhere; session closed"
@@ -108,5 +109,6 @@ func dialError(addr string, err error) string {
 func isConnErr(err error) bool {
 	return err != nil && client.ErrnoOf(err) == client.NoErrno &&
 		!errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) &&
-		!errors.Is(err, errNotLoggedIn) && !errors.Is(err, errLoggedIn) && !errors.Is(err, errEnded)
+		!errors.Is(err, errNotLoggedIn) && !errors.Is(err, errLoggedIn) && !errors.Is(err, errEnded) &&
+		!errors.Is(err, errReconnect)
 }
