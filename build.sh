@@ -584,6 +584,9 @@ cmd_test() {
 		export CHAT_TEST_NGINX_STREAM_MODULE="$NGINX_STREAM_MODULE"
 	fi
 	export CHAT_REQUIRE_SERVICES=1
+	# The cluster tests' checker appends its counts here; printed at the end.
+	export CHAT_TEST_REPORT="$STATE_DIR/checker-report.txt"
+	: >"$CHAT_TEST_REPORT"
 	env | grep -E '^CHAT_' | sort >&2
 
 	banner "gofmt -l ."
@@ -603,6 +606,10 @@ cmd_test() {
 	banner "go test ${test_args[*]}"
 	run_step go test "${test_args[@]}"
 
+	if [[ -s "$CHAT_TEST_REPORT" ]]; then
+		banner "cluster checker: acknowledged vs delivered, per test"
+		cat "$CHAT_TEST_REPORT"
+	fi
 	banner "All tests passed"
 }
 
