@@ -24,8 +24,8 @@ func benchChat(b *testing.B, pairs, inflight int) {
 	ids := make([]int64, pairs)
 	ctx := context.Background()
 	for i := range ps {
-		from, _ := client.Dial(ctx, ts.addr, client.Options{DeliveryBuffer: 64})
-		to, _ := client.Dial(ctx, ts.addr, client.Options{DeliveryBuffer: 64})
+		from, _ := client.Dial(ctx, ts.Addr, client.Options{DeliveryBuffer: 64})
+		to, _ := client.Dial(ctx, ts.Addr, client.Options{DeliveryBuffer: 64})
 		fid, err := from.Signup(ctx, fmt.Sprintf("f%d", i), "secret1")
 		if err != nil {
 			b.Fatal(err)

@@ -52,7 +52,7 @@ func TestSignupAndLoginErrors(t *testing.T) {
 
 	// Passwords are stored as bcrypt hashes, never in plain text.
 	var stored []byte
-	if err := ts.app.Store.DB().Get(&stored, "SELECT password FROM users WHERE id = ?", id); err != nil {
+	if err := ts.App.Store.DB().Get(&stored, "SELECT password FROM users WHERE id = ?", id); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Contains(string(stored), "secret1") || !strings.HasPrefix(string(stored), "$2") {
@@ -231,7 +231,7 @@ func TestOfflineDeliveryAndRedelivery(t *testing.T) {
 	// Acknowledge up to 8 only, then drop the connection: 9..13 come again.
 	bob.c.Ack(8)
 	checkFor(t, 5*time.Second, func() error {
-		_, acked, err := ts.app.Store.InboxState(ctx, bob.id)
+		_, acked, err := ts.App.Store.InboxState(ctx, bob.id)
 		if acked != 8 {
 			return fmt.Errorf("acked %d %v", acked, err)
 		}
@@ -244,7 +244,7 @@ func TestOfflineDeliveryAndRedelivery(t *testing.T) {
 	}
 	// Stored messages are never deleted by delivery.
 	var rows int
-	ts.app.Store.DB().Get(&rows, "SELECT COUNT(*) FROM inbox WHERE userid = ?", bob.id)
+	ts.App.Store.DB().Get(&rows, "SELECT COUNT(*) FROM inbox WHERE userid = ?", bob.id)
 	if rows != 13 {
 		t.Fatalf("inbox rows %d", rows)
 	}

@@ -7,74 +7,33 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/chatcluster/chatcluster/client"
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
-	"github.com/chatcluster/chatcluster/server"
+	"github.com/chatcluster/chatcluster/server/servertest"
 )
 
 // testServer is a real chatserver on a random loopback port with its own
-// SQLite file.
+// SQLite file, plus helpers for these tests.
 type testServer struct {
-	t    *testing.T
-	cfg  conf.Config
-	app  *server.App
-	addr string
+	*servertest.Server
+	t *testing.T
 }
 
 func startServer(t *testing.T, mutate func(*conf.Config)) *testServer {
 	t.Helper()
-	cfg := conf.Default()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DB = "sqlite:" + filepath.Join(t.TempDir(), "chat.db")
-	cfg.BcryptCost = 4 // tests only; the default is 10
-	cfg.LogLevel = "warn"
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	ts := &testServer{t: t, cfg: cfg}
-	ts.start()
-	t.Cleanup(func() { ts.stop() })
-	return ts
+	return &testServer{Server: servertest.Start(t, mutate), t: t}
 }
 
-func (ts *testServer) start() {
-	ts.t.Helper()
-	app, err := server.Open(context.Background(), ts.cfg, ts.cfg.Logger(testWriter{ts.t}))
-	if err != nil {
-		ts.t.Fatalf("start server: %v", err)
-	}
-	ts.app, ts.addr = app, app.Server.Addr()
-	// Restarts reuse the port so clients find the server again.
-	ts.cfg.Listen = ts.addr
-}
-
-func (ts *testServer) stop() {
-	if ts.app == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := ts.app.Close(ctx); err != nil {
-		ts.t.Errorf("stop server: %v", err)
-	}
-	ts.app = nil
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("%s", p)
-	return len(p), nil
-}
+func (ts *testServer) start() { ts.Start() }
+func (ts *testServer) stop()  { ts.Stop() }
 
 func (ts *testServer) dial(opts client.Options) *client.Client {
 	ts.t.Helper()
-	c, err := client.Dial(context.Background(), ts.addr, opts)
+	c, err := client.Dial(context.Background(), ts.Addr, opts)
 	if err != nil {
 		ts.t.Fatalf("dial: %v", err)
 	}
@@ -124,18 +83,9 @@ func (ts *testServer) relogin(u *user, opts client.Options) {
 	}
 }
 
-// checkFor polls fn until it returns nil or timeout passes.
 func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	var err error
-	for time.Now().Before(deadline) {
-		if err = fn(); err == nil {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("condition not met after %v: %v", timeout, err)
+	servertest.CheckFor(t, timeout, fn)
 }
 
 // next returns the next delivery of c.
@@ -178,7 +128,7 @@ type raw struct {
 
 func (ts *testServer) raw() *raw {
 	ts.t.Helper()
-	c, err := net.Dial("tcp", ts.addr)
+	c, err := net.Dial("tcp", ts.Addr)
 	if err != nil {
 		ts.t.Fatal(err)
 	}
@@ -261,20 +211,7 @@ func num(m map[string]any, k string) int {
 // startServerB is startServer for benchmarks.
 func startServerB(b *testing.B, mutate func(*conf.Config)) *testServer {
 	b.Helper()
-	cfg := conf.Default()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DB = "sqlite:" + filepath.Join(b.TempDir(), "chat.db")
-	cfg.BcryptCost = 4
-	cfg.LogLevel = "error"
-	if mutate != nil {
-		mutate(&cfg)
-	}
-	app, err := server.Open(context.Background(), cfg, cfg.Logger(io.Discard))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { app.Close(context.Background()) })
-	return &testServer{cfg: cfg, app: app, addr: app.Server.Addr()}
+	return &testServer{Server: servertest.Start(b, mutate)}
 }
 
 func codecID(id int64) codec.UserID { return codec.UserID(id) }

@@ -86,6 +86,6 @@ func TestGracefulShutdownLosesNothing(t *testing.T) {
 }
 
 func lastSeq(ts *testServer, uid codec.UserID) (acked, last codec.Seq, err error) {
-	last, acked, err = ts.app.Store.InboxState(context.Background(), uid)
+	last, acked, err = ts.App.Store.InboxState(context.Background(), uid)
 	return acked, last, err
 }

@@ -165,7 +165,7 @@ func TestStoreUnavailable(t *testing.T) {
 	ts := startServer(t, nil)
 	alice := ts.newUser("alice", client.Options{})
 	bob := ts.newUser("bob", client.Options{})
-	ts.app.Store.DB().Close()
+	ts.App.Store.DB().Close()
 	start := time.Now()
 	_, err := alice.c.Chat(ctxT(t), bob.id+100, "x")
 	wantErrno(t, err, codec.ErrnoUnavailable)
