@@ -243,47 +243,66 @@ func waitSent(t *testing.T, sent *atomic.Int64, more int64) {
 	})
 }
 
+// traffic is members on two nodes sending to each other until finish.
+type traffic struct {
+	t      *testing.T
+	l      *ledger
+	all    []*member
+	sent   atomic.Int64
+	stop   chan struct{}
+	cancel context.CancelFunc
+	recv   *sync.WaitGroup
+	sends  *sync.WaitGroup
+}
+
+func startTraffic(t *testing.T, c *cluster) *traffic {
+	pairs, all := crossPairs(c, t)
+	tr := &traffic{t: t, l: newLedger(), all: all, stop: make(chan struct{})}
+	var ctx context.Context
+	ctx, tr.cancel = context.WithCancel(context.Background())
+	tr.recv = receiveAll(t, ctx, tr.l, all)
+	tr.sends = sendLoop(t, tr.l, pairs, tr.stop, &tr.sent)
+	return tr
+}
+
+// waitSent waits until more messages were sent (acked or not).
+func (tr *traffic) waitSent(more int64) { waitSent(tr.t, &tr.sent, more) }
+
+// finish stops sending, checks every acknowledged message arrived once and
+// in order, and stops the receivers.
+func (tr *traffic) finish() {
+	close(tr.stop)
+	tr.sends.Wait()
+	tr.l.verify(tr.t, 30*time.Second)
+	stopReceivers(tr.cancel, tr.recv, tr.all)
+}
+
 // TestRedisRestart restarts Redis (empty: no persistence) mid-traffic.
 func TestRedisRestart(t *testing.T) {
 	c := startCluster(t, 2)
-	pairs, all := crossPairs(c, t)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := receiveAll(t, ctx, l, all)
-	stop := make(chan struct{})
-	var sent atomic.Int64
-	sends := sendLoop(t, l, pairs, stop, &sent)
-	waitSent(t, &sent, 200)
+	tr := startTraffic(t, c)
+	tr.waitSent(200)
 	c.redis.kill()
 	time.Sleep(time.Second)
 	if err := c.redis.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("redis restarted")
-	waitSent(t, &sent, 400)
-	close(stop)
-	sends.Wait()
-	l.verify(t, 30*time.Second)
-	stopReceivers(cancel, wg, all)
+	tr.waitSent(400)
+	tr.finish()
 }
 
 // TestMariaDBStop stops MariaDB for a few seconds mid-traffic: sends get
 // errno 10 promptly, and everything acknowledged is delivered once.
 func TestMariaDBStop(t *testing.T) {
 	c := startCluster(t, 2)
-	pairs, all := crossPairs(c, t)
-	l := newLedger()
-	ctx, cancel := context.WithCancel(context.Background())
-	wg := receiveAll(t, ctx, l, all)
-	stop := make(chan struct{})
-	var sent atomic.Int64
-	sends := sendLoop(t, l, pairs, stop, &sent)
-	waitSent(t, &sent, 200)
+	tr := startTraffic(t, c)
+	tr.waitSent(200)
 	mariadb.stop()
 	t.Log("mariadb stopped")
 	// While it is down a send fails promptly with errno 10.
 	start := time.Now()
-	_, err := all[0].client().Chat(ctxT(t, 15*time.Second), all[1].id, "while down")
+	_, err := tr.all[0].client().Chat(ctxT(t, 15*time.Second), tr.all[1].id, "while down")
 	if client.ErrnoOf(err) != codec.ErrnoUnavailable || time.Since(start) > 8*time.Second {
 		t.Errorf("send with MariaDB down: %v after %v, want errno 10 promptly", err, time.Since(start))
 	}
@@ -292,17 +311,14 @@ func TestMariaDBStop(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Log("mariadb started again")
-	waitSent(t, &sent, 400)
-	close(stop)
-	sends.Wait()
-	l.verify(t, 30*time.Second)
-	l.mu.Lock()
-	n := l.errnos[codec.ErrnoUnavailable]
-	l.mu.Unlock()
+	tr.waitSent(400)
+	tr.finish()
+	tr.l.mu.Lock()
+	n := tr.l.errnos[codec.ErrnoUnavailable]
+	tr.l.mu.Unlock()
 	if n == 0 {
 		t.Error("no send saw errno 10 while MariaDB was down")
 	}
-	stopReceivers(cancel, wg, all)
 }
 
 // TestDoubleLoginAcrossNodes logs the same user in on two nodes at once,
