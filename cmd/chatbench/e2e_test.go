@@ -1,0 +1,219 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/conf"
+	"github.com/chatcluster/chatcluster/server"
+)
+
+// TestMain lets the test binary stand in for chatbench when it re-executes
+// itself (-procs children, the baseline server).
+func TestMain(m *testing.M) {
+	if os.Getenv(envSelfExec) == "1" || os.Getenv(envChildConfig) != "" {
+		os.Exit(realMain(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	os.Exit(m.Run())
+}
+
+type testServer struct {
+	addr, db string
+}
+
+// startServer runs a chat server in this process with benchmark settings.
+func startServer(t testing.TB) testServer {
+	t.Helper()
+	cfg := conf.Default()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.DB = "sqlite:" + filepath.Join(t.TempDir(), "chat.db")
+	cfg.BcryptCost = 4
+	cfg.Rate = -1
+	cfg.LogLevel = "warn"
+	app, err := server.Open(context.Background(), cfg, cfg.Logger(os.Stderr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := app.Close(ctx); err != nil {
+			t.Errorf("stop server: %v", err)
+		}
+	})
+	return testServer{addr: app.Server.Addr(), db: cfg.DB}
+}
+
+var prefixes atomic.Int64
+
+func testConfig(scenario, addr string, n int) Config {
+	return Config{
+		Scenario: scenario, Addrs: []string{addr}, N: n,
+		Duration: time.Second, Warmup: 200 * time.Millisecond, Drain: 10 * time.Second,
+		Size: 60, GroupSize: 5, SendersPerGroup: 1, Inflight: 4,
+		PIDs: []int{os.Getpid()}, SourceIPs: 1, Procs: 1,
+		Prefix:        fmt.Sprintf("t%d-%d-", time.Now().UnixNano()%1e6, prefixes.Add(1)),
+		ChildPassword: "benchpass", AckInterval: 50 * time.Millisecond, ClientMsgID: true,
+		Concurrency: 8, Timeout: 15 * time.Second, Quiet: true,
+	}
+}
+
+func runOK(t *testing.T, cfg Config) *Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := run(ctx, cfg, testLog{t})
+	if err != nil {
+		t.Fatalf("run %s: %v", cfg.Scenario, err)
+	}
+	var buf bytes.Buffer
+	printTable(&buf, rep)
+	t.Logf("\n%s", buf.String())
+	if _, err := json.Marshal(rep); err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Logf("%s", bytes.TrimRight(p, "\n"))
+	return len(p), nil
+}
+
+func checkTraffic(t *testing.T, rep *Report, fanout int64) {
+	t.Helper()
+	tr := rep.Traffic
+	if tr == nil {
+		t.Fatal("no traffic report")
+	}
+	if tr.Sent == 0 || tr.Acked != tr.Sent || tr.AckErrors != 0 {
+		t.Errorf("sent %d acked %d errors %d", tr.Sent, tr.Acked, tr.AckErrors)
+	}
+	if tr.Fanout != fanout || tr.Expected != tr.Acked*fanout {
+		t.Errorf("fanout %d expected %d for %d acked", tr.Fanout, tr.Expected, tr.Acked)
+	}
+	if tr.Lost != 0 || tr.Duplicates != 0 || tr.SeqGaps != 0 || tr.SeqDups != 0 || tr.Foreign != 0 || tr.ConnLost != 0 {
+		t.Errorf("lost %d dups %d gaps %d seqdups %d foreign %d connlost %d",
+			tr.Lost, tr.Duplicates, tr.SeqGaps, tr.SeqDups, tr.Foreign, tr.ConnLost)
+	}
+	if tr.Delivered != tr.Expected || tr.DeliveredPerSec <= 0 || tr.SentPerSec <= 0 || tr.Latency.Count == 0 || tr.Latency.P99 <= 0 {
+		t.Errorf("delivered %d (%f/s), latency %+v", tr.Delivered, tr.DeliveredPerSec, tr.Latency)
+	}
+	if !rep.OK {
+		t.Errorf("report not OK: %v", rep.Errors)
+	}
+	if len(rep.Resources.Servers) != 1 || rep.Resources.Servers[0].RSSEnd <= 0 {
+		t.Errorf("no server sample: %+v", rep.Resources)
+	}
+}
+
+func TestChatFlatOut(t *testing.T) {
+	ts := startServer(t)
+	rep := runOK(t, testConfig("chat", ts.addr, 10))
+	checkTraffic(t, rep, 1)
+	if rep.Users != 10 {
+		t.Errorf("users %d", rep.Users)
+	}
+}
+
+func TestChatPacedWithBulkUsersAndSourceIPs(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("chat", ts.addr, 10)
+	cfg.Rate = 200
+	cfg.BulkDB = ts.db
+	cfg.SourceIPs = 3
+	cfg.AckInterval = 0 // DELIVERED after every read
+	cfg.ClientMsgID = false
+	rep := runOK(t, cfg)
+	checkTraffic(t, rep, 1)
+	if !strings.Contains(rep.UserCreation, "bulk") {
+		t.Errorf("user creation %q", rep.UserCreation)
+	}
+	// 200/s for 1 s after warm-up: far below flat out.
+	if s := rep.Traffic.SentPerSec; s > 400 {
+		t.Errorf("paced at 200/s but sent %.0f/s", s)
+	}
+}
+
+func TestGroupFanout(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("group", ts.addr, 10)
+	cfg.Groups, cfg.GroupSize, cfg.SendersPerGroup = 2, 5, 2
+	rep := runOK(t, cfg)
+	checkTraffic(t, rep, 4)
+}
+
+func TestChatTwoProcesses(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("chat", ts.addr, 12)
+	cfg.Procs = 2
+	rep := runOK(t, cfg)
+	checkTraffic(t, rep, 1)
+	if rep.Users != 12 {
+		t.Errorf("users %d over two processes", rep.Users)
+	}
+}
+
+func TestConnectWithBaseline(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("connect", ts.addr, 10)
+	cfg.CompareBaseline = true
+	cfg.Procs = 2
+	rep := runOK(t, cfg)
+	c, b := rep.Connect, rep.Baseline
+	if c == nil || c.Connected != 10 || c.Failed != 0 || c.Dropped != 0 || c.RSSBefore <= 0 {
+		t.Fatalf("connect %+v", c)
+	}
+	if b == nil || b.Connected != 10 || b.Failed != 0 || b.RSSBefore <= 0 {
+		t.Fatalf("baseline %+v", b)
+	}
+	if !rep.OK {
+		t.Errorf("not OK: %v", rep.Errors)
+	}
+}
+
+func TestLoginStorm(t *testing.T) {
+	ts := startServer(t)
+	rep := runOK(t, testConfig("login", ts.addr, 10))
+	l := rep.Login
+	if l == nil || l.Reconnecting != 10 || l.Back != 10 || l.Failed != 0 || l.AllBackSeconds <= 0 || l.Latency.Count != 10 {
+		t.Fatalf("login %+v", l)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	var out bytes.Buffer
+	cfg, err := parseFlags([]string{"-addr", "127.0.0.1:1,127.0.0.2:2", "-n", "250", "-group-size", "50", "group"}, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Groups != 5 || cfg.N != 250 || len(cfg.Addrs) != 2 || cfg.Prefix == "" || cfg.ChildPassword != "benchpass" {
+		t.Fatalf("%+v", cfg)
+	}
+	for _, bad := range [][]string{
+		{"chat", "extra"}, {"nope"}, {"-addr", "10.0.0.1:6000", "chat"}, {"-pid", "abc", "chat"},
+		{"-procs", "0", "chat"}, {"-password", "x", "chat"}, {"-size", "0", "chat"},
+	} {
+		if _, err := parseFlags(bad, &out); err == nil {
+			t.Errorf("accepted %q", bad)
+		}
+	}
+	c := splitConfig(Config{Scenario: "chat", N: 10, Rate: 100, Prefix: "p-"}, 1, 3)
+	if c.N != 4 || c.Rate != 40 || c.Prefix != "p-p1-" || c.Procs != 1 {
+		t.Fatalf("split %+v", c)
+	}
+	g := splitConfig(Config{Scenario: "group", Groups: 3, GroupSize: 4}, 0, 2)
+	if g.Groups != 2 || g.N != 8 {
+		t.Fatalf("group split %+v", g)
+	}
+}

@@ -1,0 +1,102 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+)
+
+// printTable writes the human-readable report.
+func printTable(out io.Writer, r *Report) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
+	row := func(k, format string, args ...any) { fmt.Fprintf(tw, "%s\t%s\n", k, fmt.Sprintf(format, args...)) }
+	c := r.Config
+	row("scenario", "%s", r.Scenario)
+	row("target", "%s", strings.Join(c.Addrs, ","))
+	if len(c.RecvAddrs) > 0 {
+		row("recipients' target", "%s", strings.Join(c.RecvAddrs, ","))
+	}
+	row("server assumed", "%s", r.ServerAssumed)
+	row("user creation", "%s", r.UserCreation)
+	row("users / procs / source IPs", "%d / %d / %d (open-file limit %d)", r.Users, c.Procs, c.SourceIPs, r.FileLimit)
+	if r.SignupSeconds > 0 {
+		row("user creation took", "%.2fs (%.0f users/s)", r.SignupSeconds, r.SignupPerSec)
+	}
+	if r.LoginSeconds > 0 {
+		row("connect+login took", "%.2fs (%.0f users/s)", r.LoginSeconds, float64(r.Users)/r.LoginSeconds)
+	}
+	if r.GroupSeconds > 0 {
+		row("group setup", "%.2fs", r.GroupSeconds)
+	}
+	if t := r.Traffic; t != nil {
+		rate := "flat out"
+		if t.TargetRate > 0 {
+			rate = fmt.Sprintf("%.0f msg/s", t.TargetRate)
+		}
+		row("load", "%s, %d in flight per sender, %d-byte messages, fan-out %d, window %.0fs after %v warm-up",
+			rate, c.Inflight, c.Size, t.Fanout, t.WindowSeconds, c.Warmup)
+		row("sent/s", "%.0f", t.SentPerSec)
+		row("acked/s", "%.0f", t.AckedPerSec)
+		row("delivered/s", "%.0f", t.DeliveredPerSec)
+		row("latency (send->delivery)", "%s", latLine(t.Latency))
+		row("ack latency (send->ACK)", "%s", latLine(t.AckLatency))
+		row("totals", "sent %d, acked %d, ack errors %d (rate limited %d), delivered %d of %d expected",
+			t.Sent, t.Acked, t.AckErrors, t.RateLimited, t.Delivered, t.Expected)
+		row("lost / duplicates", "%d / %d", t.Lost, t.Duplicates)
+		row("seq gaps / seq dups", "%d / %d (extra %d, foreign %d, connections lost %d, drain %.2fs)",
+			t.SeqGaps, t.SeqDups, t.Extra, t.Foreign, t.ConnLost, t.DrainSeconds)
+	}
+	connRows := func(name string, cr *ConnectReport) {
+		row(name+" connections", "%d connected, %d failed, %d dropped while held; connect %.2fs, hold %.1fs",
+			cr.Connected, cr.Failed, cr.Dropped, cr.ConnectSeconds, cr.HoldSeconds)
+		row(name+" server RSS", "before %s, after connect %s, end %s, peak %s",
+			mib(cr.RSSBefore), mib(cr.RSSAfterConnect), mib(cr.RSSEnd), mib(cr.RSSPeak))
+		row(name+" RSS per connection", "%.0f bytes (%.2f KiB)", cr.BytesPerConn, cr.BytesPerConn/1024)
+	}
+	if r.Connect != nil {
+		name := "chatserver"
+		if c.Baseline {
+			name = "baseline"
+		}
+		connRows(name, r.Connect)
+	}
+	if r.Baseline != nil {
+		connRows("baseline", r.Baseline)
+		row("ratio to baseline", "%.3f", r.RatioToBaseline)
+	}
+	if l := r.Login; l != nil {
+		if l.Killed > 0 {
+			row("killed node", "pid %d", l.Killed)
+		}
+		row("reconnecting users", "%d: %d back, %d failed, %d retries", l.Reconnecting, l.Back, l.Failed, l.Retries)
+		row("all back after", "%.3fs", l.AllBackSeconds)
+		row("reconnect latency", "%s", latLine(l.Latency))
+	}
+	res := r.Resources
+	for _, s := range res.Servers {
+		row(fmt.Sprintf("server pid %d (%s)", s.PID, s.Name), "cpu %.0f%%, rss %s -> %s", s.CPUPercent, mib(s.RSSStart), mib(s.RSSEnd))
+	}
+	row("cpu (100% = 1 core)", "servers %.0f%%, chatbench %.0f%%, other processes %.0f%%; machine %.0f%% busy of %d cores (over %.1fs)",
+		res.ServerCPUPercent, res.BenchCPUPercent, res.OtherCPUPercent, res.MachineBusyPct, res.MachineCPUs, res.WindowSeconds)
+	if rb := r.Redis; rb != nil {
+		row("redis baseline", "%.0f PUBLISH/s (%s)", rb.PublishPerSec, rb.Command)
+	}
+	for _, e := range r.Errors {
+		row("error", "%s", e)
+	}
+	verdict := "OK"
+	if !r.OK {
+		verdict = "FAILED (loss, duplicates, errors or failures above)"
+	}
+	row("result", "%s", verdict)
+	_ = tw.Flush()
+}
+
+func latLine(l LatencySummary) string {
+	if l.Count == 0 {
+		return "no samples"
+	}
+	return fmt.Sprintf("p50 %.3fms  p90 %.3fms  p99 %.3fms  p99.9 %.3fms  max %.3fms  (mean %.3fms, n=%d)",
+		l.P50, l.P90, l.P99, l.P999, l.Max, l.Mean, l.Count)
+}

@@ -1,0 +1,523 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Report is chatbench's result: the final table, or the -json object.
+type Report struct {
+	Scenario      string  `json:"scenario"`
+	Config        Config  `json:"config"`
+	ServerAssumed string  `json:"server_assumed"`
+	UserCreation  string  `json:"user_creation"`
+	Users         int     `json:"users"`
+	FileLimit     uint64  `json:"file_limit"`
+	SignupSeconds float64 `json:"signup_seconds,omitempty"`
+	SignupPerSec  float64 `json:"signups_per_second,omitempty"`
+	LoginSeconds  float64 `json:"login_seconds,omitempty"`
+	GroupSeconds  float64 `json:"group_setup_seconds,omitempty"`
+
+	Traffic  *TrafficReport `json:"traffic,omitempty"`
+	Connect  *ConnectReport `json:"connect,omitempty"`
+	Baseline *ConnectReport `json:"baseline,omitempty"`
+	// RatioToBaseline is our bytes per connection over the baseline's.
+	RatioToBaseline float64        `json:"ratio_to_baseline,omitempty"`
+	Login           *LoginReport   `json:"login,omitempty"`
+	Resources       Resources      `json:"resources"`
+	Redis           *RedisBaseline `json:"redis_baseline,omitempty"`
+	OK              bool           `json:"ok"` // no loss, no duplicates, no failures
+	Errors          []string       `json:"errors,omitempty"`
+}
+
+// TrafficReport is the chat and group result.
+type TrafficReport struct {
+	WindowSeconds   float64        `json:"window_seconds"`
+	TargetRate      float64        `json:"target_rate"` // 0 = flat out
+	Fanout          int64          `json:"fanout"`
+	Sent            int64          `json:"sent"`
+	Acked           int64          `json:"acked"`
+	AckErrors       int64          `json:"ack_errors"`
+	RateLimited     int64          `json:"rate_limited"`
+	Delivered       int64          `json:"delivered"`
+	Expected        int64          `json:"expected"`
+	Lost            int64          `json:"lost"`
+	Extra           int64          `json:"extra"` // delivered although not acked
+	Duplicates      int64          `json:"duplicates"`
+	SeqGaps         int64          `json:"seq_gaps"`
+	SeqDups         int64          `json:"seq_dups"`
+	Foreign         int64          `json:"foreign"`
+	ConnLost        int64          `json:"conn_lost"`
+	SentPerSec      float64        `json:"sent_per_sec"`
+	AckedPerSec     float64        `json:"acked_per_sec"`
+	DeliveredPerSec float64        `json:"delivered_per_sec"`
+	DrainSeconds    float64        `json:"drain_seconds"`
+	Latency         LatencySummary `json:"latency"`
+	AckLatency      LatencySummary `json:"ack_latency"`
+}
+
+// ConnectReport is the connect result for one target.
+type ConnectReport struct {
+	Target          string  `json:"target"`
+	Connected       int     `json:"connected"`
+	Failed          int     `json:"failed"`
+	ConnectSeconds  float64 `json:"connect_seconds"`
+	HoldSeconds     float64 `json:"hold_seconds"`
+	Dropped         int64   `json:"dropped"` // connections that ended while held
+	RSSBefore       int64   `json:"rss_before_bytes"`
+	RSSAfterConnect int64   `json:"rss_after_connect_bytes"`
+	RSSEnd          int64   `json:"rss_end_bytes"`
+	RSSPeak         int64   `json:"rss_peak_bytes"`
+	BytesPerConn    float64 `json:"bytes_per_conn"`
+}
+
+// LoginReport is the login storm result.
+type LoginReport struct {
+	Killed         int            `json:"killed_pid,omitempty"`
+	Reconnecting   int            `json:"reconnecting"`
+	Back           int            `json:"back"`
+	Failed         int            `json:"failed"`
+	Retries        int64          `json:"retries"`
+	AllBackSeconds float64        `json:"all_back_seconds"`
+	Latency        LatencySummary `json:"latency"`
+}
+
+// RedisBaseline is redis-benchmark's PUBLISH figure.
+type RedisBaseline struct {
+	Command       string  `json:"command"`
+	PublishPerSec float64 `json:"publish_per_sec"`
+	Output        string  `json:"output"`
+}
+
+const serverAssumed = "-bcrypt-cost 4 -rate -1 (benchmark settings; chatbench cannot check them)"
+
+// runner runs one scenario and reports progress on log.
+type runner struct {
+	cfg  Config
+	log  io.Writer
+	hs   []handle
+	smp  *sampler
+	ncpu int
+}
+
+func run(ctx context.Context, cfg Config, log io.Writer) (*Report, error) {
+	rep := &Report{
+		Scenario: cfg.Scenario, Config: cfg, ServerAssumed: serverAssumed,
+		UserCreation: "SIGNUP over the protocol, " + strconv.Itoa(cfg.Concurrency) +
+			" in parallel; bcrypt cost lowered by the server flag -bcrypt-cost 4 (assumed)",
+		FileLimit: raiseFileLimit(),
+	}
+	rep.Config.ChildPassword = "" // only for the children
+	if cfg.BulkDB != "" {
+		rep.UserCreation = "bulk: inserted directly into " + cfg.BulkDB + " (-bulk-db), one bcrypt hash of cost 4 shared by all users; login over the protocol"
+	}
+	if cfg.Baseline {
+		rep.ServerAssumed = "baseline-server (goroutine per connection)"
+		rep.UserCreation = "none (baseline: connect and one PING per connection)"
+	}
+	if !cfg.Quiet {
+		fmt.Fprintf(log, "chatbench: %s against %s with %d users; server assumed started with %s\n",
+			cfg.Scenario, strings.Join(cfg.Addrs, ","), cfg.N, rep.ServerAssumed)
+	}
+	var err error
+	switch cfg.Scenario {
+	case "chat", "group":
+		err = runTraffic(ctx, cfg, log, rep)
+	case "connect":
+		var c *ConnectReport
+		c, err = runConnect(ctx, cfg, log, rep)
+		rep.Connect = c
+		if err == nil && cfg.CompareBaseline && !cfg.Baseline {
+			err = runBaselineCompare(ctx, cfg, log, rep)
+		}
+	case "login":
+		err = runLogin(ctx, cfg, log, rep)
+	default:
+		err = fmt.Errorf("unknown scenario %q", cfg.Scenario)
+	}
+	if err == nil && cfg.RedisBench != "" {
+		var rerr error
+		if rep.Redis, rerr = redisBenchmark(ctx, cfg.RedisBench); rerr != nil {
+			rep.Errors = append(rep.Errors, rerr.Error()) // the scenario's results still count
+		}
+	}
+	rep.OK = err == nil && rep.ok()
+	return rep, err
+}
+
+func (r *Report) ok() bool {
+	if t := r.Traffic; t != nil && (t.Lost != 0 || t.Duplicates != 0 || t.SeqGaps != 0 || t.SeqDups != 0 || t.AckErrors != 0) {
+		return false
+	}
+	if c := r.Connect; c != nil && (c.Failed != 0 || c.Dropped != 0) {
+		return false
+	}
+	if l := r.Login; l != nil && l.Failed != 0 {
+		return false
+	}
+	return true
+}
+
+func newRunner(cfg Config, log io.Writer) (*runner, error) {
+	hs, err := startHandles(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := &runner{cfg: cfg, log: log, hs: hs, ncpu: runtime.NumCPU()}
+	r.smp = &sampler{servers: cfg.PIDs, bench: func() []int { return benchPIDs(hs) }}
+	return r, nil
+}
+
+func (r *runner) phase(ctx context.Context, name string) error {
+	return runPhase(ctx, r.hs, name)
+}
+
+// setupInfo copies setup timings into the report.
+func (r *runner) setupInfo(rep *Report, res WorkerResult) {
+	rep.Users = res.Users
+	rep.SignupSeconds = res.SignupSeconds
+	if res.SignupSeconds > 0 && !r.cfg.Baseline {
+		rep.SignupPerSec = float64(res.Users) / res.SignupSeconds
+	}
+	rep.LoginSeconds = res.LoginSeconds
+	rep.GroupSeconds = res.GroupSeconds
+	rep.Errors = append(rep.Errors, res.Errors...)
+}
+
+// progress prints one line per second until stop is called.
+func (r *runner) progress(what func(elapsed time.Duration, d LiveStats, tot LiveStats, res Resources) string) (stop func()) {
+	if r.cfg.Quiet {
+		return func() {}
+	}
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t0 := time.Now()
+		prev := r.total()
+		psnap := r.smp.snap()
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-t.C:
+			}
+			cur := r.total()
+			snap := r.smp.snap()
+			secs := snap.at.Sub(psnap.at).Seconds()
+			d := LiveStats{
+				Sent:      int64(float64(cur.Sent-prev.Sent) / secs),
+				Acked:     int64(float64(cur.Acked-prev.Acked) / secs),
+				Delivered: int64(float64(cur.Delivered-prev.Delivered) / secs),
+			}
+			res := resources(r.smp, psnap, snap, r.ncpu)
+			fmt.Fprintf(r.log, "[%4.0fs] %s\n", time.Since(t0).Seconds(), what(time.Since(t0), d, cur, res))
+			prev, psnap = cur, snap
+		}
+	}()
+	return func() { close(quit); <-done }
+}
+
+func (r *runner) total() LiveStats {
+	var t LiveStats
+	for _, h := range r.hs {
+		l := h.live()
+		t.Sent += l.Sent
+		t.Acked += l.Acked
+		t.Delivered += l.Delivered
+		t.Connected += l.Connected
+		t.P99us = max(t.P99us, l.P99us)
+	}
+	return t
+}
+
+func cpuLine(res Resources) string {
+	return fmt.Sprintf("cpu: server %3.0f%%  bench %3.0f%%  others %3.0f%%  (machine %3.0f%% of %d cores)",
+		res.ServerCPUPercent, res.BenchCPUPercent, res.OtherCPUPercent, res.MachineBusyPct, res.MachineCPUs)
+}
+
+func connLine(_ time.Duration, _, tot LiveStats, res Resources) string {
+	return fmt.Sprintf("connected %6d  server rss %s  %s", tot.Connected, mib(res.ServerRSSEndTotal), cpuLine(res))
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// onHeld, when set (by the in-process benchmarks), is called while the
+// connect scenario's connections are still held, e.g. to write a heap
+// profile.
+var onHeld func()
+
+// onRunPhase, when set (by the in-process benchmarks), is called as the
+// run phase starts; the function it returns when the phase ends. It lets a
+// CPU profile cover the measured traffic only, not the setup.
+var onRunPhase func() (end func())
+
+// runTraffic runs chat or group.
+func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
+	r, err := newRunner(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopHandles(r.hs)
+	stop := r.progress(connLine)
+	err = r.phase(ctx, "setup")
+	stop()
+	if err != nil {
+		return err
+	}
+	stop = r.progress(func(_ time.Duration, d, tot LiveStats, res Resources) string {
+		return fmt.Sprintf("sent %7d/s  acked %7d/s  delivered %8d/s  p99 %6.2fms  %s",
+			d.Sent, d.Acked, d.Delivered, float64(tot.P99us)/1000, cpuLine(res))
+	})
+	var (
+		runErr error
+		wg     sync.WaitGroup
+		a      snapshot
+	)
+	endRun := func() {}
+	if onRunPhase != nil {
+		endRun = onRunPhase()
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); runErr = r.phase(ctx, "run"); endRun() }()
+	select {
+	case <-time.After(cfg.Warmup):
+	case <-ctx.Done():
+	}
+	a = r.smp.snap()
+	wg.Wait()
+	b := r.smp.snap()
+	stop()
+	if runErr != nil {
+		return runErr
+	}
+	if err := r.phase(ctx, "drain"); err != nil {
+		return err
+	}
+	res, err := collect(ctx, r.hs)
+	if err != nil {
+		return err
+	}
+	_ = r.phase(ctx, "close")
+	r.setupInfo(rep, res)
+	rep.Resources = resources(r.smp, a, b, r.ncpu)
+	l := res.Ledger
+	win := cfg.Duration.Seconds()
+	t := &TrafficReport{
+		WindowSeconds: win, TargetRate: cfg.Rate, Fanout: res.Fanout,
+		Sent: l.Sent, Acked: l.Acked, AckErrors: l.AckErr, RateLimited: l.Limited,
+		Delivered: l.Delivered, Expected: res.Expected,
+		Lost: max(0, res.Expected-l.Delivered), Extra: max(0, l.Delivered-res.Expected),
+		Duplicates: l.Dups, SeqGaps: l.SeqGaps, SeqDups: l.SeqDups, Foreign: l.Foreign, ConnLost: l.ConnLost,
+		SentPerSec: float64(l.SentWin) / win, AckedPerSec: float64(l.AckedWin) / win,
+		DeliveredPerSec: float64(l.DeliveredWin) / win, DrainSeconds: res.DrainSeconds,
+		Latency: l.Latency.Summary(), AckLatency: l.AckLatency.Summary(),
+	}
+	rep.Traffic = t
+	if l.Limited > 0 {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("%d sends were rate limited (errno 8): start chatserver with -rate -1", l.Limited))
+	}
+	return nil
+}
+
+// runConnect opens and holds cfg.N idle connections and measures the
+// server's RSS per connection.
+func runConnect(ctx context.Context, cfg Config, log io.Writer, rep *Report) (*ConnectReport, error) {
+	if len(cfg.PIDs) == 0 && !cfg.Quiet {
+		fmt.Fprintln(log, "chatbench: no -pid given: server RSS per connection cannot be measured")
+	}
+	r, err := newRunner(cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	defer stopHandles(r.hs)
+	if err := r.phase(ctx, "signup"); err != nil {
+		return nil, err
+	}
+	// Let the sign-up connections close and the server settle.
+	sleepCtx(ctx, 2*time.Second)
+	before := r.smp.snap()
+	stop := r.progress(connLine)
+	t0 := time.Now()
+	err = r.phase(ctx, "connect")
+	connectSecs := time.Since(t0).Seconds()
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	afterConnect := r.smp.snap()
+	peak := rssTotal(afterConnect)
+	hold0 := time.Now()
+	for time.Since(hold0) < cfg.Duration && ctx.Err() == nil {
+		sleepCtx(ctx, min(time.Second, cfg.Duration-time.Since(hold0)))
+		peak = max(peak, rssTotal(r.smp.snap()))
+	}
+	end := r.smp.snap()
+	stop()
+	if onHeld != nil {
+		onHeld()
+	}
+	res, err := collect(ctx, r.hs)
+	if err != nil {
+		return nil, err
+	}
+	_ = r.phase(ctx, "close")
+	r.setupInfo(rep, res)
+	rep.Resources = resources(r.smp, before, end, r.ncpu)
+	c := &ConnectReport{
+		Target: strings.Join(cfg.Addrs, ","), Connected: res.Connected, Failed: res.ConnFailed,
+		ConnectSeconds: connectSecs, HoldSeconds: end.at.Sub(hold0).Seconds(),
+		Dropped:   int64(res.Dropped),
+		RSSBefore: rssTotal(before), RSSAfterConnect: rssTotal(afterConnect), RSSEnd: rssTotal(end), RSSPeak: peak,
+	}
+	if res.Connected > 0 && c.RSSBefore > 0 {
+		c.BytesPerConn = float64(c.RSSEnd-c.RSSBefore) / float64(res.Connected)
+	}
+	return c, nil
+}
+
+func rssTotal(s snapshot) int64 {
+	var t int64
+	for _, p := range s.servers {
+		t += p.rss
+	}
+	return t
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+}
+
+// runBaselineCompare starts the goroutine-per-connection baseline server
+// and measures it exactly like the chat server.
+func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
+	cmd, err := selfCommand("baseline-server", "-listen", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	line, err := bufio.NewReader(out).ReadString('\n')
+	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
+	if err != nil || !ok {
+		return fmt.Errorf("baseline server did not start: %q %v", line, err)
+	}
+	bcfg := cfg
+	bcfg.Baseline, bcfg.Addrs, bcfg.PIDs = true, []string{addr}, []int{cmd.Process.Pid}
+	if !cfg.Quiet {
+		fmt.Fprintf(log, "chatbench: baseline server (goroutine per connection) pid %d on %s\n", cmd.Process.Pid, addr)
+	}
+	var brep Report
+	b, err := runConnect(ctx, bcfg, log, &brep)
+	if err != nil {
+		return fmt.Errorf("baseline: %w", err)
+	}
+	rep.Baseline = b
+	if b.BytesPerConn > 0 && rep.Connect != nil {
+		rep.RatioToBaseline = rep.Connect.BytesPerConn / b.BytesPerConn
+	}
+	return nil
+}
+
+// runLogin runs the token-login storm.
+func runLogin(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
+	r, err := newRunner(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer stopHandles(r.hs)
+	stop := r.progress(connLine)
+	err = r.phase(ctx, "setup")
+	if err != nil {
+		stop()
+		return err
+	}
+	a := r.smp.snap()
+	if cfg.KillPID > 0 {
+		if !cfg.Quiet {
+			fmt.Fprintf(log, "chatbench: SIGKILL to node pid %d\n", cfg.KillPID)
+		}
+		if err := syscall.Kill(cfg.KillPID, syscall.SIGKILL); err != nil {
+			stop()
+			return fmt.Errorf("kill %d: %w", cfg.KillPID, err)
+		}
+	}
+	err = r.phase(ctx, "storm")
+	b := r.smp.snap()
+	stop()
+	if err != nil {
+		return err
+	}
+	res, err := collect(ctx, r.hs)
+	if err != nil {
+		return err
+	}
+	_ = r.phase(ctx, "close")
+	r.setupInfo(rep, res)
+	rep.Resources = resources(r.smp, a, b, r.ncpu)
+	rep.Login = &LoginReport{
+		Killed: cfg.KillPID, Reconnecting: res.Stormed, Back: res.Back, Failed: res.StormFailed,
+		Retries: res.Retries, AllBackSeconds: float64(res.AllBackNanos) / 1e9, Latency: res.Reconnect.Summary(),
+	}
+	return nil
+}
+
+// redisBenchmark measures Redis PUBLISH throughput at addr with
+// redis-benchmark: an explicit PUBLISH command with a 200-byte payload (about
+// one delivery notice), because redis-benchmark 7 has no built-in "publish"
+// test (-t publish runs nothing).
+func redisBenchmark(ctx context.Context, addr string) (*RedisBaseline, error) {
+	host, port, ok := strings.Cut(addr, ":")
+	if !ok {
+		return nil, fmt.Errorf("-redis-bench %q: want host:port", addr)
+	}
+	args := []string{"-h", host, "-p", port, "-n", "200000", "-q", "publish", "chatbench:baseline", strings.Repeat("x", 200)}
+	out, err := exec.CommandContext(ctx, "redis-benchmark", args...).CombinedOutput()
+	rb := &RedisBaseline{
+		Command: "redis-benchmark " + strings.Join(args[:len(args)-1], " ") + " <200 bytes>",
+		Output:  lastLine(string(out)),
+	}
+	if err != nil {
+		return rb, fmt.Errorf("redis-benchmark: %w: %s", err, out)
+	}
+	// "publish chatbench:baseline xxx...: 41893.59 requests per second, p50=0.559 msec"
+	if m := rpsRe.FindStringSubmatch(rb.Output); m != nil {
+		rb.PublishPerSec, _ = strconv.ParseFloat(m[1], 64)
+	}
+	rb.Output = strings.Replace(rb.Output, args[len(args)-1], "<200 bytes>", 1)
+	if rb.PublishPerSec == 0 {
+		return rb, errors.New("redis-benchmark: no requests-per-second figure in its output")
+	}
+	return rb, nil
+}
+
+var rpsRe = regexp.MustCompile(`([0-9.]+) requests per second`)
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(strings.ReplaceAll(s, "\r", "\n"))
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}

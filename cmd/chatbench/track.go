@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bytes"
+	"strconv"
+	"sync/atomic"
+	"time"
+)
+
+// A benchmark message body is "t=<send unixnano>;s=<sender>;c=<counter>;"
+// padded with 'x' to the requested size. The send time gives end-to-end
+// latency; sender and counter identify the message for duplicate detection.
+
+// appendBody appends a message body of at least size bytes.
+func appendBody(dst []byte, sendNanos int64, sender int32, counter uint64, size int) []byte {
+	start := len(dst)
+	dst = append(dst, "t="...)
+	dst = strconv.AppendInt(dst, sendNanos, 10)
+	dst = append(dst, ";s="...)
+	dst = strconv.AppendInt(dst, int64(sender), 10)
+	dst = append(dst, ";c="...)
+	dst = strconv.AppendUint(dst, counter, 10)
+	dst = append(dst, ';')
+	for len(dst)-start < size {
+		dst = append(dst, 'x')
+	}
+	return dst
+}
+
+// parseBody extracts what appendBody wrote.
+func parseBody(b []byte) (sendNanos int64, sender int32, counter uint64, ok bool) {
+	field := func(prefix string) (int64, bool) {
+		if !bytes.HasPrefix(b, []byte(prefix)) {
+			return 0, false
+		}
+		b = b[len(prefix):]
+		var v int64
+		n := 0
+		for n < len(b) && b[n] >= '0' && b[n] <= '9' && n < 19 {
+			v = v*10 + int64(b[n]-'0')
+			n++
+		}
+		if n == 0 || n == len(b) || b[n] != ';' {
+			return 0, false
+		}
+		b = b[n+1:]
+		return v, true
+	}
+	t, ok1 := field("t=")
+	s, ok2 := field("s=")
+	c, ok3 := field("c=")
+	if !ok1 || !ok2 || !ok3 || s > 1<<31-1 {
+		return 0, 0, 0, false
+	}
+	return t, int32(s), uint64(c), true
+}
+
+// Ledger counts what happened to the messages of one chatbench process.
+// All fields are updated atomically from many goroutines.
+type Ledger struct {
+	Sent      atomic.Int64 // requests written
+	Acked     atomic.Int64 // ACK errno 0
+	AckErr    atomic.Int64 // ACK with errno != 0
+	Limited   atomic.Int64 // of which errno 8 (server rate limit)
+	Delivered atomic.Int64 // distinct messages received
+	Dups      atomic.Int64 // a message id received twice by one recipient
+	SeqDups   atomic.Int64 // a seq at or below the last one seen
+	SeqGaps   atomic.Int64 // seqs skipped (should be zero)
+	Foreign   atomic.Int64 // deliveries that are not benchmark messages
+	ConnLost  atomic.Int64 // connections that ended during the run
+
+	// Counts inside the measurement window, for rates.
+	SentWin      atomic.Int64
+	AckedWin     atomic.Int64
+	DeliveredWin atomic.Int64
+
+	winStart atomic.Int64 // unix nanos; 0 = not started
+	winEnd   atomic.Int64 // unix nanos; 0 = open
+
+	Latency    *Histogram // send -> delivery, messages sent inside the window
+	AckLatency *Histogram // send -> ACK, same
+}
+
+// NewLedger returns an empty ledger.
+func NewLedger() *Ledger {
+	return &Ledger{Latency: NewHistogram(), AckLatency: NewHistogram()}
+}
+
+// SetWindow sets the measurement window [start, end) in unix nanos; end 0
+// leaves it open.
+func (l *Ledger) SetWindow(start, end int64) {
+	l.winStart.Store(start)
+	l.winEnd.Store(end)
+}
+
+// inWindow reports whether t (unix nanos) lies in the window.
+func (l *Ledger) inWindow(t int64) bool {
+	s := l.winStart.Load()
+	if s == 0 || t < s {
+		return false
+	}
+	e := l.winEnd.Load()
+	return e == 0 || t < e
+}
+
+func (l *Ledger) sent(now int64) {
+	l.Sent.Add(1)
+	if l.inWindow(now) {
+		l.SentWin.Add(1)
+	}
+}
+
+func (l *Ledger) acked(sendNanos, now int64, errno int64) {
+	if errno != 0 {
+		l.AckErr.Add(1)
+		if errno == 8 {
+			l.Limited.Add(1)
+		}
+		return
+	}
+	l.Acked.Add(1)
+	if l.inWindow(now) {
+		l.AckedWin.Add(1)
+	}
+	if l.inWindow(sendNanos) {
+		l.AckLatency.Record((now - sendNanos) / 1e3)
+	}
+}
+
+// recvState is the per-recipient duplicate and order check. It belongs to
+// the recipient connection's reader goroutine.
+type recvState struct {
+	lastSeq int64
+	seen    map[int32]*bitset // by sender, bit = counter
+}
+
+// observe accounts one delivery: seq must continue the last one seen
+// (contiguous from the first), and (sender, counter) must be new.
+func (l *Ledger) observe(r *recvState, seq int64, body []byte, now int64) {
+	switch {
+	case seq <= 0:
+	case r.lastSeq == 0 || seq == r.lastSeq+1:
+		r.lastSeq = seq
+	case seq <= r.lastSeq:
+		l.SeqDups.Add(1)
+	default:
+		l.SeqGaps.Add(seq - r.lastSeq - 1)
+		r.lastSeq = seq
+	}
+	t, sender, counter, ok := parseBody(body)
+	if !ok {
+		l.Foreign.Add(1)
+		return
+	}
+	if r.seen == nil {
+		r.seen = map[int32]*bitset{}
+	}
+	bs := r.seen[sender]
+	if bs == nil {
+		bs = &bitset{}
+		r.seen[sender] = bs
+	}
+	if !bs.testAndSet(counter) {
+		l.Dups.Add(1)
+		return
+	}
+	l.Delivered.Add(1)
+	if l.inWindow(now) {
+		l.DeliveredWin.Add(1)
+	}
+	if l.inWindow(t) {
+		l.Latency.Record((now - t) / 1e3)
+	}
+}
+
+// bitset is a growable set of small non-negative integers.
+type bitset struct{ w []uint64 }
+
+// testAndSet sets bit i and reports whether it was clear.
+func (b *bitset) testAndSet(i uint64) bool {
+	word := int(i / 64)
+	if word >= len(b.w) {
+		n := max(2*len(b.w), word+1)
+		w := make([]uint64, n)
+		copy(w, b.w)
+		b.w = w
+	}
+	m := uint64(1) << (i % 64)
+	if b.w[word]&m != 0 {
+		return false
+	}
+	b.w[word] |= m
+	return true
+}
+
+// LedgerCounts is the JSON form of a Ledger, mergeable across processes.
+type LedgerCounts struct {
+	Sent, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
+	SentWin, AckedWin, DeliveredWin                                                    int64
+	Latency, AckLatency                                                                HistSnapshot
+}
+
+// Counts snapshots l.
+func (l *Ledger) Counts() LedgerCounts {
+	return LedgerCounts{
+		Sent: l.Sent.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
+		Delivered: l.Delivered.Load(), Dups: l.Dups.Load(), SeqDups: l.SeqDups.Load(), SeqGaps: l.SeqGaps.Load(),
+		Foreign: l.Foreign.Load(), ConnLost: l.ConnLost.Load(),
+		SentWin: l.SentWin.Load(), AckedWin: l.AckedWin.Load(), DeliveredWin: l.DeliveredWin.Load(),
+		Latency: l.Latency.Snapshot(), AckLatency: l.AckLatency.Snapshot(),
+	}
+}
+
+// Add merges o into c.
+func (c *LedgerCounts) Add(o LedgerCounts) {
+	c.Sent += o.Sent
+	c.Acked += o.Acked
+	c.AckErr += o.AckErr
+	c.Limited += o.Limited
+	c.Delivered += o.Delivered
+	c.Dups += o.Dups
+	c.SeqDups += o.SeqDups
+	c.SeqGaps += o.SeqGaps
+	c.Foreign += o.Foreign
+	c.ConnLost += o.ConnLost
+	c.SentWin += o.SentWin
+	c.AckedWin += o.AckedWin
+	c.DeliveredWin += o.DeliveredWin
+	c.Latency.Merge(o.Latency)
+	c.AckLatency.Merge(o.AckLatency)
+}
+
+// nowNanos is the clock used for send stamps and receive times.
+func nowNanos() int64 { return time.Now().UnixNano() }

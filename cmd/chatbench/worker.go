@@ -1,0 +1,582 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is one chatbench run. It is also handed to child processes (as
+// JSON), with N, Groups and Rate already divided and Prefix made unique.
+type Config struct {
+	Scenario        string        `json:"scenario"`
+	Addrs           []string      `json:"addrs"`
+	RecvAddrs       []string      `json:"recv_addrs,omitempty"`
+	N               int           `json:"n"`
+	Duration        time.Duration `json:"duration"`
+	Warmup          time.Duration `json:"warmup"`
+	Drain           time.Duration `json:"drain"`
+	Rate            float64       `json:"rate"`
+	Size            int           `json:"size"`
+	GroupSize       int           `json:"group_size"`
+	Groups          int           `json:"groups"`
+	SendersPerGroup int           `json:"senders_per_group"`
+	Inflight        int           `json:"inflight"`
+	PIDs            []int         `json:"pids,omitempty"`
+	JSON            bool          `json:"-"`
+	SourceIPs       int           `json:"source_ips"`
+	Procs           int           `json:"procs"`
+	Prefix          string        `json:"prefix"`
+	Password        string        `json:"-"`
+	Baseline        bool          `json:"baseline"`
+	CompareBaseline bool          `json:"compare_baseline"`
+	KillPID         int           `json:"kill_pid,omitempty"`
+	AckInterval     time.Duration `json:"ack_interval"`
+	ClientMsgID     bool          `json:"clientmsgid"`
+	Concurrency     int           `json:"concurrency"`
+	Timeout         time.Duration `json:"timeout"`
+	RedisBench      string        `json:"redis_bench,omitempty"`
+	BulkDB          string        `json:"bulk_db,omitempty"`
+	Quiet           bool          `json:"-"`
+
+	// ChildPassword carries Password to children (excluded above from
+	// reports).
+	ChildPassword string `json:"child_password,omitempty"`
+}
+
+// user is one benchmark user and its connection.
+type user struct {
+	idx   int
+	name  string
+	id    int64
+	token string
+	gid   int64 // group scenario: the user's group
+	c     *bconn
+}
+
+// WorkerResult is what one chatbench process measured; the coordinator
+// merges them.
+type WorkerResult struct {
+	Ledger        LedgerCounts `json:"ledger"`
+	Fanout        int64        `json:"fanout"`
+	Expected      int64        `json:"expected"`
+	Users         int          `json:"users"`
+	SignupSeconds float64      `json:"signup_seconds"`
+	LoginSeconds  float64      `json:"login_seconds"`
+	GroupSeconds  float64      `json:"group_seconds"`
+	DrainSeconds  float64      `json:"drain_seconds"`
+	Connected     int          `json:"connected"`
+	ConnFailed    int          `json:"conn_failed"`
+	Dropped       int          `json:"dropped"` // open connections that ended by themselves
+	// login storm
+	Stormed      int          `json:"stormed"`
+	Back         int          `json:"back"`
+	StormFailed  int          `json:"storm_failed"`
+	Retries      int64        `json:"retries"`
+	AllBackNanos int64        `json:"all_back_nanos"`
+	Reconnect    HistSnapshot `json:"reconnect"`
+	Errors       []string     `json:"errors,omitempty"`
+}
+
+// LiveStats is the progress of one process.
+type LiveStats struct {
+	Sent, Acked, Delivered int64
+	P99us                  int64
+	Connected              int64
+}
+
+// worker runs one process's share of a scenario, phase by phase.
+type worker struct {
+	cfg    Config
+	ledger *Ledger
+	dial   *dialer
+	users  []*user
+	res    WorkerResult
+
+	connected atomic.Int64
+	errMu     sync.Mutex
+
+	stopSend context.CancelFunc
+	sendWG   sync.WaitGroup
+	ackStop  chan struct{}
+	ackDone  chan struct{}
+}
+
+func newWorker(cfg Config) *worker {
+	return &worker{cfg: cfg, ledger: NewLedger(), dial: newDialer(cfg.SourceIPs)}
+}
+
+// phases lists the phases of each scenario, in order.
+var phases = map[string][]string{
+	"chat":    {"setup", "run", "drain", "close"},
+	"group":   {"setup", "run", "drain", "close"},
+	"connect": {"signup", "connect", "close"},
+	"login":   {"setup", "storm", "close"},
+}
+
+func (w *worker) phase(ctx context.Context, name string) error {
+	switch w.cfg.Scenario + "/" + name {
+	case "chat/setup":
+		return w.setupChat(ctx)
+	case "group/setup":
+		return w.setupGroup(ctx)
+	case "chat/run", "group/run":
+		return w.run(ctx)
+	case "chat/drain", "group/drain":
+		return w.drain(ctx)
+	case "connect/signup":
+		if w.cfg.Baseline {
+			return nil
+		}
+		return w.signupPool(ctx)
+	case "connect/connect":
+		return w.connectAll(ctx)
+	case "login/setup":
+		return w.setupLogin(ctx)
+	case "login/storm":
+		return w.storm(ctx)
+	case "chat/close", "group/close", "connect/close", "login/close":
+		w.closeAll()
+		return nil
+	}
+	return fmt.Errorf("unknown phase %s of scenario %s", name, w.cfg.Scenario)
+}
+
+func (w *worker) result() WorkerResult {
+	w.res.Ledger = w.ledger.Counts()
+	w.res.Users = len(w.users)
+	w.res.Dropped = 0
+	for _, u := range w.users {
+		if u.c == nil {
+			continue
+		}
+		select {
+		case <-u.c.Done():
+			w.res.Dropped++
+		default:
+		}
+	}
+	return w.res
+}
+
+func (w *worker) live() LiveStats {
+	return LiveStats{
+		Sent: w.ledger.Sent.Load(), Acked: w.ledger.Acked.Load(), Delivered: w.ledger.Delivered.Load(),
+		P99us: w.ledger.Latency.Snapshot().Percentile(99), Connected: w.connected.Load(),
+	}
+}
+
+func (w *worker) noteErr(format string, args ...any) {
+	w.errMu.Lock()
+	defer w.errMu.Unlock()
+	if len(w.res.Errors) < 10 {
+		w.res.Errors = append(w.res.Errors, fmt.Sprintf(format, args...))
+	}
+}
+
+// makeUsers creates the user list (no connections yet).
+func (w *worker) makeUsers(n int) {
+	w.users = make([]*user, n)
+	for i := range w.users {
+		w.users[i] = &user{idx: i, name: w.cfg.Prefix + strconv.Itoa(i)}
+	}
+}
+
+// parallel runs fn(i) for i in [0, n) on at most conc goroutines and
+// returns the first error.
+func parallel(ctx context.Context, n, conc int, fn func(ctx context.Context, i int) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		next  atomic.Int64
+		once  sync.Once
+		first error
+		wg    sync.WaitGroup
+	)
+	for g := 0; g < min(conc, n); g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n || ctx.Err() != nil {
+					return
+				}
+				if err := fn(ctx, i); err != nil {
+					once.Do(func() { first = err; cancel() })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}
+
+// hint explains common setup failures.
+func hint(err error) error {
+	var se *ServerErr
+	if errors.As(err, &se) {
+		switch se.Errno {
+		case 7:
+			return fmt.Errorf("%w (user or group name taken: use another -prefix)", err)
+		case 8:
+			return fmt.Errorf("%w (server rate limit: start chatserver with -rate -1)", err)
+		}
+	}
+	return err
+}
+
+// connectUser dials addr and, unless the user has no id yet and signup is
+// false, logs the user in; with signup it signs the user up first (on the
+// same connection). The connection is kept in u.c.
+func (w *worker) connectUser(ctx context.Context, u *user, addr string, signup bool, recv func(*bconn)) error {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	defer cancel()
+	nc, err := w.dial.dial(ctx, addr)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", addr, err)
+	}
+	c := newConn(nc)
+	if recv != nil {
+		recv(c)
+	}
+	c.start()
+	u.c = c
+	if signup {
+		id, err := c.signup(ctx, u.name, w.cfg.ChildPassword)
+		if err != nil {
+			return fmt.Errorf("signup %s: %w", u.name, hint(err))
+		}
+		u.id = id
+		return nil
+	}
+	return w.loginUser(ctx, u)
+}
+
+// loginUser logs u in on its connection with the password.
+func (w *worker) loginUser(ctx context.Context, u *user) error {
+	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+	defer cancel()
+	tok, err := u.c.login(ctx, u.id, w.cfg.ChildPassword, "")
+	if err != nil {
+		return fmt.Errorf("login %s: %w", u.name, hint(err))
+	}
+	u.token = tok
+	w.connected.Add(1)
+	return nil
+}
+
+// receiveHooks installs delivery accounting on a recipient connection.
+func (w *worker) receiveHooks(c *bconn) {
+	c.ackNow = w.cfg.AckInterval <= 0
+	c.onDelivery = func(c *bconn, seq int64, msg []byte, now int64) {
+		w.ledger.observe(&c.rs, seq, msg, now)
+	}
+}
+
+// signupAndLogin gives every user its own connection, users [0, split) to
+// addrs, the rest to recvAddrs: it creates the users (SIGNUP on that
+// connection, or -bulk-db), then logs them in. Timings go to the result.
+func (w *worker) signupAndLogin(ctx context.Context, split int) error {
+	recvAddrs := w.cfg.RecvAddrs
+	if len(recvAddrs) == 0 {
+		recvAddrs = w.cfg.Addrs
+	}
+	addrOf := func(i int) string {
+		if i >= split {
+			return recvAddrs[i%len(recvAddrs)]
+		}
+		return w.cfg.Addrs[i%len(w.cfg.Addrs)]
+	}
+	t0 := time.Now()
+	if w.cfg.BulkDB != "" {
+		if err := bulkCreate(ctx, w.cfg.BulkDB, w.users, w.cfg.ChildPassword); err != nil {
+			return err
+		}
+		w.res.SignupSeconds = time.Since(t0).Seconds()
+		t0 = time.Now()
+		err := parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
+			return w.connectUser(ctx, w.users[i], addrOf(i), false, w.receiveHooks)
+		})
+		w.res.LoginSeconds = time.Since(t0).Seconds()
+		w.res.Connected = int(w.connected.Load())
+		return err
+	}
+	err := parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
+		return w.connectUser(ctx, w.users[i], addrOf(i), true, w.receiveHooks)
+	})
+	w.res.SignupSeconds = time.Since(t0).Seconds()
+	if err != nil {
+		return err
+	}
+	t0 = time.Now()
+	err = parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
+		return w.loginUser(ctx, w.users[i])
+	})
+	w.res.LoginSeconds = time.Since(t0).Seconds()
+	w.res.Connected = int(w.connected.Load())
+	return err
+}
+
+// setupChat: users [0, n/2) send to users [n/2, n), sender i to n/2+i.
+func (w *worker) setupChat(ctx context.Context) error {
+	w.makeUsers(w.cfg.N - w.cfg.N%2)
+	if len(w.users) < 2 {
+		return errors.New("chat needs -n >= 2 per process")
+	}
+	if err := w.signupAndLogin(ctx, len(w.users)/2); err != nil {
+		return err
+	}
+	w.res.Fanout = 1
+	w.startAcker()
+	return nil
+}
+
+// setupGroup: groups of GroupSize consecutive users; the first creates the
+// group, the others join; the first SendersPerGroup members send.
+func (w *worker) setupGroup(ctx context.Context) error {
+	g, size := w.cfg.Groups, w.cfg.GroupSize
+	if g < 1 || size < 2 {
+		return errors.New("group needs -groups >= 1 per process and -group-size >= 2")
+	}
+	w.makeUsers(g * size)
+	if err := w.signupAndLogin(ctx, len(w.users)); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	gids := make([]int64, g)
+	err := parallel(ctx, g, w.cfg.Concurrency, func(ctx context.Context, k int) error {
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+		defer cancel()
+		gid, err := w.users[k*size].c.createGroup(ctx, fmt.Sprintf("%sg%d", w.cfg.Prefix, k))
+		gids[k] = gid
+		if err != nil {
+			return fmt.Errorf("create group: %w", hint(err))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	err = parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
+		if i%size == 0 {
+			return nil // the creator is a member
+		}
+		ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
+		defer cancel()
+		if err := w.users[i].c.addGroup(ctx, gids[i/size]); err != nil {
+			return fmt.Errorf("join group: %w", hint(err))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for i, u := range w.users {
+		u.gid = gids[i/size]
+	}
+	w.res.GroupSeconds = time.Since(t0).Seconds()
+	w.res.Fanout = int64(size - 1)
+	w.startAcker()
+	return nil
+}
+
+// startAcker sends coalesced DELIVERED every AckInterval.
+func (w *worker) startAcker() {
+	w.ackStop, w.ackDone = make(chan struct{}), make(chan struct{})
+	if w.cfg.AckInterval <= 0 {
+		close(w.ackDone)
+		return
+	}
+	go func() {
+		defer close(w.ackDone)
+		t := time.NewTicker(w.cfg.AckInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-w.ackStop:
+				return
+			case <-t.C:
+				for _, u := range w.users {
+					if u.c != nil {
+						u.c.flushAck()
+					}
+				}
+			}
+		}
+	}()
+}
+
+// sender is one sending connection and its target.
+type sender struct {
+	idx   int32
+	c     *bconn
+	to    int64 // user id, or group id
+	slots chan struct{}
+	count uint64
+}
+
+// senders lists who sends to whom.
+func (w *worker) senders() []*sender {
+	var ss []*sender
+	if w.cfg.Scenario == "chat" {
+		half := len(w.users) / 2
+		for i := 0; i < half; i++ {
+			ss = append(ss, &sender{c: w.users[i].c, to: w.users[half+i].id})
+		}
+	} else {
+		size := w.cfg.GroupSize
+		for k := 0; k < w.cfg.Groups; k++ {
+			for j := 0; j < min(w.cfg.SendersPerGroup, size); j++ {
+				u := w.users[k*size+j]
+				ss = append(ss, &sender{c: u.c, to: u.gid})
+			}
+		}
+	}
+	for i, s := range ss {
+		s.idx = int32(i)
+		s.slots = make(chan struct{}, max(w.cfg.Inflight, 1))
+		s.c.onAck = func(c *bconn, p pend, errno int64, now int64) {
+			w.ledger.acked(p.sendNanos, now, errno)
+			select {
+			case <-s.slots:
+			default:
+			}
+		}
+	}
+	return ss
+}
+
+// run sends for Warmup+Duration and stops the senders.
+func (w *worker) run(ctx context.Context) error {
+	ss := w.senders()
+	t0 := time.Now()
+	w.ledger.SetWindow(t0.Add(w.cfg.Warmup).UnixNano(), t0.Add(w.cfg.Warmup+w.cfg.Duration).UnixNano())
+	sctx, cancel := context.WithCancel(ctx)
+	w.stopSend = cancel
+	perSender := 0.0
+	if w.cfg.Rate > 0 {
+		perSender = w.cfg.Rate / float64(len(ss))
+	}
+	for _, s := range ss {
+		w.sendWG.Add(1)
+		go w.sendLoop(sctx, s, perSender)
+	}
+	select {
+	case <-time.After(w.cfg.Warmup + w.cfg.Duration):
+	case <-ctx.Done():
+	}
+	cancel()
+	w.sendWG.Wait()
+	return ctx.Err()
+}
+
+// sendLoop sends as fast as Inflight allows (rate 0) or paced at rate/s.
+func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64) {
+	defer w.sendWG.Done()
+	group := w.cfg.Scenario == "group"
+	body := make([]byte, 0, w.cfg.Size+64)
+	send := func() bool {
+		select {
+		case s.slots <- struct{}{}:
+		case <-ctx.Done():
+			return false
+		case <-s.c.Done():
+			return false
+		}
+		s.count++
+		now := nowNanos()
+		body = appendBody(body[:0], now, s.idx, s.count, w.cfg.Size)
+		cmid := uint64(0)
+		if w.cfg.ClientMsgID {
+			cmid = s.count
+		}
+		if err := s.c.sendChat(group, s.to, now, body, cmid); err != nil {
+			w.noteErr("send: %v", err)
+			return false
+		}
+		w.ledger.sent(now)
+		return true
+	}
+	if rate <= 0 {
+		for send() {
+		}
+		return
+	}
+	// Paced: a ticker (at most every 2 ms) sends whatever is due, starting
+	// at a random phase so senders do not tick in lockstep.
+	interval := time.Duration(float64(time.Second) / rate)
+	tick := max(interval, 2*time.Millisecond)
+	select {
+	case <-time.After(time.Duration(rand.Int64N(int64(tick)))):
+	case <-ctx.Done():
+		return
+	}
+	start := time.Now()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	var done int64
+	for {
+		due := int64(time.Since(start).Seconds()*rate) + 1
+		for ; done < due; done++ {
+			if !send() {
+				return
+			}
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// drain waits for outstanding ACKs and deliveries, up to Drain.
+func (w *worker) drain(ctx context.Context) error {
+	t0 := time.Now()
+	deadline := t0.Add(w.cfg.Drain)
+	l := w.ledger
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		answered := l.Acked.Load() + l.AckErr.Load()
+		if answered >= l.Sent.Load() && l.Delivered.Load() >= l.Acked.Load()*w.res.Fanout {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	w.res.DrainSeconds = time.Since(t0).Seconds()
+	w.res.Expected = l.Acked.Load() * w.res.Fanout
+	for _, u := range w.users {
+		select {
+		case <-u.c.Done():
+			l.ConnLost.Add(1)
+		default:
+		}
+	}
+	return nil
+}
+
+func (w *worker) closeAll() {
+	if w.ackStop != nil {
+		close(w.ackStop)
+		<-w.ackDone
+		w.ackStop = nil
+	}
+	var wg sync.WaitGroup
+	for _, u := range w.users {
+		if u.c == nil {
+			continue
+		}
+		u.c.flushAck()
+		wg.Add(1)
+		go func(c *bconn) { defer wg.Done(); c.Close() }(u.c)
+		u.c = nil
+	}
+	wg.Wait()
+	w.connected.Store(0)
+}
