@@ -882,7 +882,7 @@ cluster_start_nginx() {
 			fi
 			printf 'daemon off;\nmaster_process on;\nworker_processes 1;\n'
 			printf 'pid %s/nginx.pid;\nerror_log %s/error.log info;\n' "$prefix" "$prefix"
-			printf 'events { worker_connections 4096; }\n'
+			printf 'events { worker_connections 16384; }\n'
 			render_stream "$CLUSTER_TEMPLATE" "127.0.0.1:$port" "$@"
 		} >"$conf.tmp"
 		mv -f -- "$conf.tmp" "$conf"

@@ -75,6 +75,9 @@ type Redis struct {
 	localMu sync.Mutex
 	local   map[codec.UserID]string // sessions on this node, to re-assert presence
 
+	suspectMu sync.Mutex
+	suspect   map[string]time.Time // node -> until when kicks to it are not awaited
+
 	psMu sync.Mutex
 	ps   *redis.PubSub // the current subscription, closed by Close to end a blocked read
 
@@ -148,6 +151,7 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		queue:   make(chan []Notice, cfg.QueueLen),
 		waiters: map[string]chan struct{}{},
 		local:   map[codec.UserID]string{},
+		suspect: map[string]time.Time{},
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -288,14 +292,16 @@ func (r *Redis) publish(batch []Notice) error {
 // subscription and broadcasts a resync after lost notices.
 func (r *Redis) leaseLoop() {
 	defer r.wg.Done()
-	probe := time.NewTicker(r.cfg.ProbeInterval)
-	defer probe.Stop()
-	lastRenew := time.Now()
+	// Tick often enough to renew every Lease/3 (so a live lease is never
+	// older than about Lease/3) and to probe every ProbeInterval.
+	tick := time.NewTicker(min(r.cfg.ProbeInterval, r.cfg.Lease/6))
+	defer tick.Stop()
+	lastRenew, lastProbe := time.Now(), time.Time{}
 	for {
 		select {
 		case <-r.ctx.Done():
 			return
-		case <-probe.C:
+		case <-tick.C:
 		}
 		if time.Since(lastRenew) >= r.cfg.Lease/3 {
 			if err := r.renewLease(r.ctx); err != nil {
@@ -304,6 +310,10 @@ func (r *Redis) leaseLoop() {
 				lastRenew = time.Now()
 			}
 		}
+		if time.Since(lastProbe) < r.cfg.ProbeInterval {
+			continue
+		}
+		lastProbe = time.Now()
 		if err := r.send(r.ctx, r.channel(r.cfg.NodeID), envelope{T: "p"}); err != nil {
 			continue
 		}
@@ -319,7 +329,8 @@ func (r *Redis) leaseLoop() {
 func (r *Redis) renewLease(ctx context.Context) error {
 	ctx, cancel := r.cmdCtx(ctx)
 	defer cancel()
-	if err := r.rdb.Set(ctx, r.leaseKey(r.cfg.NodeID), "1", r.cfg.Lease).Err(); err != nil {
+	now := strconv.FormatInt(time.Now().UnixMilli(), 10) // when it was last renewed
+	if err := r.rdb.Set(ctx, r.leaseKey(r.cfg.NodeID), now, r.cfg.Lease).Err(); err != nil {
 		return fmt.Errorf("pubsub: lease: %w", err)
 	}
 	return nil
@@ -498,14 +509,22 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		return nil // a local session: the node's hub already replaced it
 	}
 	cctx, cancel = r.cmdCtx(ctx)
-	alive, err := r.rdb.Exists(cctx, r.leaseKey(node)).Result()
+	renewed, err := r.rdb.Get(cctx, r.leaseKey(node)).Int64()
 	cancel()
+	if errors.Is(err, redis.Nil) {
+		return nil // that node is dead; its connections are gone
+	}
 	if err != nil {
 		return fmt.Errorf("pubsub: lease: %w", err)
 	}
-	if alive == 0 {
-		return nil // that node is dead; its connections are gone
+	// A node that missed a renewal, or that let a kick go unconfirmed
+	// lately, is probably dead: kick it anyway, but do not wait for it.
+	wait := time.Since(time.UnixMilli(renewed)) < r.cfg.Lease/2
+	r.suspectMu.Lock()
+	if until, ok := r.suspect[node]; ok && time.Now().Before(until) {
+		wait = false
 	}
+	r.suspectMu.Unlock()
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
@@ -521,10 +540,16 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	if err := r.send(ctx, r.channel(node), envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID}); err != nil {
 		return fmt.Errorf("pubsub: kick: %w", err)
 	}
+	if !wait {
+		return nil
+	}
 	select {
 	case <-done:
 	case <-time.After(r.cfg.KickTimeout):
-		r.log.Warn("kick not confirmed in time", "user", uid, "node", node)
+		r.log.Warn("kick not confirmed in time; not waiting for this node for a lease", "user", uid, "node", node)
+		r.suspectMu.Lock()
+		r.suspect[node] = time.Now().Add(r.cfg.Lease)
+		r.suspectMu.Unlock()
 	case <-ctx.Done():
 		return ctx.Err()
 	}

@@ -49,15 +49,19 @@ type recorder struct {
 	seqs []codec.Seq
 }
 
-func (r *recorder) Send(frame []byte) {
-	body, _, err := codec.Decode(frame, 1<<20)
-	if err != nil {
-		panic(err)
+// Send decodes every frame in buf (one Send may carry several).
+func (r *recorder) Send(buf []byte) {
+	for len(buf) > 0 {
+		body, n, err := codec.Decode(buf, 1<<20)
+		if err != nil {
+			panic(err)
+		}
+		req, _ := codec.ParseRequest(body)
+		r.mu.Lock()
+		r.seqs = append(r.seqs, codec.Seq(*req.Seq))
+		r.mu.Unlock()
+		buf = buf[n:]
 	}
-	req, _ := codec.ParseRequest(body)
-	r.mu.Lock()
-	r.seqs = append(r.seqs, codec.Seq(*req.Seq))
-	r.mu.Unlock()
 }
 func (r *recorder) Close() {}
 

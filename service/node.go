@@ -288,11 +288,15 @@ func (n *Node) pump(s *Session, gen uint64) {
 			s.mu.Unlock()
 			return
 		}
+		var out []byte
 		for i := range page {
 			if page[i].Seq == s.sent+1 {
-				s.t.Send(codec.MustMarshal(&page[i]))
+				out = appendDelivery(out, &page[i])
 				s.sent = page[i].Seq
 			}
+		}
+		if len(out) > 0 {
+			s.t.Send(out)
 		}
 		if s.sent > s.known {
 			s.known = s.sent

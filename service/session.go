@@ -45,6 +45,15 @@ func (s *Session) User() (codec.UserID, string) {
 	return s.uid, s.name
 }
 
+// appendDelivery appends d to out as one frame.
+func appendDelivery(out []byte, d *codec.Delivery) []byte {
+	frame := codec.MustMarshal(d)
+	if out == nil {
+		return frame
+	}
+	return append(out, frame...)
+}
+
 // send marshals v and queues it.
 func (s *Session) send(v any) { s.t.Send(codec.MustMarshal(v)) }
 
@@ -62,12 +71,19 @@ func (s *Session) offerLocked(ds []codec.Delivery) (needPump bool) {
 	if s.pumping {
 		return false
 	}
-	for _, d := range ds {
-		switch {
+	// One write for the whole run of frames: one syscall, not one each.
+	var out []byte
+	defer func() {
+		if len(out) > 0 {
+			s.t.Send(out)
+		}
+	}()
+	for i := range ds {
+		switch d := &ds[i]; {
 		case d.Seq <= s.sent:
 			continue // already written (a duplicate notice)
 		case d.Seq == s.sent+1:
-			s.t.Send(codec.MustMarshal(&d))
+			out = appendDelivery(out, d)
 			s.sent = d.Seq
 		default:
 			// A gap: an earlier entry's notice is late or was lost.

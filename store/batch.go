@@ -14,9 +14,11 @@ import (
 	"github.com/chatcluster/chatcluster/service"
 )
 
-// sendOp is one queued send; done runs on the batcher goroutine.
+// sendOp is one queued send, or (acks != nil) acknowledgements to record;
+// done runs on the batcher goroutine.
 type sendOp struct {
 	req  service.SendRequest
+	acks map[codec.UserID]codec.Seq
 	done func(service.SendResult, error)
 }
 
@@ -81,7 +83,22 @@ func (s *Store) Send(ctx context.Context, req service.SendRequest) (service.Send
 // is full (backpressure); once queued, the op is committed or failed whatever
 // happens to ctx, and done always runs exactly once.
 func (s *Store) SendAsync(ctx context.Context, req service.SendRequest, done func(service.SendResult, error)) {
-	b := s.batcher
+	s.enqueue(ctx, &sendOp{req: req, done: done})
+}
+
+// Ack implements service.Store. Acknowledgements ride in the next group
+// commit: on SQLite a second writer would queue behind the commit's lock.
+func (s *Store) Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error {
+	if len(acks) == 0 {
+		return nil
+	}
+	ch := make(chan error, 1)
+	s.enqueue(ctx, &sendOp{acks: acks, done: func(_ service.SendResult, err error) { ch <- err }})
+	return <-ch
+}
+
+func (s *Store) enqueue(ctx context.Context, op *sendOp) {
+	b, done := s.batcher, op.done
 	b.closeMu.RLock()
 	if b.closed {
 		b.closeMu.RUnlock()
@@ -89,7 +106,7 @@ func (s *Store) SendAsync(ctx context.Context, req service.SendRequest, done fun
 		return
 	}
 	select {
-	case b.ops <- &sendOp{req: req, done: done}:
+	case b.ops <- op:
 		b.closeMu.RUnlock()
 	case <-ctx.Done():
 		b.closeMu.RUnlock()
@@ -191,8 +208,16 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	var keys []dedupKey
 	var keyTimes []int64
 	first := map[dedupKey]int{}
+	acks := map[codec.UserID]codec.Seq{}
 	for i, op := range batch {
 		dup[i] = -1
+		if op.acks != nil {
+			dup[i] = -3 // not a send
+			for uid, seq := range op.acks {
+				acks[uid] = max(acks[uid], seq)
+			}
+			continue
+		}
 		if op.req.ClientMsgID == "" {
 			continue
 		}
@@ -241,8 +266,8 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	}
 	var entries []service.Entry
 	var created []int64 // created_ms of each entry
-	if len(counts) > 0 {
-		next, err := s.writer.allocSeqs(ctx, tx, counts)
+	if len(counts) > 0 || len(acks) > 0 {
+		next, err := s.writer.allocSeqs(ctx, tx, counts, acks)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -287,8 +312,10 @@ type sendWriter interface {
 	// record the new keys (then recordSent does nothing).
 	dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error)
 	recordSent(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) error
-	// allocSeqs reserves counts[u] seqs for each user and returns the first.
-	allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error)
+	// allocSeqs reserves counts[u] seqs for each user and returns the first;
+	// it also raises acked_seq to acks[u] (never lowering it, never past
+	// last_seq).
+	allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error)
 	insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error
 }
 
@@ -347,29 +374,36 @@ func selectSent(ctx context.Context, q sqlx.QueryerContext, keys []dedupKey) (ma
 	return out, nil
 }
 
-// sortedIDs returns the users of counts in id order: rows are always locked
-// in that order, so concurrent batches on other nodes cannot deadlock.
-func sortedIDs(counts map[codec.UserID]int64) []codec.UserID {
-	ids := make([]codec.UserID, 0, len(counts))
+// sortedIDs returns the users of counts and acks in id order: rows are
+// always locked in that order, so concurrent batches on other nodes cannot
+// deadlock.
+func sortedIDs(counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) []codec.UserID {
+	ids := make([]codec.UserID, 0, len(counts)+len(acks))
 	for id := range counts {
 		ids = append(ids, id)
+	}
+	for id := range acks {
+		if _, ok := counts[id]; !ok {
+			ids = append(ids, id)
+		}
 	}
 	slices.Sort(ids)
 	return ids
 }
 
-// allocSeqs bumps inbox_state.last_seq with one multi-row upsert per chunk,
-// then reads the new values back.
-func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error) {
-	ids := sortedIDs(counts)
+// allocSeqs bumps inbox_state.last_seq and raises acked_seq with one
+// multi-row upsert per chunk (one statement, so one lock order), then reads
+// the new last_seq values back.
+func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
+	ids := sortedIDs(counts, acks)
 	next := make(map[codec.UserID]codec.Seq, len(ids))
 	for start := 0; start < len(ids); start += chunk {
 		part := ids[start:min(start+chunk, len(ids))]
-		args := make([]any, 0, 2*len(part))
+		args := make([]any, 0, 3*len(part))
 		for _, id := range part {
-			args = append(args, id, counts[id])
+			args = append(args, id, counts[id], acks[id])
 		}
-		stmt := fmt.Sprintf(w.bumpSeq, placeholders(len(part), "(?, ?)"))
+		stmt := fmt.Sprintf(w.bumpSeq, placeholders(len(part), "(?, ?, ?)"))
 		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
 			return nil, err
 		}

@@ -295,22 +295,3 @@ func (s *Store) InboxState(ctx context.Context, uid codec.UserID) (last, acked c
 	}
 	return codec.Seq(row.Last), codec.Seq(row.Acked), unavailable(err)
 }
-
-// Ack implements service.Store: one transaction for every user in acks.
-func (s *Store) Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error {
-	if len(acks) == 0 {
-		return nil
-	}
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		for uid, seq := range acks {
-			if _, err := tx.ExecContext(ctx,
-				"UPDATE inbox_state SET acked_seq = ? WHERE userid = ? AND acked_seq < ? AND last_seq >= ?", seq, uid, seq, seq); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	return unavailable(err)
-}

@@ -17,7 +17,7 @@ const inboxRows = 64
 // reused by every commit (database/sql re-binds them to the commit's
 // connection), so no commit parses SQL.
 type preparedWriter struct {
-	sentIns, sentSel, seqBump, inboxOne, inboxMany *sqlx.Stmt
+	sentIns, sentSel, seqBump, ack, inboxOne, inboxMany *sqlx.Stmt
 }
 
 func newPreparedWriter(ctx context.Context, db *sqlx.DB) (*preparedWriter, error) {
@@ -31,6 +31,7 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB) (*preparedWriter, error
 		{&w.sentIns, "INSERT OR IGNORE INTO sent (senderid, clientmsgid, created_ms) VALUES (?, ?, ?)"},
 		{&w.sentSel, "SELECT created_ms FROM sent WHERE senderid = ? AND clientmsgid = ?"},
 		{&w.seqBump, "UPDATE inbox_state SET last_seq = last_seq + ? WHERE userid = ? RETURNING last_seq"},
+		{&w.ack, "UPDATE inbox_state SET acked_seq = ? WHERE userid = ? AND acked_seq < ? AND last_seq >= ?"},
 		{&w.inboxOne, inbox + row},
 		{&w.inboxMany, inbox + placeholders(inboxRows, row)},
 	} {
@@ -45,7 +46,7 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB) (*preparedWriter, error
 }
 
 func (w *preparedWriter) close() {
-	for _, st := range []*sqlx.Stmt{w.sentIns, w.sentSel, w.seqBump, w.inboxOne, w.inboxMany} {
+	for _, st := range []*sqlx.Stmt{w.sentIns, w.sentSel, w.seqBump, w.ack, w.inboxOne, w.inboxMany} {
 		if st != nil {
 			st.Close()
 		}
@@ -80,10 +81,18 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey
 // recordSent does nothing: dedup already inserted the new keys.
 func (w *preparedWriter) recordSent(context.Context, *sqlx.Tx, []dedupKey, []int64) error { return nil }
 
-func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64) (map[codec.UserID]codec.Seq, error) {
+func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
+	if len(acks) > 0 {
+		ack := tx.StmtxContext(ctx, w.ack)
+		for uid, seq := range acks {
+			if _, err := ack.ExecContext(ctx, seq, uid, seq, seq); err != nil {
+				return nil, err
+			}
+		}
+	}
 	bump := tx.StmtxContext(ctx, w.seqBump)
 	next := make(map[codec.UserID]codec.Seq, len(counts))
-	for _, id := range sortedIDs(counts) {
+	for _, id := range sortedIDs(counts, nil) {
 		var last int64
 		if err := bump.QueryRowxContext(ctx, counts[id], id).Scan(&last); err != nil {
 			return nil, fmt.Errorf("store: seq of user %d: %w", id, err)

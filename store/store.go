@@ -193,7 +193,8 @@ func addParam(q, p string) string {
 type dialect struct {
 	name         string
 	defaultConns int
-	// bumpSeq upserts inbox_state.last_seq += n; "%s" takes the VALUES rows.
+	// bumpSeq (MySQL) upserts last_seq += n and raises acked_seq to ack
+	// unless ack is beyond last_seq; "%s" takes the (userid, n, ack) rows.
 	bumpSeq      string
 	insertIgnore string
 }
@@ -202,13 +203,13 @@ var (
 	sqliteDialect = dialect{
 		name:         "sqlite",
 		defaultConns: 8,
-		bumpSeq:      "INSERT INTO inbox_state (userid, last_seq) VALUES %s ON CONFLICT(userid) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
 		insertIgnore: "INSERT OR IGNORE",
 	}
 	mysqlDialect = dialect{
 		name:         "mysql",
 		defaultConns: 32,
-		bumpSeq:      "INSERT INTO inbox_state (userid, last_seq) VALUES %s ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+		bumpSeq: "INSERT INTO inbox_state (userid, last_seq, acked_seq) VALUES %s ON DUPLICATE KEY UPDATE " +
+			"last_seq = last_seq + VALUES(last_seq), acked_seq = IF(VALUES(acked_seq) <= last_seq, GREATEST(acked_seq, VALUES(acked_seq)), acked_seq)",
 		insertIgnore: "INSERT IGNORE",
 	}
 )

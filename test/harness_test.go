@@ -334,7 +334,7 @@ func (c *cluster) startNginx() {
 	stream := renderStream(string(tmpl), upstreams, listen)
 	prefix := filepath.Join(c.dir, "nginx")
 	os.MkdirAll(filepath.Join(prefix, "logs"), 0o755)
-	conf := fmt.Sprintf("load_module %s;\ndaemon off;\nmaster_process on;\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/error.log info;\nevents { worker_connections 4096; }\n%s",
+	conf := fmt.Sprintf("load_module %s;\ndaemon off;\nmaster_process on;\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/error.log info;\nevents { worker_connections 16384; }\n%s",
 		streamModule(), prefix, prefix, stream)
 	confPath := filepath.Join(prefix, "nginx.conf")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
