@@ -102,7 +102,7 @@ type Store interface {
 	// calls of that commit return.
 	Send(ctx context.Context, req SendRequest) (SendResult, error)
 	// SendAsync is Send without waiting: done runs exactly once, with the
-	// outcome, on the store's commit goroutine (so it must not block), in
+	// outcome, on the store's post-commit goroutine (so it must not block), in
 	// the order the SendAsync calls were made. SendAsync itself blocks only
 	// while the commit queue is full.
 	SendAsync(ctx context.Context, req SendRequest, done func(SendResult, error))

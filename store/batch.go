@@ -28,8 +28,9 @@ type batcher struct {
 	s        *Store
 	maxBatch int
 	ops      chan *sendOp
+	post     chan func() // post-commit work, in commit order
 	quit     chan struct{}
-	stopped  chan struct{}
+	stopped  chan struct{} // closed when the last post-commit work is done
 	hookMu   sync.RWMutex
 	hook     func([]service.Entry)
 	// closeMu makes enqueueing and closing exclusive, so that no op is
@@ -43,11 +44,23 @@ func newBatcher(s *Store, maxBatch int) *batcher {
 		s:        s,
 		maxBatch: maxBatch,
 		ops:      make(chan *sendOp, 4*maxBatch),
+		post:     make(chan func(), 8),
 		quit:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
 	go b.run()
+	go b.postLoop()
 	return b
+}
+
+// postLoop runs, in commit order, what follows each commit: the commit hook
+// (deliveries) and the ops' callbacks (ACKs). It runs beside the writer, so
+// the next transaction starts while this one's results are encoded.
+func (b *batcher) postLoop() {
+	defer close(b.stopped)
+	for fn := range b.post {
+		fn()
+	}
 }
 
 func (b *batcher) close() {
@@ -115,7 +128,7 @@ func (s *Store) enqueue(ctx context.Context, op *sendOp) {
 }
 
 func (b *batcher) run() {
-	defer close(b.stopped)
+	defer close(b.post)
 	batch := make([]*sendOp, 0, b.maxBatch)
 	for {
 		select {
@@ -172,24 +185,27 @@ func (b *batcher) commit(batch []*sendOp) {
 			return err
 		})
 	}
+	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {
 		b.s.log.Warn("group commit failed", "sends", len(batch), "err", err)
 		err = unavailable(err)
-		for _, op := range batch {
-			op.done(service.SendResult{}, err)
+		b.post <- func() {
+			for _, op := range ops {
+				op.done(service.SendResult{}, err)
+			}
 		}
 		return
 	}
-	if len(entries) > 0 {
-		b.hookMu.RLock()
-		hook := b.hook
-		b.hookMu.RUnlock()
-		if hook != nil {
+	b.hookMu.RLock()
+	hook := b.hook
+	b.hookMu.RUnlock()
+	b.post <- func() {
+		if len(entries) > 0 && hook != nil {
 			hook(entries)
 		}
-	}
-	for i, op := range batch {
-		op.done(results[i], nil)
+		for i, op := range ops {
+			op.done(results[i], nil)
+		}
 	}
 }
 
