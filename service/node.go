@@ -40,7 +40,10 @@ type Config struct {
 	OfflineCap int
 	// MaxMessageLen bounds "msg" in bytes: default 4096.
 	MaxMessageLen int
-	// AckFlushInterval is how often DELIVERED acks are written: default 50ms.
+	// AckFlushInterval is how often DELIVERED acks are written: default 1 s.
+	// Acks only bound what is re-sent after a reconnect (clients drop
+	// duplicates by seq), so they are batched generously: each flush costs
+	// one row update per acknowledging user in the next group commit.
 	AckFlushInterval time.Duration
 	// RequestTimeout bounds the store calls of one request: default 5 s.
 	RequestTimeout time.Duration
@@ -103,7 +106,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		cfg.MaxMessageLen = 4096
 	}
 	if cfg.AckFlushInterval <= 0 {
-		cfg.AckFlushInterval = 50 * time.Millisecond
+		cfg.AckFlushInterval = time.Second
 	}
 	if cfg.RequestTimeout <= 0 {
 		cfg.RequestTimeout = 5 * time.Second
