@@ -61,6 +61,10 @@ type Options struct {
 	// acknowledged as soon as it has been put into the Deliveries channel.
 	ManualAck bool
 	// DeliveryBuffer is the capacity of the Deliveries channel. Default 1024.
+	// Login and LoginToken return only after the LOGIN_ACK's offline
+	// messages are in the channel, so with more offline messages than
+	// DeliveryBuffer (up to the server's offline-cap, 500 by default) the
+	// channel must be read concurrently with the login call.
 	// The buffer is allocated up front (about 90 bytes per slot), so programs
 	// holding thousands of clients should choose a small value.
 	DeliveryBuffer int
@@ -492,7 +496,9 @@ func (c *Client) writeLoop() {
 			c.ackSent = 0
 		}
 		if ack := c.ackWant.Load(); ack > c.ackSent {
-			buf = appendDelivered(buf, ack)
+			// Before the queued requests: an Ack followed by a Logout
+			// must reach the server while still logged in.
+			buf = append(appendDelivered(make([]byte, 0, deliveredCap+4+len(buf)), ack), buf...)
 			c.ackSent = ack
 		}
 		if ping {

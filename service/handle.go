@@ -285,9 +285,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.L
 	}
 	// A DELIVERED of an earlier session on this node may not be flushed yet.
 	n.ackMu.Lock()
-	if pending := n.acks[uid]; pending > acked {
-		acked = pending
-	}
+	acked = max(acked, n.acks[uid], n.flushing[uid])
 	n.ackMu.Unlock()
 	offline, err := n.store.Inbox(ctx, uid, acked, n.cfg.OfflineCap)
 	if err != nil {

@@ -76,6 +76,9 @@ type Node struct {
 
 	ackMu   sync.Mutex
 	acks    map[codec.UserID]codec.Seq
+	// flushing is the batch being written, still visible to logins until
+	// it is committed.
+	flushing map[codec.UserID]codec.Seq
 	ackStop chan struct{}
 	ackDone chan struct{}
 	closeMu sync.Once
@@ -337,10 +340,15 @@ func (n *Node) flushAcks() {
 	}
 	batch := n.acks
 	n.acks = make(map[codec.UserID]codec.Seq, len(batch))
+	n.flushing = batch
 	n.ackMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
 	defer cancel()
-	if err := n.store.Ack(ctx, batch); err != nil {
+	err := n.store.Ack(ctx, batch)
+	n.ackMu.Lock()
+	n.flushing = nil
+	n.ackMu.Unlock()
+	if err != nil {
 		n.log.Warn("ack flush failed; will retry", "users", len(batch), "err", err)
 		n.ackMu.Lock()
 		for uid, seq := range batch {
