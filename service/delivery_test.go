@@ -18,7 +18,7 @@ type fakeStore struct {
 }
 
 func (f *fakeStore) Secret(context.Context) ([]byte, error) { return []byte("k"), nil }
-func (f *fakeStore) SetCommitHook(func([]Entry))           {}
+func (f *fakeStore) SetCommitHook(func([]Entry))            {}
 func (f *fakeStore) Ack(context.Context, map[codec.UserID]codec.Seq) error {
 	return nil
 }
@@ -95,7 +95,7 @@ func TestDeliveryOrderWithLateNotices(t *testing.T) {
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{d3}}}) // 2 is late: gap
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{d2}}}) // late one arrives
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{d1}}}) // a duplicate
-	d4 := st.add(uid, 4)                                                   // its notice is lost
+	d4 := st.add(uid, 4)                                                    // its notice is lost
 	d5 := st.add(uid, 5)
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{d5}}})
 	_ = d4

@@ -74,14 +74,14 @@ type Node struct {
 
 	sending atomic.Int64 // chat sends waiting for their commit
 
-	ackMu   sync.Mutex
-	acks    map[codec.UserID]codec.Seq
+	ackMu sync.Mutex
+	acks  map[codec.UserID]codec.Seq
 	// flushing is the batch being written, still visible to logins until
 	// it is committed.
 	flushing map[codec.UserID]codec.Seq
-	ackStop chan struct{}
-	ackDone chan struct{}
-	closeMu sync.Once
+	ackStop  chan struct{}
+	ackDone  chan struct{}
+	closeMu  sync.Once
 }
 
 // New builds a Node, loads the token key from the store and subscribes to
