@@ -18,7 +18,7 @@ import (
 	"github.com/chatcluster/chatcluster/client"
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
-	"github.com/chatcluster/chatcluster/server"
+	"github.com/chatcluster/chatcluster/server/servertest"
 )
 
 // binPath is the chatclient binary under test, built once by TestMain (with
@@ -63,56 +63,23 @@ const (
 // testServer is a real chatserver in this process on a loopback port, with
 // its own SQLite file; restart keeps both.
 type testServer struct {
-	t    *testing.T
-	cfg  conf.Config
-	app  *server.App
-	addr string
+	*servertest.Server
+	t *testing.T
 }
 
 func startServer(t *testing.T) *testServer {
 	t.Helper()
-	cfg := conf.Default()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.DB = "sqlite:" + filepath.Join(t.TempDir(), "chat.db")
-	cfg.BcryptCost = 4
-	cfg.LogLevel = "error"
-	if l := os.Getenv("CHATCLIENT_TEST_LOG"); l != "" { // e.g. debug, to see the server's side
-		cfg.LogLevel = l
-	}
-	ts := &testServer{t: t, cfg: cfg}
-	ts.start()
-	t.Cleanup(ts.stop)
-	return ts
+	srv := servertest.Start(t, func(cfg *conf.Config) {
+		cfg.LogLevel = "error"
+		if l := os.Getenv("CHATCLIENT_TEST_LOG"); l != "" { // e.g. debug, to see the server's side
+			cfg.LogLevel = l
+		}
+	})
+	return &testServer{Server: srv, t: t}
 }
 
-func (ts *testServer) start() {
-	ts.t.Helper()
-	app, err := server.Open(context.Background(), ts.cfg, ts.cfg.Logger(testWriter{ts.t}))
-	if err != nil {
-		ts.t.Fatalf("start server: %v", err)
-	}
-	ts.app, ts.addr = app, app.Server.Addr()
-	ts.cfg.Listen = ts.addr // a restart listens on the same port
-}
-
-func (ts *testServer) stop() {
-	if ts.app == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if err := ts.app.Close(ctx); err != nil {
-		ts.t.Errorf("stop server: %v", err)
-	}
-	ts.app = nil
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Logf("server: %s", bytes.TrimRight(p, "\n"))
-	return len(p), nil
-}
+func (ts *testServer) start() { ts.Start() }
+func (ts *testServer) stop()  { ts.Stop() }
 
 // user is a user made with the client package, logged in on c.
 type user struct {
@@ -136,7 +103,7 @@ func (ts *testServer) newUser(name string) *user {
 
 func (ts *testServer) dial() *client.Client {
 	ts.t.Helper()
-	c, err := client.Dial(ctxT(ts.t), ts.addr, client.Options{})
+	c, err := client.Dial(ctxT(ts.t), ts.Addr, client.Options{})
 	if err != nil {
 		ts.t.Fatalf("dial: %v", err)
 	}
@@ -350,7 +317,7 @@ var userIDRE = regexp.MustCompile(`userid is (\d+)`)
 func waitAllAcked(t *testing.T, ts *testServer, uid codec.UserID) {
 	t.Helper()
 	checkFor(t, waitLong, func() error {
-		last, acked, err := ts.app.Store.InboxState(ctxT(t), uid)
+		last, acked, err := ts.App.Store.InboxState(ctxT(t), uid)
 		if err != nil || acked < last {
 			return fmt.Errorf("inbox of %d: last %d, acked %d, err %v", uid, last, acked, err)
 		}

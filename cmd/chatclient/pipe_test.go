@@ -14,7 +14,7 @@ import (
 // signupCC registers a user with the binary and returns its id.
 func signupCC(t *testing.T, ts *testServer, name, pw string) codec.UserID {
 	t.Helper()
-	r := runCC(t, "", "-c", "signup:"+name+":"+pw, ts.addr)
+	r := runCC(t, "", "-c", "signup:"+name+":"+pw, ts.Addr)
 	m := userIDRE.FindStringSubmatch(r.stdout)
 	if r.code != 0 || m == nil || !strings.Contains(r.stdout, name+" register success, userid is ") {
 		t.Fatalf("signup %s: %+v", name, r)
@@ -39,7 +39,7 @@ func TestScriptedCommands(t *testing.T) {
 	bob := ts.newUser("bob") // watches with the client package
 
 	// One-to-one chat (a message may hold ':' and ';'), addfriend, creategroup.
-	r := runCC(t, "", append(alice.loginArgs(), ts.addr,
+	r := runCC(t, "", append(alice.loginArgs(), ts.Addr,
 		"-c", fmt.Sprintf("addfriend:%d", bob.id),
 		"-c", fmt.Sprintf("chat:%d:hi: there; ok", bob.id),
 		"-c", "creategroup:gophers:all about: Go",
@@ -72,7 +72,7 @@ func TestScriptedCommands(t *testing.T) {
 	}
 
 	// A pipe without -u: log in with a line, join the group, log out.
-	r = runCC(t, fmt.Sprintf("# carol joins\nlogin:%d:secret-c\n\naddgroup:%s\ngroups\nloginout\n", carolID, gid), ts.addr)
+	r = runCC(t, fmt.Sprintf("# carol joins\nlogin:%d:secret-c\n\naddgroup:%s\ngroups\nloginout\n", carolID, gid), ts.Addr)
 	noANSI(t, r)
 	if r.code != 0 || !strings.Contains(r.stdout, "current login user => id:"+fmt.Sprint(carolID)+" name:carol") ||
 		!strings.Contains(r.stdout, "joined group "+gid+"\n") || !strings.Contains(r.stdout, "logged out\n") {
@@ -88,7 +88,7 @@ func TestScriptedCommands(t *testing.T) {
 	if err := bob.c.AddGroup(ctxT(t), codec.GroupID(g)); err != nil {
 		t.Fatal(err)
 	}
-	r = runCC(t, "", append(alice.loginArgs(), "-c", "groupchat:"+gid+":hello group", ts.addr)...)
+	r = runCC(t, "", append(alice.loginArgs(), "-c", "groupchat:"+gid+":hello group", ts.Addr)...)
 	if r.code != 0 || !strings.Contains(r.stdout, "sent to group "+gid+" (") {
 		t.Fatalf("groupchat: %+v", r)
 	}
@@ -98,12 +98,12 @@ func TestScriptedCommands(t *testing.T) {
 	if _, err := bob.c.Chat(ctxT(t), alice.id, "while you were away"); err != nil {
 		t.Fatal(err)
 	}
-	r = runCC(t, "", "-u", fmt.Sprint(carolID), "-p", "secret-c", ts.addr)
+	r = runCC(t, "", "-u", fmt.Sprint(carolID), "-p", "secret-c", ts.Addr)
 	offline := regexp.MustCompile(`(?m)^group \[` + gid + `\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[` + fmt.Sprint(alice.id) + `\]alice said: hello group$`)
 	if r.code != 0 || !offline.MatchString(r.stdout) || strings.Index(r.stdout, "group [") < strings.Index(r.stdout, ruleEnd) {
 		t.Fatalf("carol's offline message: %+v", r)
 	}
-	r = runCC(t, "", append(alice.loginArgs(), ts.addr)...)
+	r = runCC(t, "", append(alice.loginArgs(), ts.Addr)...)
 	offline = regexp.MustCompile(`(?m)^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[` + fmt.Sprint(bob.id) + `\]bob said: while you were away$`)
 	if r.code != 0 || !offline.MatchString(r.stdout) {
 		t.Fatalf("alice's offline message: %+v", r)
@@ -111,11 +111,11 @@ func TestScriptedCommands(t *testing.T) {
 	// They were acknowledged after printing: not printed again.
 	waitAllAcked(t, ts, carolID)
 	waitAllAcked(t, ts, alice.id)
-	r = runCC(t, "", "-u", fmt.Sprint(carolID), "-p", "secret-c", ts.addr)
+	r = runCC(t, "", "-u", fmt.Sprint(carolID), "-p", "secret-c", ts.Addr)
 	if r.code != 0 || strings.Contains(r.stdout, "said:") {
 		t.Fatalf("offline message printed twice: %+v", r)
 	}
-	r = runCC(t, "", append(alice.loginArgs(), "-c", "loginout", ts.addr)...)
+	r = runCC(t, "", append(alice.loginArgs(), "-c", "loginout", ts.Addr)...)
 	if r.code != 0 || strings.Contains(r.stdout, "said:") || !strings.Contains(r.stdout, "logged out\n") {
 		t.Fatalf("offline message printed twice: %+v", r)
 	}
@@ -151,7 +151,7 @@ func TestScriptedBadInput(t *testing.T) {
 		"login:" + b + ":whatever",
 		"chat:" + b + ":the only message",
 	}, "\n")
-	r := runCC(t, input, append(alice.loginArgs(), ts.addr)...)
+	r := runCC(t, input, append(alice.loginArgs(), ts.Addr)...)
 	noANSI(t, r)
 	want := strings.Join([]string{
 		`unknown command "bogus"; type help`,
@@ -179,11 +179,11 @@ func TestScriptedBadInput(t *testing.T) {
 	none(t, bob.c)
 
 	// Wrong password; commands before login; an unknown server.
-	r = runCC(t, "", "-u", fmt.Sprint(alice.id), "-p", "wrong-pw", "-c", "friends", ts.addr)
+	r = runCC(t, "", "-u", fmt.Sprint(alice.id), "-p", "wrong-pw", "-c", "friends", ts.Addr)
 	if r.code != 1 || r.stderr != "login: wrong id or password\n" || r.stdout != "" {
 		t.Fatalf("wrong password: %+v", r)
 	}
-	r = runCC(t, "chat:"+b+":hi\nhelp\n", ts.addr)
+	r = runCC(t, "chat:"+b+":hi\nhelp\n", ts.Addr)
 	if r.code != 1 || r.stderr != "chat: not logged in; log in first (login:userid:password)\n" || !strings.Contains(r.stdout, "help ") {
 		t.Fatalf("before login: %+v", r)
 	}
@@ -226,7 +226,7 @@ func TestScriptedWait(t *testing.T) {
 	alice := ts.newUser("alice")
 	bob := ts.newUser("bob")
 	alice.c.Close()
-	p := startProc(t, append(alice.loginArgs(), "-c", "friends", "-wait", "4s", ts.addr)...)
+	p := startProc(t, append(alice.loginArgs(), "-c", "friends", "-wait", "4s", ts.Addr)...)
 	p.waitOut("(online states as of ")
 	if _, err := bob.c.Chat(ctxT(t), alice.id, "during the wait"); err != nil {
 		t.Fatal(err)
@@ -242,7 +242,7 @@ func TestScriptedKicked(t *testing.T) {
 	ts := startServer(t)
 	alice := ts.newUser("alice")
 	alice.c.Close()
-	p := startProc(t, append(alice.loginArgs(), ts.addr)...)
+	p := startProc(t, append(alice.loginArgs(), ts.Addr)...)
 	p.waitOut("current login user")
 	ts.login(alice)
 	p.waitErr("logged in elsewhere; session closed\n")

@@ -124,7 +124,7 @@ func TestInteractive(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(config, "chatcluster", "history"), []byte("groups\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	tm := startTerm(t, []string{"XDG_CONFIG_HOME=" + config}, ts.addr)
+	tm := startTerm(t, []string{"XDG_CONFIG_HOME=" + config}, ts.Addr)
 
 	// Register from the start menu; the password is masked.
 	tm.expect("========================\n1. login\n2. register\n3. quit\n========================\n")
@@ -292,7 +292,7 @@ func TestInteractiveFlags(t *testing.T) {
 	ts := startServer(t)
 	alice := ts.newUser("alice")
 	alice.c.Close()
-	tm := startTerm(t, []string{"NO_COLOR=1"}, append(alice.loginArgs(), ts.addr)...)
+	tm := startTerm(t, []string{"NO_COLOR=1"}, append(alice.loginArgs(), ts.Addr)...)
 	tm.expect(fmt.Sprintf("current login user => id:%d name:alice\n", alice.id))
 	tm.expect("alice> ")
 	tm.typ("quit\r")
@@ -393,7 +393,7 @@ func TestInteractiveReconnect(t *testing.T) {
 	alice := ts.newUser("alice")
 	bob := ts.newUser("bob")
 	alice.c.Close()
-	tm := startTerm(t, nil, append(alice.loginArgs(), ts.addr)...)
+	tm := startTerm(t, nil, append(alice.loginArgs(), ts.Addr)...)
 	tm.expect("alice> ")
 	B := fmt.Sprint(bob.id)
 	tm.typ("chat:" + B + ":still ")
@@ -403,13 +403,13 @@ func TestInteractiveReconnect(t *testing.T) {
 	tm.expect("connection lost; reconnecting…")
 	tm.expect("alice> chat:" + B + ":still ")
 	ts.start()
-	tm.expect("reconnected to " + ts.addr + " as alice (resuming after message #0)")
+	tm.expect("reconnected to " + ts.Addr + " as alice (resuming after message #0)")
 	tm.expect("alice> chat:" + B + ":still ")
 	checkFor(t, waitLong, func() error {
 		lines := render(tm.raw.String())
 		n := len(lines)
 		if n < 3 || lines[n-3] != "connection lost; reconnecting…" ||
-			lines[n-2] != "reconnected to "+ts.addr+" as alice (resuming after message #0)" ||
+			lines[n-2] != "reconnected to "+ts.Addr+" as alice (resuming after message #0)" ||
 			lines[n-1] != "alice> chat:"+B+":still" {
 			return fmt.Errorf("screen ends with %q", lines[max(0, n-3):])
 		}

@@ -21,7 +21,7 @@ func TestReconnectAfterRestart(t *testing.T) {
 	alice := ts.newUser("alice")
 	bob := ts.newUser("bob")
 	alice.c.Close()
-	p := startProc(t, append(alice.loginArgs(), ts.addr)...)
+	p := startProc(t, append(alice.loginArgs(), ts.Addr)...)
 	p.waitOut("current login user")
 	for i := 1; i <= 3; i++ {
 		if _, err := bob.c.Chat(ctxT(t), alice.id, fmt.Sprintf("before restart %d", i)); err != nil {
@@ -34,7 +34,7 @@ func TestReconnectAfterRestart(t *testing.T) {
 	p.waitErr("connection lost; reconnecting…\n")
 	p.send(fmt.Sprintf("chat:%d:typed while the server was down", bob.id))
 	ts.start()
-	reconnected := regexp.MustCompile(`reconnected to ` + regexp.QuoteMeta(ts.addr) + ` as alice \(resuming after message #(\d+)\)\n`)
+	reconnected := regexp.MustCompile(`reconnected to ` + regexp.QuoteMeta(ts.Addr) + ` as alice \(resuming after message #(\d+)\)\n`)
 	checkFor(t, waitLong, func() error {
 		if !reconnected.MatchString(p.err.String()) {
 			return fmt.Errorf("no reconnect line in:\n%s", p.err)
@@ -154,7 +154,7 @@ func (p *proxy) cut() {
 // acknowledgement sent after the reconnect sticks.
 func TestReconnectAfterDrop(t *testing.T) {
 	ts := startServer(t)
-	px := startProxy(t, ts.addr)
+	px := startProxy(t, ts.Addr)
 	alice := ts.newUser("alice")
 	bob := ts.newUser("bob")
 	alice.c.Close()
@@ -188,7 +188,7 @@ func TestReconnectAfterDrop(t *testing.T) {
 	}
 	// Everything printed was acknowledged: the next login has no backlog.
 	waitAllAcked(t, ts, alice.id)
-	if r := runCC(t, "", append(alice.loginArgs(), ts.addr)...); r.code != 0 || strings.Contains(r.stdout, "said:") {
+	if r := runCC(t, "", append(alice.loginArgs(), ts.Addr)...); r.code != 0 || strings.Contains(r.stdout, "said:") {
 		t.Fatalf("messages delivered again: %+v", r)
 	}
 }
