@@ -230,15 +230,16 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
-	if old := n.hub.swap(uid, s); old != nil && old != s {
-		n.kick(old)
-	}
-	// Presence before the inbox read: a sender that misses this presence
-	// committed before the read below, so the read sees its entry.
+	// Presence, then the hub, then the inbox read: a sender that misses
+	// this presence committed before the read below, so the read sees its
+	// entry. A login that fails here leaves the user's current session be.
 	if err := n.bus.SetOnline(ctx, uid, s.id); err != nil {
 		n.unbind(s, uid, gen)
 		n.reply(s, req, nil, n.storeFail("login", fmt.Errorf("%w: presence: %v", ErrUnavailable, err)))
 		return
+	}
+	if old := n.hub.swap(uid, s); old != nil && old != s {
+		n.kick(old)
 	}
 
 	ack, acked, err := n.loginAck(ctx, uid, u)

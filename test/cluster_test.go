@@ -283,13 +283,30 @@ func TestRedisRestart(t *testing.T) {
 	tr := startTraffic(t, c)
 	tr.waitSent(200)
 	c.redis.kill()
-	time.Sleep(time.Second)
+	// With Redis down a login (which needs presence) fails promptly with
+	// errno 10, and the node keeps its other connections.
+	probe, err := client.Dial(ctxT(t, 5*time.Second), c.nodes[0].addr, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	_, err = probe.Login(ctxT(t, 15*time.Second), tr.all[0].id, tr.all[0].password)
+	if client.ErrnoOf(err) != codec.ErrnoUnavailable || time.Since(start) > 8*time.Second {
+		t.Errorf("login with Redis down: %v after %v, want errno 10 promptly", err, time.Since(start))
+	}
+	probe.Close()
 	if err := c.redis.start(); err != nil {
 		t.Fatal(err)
 	}
 	t.Log("redis restarted")
 	tr.waitSent(400)
 	tr.finish()
+	tr.l.mu.Lock()
+	dropped := tr.l.errnos[client.NoErrno]
+	tr.l.mu.Unlock()
+	if dropped > 0 {
+		t.Errorf("%d sends lost their connection: a failed login must not kick the user's session", dropped)
+	}
 }
 
 // TestMariaDBStop stops MariaDB for a few seconds mid-traffic: sends get
