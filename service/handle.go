@@ -230,15 +230,22 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
-	// Presence, then the hub, then the inbox read: a sender that misses
-	// this presence committed before the read below, so the read sees its
-	// entry. A login that fails here leaves the user's current session be.
+	// The hub, then presence, then the inbox read: once another node can
+	// see this session in presence (and kick it), the hub holds it; and a
+	// sender that misses this presence committed before the read below, so
+	// the read sees its entry.
+	old := n.hub.swap(uid, s)
 	if err := n.bus.SetOnline(ctx, uid, s.id); err != nil {
+		// Leave the user's current session be: put it back, and let it
+		// re-read its inbox for anything that reached s meanwhile.
+		if old != nil && old != s && n.hub.replace(uid, s, old) {
+			n.resync(old)
+		}
 		n.unbind(s, uid, gen)
 		n.reply(s, req, nil, n.storeFail("login", fmt.Errorf("%w: presence: %v", ErrUnavailable, err)))
 		return
 	}
-	if old := n.hub.swap(uid, s); old != nil && old != s {
+	if old != nil && old != s {
 		n.kick(old)
 	}
 

@@ -38,6 +38,18 @@ func (h *hub) swap(uid codec.UserID, s *Session) *Session {
 	return old
 }
 
+// replace makes next the session of uid if it is still cur.
+func (h *hub) replace(uid codec.UserID, cur, next *Session) bool {
+	sh := &h.shards[h.shard(uid)]
+	sh.Lock()
+	defer sh.Unlock()
+	if sh.m[uid] != cur {
+		return false
+	}
+	sh.m[uid] = next
+	return true
+}
+
 // remove drops uid's entry if it is still s; it reports whether it did.
 func (h *hub) remove(uid codec.UserID, s *Session) bool {
 	sh := &h.shards[h.shard(uid)]

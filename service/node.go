@@ -245,14 +245,10 @@ func (n *Node) resyncAll() {
 		sem := make(chan struct{}, resyncParallel)
 		count := 0
 		n.hub.each(func(s *Session) {
-			s.mu.Lock()
-			if s.uid == 0 || s.pumping {
-				s.mu.Unlock()
+			gen, ok := s.claimPump()
+			if !ok {
 				return
 			}
-			s.pumping = true
-			gen := s.gen
-			s.mu.Unlock()
 			count++
 			sem <- struct{}{}
 			go func() {
@@ -265,6 +261,13 @@ func (n *Node) resyncAll() {
 }
 
 const resyncParallel = 16
+
+// resync makes one session re-read its inbox.
+func (n *Node) resync(s *Session) {
+	if gen, ok := s.claimPump(); ok {
+		go n.pump(s, gen)
+	}
+}
 
 // pumpPage is how many inbox entries one pump read takes.
 const pumpPage = 500

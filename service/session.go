@@ -54,6 +54,18 @@ func appendDelivery(out []byte, d *codec.Delivery) []byte {
 	return append(out, frame...)
 }
 
+// claimPump marks s as pumping and returns its login generation; it
+// reports false when s is not logged in or a pump already runs.
+func (s *Session) claimPump() (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.uid == 0 || s.pumping {
+		return 0, false
+	}
+	s.pumping = true
+	return s.gen, true
+}
+
 // send marshals v and queues it.
 func (s *Session) send(v any) { s.t.Send(codec.MustMarshal(v)) }
 
