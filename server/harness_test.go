@@ -91,26 +91,13 @@ func checkFor(t *testing.T, timeout time.Duration, fn func() error) {
 // next returns the next delivery of c.
 func next(t *testing.T, c *client.Client) codec.Delivery {
 	t.Helper()
-	select {
-	case d, ok := <-c.Deliveries():
-		if !ok {
-			t.Fatalf("connection ended: %v", c.Err())
-		}
-		return d
-	case <-time.After(10 * time.Second):
-		t.Fatal("no delivery within 10s")
-	}
-	return codec.Delivery{}
+	return servertest.Next(t, c, 10*time.Second)
 }
 
 // none asserts that no delivery arrives for a short while.
 func none(t *testing.T, c *client.Client) {
 	t.Helper()
-	select {
-	case d := <-c.Deliveries():
-		t.Fatalf("unexpected delivery %+v", d)
-	case <-time.After(200 * time.Millisecond):
-	}
+	servertest.None(t, c, 200*time.Millisecond)
 }
 
 func wantErrno(t *testing.T, err error, want codec.Errno) {

@@ -134,26 +134,13 @@ func ctxT(t *testing.T) context.Context {
 // next returns c's next delivery.
 func next(t *testing.T, c *client.Client) codec.Delivery {
 	t.Helper()
-	select {
-	case d, ok := <-c.Deliveries():
-		if !ok {
-			t.Fatalf("connection ended: %v", c.Err())
-		}
-		return d
-	case <-time.After(waitLong):
-		t.Fatal("no delivery in time")
-	}
-	return codec.Delivery{}
+	return servertest.Next(t, c, waitLong)
 }
 
 // none asserts that c receives nothing for a short while.
 func none(t *testing.T, c *client.Client) {
 	t.Helper()
-	select {
-	case d := <-c.Deliveries():
-		t.Fatalf("unexpected delivery %+v", d)
-	case <-time.After(300 * time.Millisecond):
-	}
+	servertest.None(t, c, 300*time.Millisecond)
 }
 
 // checkFor polls fn until it returns nil, failing the test after timeout.

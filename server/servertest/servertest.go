@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
 	"github.com/chatcluster/chatcluster/server"
 )
@@ -90,4 +92,30 @@ func CheckFor(tb testing.TB, timeout time.Duration, fn func() error) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	tb.Fatalf("condition not met after %v: %v", timeout, err)
+}
+
+// Next returns c's next delivery, failing the test when the connection ends
+// or nothing arrives within timeout.
+func Next(tb testing.TB, c *client.Client, timeout time.Duration) codec.Delivery {
+	tb.Helper()
+	select {
+	case d, ok := <-c.Deliveries():
+		if !ok {
+			tb.Fatalf("connection ended: %v", c.Err())
+		}
+		return d
+	case <-time.After(timeout):
+		tb.Fatalf("no delivery within %v", timeout)
+	}
+	return codec.Delivery{}
+}
+
+// None fails the test if c receives a delivery within wait.
+func None(tb testing.TB, c *client.Client, wait time.Duration) {
+	tb.Helper()
+	select {
+	case d := <-c.Deliveries():
+		tb.Fatalf("unexpected delivery %+v", d)
+	case <-time.After(wait):
+	}
 }
