@@ -25,7 +25,6 @@ type conn struct {
 	lastFill int64
 
 	lastActive atomic.Int64 // unix nanos of the last frame
-	idle       atomic.Bool  // closed by the idle sweeper
 
 	mu      sync.Mutex
 	queue   []queued // frames waiting for a worker

@@ -243,7 +243,6 @@ func (s *Server) sweep() {
 			limit := now.Add(-s.cfg.IdleTimeout).UnixNano()
 			s.conns.each(func(c *conn) {
 				if c.lastActive.Load() < limit {
-					c.idle.Store(true)
 					c.gc.Close()
 				}
 			})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 	"unicode"
 
 	"golang.org/x/crypto/bcrypt"
@@ -352,8 +353,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.L
 func (n *Node) unbind(s *Session, uid codec.UserID, gen uint64) {
 	s.mu.Lock()
 	if s.gen == gen {
-		s.uid, s.name, s.pumping = 0, "", false
-		s.gen++
+		s.endLoginLocked()
 	}
 	s.mu.Unlock()
 	n.leave(uid, s)
@@ -366,8 +366,7 @@ func (n *Node) kick(old *Session) {
 		old.mu.Unlock()
 		return
 	}
-	old.uid, old.name, old.pumping = 0, "", false
-	old.gen++
+	old.endLoginLocked()
 	old.send(&codec.Kicked{MsgID: codec.MsgKicked, ErrMsg: "logged in elsewhere"})
 	old.mu.Unlock()
 	old.t.Close()
@@ -378,8 +377,7 @@ func (n *Node) logout(ctx context.Context, s *Session, uid codec.UserID) *reqErr
 		return n.storeFail("logout", err)
 	}
 	s.mu.Lock()
-	s.uid, s.name, s.pumping = 0, "", false
-	s.gen++
+	s.endLoginLocked()
 	s.mu.Unlock()
 	n.leave(uid, s)
 	return nil
@@ -438,7 +436,7 @@ func (n *Node) sendAsync(s *Session, req *codec.Request, sr SendRequest) {
 			return
 		}
 		s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, ErrMsg: "ok", GroupID: gid,
-			Time: codec.FormatTime(timeFromMilli(res.UnixMilli))})
+			Time: codec.FormatTime(time.UnixMilli(res.UnixMilli))})
 	})
 }
 

@@ -159,8 +159,7 @@ func (n *Node) Closed(s *Session) {
 	s.mu.Lock()
 	uid := s.uid
 	s.closed = true
-	s.uid = 0
-	s.gen++
+	s.endLoginLocked()
 	s.mu.Unlock()
 	if uid != 0 {
 		n.leave(uid, s)
@@ -389,5 +388,3 @@ func validName(s string) error {
 	}
 	return nil
 }
-
-func timeFromMilli(ms int64) time.Time { return time.UnixMilli(ms) }

@@ -54,6 +54,13 @@ func appendDelivery(out []byte, d *codec.Delivery) []byte {
 	return append(out, frame...)
 }
 
+// endLoginLocked forgets the logged-in user; a running pump notices the new
+// generation and stops. Called with s.mu held.
+func (s *Session) endLoginLocked() {
+	s.uid, s.name, s.pumping = 0, "", false
+	s.gen++
+}
+
 // claimPump marks s as pumping and returns its login generation; it
 // reports false when s is not logged in or a pump already runs.
 func (s *Session) claimPump() (uint64, bool) {
