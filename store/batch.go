@@ -171,19 +171,16 @@ func (b *batcher) commit(batch []*sendOp) {
 		results []service.SendResult
 		entries []service.Entry
 	)
-	err := b.s.inTx(ctx, func(tx *sqlx.Tx) error {
+	store := func(tx *sqlx.Tx) error {
 		var err error
 		results, entries, err = b.s.storeBatch(ctx, tx, batch)
 		return err
-	})
+	}
+	err := b.s.inTx(ctx, store)
 	if err != nil && isConflict(err) {
 		// A clientmsgid committed meanwhile by another node: the retry's
 		// dedup query now sees it.
-		err = b.s.inTx(ctx, func(tx *sqlx.Tx) error {
-			var err error
-			results, entries, err = b.s.storeBatch(ctx, tx, batch)
-			return err
-		})
+		err = b.s.inTx(ctx, store)
 	}
 	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {

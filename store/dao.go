@@ -233,13 +233,24 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 	if err != nil {
 		return nil, unavailable(err)
 	}
+	// The members of all those groups in one query, not one per group.
+	var members []struct {
+		GroupID int64 `db:"groupid"`
+		memberRow
+	}
+	err = s.db.SelectContext(ctx, &members,
+		"SELECT m.groupid, u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid "+
+			"WHERE m.groupid IN (SELECT groupid FROM group_members WHERE userid = ?) ORDER BY m.groupid, m.joined_ms, u.id", uid)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	byGroup := map[int64][]memberRow{}
+	for _, m := range members {
+		byGroup[m.GroupID] = append(byGroup[m.GroupID], m.memberRow)
+	}
 	out := make([]service.Group, 0, len(rows))
 	for _, r := range rows {
-		members, err := selectMembers(ctx, s.db, codec.GroupID(r.ID))
-		if err != nil {
-			return nil, unavailable(err)
-		}
-		out = append(out, service.Group{ID: codec.GroupID(r.ID), Name: r.Name, Desc: r.Desc, Members: members})
+		out = append(out, service.Group{ID: codec.GroupID(r.ID), Name: r.Name, Desc: r.Desc, Members: toMembers(byGroup[r.ID])})
 	}
 	return out, nil
 }
