@@ -54,6 +54,9 @@ type Config struct {
 
 	// Migrate applies the schema migrations and exits.
 	Migrate bool
+	// Pprof, when set, serves net/http/pprof on this address (keep it on
+	// loopback: it is unauthenticated).
+	Pprof string
 }
 
 // Default returns the built-in defaults.
@@ -108,6 +111,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply the database schema migrations and exit")
+	fs.StringVar(&c.Pprof, "pprof", c.Pprof, "serve net/http/pprof on this address, e.g. 127.0.0.1:6060 (unauthenticated: keep it on loopback)")
 	return fs
 }
 

@@ -39,6 +39,9 @@ func main() {
 		log.Info("schema is up to date")
 		return
 	}
+	if cfg.Pprof != "" {
+		servePprof(cfg.Pprof, log)
+	}
 	app, err := server.Open(ctx, cfg, log)
 	if err != nil {
 		log.Error("start failed", "err", err)
