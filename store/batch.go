@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"slices"
 	"strings"
@@ -176,7 +177,9 @@ func (b *batcher) commit(batch []*sendOp) {
 		results, entries, err = b.s.storeBatch(ctx, tx, batch)
 		return err
 	}
+	t0 := time.Now()
 	err := b.s.inTx(ctx, store)
+	b.s.log.Debug("group commit", "ops", len(batch), "took", time.Since(t0))
 	if err != nil && isConflict(err) {
 		// A clientmsgid committed meanwhile by another node: the retry's
 		// dedup query now sees it.
@@ -256,8 +259,6 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	}
 	// 2. Count deliveries per recipient and allocate seqs.
 	counts := map[codec.UserID]int64{}
-	var newKeys []dedupKey
-	var newTimes []int64
 	for i, op := range batch {
 		if dup[i] != -1 {
 			continue
@@ -265,10 +266,6 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 		results[i] = service.SendResult{UnixMilli: op.req.UnixMilli}
 		for _, to := range op.req.To {
 			counts[to]++
-		}
-		if op.req.ClientMsgID != "" {
-			newKeys = append(newKeys, dedupKey{op.req.From, op.req.ClientMsgID})
-			newTimes = append(newTimes, op.req.UnixMilli)
 		}
 	}
 	for i := range batch {
@@ -307,9 +304,6 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 			return nil, nil, err
 		}
 	}
-	if err := s.writer.recordSent(ctx, tx, newKeys, newTimes); err != nil {
-		return nil, nil, err
-	}
 	return results, entries, nil
 }
 
@@ -321,10 +315,9 @@ const chunk = 400
 // no round trip but parsing a large one costs CPU, gets small prepared
 // statements.
 type sendWriter interface {
-	// dedup returns the stored time of each key already sent. It may also
-	// record the new keys (then recordSent does nothing).
+	// dedup records the new keys and returns the stored time of each key
+	// sent before.
 	dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error)
-	recordSent(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) error
 	// allocSeqs reserves counts[u] seqs for each user and returns the first;
 	// it also raises acked_seq to acks[u] (never lowering it, never past
 	// last_seq).
@@ -335,12 +328,53 @@ type sendWriter interface {
 // multiRowWriter is the MySQL sendWriter.
 type multiRowWriter struct{ bumpSeq string }
 
-func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, _ []int64) (map[dedupKey]int64, error) {
-	return selectSent(ctx, tx, keys)
-}
-
-func (w multiRowWriter) recordSent(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) error {
-	return insertSent(ctx, tx, keys, times)
+// dedup records each chunk of keys with one multi-row INSERT IGNORE: when
+// every row inserts (the common case: no retries) that is all. Otherwise
+// the chunk is undone to a savepoint, the keys sent before are read, and
+// only the new ones are inserted. A key committed meanwhile by another node
+// fails that insert with a conflict, and the group commit is retried.
+func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error) {
+	out := map[dedupKey]int64{}
+	for start := 0; start < len(keys); start += chunk {
+		end := min(start+chunk, len(keys))
+		part, partTimes := keys[start:end], times[start:end]
+		if _, err := tx.ExecContext(ctx, "SAVEPOINT dedup"); err != nil {
+			return nil, err
+		}
+		res, err := insertSentChunk(ctx, tx, "INSERT IGNORE", part, partTimes)
+		if err != nil {
+			return nil, err
+		}
+		if n, err := res.RowsAffected(); err != nil || n == int64(len(part)) {
+			if err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, "ROLLBACK TO SAVEPOINT dedup"); err != nil {
+			return nil, err
+		}
+		stored, err := selectSent(ctx, tx, part)
+		if err != nil {
+			return nil, err
+		}
+		var newKeys []dedupKey
+		var newTimes []int64
+		for i, k := range part {
+			if ms, ok := stored[k]; ok {
+				out[k] = ms
+				continue
+			}
+			newKeys = append(newKeys, k)
+			newTimes = append(newTimes, partTimes[i])
+		}
+		if len(newKeys) > 0 {
+			if _, err := insertSentChunk(ctx, tx, "INSERT", newKeys, newTimes); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
 }
 
 func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
@@ -479,17 +513,12 @@ func insertInbox(ctx context.Context, tx sqlx.ExtContext, entries []service.Entr
 	return nil
 }
 
-func insertSent(ctx context.Context, tx sqlx.ExtContext, keys []dedupKey, times []int64) error {
-	for start := 0; start < len(keys); start += chunk {
-		part := keys[start:min(start+chunk, len(keys))]
-		args := make([]any, 0, 3*len(part))
-		for i, k := range part {
-			args = append(args, k.sender, k.cmid, times[start+i])
-		}
-		stmt := "INSERT INTO sent (senderid, clientmsgid, created_ms) VALUES " + placeholders(len(part), "(?, ?, ?)")
-		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
-			return err
-		}
+// insertSentChunk inserts at most chunk keys with one statement; verb is
+// "INSERT" or "INSERT IGNORE".
+func insertSentChunk(ctx context.Context, tx sqlx.ExtContext, verb string, keys []dedupKey, times []int64) (sql.Result, error) {
+	args := make([]any, 0, 3*len(keys))
+	for i, k := range keys {
+		args = append(args, k.sender, k.cmid, times[i])
 	}
-	return nil
+	return tx.ExecContext(ctx, verb+" INTO sent (senderid, clientmsgid, created_ms) VALUES "+placeholders(len(keys), "(?, ?, ?)"), args...)
 }

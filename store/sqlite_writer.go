@@ -78,9 +78,6 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey
 	return out, nil
 }
 
-// recordSent does nothing: dedup already inserted the new keys.
-func (w *preparedWriter) recordSent(context.Context, *sqlx.Tx, []dedupKey, []int64) error { return nil }
-
 func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
 	if len(acks) > 0 {
 		ack := tx.StmtxContext(ctx, w.ack)

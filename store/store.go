@@ -38,7 +38,7 @@ type Config struct {
 	// DSN is "sqlite:PATH" (PATH may carry ?_pragma=... query options) or
 	// "mysql:USER:PASS@tcp(HOST:PORT)/DB" (a go-sql-driver/mysql DSN).
 	DSN string
-	// MaxBatch bounds the number of sends in one group commit; default 2048.
+	// MaxBatch bounds the number of sends in one group commit; default 16384.
 	MaxBatch int
 	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
 	MaxOpenConns int
@@ -47,6 +47,11 @@ type Config struct {
 	ConnMaxLifetime time.Duration
 	// QueryTimeout bounds each store call that has no deadline; default 5 s.
 	QueryTimeout time.Duration
+	// CheckpointInterval (SQLite) is how often a background goroutine
+	// copies the write-ahead log into the database file; default 1 s. A DSN
+	// that sets _pragma=wal_autocheckpoint(N) keeps SQLite's own in-commit
+	// checkpoint instead.
+	CheckpointInterval time.Duration
 	// Logger receives store events; default slog.Default().
 	Logger *slog.Logger
 }
@@ -58,7 +63,10 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	batcher *batcher
-	writer  sendWriter
+	// ckpt is the SQLite WAL checkpointer; nil on MySQL or when the DSN
+	// keeps SQLite's automatic checkpoint.
+	ckpt   *checkpointer
+	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
 }
@@ -69,13 +77,16 @@ var _ service.Store = (*Store)(nil)
 // goroutine. Close releases everything.
 func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxBatch <= 0 {
-		cfg.MaxBatch = 2048
+		cfg.MaxBatch = 16384
 	}
 	if cfg.ConnMaxLifetime <= 0 {
 		cfg.ConnMaxLifetime = 3 * time.Minute
 	}
 	if cfg.QueryTimeout <= 0 {
 		cfg.QueryTimeout = 5 * time.Second
+	}
+	if cfg.CheckpointInterval <= 0 {
+		cfg.CheckpointInterval = time.Second
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -107,6 +118,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 		s.writer, s.closeWriter = pw, pw.close
+		if strings.Contains(dsn, "wal_autocheckpoint(0)") {
+			s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
+		}
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
 	}
@@ -118,6 +132,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // closes the database.
 func (s *Store) Close() error {
 	s.batcher.close()
+	if s.ckpt != nil {
+		s.ckpt.close()
+	}
 	if s.closeWriter != nil {
 		s.closeWriter()
 	}
@@ -152,6 +169,10 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 		}
 		if !strings.Contains(query, "cache_size") {
 			query = addParam(query, "_pragma=cache_size(-65536)")
+		}
+		if !strings.Contains(query, "wal_autocheckpoint") {
+			// The checkpointer goroutine does it, outside the commits.
+			query = addParam(query, "_pragma=wal_autocheckpoint(0)")
 		}
 		query = addParam(query, "_txlock=immediate")
 		return "sqlite", "file:" + path + "?" + query, sqliteDialect, nil

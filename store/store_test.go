@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -253,6 +254,25 @@ func TestSendSeqAndDedup(t *testing.T) {
 		if last, _, _ := s.InboxState(ctx, to); last != senders*perSender+1 {
 			t.Fatalf("retry stored twice: last %d", last)
 		}
+		// A retry queued beside new sends (likely one group commit, so one
+		// dedup chunk mixing old and new keys): only the new ones store.
+		var mixed sync.WaitGroup
+		res := make([]service.SendResult, 4)
+		sendErrs := make([]error, 4)
+		for i, cmid := range []string{"s:k", "s:n1", "s:n2", "s:n3"} {
+			mixed.Add(1)
+			s.SendAsync(ctx, service.SendRequest{From: from, To: []codec.UserID{to}, ToUser: to, Body: "mixed", ClientMsgID: cmid, UnixMilli: 7000},
+				func(r service.SendResult, err error) { res[i], sendErrs[i] = r, err; mixed.Done() })
+		}
+		mixed.Wait()
+		for i, r := range res {
+			if sendErrs[i] != nil || r.Duplicate != (i == 0) || (i == 0 && r.UnixMilli != 1000) {
+				t.Fatalf("mixed send %d = %+v, %v", i, r, sendErrs[i])
+			}
+		}
+		if last, _, _ := s.InboxState(ctx, to); last != senders*perSender+4 {
+			t.Fatalf("mixed batch: last %d, want %d", last, senders*perSender+4)
+		}
 	})
 }
 
@@ -319,26 +339,53 @@ func TestParseDSN(t *testing.T) {
 
 // BenchmarkSendBatch measures the group-commit send path on SQLite: many
 // sends in flight (as the server's pipelined connections produce), each with
-// a clientmsgid. b.N is the number of messages.
+// a clientmsgid and a 100-byte body, between 1,000 users. b.N is the number
+// of messages; use -benchtime=200000x or more for a realistically large
+// inbox. "auto" keeps SQLite's in-commit WAL checkpoint (the baseline),
+// "background" is the default checkpointer goroutine.
 func BenchmarkSendBatch(b *testing.B) {
-	s, err := Open(context.Background(), Config{DSN: "sqlite:" + filepath.Join(b.TempDir(), "bench.db")})
-	if err != nil {
-		b.Fatal(err)
+	for _, v := range []struct {
+		name, query string
+		batch       int
+	}{
+		{"background", "", 0},
+		{"auto", "?_pragma=wal_autocheckpoint(1000)", 0},
+		{"batch8k", "", 8192},
+		{"batch16k", "", 16384},
+		{"mysql", "", 0},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			dsn := "sqlite:" + filepath.Join(b.TempDir(), "bench.db") + v.query
+			if v.name == "mysql" {
+				if dsn = MySQLTestDSN(b); dsn == "" {
+					b.Skip("CHAT_TEST_MYSQL_DSN is not set")
+				}
+			}
+			s, err := Open(context.Background(), Config{DSN: dsn, MaxBatch: v.batch})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			benchSend(b, s, 1000)
+		})
 	}
-	defer s.Close()
+}
+
+func benchSend(b *testing.B, s *Store, nusers int) {
 	ctx := context.Background()
-	users := make([]codec.UserID, 200)
+	users := make([]codec.UserID, nusers)
 	for i := range users {
 		users[i], _ = s.CreateUser(ctx, fmt.Sprintf("u%d", i), []byte("h"))
 	}
+	body := strings.Repeat("x", 100)
 	b.ReportAllocs()
 	b.ResetTimer()
 	var wg sync.WaitGroup
 	wg.Add(b.N)
 	for i := 0; i < b.N; i++ {
-		from, to := users[i%len(users)], users[(i+1)%len(users)]
+		from, to := users[i%len(users)], users[(i*7+1)%len(users)]
 		s.SendAsync(ctx, service.SendRequest{From: from, FromName: "u", To: []codec.UserID{to}, ToUser: to,
-			Body: "hello there", ClientMsgID: fmt.Sprintf("s:%d", i), UnixMilli: time.Now().UnixMilli()},
+			Body: body, ClientMsgID: fmt.Sprintf("s:%d", i), UnixMilli: time.Now().UnixMilli()},
 			func(_ service.SendResult, err error) {
 				if err != nil {
 					b.Error(err)
@@ -348,4 +395,57 @@ func BenchmarkSendBatch(b *testing.B) {
 	}
 	wg.Wait()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+}
+
+// TestCheckpointer: SQLite's in-commit checkpoint is off, and the
+// background checkpointer copies committed pages into the database file;
+// Close leaves an empty write-ahead log.
+func TestCheckpointer(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ckpt.db")
+	s, err := Open(context.Background(), Config{DSN: "sqlite:" + path, CheckpointInterval: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var auto int
+	if err := s.DB().Get(&auto, "PRAGMA wal_autocheckpoint"); err != nil || auto != 0 {
+		t.Fatalf("wal_autocheckpoint = %d, %v; want 0", auto, err)
+	}
+	size := func(p string) int64 {
+		fi, err := os.Stat(p)
+		if err != nil {
+			return 0
+		}
+		return fi.Size()
+	}
+	before := size(path)
+	ctx := context.Background()
+	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+	body := strings.Repeat("y", 1000)
+	for i := 0; i < 300; i++ {
+		if _, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{b}, ToUser: b, Body: body, UnixMilli: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for size(path) < before+250_000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("database file %d bytes (was %d): nothing checkpointed", size(path), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if n := size(path + "-wal"); n != 0 {
+		t.Fatalf("write-ahead log is %d bytes after Close", n)
+	}
+	s2, err := Open(ctx, Config{DSN: "sqlite:" + path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if last, _, err := s2.InboxState(ctx, b); err != nil || last != 300 {
+		t.Fatalf("after reopen: last %d, %v", last, err)
+	}
 }

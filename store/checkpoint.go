@@ -1,0 +1,62 @@
+package store
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// checkpointer copies the SQLite write-ahead log back into the database
+// file from its own goroutine and connection, so that the group-commit
+// writer never runs a checkpoint inside a commit (SQLite's automatic
+// checkpoint, turned off by parseDSN, runs in the committing connection).
+// A PASSIVE checkpoint blocks neither readers nor the writer; the log is
+// rewound from its start by the first commit after a complete one.
+type checkpointer struct {
+	s       *Store
+	every   time.Duration
+	quit    chan struct{}
+	stopped chan struct{}
+	once    sync.Once
+}
+
+func startCheckpointer(s *Store, every time.Duration) *checkpointer {
+	c := &checkpointer{s: s, every: every, quit: make(chan struct{}), stopped: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+func (c *checkpointer) run() {
+	defer close(c.stopped)
+	t := time.NewTicker(c.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			c.checkpoint("PASSIVE")
+		case <-c.quit:
+			return
+		}
+	}
+}
+
+func (c *checkpointer) checkpoint(mode string) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.cfg.QueryTimeout)
+	defer cancel()
+	var busy, logPages, done int
+	err := c.s.db.QueryRowxContext(ctx, "PRAGMA wal_checkpoint("+mode+")").Scan(&busy, &logPages, &done)
+	if err != nil {
+		c.s.log.Warn("wal checkpoint failed", "mode", mode, "err", err)
+	}
+}
+
+// close stops the goroutine, then truncates the log: called after the last
+// commit, so the database file alone holds everything. Later calls do
+// nothing.
+func (c *checkpointer) close() {
+	c.once.Do(func() {
+		close(c.quit)
+		<-c.stopped
+		c.checkpoint("TRUNCATE")
+	})
+}
