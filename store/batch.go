@@ -130,7 +130,7 @@ func (s *Store) enqueue(ctx context.Context, op *sendOp) {
 
 func (b *batcher) run() {
 	defer close(b.post)
-	batch := make([]*sendOp, 0, b.maxBatch)
+	batch := make([]*sendOp, 0, 1024)
 	for {
 		select {
 		case op := <-b.ops:
@@ -153,15 +153,27 @@ func (b *batcher) run() {
 	}
 }
 
+// drain adds queued ops to batch until it holds maxBatch inbox rows (a
+// group message to 100 members counts 100) or the queue is empty.
 func (b *batcher) drain(batch *[]*sendOp) {
-	for len(*batch) < b.maxBatch {
+	rows := 0
+	for _, op := range *batch {
+		rows += op.rows()
+	}
+	for rows < b.maxBatch {
 		select {
 		case op := <-b.ops:
 			*batch = append(*batch, op)
+			rows += op.rows()
 		default:
 			return
 		}
 	}
+}
+
+// rows is the op's weight in a batch: its inbox rows, at least 1.
+func (op *sendOp) rows() int {
+	return max(1, len(op.req.To))
 }
 
 // commit stores a batch in one transaction and reports to every op.

@@ -38,7 +38,8 @@ type Config struct {
 	// DSN is "sqlite:PATH" (PATH may carry ?_pragma=... query options) or
 	// "mysql:USER:PASS@tcp(HOST:PORT)/DB" (a go-sql-driver/mysql DSN).
 	DSN string
-	// MaxBatch bounds the number of sends in one group commit; default 16384.
+	// MaxBatch bounds the inbox rows (deliveries) of one group commit: a
+	// send to a 100-member group counts 100; default 16384.
 	MaxBatch int
 	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
 	MaxOpenConns int
