@@ -44,6 +44,10 @@ type Config struct {
 	MaxOutbound     int
 	Workers         int
 	EventLoops      int
+	// MemReleaseIdle: once the process has been quiet this long after
+	// work, free memory goes back to the operating system; negative
+	// disables, 0 means the default.
+	MemReleaseIdle time.Duration
 
 	BcryptCost int
 	TokenTTL   time.Duration
@@ -76,6 +80,7 @@ func Default() Config {
 		MaxPendingBytes: 1 << 20,
 		MaxOutbound:     8 << 20,
 		Workers:         256,
+		MemReleaseIdle:  5 * time.Second,
 		BcryptCost:      10,
 		TokenTTL:        7 * 24 * time.Hour,
 		OfflineCap:      500,
@@ -105,6 +110,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unsent bytes per connection before it is closed as a slow consumer")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "request handler goroutines")
 	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU)")
+	fs.DurationVar(&c.MemReleaseIdle, "mem-release-idle", c.MemReleaseIdle, "return free memory to the OS once quiet this long after work (negative: never, 0: the default)")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", c.BcryptCost, "bcrypt cost for new passwords (4..31)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "session token lifetime")
 	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK, the rest follow at once (0: the default)")

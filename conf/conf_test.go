@@ -20,7 +20,7 @@ func TestPrecedence(t *testing.T) {
 	if c.Listen != "127.0.0.1:7000" || c.MaxFrame != 2000 || c.Workers != 9 || c.IdleTimeout != 30*time.Second {
 		t.Fatalf("got %+v", c)
 	}
-	if c.DB != "sqlite:chat.db" || c.OfflineCap != 500 {
+	if c.DB != "sqlite:chat.db" || c.OfflineCap != 500 || c.MemReleaseIdle != 5*time.Second {
 		t.Fatalf("defaults lost: %+v", c)
 	}
 }

@@ -78,7 +78,7 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 		Listen: cfg.Listen, MaxFrame: cfg.MaxFrame, MaxConns: cfg.MaxConns, IdleTimeout: cfg.IdleTimeout,
 		RatePerSec: cfg.Rate, RateBurst: cfg.RateBurst, MaxPending: cfg.MaxPending,
 		MaxPendingBytes: cfg.MaxPendingBytes, MaxOutbound: cfg.MaxOutbound,
-		Workers: cfg.Workers, EventLoops: cfg.EventLoops, Logger: log,
+		Workers: cfg.Workers, EventLoops: cfg.EventLoops, MemReleaseIdle: cfg.MemReleaseIdle, Logger: log,
 	}, node)
 	if err := srv.Start(); err != nil {
 		node.Close()

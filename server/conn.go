@@ -12,13 +12,14 @@ import (
 	"github.com/chatcluster/chatcluster/service"
 )
 
-// conn is the per-connection state, kept small: no goroutine, no buffer of
-// its own while idle (gnet releases its inbound buffer when drained).
+// conn is the per-connection state, kept small because one exists for every
+// open connection: no goroutine, no buffer of its own while idle (gnet
+// releases its inbound buffer when drained, serve drops the queue's backing
+// array), the service session embedded rather than allocated apart, and the
+// fields ordered to leave no padding (208 bytes, one size class).
 type conn struct {
-	srv  *Server
-	gc   gnet.Conn
-	sess *service.Session
-	id   uint64
+	srv *Server
+	gc  gnet.Conn
 
 	// Owned by the event loop.
 	tokens   float64
@@ -26,11 +27,16 @@ type conn struct {
 
 	lastActive atomic.Int64 // unix nanos of the last frame
 
-	mu      sync.Mutex
-	queue   []queued // frames waiting for a worker
-	qbytes  int
-	running bool // a worker owns the queue
-	closed  bool
+	mu     sync.Mutex
+	queue  []queued // frames waiting for a worker
+	qbytes int
+
+	slot    int32 // index in its registry shard; guarded by the shard's lock
+	shard   uint8 // registry shard, fixed at open
+	running bool  // a worker owns the queue; guarded by mu
+	closed  bool  // guarded by mu
+
+	sess service.Session
 }
 
 var _ service.Transport = (*conn)(nil)
@@ -51,7 +57,7 @@ func (c *conn) Send(frame []byte) {
 // stopped reading.
 func (c *conn) afterWrite(gc gnet.Conn, err error) error {
 	if err == nil && gc.OutboundBuffered() > c.srv.cfg.MaxOutbound {
-		c.srv.log.Warn("closing slow consumer", "conn", c.id, "outbound", gc.OutboundBuffered())
+		c.srv.log.Warn("closing slow consumer", "fd", gc.Fd(), "remote", gc.RemoteAddr(), "outbound", gc.OutboundBuffered())
 		return gc.Close()
 	}
 	return nil
@@ -59,8 +65,6 @@ func (c *conn) afterWrite(gc gnet.Conn, err error) error {
 
 // Close implements service.Transport.
 func (c *conn) Close() { _ = c.gc.Close() }
-
-var connIDs atomic.Uint64
 
 // OnOpen implements gnet.EventHandler.
 func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
@@ -71,9 +75,9 @@ func (s *Server) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 		s.nconns.Add(-1)
 		return service.Reject(codec.ErrnoUnavailable, "server is full"), gnet.Close
 	}
-	c := &conn{srv: s, gc: gc, id: connIDs.Add(1), tokens: s.cfg.RateBurst, lastFill: time.Now().UnixNano()}
+	c := &conn{srv: s, gc: gc, tokens: s.cfg.RateBurst, lastFill: time.Now().UnixNano(), shard: uint8(gc.Fd() % regShards)}
 	c.lastActive.Store(c.lastFill)
-	c.sess = s.node.Open(c)
+	s.node.Attach(&c.sess, c)
 	gc.SetContext(c)
 	s.conns.add(c)
 	return nil, gnet.None
@@ -94,7 +98,7 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	c.mu.Unlock()
 	s.inflight.Add(int64(-dropped))
 	// The session ends on a worker: it may touch the store and the bus.
-	go s.node.Closed(c.sess)
+	go s.node.Closed(&c.sess)
 	return gnet.None
 }
 
@@ -205,14 +209,35 @@ func (s *Server) schedule(c *conn) {
 // before letting others go first.
 const framesPerTurn = 16
 
+// workerIdle is how long a worker that served requests waits idle before
+// it hands over to a fresh goroutine.
+const workerIdle = 2 * time.Second
+
+// worker serves connections until Stop. A worker that served requests and
+// then sat idle for a whole workerIdle period hands its place to a fresh
+// goroutine and exits: the stack it grew for the work (a login's bcrypt and
+// SQLite calls take it to 32 KiB) is freed instead of being kept by an idle
+// goroutine, which for the whole pool is several MiB. The pool keeps its
+// size; the new goroutine takes over the old one's count in s.workers.
 func (s *Server) worker() {
-	defer s.workers.Done()
+	t := time.NewTimer(workerIdle)
+	defer t.Stop()
+	served, recently := false, false
 	for {
 		select {
 		case <-s.quit:
+			s.workers.Done()
 			return
 		case c := <-s.work:
 			s.serve(c)
+			served, recently = true, true
+		case <-t.C:
+			if served && !recently {
+				go s.worker()
+				return
+			}
+			recently = false
+			t.Reset(workerIdle)
 		}
 	}
 }
@@ -240,9 +265,9 @@ func (s *Server) serve(c *conn) {
 		c.qbytes -= len(q.frame)
 		c.mu.Unlock()
 		if q.limited {
-			s.node.Refuse(c.sess, q.frame, codec.ErrnoRateLimited, "rate limited: too many requests per second")
+			s.node.Refuse(&c.sess, q.frame, codec.ErrnoRateLimited, "rate limited: too many requests per second")
 		} else {
-			s.node.Handle(c.sess, q.frame)
+			s.node.Handle(&c.sess, q.frame)
 		}
 		s.inflight.Add(-1)
 	}
@@ -250,45 +275,50 @@ func (s *Server) serve(c *conn) {
 
 const regShards = 64
 
-// registry holds every open connection, for the idle sweeper.
+// registry holds every open connection, for the idle sweeper. Each shard is
+// a dense slice (a connection knows its slot), which costs less per
+// connection than a map and gives its memory back as connections close.
 type registry struct {
 	shards [regShards]struct {
 		sync.Mutex
-		m map[uint64]*conn
-	}
-}
-
-func (r *registry) init() {
-	for i := range r.shards {
-		r.shards[i].m = map[uint64]*conn{}
+		conns []*conn
 	}
 }
 
 func (r *registry) add(c *conn) {
-	sh := &r.shards[c.id%regShards]
+	sh := &r.shards[c.shard]
 	sh.Lock()
-	sh.m[c.id] = c
+	c.slot = int32(len(sh.conns))
+	sh.conns = append(sh.conns, c)
 	sh.Unlock()
 }
 
 func (r *registry) remove(c *conn) {
-	sh := &r.shards[c.id%regShards]
+	sh := &r.shards[c.shard]
 	sh.Lock()
-	delete(sh.m, c.id)
+	last := len(sh.conns) - 1
+	moved := sh.conns[last]
+	sh.conns[c.slot], moved.slot = moved, c.slot
+	sh.conns[last] = nil
+	sh.conns = sh.conns[:last]
+	if cap(sh.conns) > 64 && len(sh.conns) < cap(sh.conns)/4 {
+		sh.conns = append([]*conn(nil), sh.conns...) // shrink after a wave of closes
+	}
 	sh.Unlock()
 }
 
-func (r *registry) each(fn func(*conn)) {
+// each calls fn for every connection, outside the shard locks. buf is
+// scratch space for the caller to pass again; it is returned cleared.
+func (r *registry) each(buf []*conn, fn func(*conn)) []*conn {
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.Lock()
-		list := make([]*conn, 0, len(sh.m))
-		for _, c := range sh.m {
-			list = append(list, c)
-		}
+		buf = append(buf[:0], sh.conns...)
 		sh.Unlock()
-		for _, c := range list {
+		for _, c := range buf {
 			fn(c)
 		}
+		clear(buf) // do not keep closed connections alive
 	}
+	return buf[:0]
 }

@@ -63,6 +63,10 @@ type Config struct {
 	// DrainTimeout bounds how long Stop waits for in-flight requests:
 	// default 10 s.
 	DrainTimeout time.Duration
+	// MemReleaseIdle returns the memory freed by a burst of work (a login
+	// storm, say) to the operating system once the process has been quiet
+	// for this long: default 5 s, negative disables. See memReleaser.
+	MemReleaseIdle time.Duration
 	// Logger: default slog.Default().
 	Logger *slog.Logger
 }
@@ -104,6 +108,9 @@ func (c *Config) setDefaults() {
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second
 	}
+	if c.MemReleaseIdle == 0 {
+		c.MemReleaseIdle = 5 * time.Second
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -142,7 +149,6 @@ func New(cfg Config, node *service.Node) *Server {
 		runErr: make(chan error, 1),
 		quit:   make(chan struct{}),
 	}
-	s.conns.init()
 	return s
 }
 
@@ -230,22 +236,31 @@ func (s *Server) Stop(ctx context.Context) error {
 	return err
 }
 
-// sweep closes idle connections.
+// sweep closes idle connections, and returns memory to the operating
+// system once the process turned quiet.
 func (s *Server) sweep() {
 	period := min(s.cfg.IdleTimeout/4, time.Second)
 	t := time.NewTicker(period)
 	defer t.Stop()
+	var rel *memReleaser
+	if s.cfg.MemReleaseIdle > 0 {
+		rel = newMemReleaser(s.cfg.MemReleaseIdle, s.log)
+	}
+	var buf []*conn
 	for {
 		select {
 		case <-s.quit:
 			return
 		case now := <-t.C:
 			limit := now.Add(-s.cfg.IdleTimeout).UnixNano()
-			s.conns.each(func(c *conn) {
+			buf = s.conns.each(buf, func(c *conn) {
 				if c.lastActive.Load() < limit {
 					c.gc.Close()
 				}
 			})
+			if rel != nil {
+				rel.tick(now)
+			}
 		}
 	}
 }

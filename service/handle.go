@@ -217,7 +217,9 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		n.reply(s, req, nil, wrong)
 		return
 	}
-	n.names.put(uid, u.Name)
+	// The name cache is not filled here: a send to a user with a session on
+	// this node finds it in the hub (see userExists), so idle logged-in
+	// connections cost no cache entry.
 
 	// Become the user's session first, so every entry committed from now on
 	// reaches this session (held back while pumping), then read the inbox.
@@ -404,17 +406,22 @@ func (n *Node) messageText(req *codec.Request) (string, *reqError) {
 	return msg, nil
 }
 
-// userName returns the name of an existing user, from the cache or the store.
-func (n *Node) userName(ctx context.Context, uid codec.UserID) (string, error) {
-	if name, ok := n.names.get(uid); ok {
-		return name, nil
+// userExists checks that uid is a user: a session on this node proves it
+// (users are never deleted), then the name cache, then the store
+// (ErrNotFound when there is no such user).
+func (n *Node) userExists(ctx context.Context, uid codec.UserID) error {
+	if n.hub.get(uid) != nil {
+		return nil
+	}
+	if _, ok := n.names.get(uid); ok {
+		return nil
 	}
 	u, err := n.store.User(ctx, uid)
 	if err != nil {
-		return "", err
+		return err
 	}
 	n.names.put(uid, u.Name)
-	return u.Name, nil
+	return nil
 }
 
 // sendAsync queues a validated chat message for the group commit; its ACK
@@ -462,7 +469,7 @@ func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID
 	if rerr != nil {
 		return SendRequest{}, rerr
 	}
-	if _, err := n.userName(ctx, codec.UserID(to)); err != nil {
+	if err := n.userExists(ctx, codec.UserID(to)); err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return SendRequest{}, fail(codec.ErrnoNotFound, "no user %d", to)
 		}

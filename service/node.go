@@ -149,9 +149,20 @@ func (n *Node) Close() {
 
 // Open returns the session of a new connection.
 func (n *Node) Open(t Transport) *Session {
-	var b [12]byte
+	s := new(Session)
+	n.Attach(s, t)
+	return s
+}
+
+// Attach makes s, a zero Session, the session of a new connection. It lets
+// the caller keep the session inside its own per-connection state (one
+// allocation per connection instead of two); s must not be copied after.
+func (n *Node) Attach(s *Session, t Transport) {
+	// 64 random bits: a collision among a cluster's live sessions is
+	// negligible, and the hex string fits the 16-byte size class.
+	var b [8]byte
 	_, _ = rand.Read(b[:])
-	return &Session{t: t, id: hex.EncodeToString(b[:])}
+	s.t, s.id = t, hex.EncodeToString(b[:])
 }
 
 // Closed ends a session whose connection is gone.

@@ -21,21 +21,25 @@ type Transport interface {
 // Session is one client connection's state in the service. Its methods are
 // safe for concurrent use: requests arrive on a worker, deliveries on the bus
 // handler, and the close from the server.
+//
+// One Session is kept for every open connection, so it is kept small: the
+// bools come last (one padded word for both), and the server embeds it in
+// its own connection state (see Node.Attach).
 type Session struct {
 	t  Transport
 	id string // unique session id, for presence and cross-node kicks
 
 	sends sync.WaitGroup // chat sends waiting for their commit
 
-	mu     sync.Mutex
-	uid    codec.UserID // 0 until login
-	name   string
-	closed bool
+	mu   sync.Mutex
+	uid  codec.UserID // 0 until login
+	name string
 	// Delivery state for the logged-in user:
 	sent    codec.Seq // highest seq queued on the transport
 	known   codec.Seq // highest seq known to exist in the inbox
-	pumping bool      // a pump is reading the inbox up to known
 	gen     uint64    // bumped at each login/logout so a stale pump stops
+	pumping bool      // a pump is reading the inbox up to known
+	closed  bool
 }
 
 // User returns the logged-in user's id and name, or 0 and "".

@@ -1,0 +1,23 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/conf"
+)
+
+// Workers that were idle for a while hand over to fresh goroutines; the
+// pool must keep serving and still stop cleanly.
+func TestWorkersServeAfterHandover(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.Workers = 2 })
+	u := ts.newUser("handover", client.Options{})
+	time.Sleep(4500 * time.Millisecond) // two idle periods of a worker
+	for i := 0; i < 3; i++ {
+		if err := u.c.Ping(ctxT(t)); err != nil {
+			t.Fatalf("ping after handover: %v", err)
+		}
+	}
+	ts.stop()
+}
