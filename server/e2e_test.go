@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -378,4 +379,62 @@ func TestManyPairs(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("%d pairs x %d messages: all delivered once, in order", pairs, perPair)
+}
+
+// A client that stops reading is closed once the server holds more than
+// MaxOutbound unsent bytes for it; the sender is not held up, and nothing
+// is lost: the messages wait in the inbox for the next login.
+func TestSlowConsumerClosed(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1 })
+	ctx := ctxT(t)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	bob.c.Close()
+	r := ts.raw()
+	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
+	if m := r.mustRead(); num(m, "errno") != 0 {
+		t.Fatalf("raw login: %v", m)
+	}
+	// bob's raw connection reads nothing more. 2,000 messages of 4000
+	// bytes (8 MB) overflow the kernel's socket buffers (at most 4 MiB for
+	// sending, and the receiver's does not grow while it reads nothing)
+	// and then the server's 64 KiB allowance.
+	const n, workers = 2000, 8
+	text := strings.Repeat("z", 4000)
+	var wg sync.WaitGroup
+	errs := make(chan error, workers)
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += workers {
+				if _, err := alice.c.Chat(ctx, bob.id, text); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("sender held up or refused: %v", err)
+	}
+	// The server closed the connection: reading what the kernel buffered
+	// ends in EOF (possibly mid-frame), not in the read deadline.
+	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.Copy(io.Discard, r.c); err != nil && !isReset(err) {
+		t.Fatalf("slow consumer not closed: %v", err)
+	}
+	// Every message is still delivered, once, in order, at the next login.
+	// (The client library hands LOGIN_ACK's offline messages out first.)
+	ts.relogin(bob, client.Options{})
+	var got codec.Seq
+	for got < n {
+		d := next(t, bob.c)
+		if d.Seq != got+1 {
+			t.Fatalf("seq %d after %d", d.Seq, got)
+		}
+		got = d.Seq
+	}
 }
