@@ -459,7 +459,9 @@ func (r *Redis) dispatch(payload string) {
 }
 
 // reassertPresence writes the presence of every local session that Redis no
-// longer has (SET NX: a newer login elsewhere wins).
+// longer has (SET NX: a newer login elsewhere wins). A local session whose
+// user logged in elsewhere meanwhile is kicked here: the kick sent to this
+// node then was lost with the subscription.
 func (r *Redis) reassertPresence() error {
 	r.localMu.Lock()
 	local := make(map[codec.UserID]string, len(r.local))
@@ -472,18 +474,49 @@ func (r *Redis) reassertPresence() error {
 	}
 	ctx, cancel := context.WithTimeout(r.ctx, 10*r.cfg.Timeout)
 	defer cancel()
-	pipe := r.rdb.Pipeline()
-	n := 0
+	type reassert struct {
+		uid     codec.UserID
+		session string
+		cmd     *redis.StatusCmd
+	}
+	batch := make([]reassert, 0, 1000)
+	flush := func() error {
+		pipe := r.rdb.Pipeline()
+		for i, a := range batch {
+			batch[i].cmd = pipe.SetArgs(ctx, r.presenceKey(a.uid), a.session+"@"+r.cfg.NodeID, redis.SetArgs{Mode: "NX", Get: true})
+		}
+		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
+			return err
+		}
+		for _, a := range batch {
+			cur, err := a.cmd.Result()
+			if errors.Is(err, redis.Nil) || cur == a.session+"@"+r.cfg.NodeID {
+				continue // re-asserted, or still there
+			}
+			if err != nil {
+				return err
+			}
+			r.localMu.Lock()
+			if r.local[a.uid] == a.session {
+				delete(r.local, a.uid)
+			}
+			r.localMu.Unlock()
+			if h := r.h(); h != nil {
+				h.Kick(a.uid, a.session)
+			}
+		}
+		batch = batch[:0]
+		return nil
+	}
 	for uid, s := range local {
-		pipe.SetNX(ctx, r.presenceKey(uid), s+"@"+r.cfg.NodeID, 0)
-		if n++; n%1000 == 0 {
-			if _, err := pipe.Exec(ctx); err != nil {
+		batch = append(batch, reassert{uid: uid, session: s})
+		if len(batch) == cap(batch) {
+			if err := flush(); err != nil {
 				return err
 			}
 		}
 	}
-	_, err := pipe.Exec(ctx)
-	return err
+	return flush()
 }
 
 // SetOnline implements Bus. The previous session of uid, if it lives on
@@ -537,8 +570,25 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		delete(r.waiters, id)
 		r.waitMu.Unlock()
 	}()
-	if err := r.send(ctx, r.channel(node), envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID}); err != nil {
+	payload, err := json.Marshal(envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID})
+	if err != nil {
+		return err
+	}
+	cctx, cancel = r.cmdCtx(ctx)
+	receivers, err := r.rdb.Publish(cctx, r.channel(node), payload).Result()
+	cancel()
+	if err != nil {
 		return fmt.Errorf("pubsub: kick: %w", err)
+	}
+	if receivers == 0 {
+		// Nobody subscribes to that node's channel: it died (its Redis
+		// connection closed with it) or lost Redis. No confirmation can
+		// come; a node that comes back drops superseded sessions when it
+		// re-asserts their presence.
+		r.suspectMu.Lock()
+		r.suspect[node] = time.Now().Add(r.cfg.Lease)
+		r.suspectMu.Unlock()
+		return nil
 	}
 	if !wait {
 		return nil

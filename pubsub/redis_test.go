@@ -194,14 +194,21 @@ func TestRedisResyncAfterSubscriptionLoss(t *testing.T) {
 	before := h.resyncs.Load()
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
-	// Kill this node's subscriber connection (only it: other tests share Redis).
+	killSubscriber(t, rdb, prefix+"a")
+	waitFor(t, func() bool { return h.resyncs.Load() > before })
+}
+
+// killSubscriber closes the Redis subscriber connection of one node (only
+// it: other tests share Redis).
+func killSubscriber(t *testing.T, rdb *redis.Client, name string) {
+	t.Helper()
 	list, err := rdb.ClientList(context.Background()).Result()
 	if err != nil {
 		t.Fatal(err)
 	}
 	killed := 0
 	for _, line := range strings.Split(list, "\n") {
-		if strings.Contains(line, " name="+prefix+"a ") && strings.Contains(line, " flags=P ") {
+		if strings.Contains(line, " name="+name+" ") && strings.Contains(line, " flags=P ") {
 			for _, f := range strings.Fields(line) {
 				if a, ok := strings.CutPrefix(f, "addr="); ok {
 					if err := rdb.ClientKillByFilter(context.Background(), "ADDR", a).Err(); err == nil {
@@ -214,5 +221,65 @@ func TestRedisResyncAfterSubscriptionLoss(t *testing.T) {
 	if killed != 1 {
 		t.Fatalf("killed %d subscriber connections", killed)
 	}
-	waitFor(t, func() bool { return h.resyncs.Load() > before })
+}
+
+// A kick that no node receives (the old node's lease is fresh but nothing
+// subscribes to its channel: it was just killed) is not waited for.
+func TestRedisKickToUnsubscribedNode(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	a, _ := newTestBus(t, addr, prefix, "a", 10*time.Second)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	rdb.Set(ctx, prefix+"lease:killed", time.Now().UnixMilli(), 10*time.Second)
+	rdb.Set(ctx, prefix+"presence:11", "s@killed", 0)
+	start := time.Now()
+	if err := a.SetOnline(ctx, 11, "new"); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("SetOnline waited %v for a kick nobody received", d)
+	}
+	if v, _ := rdb.Get(ctx, prefix+"presence:11").Result(); v != "new@a" {
+		t.Fatalf("presence %q", v)
+	}
+}
+
+// A node that lost its subscription misses kicks: when it re-subscribes it
+// drops the sessions whose users logged in elsewhere meanwhile, and keeps
+// (re-asserting) the others.
+func TestRedisReassertDropsSupersededSessions(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	a, ha := newTestBus(t, addr, prefix, "a", 10*time.Second)
+	ha.login(t, a, 7, "old7")
+	ha.login(t, a, 8, "s8")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	// While a is cut off: user 7 logs in on b (its kick to a is lost), and
+	// user 8's presence expires.
+	rdb.Set(ctx, prefix+"presence:7", "new7@b", 0)
+	rdb.Del(ctx, prefix+"presence:8")
+	before := ha.resyncs.Load()
+	killSubscriber(t, rdb, prefix+"a")
+	waitFor(t, func() bool { return ha.resyncs.Load() > before })
+	select {
+	case s := <-ha.kicks:
+		if s != "old7" {
+			t.Fatalf("kicked %q", s)
+		}
+	default:
+		t.Fatal("superseded session survived the re-subscription")
+	}
+	if v, _ := rdb.Get(ctx, prefix+"presence:7").Result(); v != "new7@b" {
+		t.Fatalf("presence of 7 = %q, want the newer login", v)
+	}
+	if v, _ := rdb.Get(ctx, prefix+"presence:8").Result(); v != "s8@a" {
+		t.Fatalf("presence of 8 = %q, want re-asserted", v)
+	}
+	select {
+	case s := <-ha.kicks:
+		t.Fatalf("also kicked %q", s)
+	default:
+	}
 }

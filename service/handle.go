@@ -252,7 +252,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		n.kick(old)
 	}
 
-	ack, acked, err := n.loginAck(ctx, uid, u)
+	ack, acked, complete, err := n.loginAck(ctx, uid, u)
 	if err != nil {
 		n.unbind(s, uid, gen)
 		n.reply(s, req, nil, n.storeFail("login", err))
@@ -273,6 +273,15 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	if s.sent > s.known {
 		s.known = s.sent
 	}
+	if complete && s.sent >= s.known {
+		// LOGIN_ACK holds the whole backlog and nothing was committed
+		// since: no inbox read is needed (an entry committed from now on
+		// is offered to this session, which writes it or starts a pump).
+		s.pumping = false
+		s.mu.Unlock()
+		n.log.Debug("login", "user", uid)
+		return
+	}
 	s.mu.Unlock()
 	n.log.Debug("login", "user", uid)
 	// Send the rest of the backlog and anything that arrived meanwhile.
@@ -280,33 +289,38 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 }
 
 // loginAck builds a successful LOGIN_ACK for uid and returns the user's
-// acknowledged seq, after which its offline messages start.
-func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.LoginAck, codec.Seq, error) {
+// acknowledged seq, after which its offline messages start, and whether the
+// offline messages are the whole backlog stored when it was read.
+func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *codec.LoginAck, acked codec.Seq, complete bool, err error) {
 	friends, err := n.store.Friends(ctx, uid)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	groups, err := n.store.UserGroups(ctx, uid)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
-	_, acked, err := n.store.InboxState(ctx, uid)
+	last, acked, err := n.store.InboxState(ctx, uid)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	// A DELIVERED of an earlier session on this node may not be flushed yet.
 	n.ackMu.Lock()
 	acked = max(acked, n.acks[uid], n.flushing[uid])
 	n.ackMu.Unlock()
-	offline, err := n.store.Inbox(ctx, uid, acked, n.cfg.OfflineCap)
-	if err != nil {
-		return nil, 0, err
+	var offline []codec.Delivery
+	complete = last <= acked // nothing unacknowledged: no read
+	if !complete {
+		if offline, err = n.store.Inbox(ctx, uid, acked, n.cfg.OfflineCap); err != nil {
+			return nil, 0, false, err
+		}
+		complete = len(offline) < n.cfg.OfflineCap
 	}
 	// Keep the LOGIN_ACK frame modest; what is cut follows at once.
 	size := 0
 	for i, d := range offline {
 		if size += len(d.Msg) + len(d.Name) + 128; size > maxOfflineBytes && i > 0 {
-			offline = offline[:i]
+			offline, complete = offline[:i], false
 			break
 		}
 	}
@@ -321,7 +335,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.L
 	}
 	online, err := n.bus.Online(ctx, ids)
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, false, err
 	}
 	state := func(id codec.UserID) string {
 		if online[id] || id == uid {
@@ -329,7 +343,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.L
 		}
 		return codec.StateOffline
 	}
-	ack := &codec.LoginAck{
+	ack = &codec.LoginAck{
 		MsgID: codec.MsgLoginAck, ErrMsg: "ok", ID: uid, Name: u.Name,
 		Token:   n.tokens.issue(uid, u.TokenVersion, n.cfg.Now()),
 		Friends: make([]codec.Friend, 0, len(friends)), Groups: make([]codec.Group, 0, len(groups)),
@@ -348,7 +362,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (*codec.L
 		}
 		ack.Groups = append(ack.Groups, cg)
 	}
-	return ack, acked, nil
+	return ack, acked, complete, nil
 }
 
 // unbind undoes a login that could not complete.
