@@ -180,11 +180,24 @@ func (s *Server) Start() error {
 	case err := <-s.runErr:
 		close(s.quit)
 		s.workers.Wait()
-		return fmt.Errorf("server: listen %s: %w", s.cfg.Listen, err)
+		return fmt.Errorf("server: listen %s: %w", s.cfg.Listen, bindError(s.cfg.Listen, err))
 	}
 	go s.sweep()
 	s.log.Info("listening", "addr", s.addr, "event_loops", s.cfg.EventLoops, "workers", s.cfg.Workers)
 	return nil
+}
+
+// bindError explains a failed start: gnet reports a port that is already
+// taken as "setsockopt: bad file descriptor", so the address is tried once
+// with the standard library, whose error says what is wrong ("address
+// already in use", "permission denied"). Otherwise gnet's error stands.
+func bindError(addr string, gnetErr error) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	ln.Close()
+	return gnetErr
 }
 
 // Addr is the bound listen address (useful with port 0).
