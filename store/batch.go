@@ -100,11 +100,22 @@ func (s *Store) SendAsync(ctx context.Context, req service.SendRequest, done fun
 	s.enqueue(ctx, &sendOp{req: req, done: done})
 }
 
-// Ack implements service.Store. Acknowledgements ride in the next group
-// commit: on SQLite a second writer would queue behind the commit's lock.
+// ackChunk is the most users whose acknowledgements one MySQL statement
+// (its own transaction) records.
+const ackChunk = 50
+
+// Ack implements service.Store. On SQLite acknowledgements ride in the next
+// group commit: a second writer would queue behind the commit's lock. On
+// MySQL they are written beside the group commits, a few rows per
+// autocommitted statement: one large transaction would hold the row locks
+// of many users' inbox_state for tens of milliseconds, and every node's
+// group commit that allocates a seq for one of them would wait for it.
 func (s *Store) Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error {
 	if len(acks) == 0 {
 		return nil
+	}
+	if w, ok := s.writer.(multiRowWriter); ok {
+		return w.ackChunks(ctx, s, acks)
 	}
 	ch := make(chan error, 1)
 	s.enqueue(ctx, &sendOp{acks: acks, done: func(_ service.SendResult, err error) { ch <- err }})
@@ -494,6 +505,30 @@ func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[c
 		return nil, fmt.Errorf("store: seq allocation returned %d of %d users", len(next), len(ids))
 	}
 	return next, nil
+}
+
+// ackChunks raises acked_seq of each user in acks, ackChunk users per
+// statement, in id order (the order group commits lock rows in).
+func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.UserID]codec.Seq) error {
+	ids := sortedIDs(nil, acks)
+	for start := 0; start < len(ids); start += ackChunk {
+		part := ids[start:min(start+ackChunk, len(ids))]
+		args := make([]any, 0, 3*len(part))
+		for _, id := range part {
+			args = append(args, id, 0, acks[id])
+		}
+		stmt := fmt.Sprintf(w.bumpSeq, placeholders(len(part), "(?, ?, ?)"))
+		cctx, cancel := s.ctx(ctx)
+		err := s.inTx(cctx, func(tx *sqlx.Tx) error {
+			_, err := tx.ExecContext(cctx, stmt, args...)
+			return err
+		})
+		cancel()
+		if err != nil {
+			return unavailable(err)
+		}
+	}
+	return nil
 }
 
 func placeholders(n int, one string) string {
