@@ -8,10 +8,16 @@ import (
 
 // checkpointer copies the SQLite write-ahead log back into the database
 // file from its own goroutine and connection, so that the group-commit
-// writer never runs a checkpoint inside a commit (SQLite's automatic
-// checkpoint, turned off by parseDSN, runs in the committing connection).
-// A PASSIVE checkpoint blocks neither readers nor the writer; the log is
-// rewound from its start by the first commit after a complete one.
+// writer rarely has to: SQLite's automatic checkpoint runs inside the
+// committing connection, holding up the next commit while it copies. A
+// PASSIVE checkpoint blocks neither readers nor the writer.
+//
+// Under steady writes a PASSIVE checkpoint beside the writer never catches
+// up completely, and only a complete one lets the next commit rewind the
+// log. So the automatic checkpoint stays on with a high threshold
+// (parseDSN: wal_autocheckpoint(8192), 32 MiB): when the log gets that
+// long, the writer finishes the copy itself, which is then mostly done
+// already, and the log starts over.
 type checkpointer struct {
 	s       *Store
 	every   time.Duration

@@ -49,9 +49,7 @@ type Config struct {
 	// QueryTimeout bounds each store call that has no deadline; default 5 s.
 	QueryTimeout time.Duration
 	// CheckpointInterval (SQLite) is how often a background goroutine
-	// copies the write-ahead log into the database file; default 1 s. A DSN
-	// that sets _pragma=wal_autocheckpoint(N) keeps SQLite's own in-commit
-	// checkpoint instead.
+	// copies the write-ahead log into the database file; default 1 s.
 	CheckpointInterval time.Duration
 	// Logger receives store events; default slog.Default().
 	Logger *slog.Logger
@@ -64,8 +62,7 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	batcher *batcher
-	// ckpt is the SQLite WAL checkpointer; nil on MySQL or when the DSN
-	// keeps SQLite's automatic checkpoint.
+	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
 	ckpt   *checkpointer
 	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
@@ -119,9 +116,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 		s.writer, s.closeWriter = pw, pw.close
-		if strings.Contains(dsn, "wal_autocheckpoint(0)") {
-			s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
-		}
+		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
 	}
@@ -172,8 +167,12 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 			query = addParam(query, "_pragma=cache_size(-65536)")
 		}
 		if !strings.Contains(query, "wal_autocheckpoint") {
-			// The checkpointer goroutine does it, outside the commits.
-			query = addParam(query, "_pragma=wal_autocheckpoint(0)")
+			// The checkpointer goroutine copies the log beside the commits;
+			// a commit finishes the copy only once the log reaches 32 MiB.
+			query = addParam(query, "_pragma=wal_autocheckpoint(8192)")
+		}
+		if !strings.Contains(query, "journal_size_limit") {
+			query = addParam(query, "_pragma=journal_size_limit(67108864)")
 		}
 		query = addParam(query, "_txlock=immediate")
 		return "sqlite", "file:" + path + "?" + query, sqliteDialect, nil
