@@ -160,11 +160,42 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		rdb.Close()
 		return nil, fmt.Errorf("pubsub: redis %s: %w", cfg.Addr, err)
 	}
+	if err := checkVersion(pctx, rdb); err != nil {
+		rdb.Close()
+		return nil, fmt.Errorf("pubsub: redis %s: %w", cfg.Addr, err)
+	}
 	if err := r.renewLease(ctx); err != nil {
 		rdb.Close()
 		return nil, err
 	}
 	return r, nil
+}
+
+// ErrRedisVersion: the Redis server is older than 7.0, the first to take
+// SET with both NX and GET (used to re-assert presence).
+var ErrRedisVersion = errors.New("pubsub: Redis 7.0 or later is required")
+
+// checkVersion refuses a Redis server older than 7.0.
+func checkVersion(ctx context.Context, rdb *redis.Client) error {
+	info, err := rdb.Info(ctx, "server").Result()
+	if err != nil {
+		return err
+	}
+	return versionOK(info)
+}
+
+// versionOK checks the redis_version line of INFO server.
+func versionOK(info string) error {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
+			major, _, _ := strings.Cut(v, ".")
+			if n, err := strconv.Atoi(major); err != nil || n < 7 {
+				return fmt.Errorf("%w (server has %s)", ErrRedisVersion, v)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("%w (server did not report its version)", ErrRedisVersion)
 }
 
 func (r *Redis) presenceKey(uid codec.UserID) string {
@@ -521,7 +552,9 @@ func (r *Redis) reassertPresence() error {
 
 // SetOnline implements Bus. The previous session of uid, if it lives on
 // another live node, is kicked and the kick confirmed (or KickTimeout
-// passes) before SetOnline returns.
+// passes) before SetOnline returns. A kick that no subscriber received (the
+// old node died, or lost Redis and will drop the session when it
+// re-asserts presence) is not waited for.
 func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
 	cctx, cancel := r.cmdCtx(ctx)
 	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), session+"@"+r.cfg.NodeID, redis.SetArgs{Get: true}).Result()

@@ -283,3 +283,18 @@ func TestRedisReassertDropsSupersededSessions(t *testing.T) {
 	default:
 	}
 }
+
+func TestRedisVersionCheck(t *testing.T) {
+	for info, ok := range map[string]bool{
+		"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n": true,
+		"redis_version:7.2.4\r\n":   true,
+		"redis_version:10.0.0\r\n":  true,
+		"redis_version:6.2.14\r\n":  false,
+		"redis_version:5.0.7\r\n":   false,
+		"redis_mode:standalone\r\n": false,
+	} {
+		if err := versionOK(info); (err == nil) != ok {
+			t.Errorf("%q: %v", info, err)
+		}
+	}
+}

@@ -75,6 +75,35 @@ func (c *conn) Send(frame []byte) {
 	}
 }
 
+// maxIOV is Linux's IOV_MAX, the most buffers one writev(2) takes.
+const maxIOV = 1024
+
+// frameWriter is the part of gnet.Conn that flush writes with.
+type frameWriter interface {
+	Write(b []byte) (int, error)
+	Writev(bs [][]byte) (int, error)
+}
+
+// writeFrames writes frames in order, at most maxIOV per writev(2): more
+// is EINVAL, and gnet would close the connection. Later chunks join the
+// outbound buffer if an earlier one could not be written whole.
+func writeFrames(w frameWriter, frames [][]byte) error {
+	for len(frames) > 0 {
+		n := min(len(frames), maxIOV)
+		var err error
+		if n == 1 {
+			_, err = w.Write(frames[0])
+		} else {
+			_, err = w.Writev(frames[:n])
+		}
+		if err != nil {
+			return err
+		}
+		frames = frames[n:]
+	}
+	return nil
+}
+
 // flush runs on the event loop: it writes every frame sent so far, in
 // order, then closes the connection if its client stopped reading.
 func (c *conn) flush(gc gnet.Conn, err error) error {
@@ -85,12 +114,11 @@ func (c *conn) flush(gc gnet.Conn, err error) error {
 	if err != nil || len(out) == 0 {
 		return nil // closed
 	}
-	if len(out) == 1 {
-		_, err = gc.Write(out[0])
-	} else {
-		_, err = gc.Writev(out)
+	if err = writeFrames(gc, out); err != nil {
+		c.srv.log.Debug("write failed; connection closed", "fd", gc.Fd(), "err", err)
+		return nil
 	}
-	if err == nil && gc.OutboundBuffered() > c.srv.cfg.MaxOutbound {
+	if gc.OutboundBuffered() > c.srv.cfg.MaxOutbound {
 		c.srv.log.Warn("closing slow consumer", "fd", gc.Fd(), "remote", gc.RemoteAddr(), "outbound", gc.OutboundBuffered())
 		return gc.Close()
 	}

@@ -114,3 +114,42 @@ func TestDeliveryOrderWithLateNotices(t *testing.T) {
 		}
 	}
 }
+
+// A resync that comes while a login reads the inbox (and so cannot start a
+// pump) is not lost: the login pumps once more, and what the resync was for
+// is written. Without the resync, a complete login needs no pump.
+func TestResyncDuringLoginRead(t *testing.T) {
+	st := &fakeStore{inbox: map[codec.UserID][]codec.Delivery{}}
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rec := &recorder{}
+	s := n.Open(rec)
+	const uid = codec.UserID(8)
+	s.mu.Lock()
+	s.uid, s.name, s.pumping = uid, "u", true // a login is reading the (empty) inbox
+	gen := s.gen
+	s.mu.Unlock()
+	n.hub.swap(uid, s)
+
+	s.mu.Lock()
+	if s.needsPumpLocked(true) {
+		t.Fatal("a complete login with nothing new wants a pump")
+	}
+	s.pumping = true // the same login again, now with a resync in its window
+	s.mu.Unlock()
+	n.resync(s)    // refused: the login is reading
+	st.add(uid, 1) // committed after the login's read; its notice was lost
+	s.mu.Lock()
+	pump := s.needsPumpLocked(true)
+	s.mu.Unlock()
+	if !pump {
+		t.Fatal("a resync during the login's read was dropped")
+	}
+	n.pump(s, gen)
+	if got := rec.got(); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("written %v, want [1]", got)
+	}
+}

@@ -229,7 +229,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		return
 	}
 	s.uid, s.name = uid, u.Name
-	s.sent, s.known, s.pumping = 0, 0, true
+	s.sent, s.known, s.pumping, s.recheck = 0, 0, true, false
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
@@ -273,16 +273,12 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	if s.sent > s.known {
 		s.known = s.sent
 	}
-	if complete && s.sent >= s.known {
-		// LOGIN_ACK holds the whole backlog and nothing was committed
-		// since: no inbox read is needed (an entry committed from now on
-		// is offered to this session, which writes it or starts a pump).
-		s.pumping = false
-		s.mu.Unlock()
+	pump := s.needsPumpLocked(complete)
+	s.mu.Unlock()
+	if !pump {
 		n.log.Debug("login", "user", uid)
 		return
 	}
-	s.mu.Unlock()
 	n.log.Debug("login", "user", uid)
 	// Send the rest of the backlog and anything that arrived meanwhile.
 	n.pump(s, gen)

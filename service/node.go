@@ -292,6 +292,7 @@ func (n *Node) pump(s *Session, gen uint64) {
 			return
 		}
 		uid, after := s.uid, s.sent
+		s.recheck = false // this read sees what a resync so far was for
 		s.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
@@ -320,7 +321,7 @@ func (n *Node) pump(s *Session, gen uint64) {
 		if s.sent > s.known {
 			s.known = s.sent
 		}
-		if len(page) < pumpPage && s.sent >= s.known {
+		if len(page) < pumpPage && s.sent >= s.known && !s.recheck {
 			s.pumping = false
 			s.mu.Unlock()
 			return

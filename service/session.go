@@ -39,6 +39,7 @@ type Session struct {
 	known   codec.Seq // highest seq known to exist in the inbox
 	gen     uint64    // bumped at each login/logout so a stale pump stops
 	pumping bool      // a pump is reading the inbox up to known
+	recheck bool      // a resync came while pumping: read the inbox once more
 	closed  bool
 }
 
@@ -61,20 +62,40 @@ func appendDelivery(out []byte, d *codec.Delivery) []byte {
 // endLoginLocked forgets the logged-in user; a running pump notices the new
 // generation and stops. Called with s.mu held.
 func (s *Session) endLoginLocked() {
-	s.uid, s.name, s.pumping = 0, "", false
+	s.uid, s.name, s.pumping, s.recheck = 0, "", false, false
 	s.gen++
 }
 
 // claimPump marks s as pumping and returns its login generation; it
-// reports false when s is not logged in or a pump already runs.
+// reports false when s is not logged in or a pump already runs (or a login
+// is reading the inbox), which then reads the inbox once more before it
+// stops: what the resync is for may have been committed after its read.
 func (s *Session) claimPump() (uint64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.uid == 0 || s.pumping {
+	if s.uid == 0 {
+		return 0, false
+	}
+	if s.pumping {
+		s.recheck = true
 		return 0, false
 	}
 	s.pumping = true
 	return s.gen, true
+}
+
+// needsPumpLocked ends a login's own inbox read (which found the backlog
+// complete, or not): it reports whether a pump must still read the inbox.
+// None is needed when LOGIN_ACK held the whole backlog, nothing was
+// committed since and no resync came; an entry committed from then on is
+// offered to the session, which writes it or starts a pump. Called with
+// s.mu held.
+func (s *Session) needsPumpLocked(complete bool) bool {
+	if complete && s.sent >= s.known && !s.recheck {
+		s.pumping = false
+		return false
+	}
+	return true
 }
 
 // send marshals v and queues it.

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"fmt"
@@ -357,6 +358,23 @@ type multiRowWriter struct{ bumpSeq string }
 // only the new ones are inserted. A key committed meanwhile by another node
 // fails that insert with a conflict, and the group commit is retried.
 func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error) {
+	// Key order is lock order: sorted, two nodes' commits cannot deadlock
+	// on each other's keys.
+	order := make([]int, len(keys))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(a, b int) int {
+		if c := cmp.Compare(keys[a].sender, keys[b].sender); c != 0 {
+			return c
+		}
+		return strings.Compare(keys[a].cmid, keys[b].cmid)
+	})
+	sortedKeys, sortedTimes := make([]dedupKey, len(keys)), make([]int64, len(keys))
+	for i, j := range order {
+		sortedKeys[i], sortedTimes[i] = keys[j], times[j]
+	}
+	keys, times = sortedKeys, sortedTimes
 	out := map[dedupKey]int64{}
 	for start := 0; start < len(keys); start += chunk {
 		end := min(start+chunk, len(keys))
@@ -508,7 +526,8 @@ func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[c
 }
 
 // ackChunks raises acked_seq of each user in acks, ackChunk users per
-// statement, in id order (the order group commits lock rows in).
+// autocommitted statement, in id order (the order group commits lock rows
+// in). A deadlock or lock timeout is retried a few times.
 func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.UserID]codec.Seq) error {
 	ids := sortedIDs(nil, acks)
 	for start := 0; start < len(ids); start += ackChunk {
@@ -519,10 +538,13 @@ func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.
 		}
 		stmt := fmt.Sprintf(w.bumpSeq, placeholders(len(part), "(?, ?, ?)"))
 		cctx, cancel := s.ctx(ctx)
-		err := s.inTx(cctx, func(tx *sqlx.Tx) error {
-			_, err := tx.ExecContext(cctx, stmt, args...)
-			return err
-		})
+		var err error
+		for attempt := 0; attempt < 5; attempt++ {
+			if _, err = s.db.ExecContext(cctx, stmt, args...); err == nil || !isRetryable(err) || cctx.Err() != nil {
+				break
+			}
+			time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+		}
 		cancel()
 		if err != nil {
 			return unavailable(err)
