@@ -203,7 +203,9 @@ func sendLoop(t *testing.T, l *ledger, pairs [][2]*member, stop chan struct{}, s
 				default:
 				}
 				body := fmt.Sprintf("%s>%s#%d", from.name, to.name, j)
-				for try := 0; try < 50; try++ {
+				// Retry for longer than any outage the tests cause (MariaDB
+				// stopped 3 s, a node killed, Redis restarted).
+				for giveUp := time.Now().Add(20 * time.Second); time.Now().Before(giveUp); {
 					err := send(t, l, from, to.id, 0, []codec.UserID{to.id}, body)
 					if err == nil {
 						break
