@@ -295,6 +295,7 @@ func (s *Server) worker() {
 			served, recently = true, true
 		case <-t.C:
 			if served && !recently {
+				s.log.Debug("idle worker handed over to a fresh goroutine")
 				go s.worker()
 				return
 			}

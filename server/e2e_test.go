@@ -426,6 +426,9 @@ func TestSlowConsumerClosed(t *testing.T) {
 	if _, err := io.Copy(io.Discard, r.c); err != nil && !isReset(err) {
 		t.Fatalf("slow consumer not closed: %v", err)
 	}
+	if !ts.Logged("closing slow consumer") {
+		t.Fatal("the connection was closed, but not as a slow consumer")
+	}
 	// Every message is still delivered, once, in order, at the next login.
 	// (The client library hands LOGIN_ACK's offline messages out first.)
 	ts.relogin(bob, client.Options{})

@@ -11,9 +11,12 @@ import (
 // Workers that were idle for a while hand over to fresh goroutines; the
 // pool must keep serving and still stop cleanly.
 func TestWorkersServeAfterHandover(t *testing.T) {
-	ts := startServer(t, func(c *conf.Config) { c.Workers = 2 })
+	ts := startServer(t, func(c *conf.Config) { c.Workers = 2; c.LogLevel = "debug" })
 	u := ts.newUser("handover", client.Options{})
 	time.Sleep(4500 * time.Millisecond) // two idle periods of a worker
+	if !ts.Logged("idle worker handed over") {
+		t.Fatal("no worker handed over after two idle periods")
+	}
 	for i := 0; i < 3; i++ {
 		if err := u.c.Ping(ctxT(t)); err != nil {
 			t.Fatalf("ping after handover: %v", err)

@@ -7,6 +7,8 @@ import (
 	"context"
 	"io"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,7 @@ type Server struct {
 	Cfg  conf.Config
 	App  *server.App // nil while stopped
 	Addr string      // host:port, the same across restarts
+	logs *logBuffer
 }
 
 // Start runs a server with test defaults (port 0, a temporary SQLite file,
@@ -38,7 +41,7 @@ func Start(tb testing.TB, mutate func(*conf.Config)) *Server {
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	s := &Server{tb: tb, Cfg: cfg}
+	s := &Server{tb: tb, Cfg: cfg, logs: &logBuffer{}}
 	s.Start()
 	tb.Cleanup(s.Stop)
 	return s
@@ -47,7 +50,7 @@ func Start(tb testing.TB, mutate func(*conf.Config)) *Server {
 // Start starts a stopped server again, on the same address and database.
 func (s *Server) Start() {
 	s.tb.Helper()
-	var w io.Writer = logWriter{s.tb}
+	var w io.Writer = logWriter{s.tb, s.logs}
 	if _, ok := s.tb.(*testing.B); ok {
 		w = io.Discard
 	}
@@ -72,10 +75,29 @@ func (s *Server) Stop() {
 	s.App = nil
 }
 
-type logWriter struct{ tb testing.TB }
+// Logged reports whether the server logged a line containing text (at the
+// configured level, warn by default) since it was first started.
+func (s *Server) Logged(text string) bool {
+	s.logs.mu.Lock()
+	defer s.logs.mu.Unlock()
+	return strings.Contains(s.logs.b.String(), text)
+}
+
+type logBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+type logWriter struct {
+	tb   testing.TB
+	logs *logBuffer
+}
 
 func (w logWriter) Write(p []byte) (int, error) {
 	w.tb.Logf("%s", p)
+	w.logs.mu.Lock()
+	w.logs.b.Write(p)
+	w.logs.mu.Unlock()
 	return len(p), nil
 }
 
