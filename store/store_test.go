@@ -496,3 +496,47 @@ func fileSize(p string) int64 {
 	}
 	return fi.Size()
 }
+
+// Many retried and new clientmsgids in flight at once (so batches take the
+// multi-row dedup path): each retry stores nothing and returns the original
+// time, each new one is stored once.
+func TestDedupManyInFlight(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		from, to := mustUser(t, s, "bulkfrom"), mustUser(t, s, "bulkto")
+		sendAll := func(cmids []string, ms int64) ([]service.SendResult, []error) {
+			var wg sync.WaitGroup
+			res, errs := make([]service.SendResult, len(cmids)), make([]error, len(cmids))
+			for i, c := range cmids {
+				wg.Add(1)
+				s.SendAsync(ctx, service.SendRequest{From: from, To: []codec.UserID{to}, ToUser: to, Body: "b", ClientMsgID: c, UnixMilli: ms},
+					func(r service.SendResult, err error) { res[i], errs[i] = r, err; wg.Done() })
+			}
+			wg.Wait()
+			return res, errs
+		}
+		var first, second []string
+		for i := 0; i < 200; i++ {
+			first = append(first, fmt.Sprintf("k%d", i))
+		}
+		for i := 0; i < 300; i++ {
+			second = append(second, fmt.Sprintf("k%d", i)) // 200 retries, 100 new
+		}
+		if _, errs := sendAll(first, 1000); errors.Join(errs...) != nil {
+			t.Fatal(errors.Join(errs...))
+		}
+		res, errs := sendAll(second, 2000)
+		if err := errors.Join(errs...); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range res {
+			retry := i < 200
+			if r.Duplicate != retry || (retry && r.UnixMilli != 1000) || (!retry && r.UnixMilli != 2000) {
+				t.Fatalf("send %d: %+v", i, r)
+			}
+		}
+		if last, _, _ := s.InboxState(ctx, to); last != 300 {
+			t.Fatalf("stored %d messages, want 300", last)
+		}
+	})
+}
