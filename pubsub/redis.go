@@ -171,11 +171,11 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 	return r, nil
 }
 
-// ErrRedisVersion: the Redis server is older than 7.0, the first to take
-// SET with both NX and GET (used to re-assert presence).
-var ErrRedisVersion = errors.New("pubsub: Redis 7.0 or later is required")
+// ErrRedisVersion: the Redis server is older than 6.2, the first to take
+// SET ... GET (used to take over presence at login).
+var ErrRedisVersion = errors.New("pubsub: Redis 6.2 or later is required")
 
-// checkVersion refuses a Redis server older than 7.0.
+// checkVersion refuses a Redis server older than 6.2.
 func checkVersion(ctx context.Context, rdb *redis.Client) error {
 	info, err := rdb.Info(ctx, "server").Result()
 	if err != nil {
@@ -188,8 +188,13 @@ func checkVersion(ctx context.Context, rdb *redis.Client) error {
 func versionOK(info string) error {
 	for _, line := range strings.Split(info, "\n") {
 		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "redis_version:"); ok {
-			major, _, _ := strings.Cut(v, ".")
-			if n, err := strconv.Atoi(major); err != nil || n < 7 {
+			parts := strings.SplitN(v, ".", 3)
+			major, err1 := strconv.Atoi(parts[0])
+			minor := 0
+			if len(parts) > 1 {
+				minor, _ = strconv.Atoi(parts[1])
+			}
+			if err1 != nil || major < 6 || (major == 6 && minor < 2) {
 				return fmt.Errorf("%w (server has %s)", ErrRedisVersion, v)
 			}
 			return nil
@@ -490,7 +495,7 @@ func (r *Redis) dispatch(payload string) {
 }
 
 // reassertPresence writes the presence of every local session that Redis no
-// longer has (SET NX: a newer login elsewhere wins). A local session whose
+// longer has (SETNX: a newer login elsewhere wins). A local session whose
 // user logged in elsewhere meanwhile is kicked here: the kick sent to this
 // node then was lost with the subscription.
 func (r *Redis) reassertPresence() error {
@@ -508,19 +513,23 @@ func (r *Redis) reassertPresence() error {
 	type reassert struct {
 		uid     codec.UserID
 		session string
-		cmd     *redis.StatusCmd
+		cur     *redis.StringCmd
 	}
 	batch := make([]reassert, 0, 1000)
 	flush := func() error {
-		pipe := r.rdb.Pipeline()
+		// SETNX then GET in one MULTI: GET sees either this session (set
+		// now or still there) or the newer login that superseded it.
+		pipe := r.rdb.TxPipeline()
 		for i, a := range batch {
-			batch[i].cmd = pipe.SetArgs(ctx, r.presenceKey(a.uid), a.session+"@"+r.cfg.NodeID, redis.SetArgs{Mode: "NX", Get: true})
+			key := r.presenceKey(a.uid)
+			pipe.SetNX(ctx, key, a.session+"@"+r.cfg.NodeID, 0)
+			batch[i].cur = pipe.Get(ctx, key)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
 			return err
 		}
 		for _, a := range batch {
-			cur, err := a.cmd.Result()
+			cur, err := a.cur.Result()
 			if errors.Is(err, redis.Nil) || cur == a.session+"@"+r.cfg.NodeID {
 				continue // re-asserted, or still there
 			}

@@ -289,7 +289,8 @@ func TestRedisVersionCheck(t *testing.T) {
 		"# Server\r\nredis_version:7.0.15\r\nredis_mode:standalone\r\n": true,
 		"redis_version:7.2.4\r\n":   true,
 		"redis_version:10.0.0\r\n":  true,
-		"redis_version:6.2.14\r\n":  false,
+		"redis_version:6.2.14\r\n":  true,
+		"redis_version:6.0.16\r\n":  false,
 		"redis_version:5.0.7\r\n":   false,
 		"redis_mode:standalone\r\n": false,
 	} {
