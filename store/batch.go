@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 	"sync"
@@ -526,11 +527,22 @@ func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[c
 }
 
 // ackChunks raises acked_seq of each user in acks, ackChunk users per
-// autocommitted statement, in id order (the order group commits lock rows
-// in). A deadlock or lock timeout is retried a few times.
+// autocommitted statement, ids ascending within a statement (the order
+// group commits lock rows in). A deadlock or lock timeout is retried a few
+// times; a chunk that still fails does not stop the others, and the
+// chunks start at a random one, so a flush that keeps running out of time
+// does not starve the same users every time. It returns the first error.
 func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.UserID]codec.Seq) error {
 	ids := sortedIDs(nil, acks)
-	for start := 0; start < len(ids); start += ackChunk {
+	chunks := (len(ids) + ackChunk - 1) / ackChunk
+	if chunks == 0 {
+		return nil
+	}
+	first := rand.IntN(chunks)
+	var firstErr error
+	c := 0
+	for ; c < chunks && ctx.Err() == nil; c++ {
+		start := ((first + c) % chunks) * ackChunk
 		part := ids[start:min(start+ackChunk, len(ids))]
 		args := make([]any, 0, 3*len(part))
 		for _, id := range part {
@@ -546,11 +558,14 @@ func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.
 			time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
 		}
 		cancel()
-		if err != nil {
-			return unavailable(err)
+		if err != nil && firstErr == nil {
+			firstErr = unavailable(err)
 		}
 	}
-	return nil
+	if firstErr == nil && c < chunks {
+		firstErr = unavailable(ctx.Err())
+	}
+	return firstErr
 }
 
 func placeholders(n int, one string) string {

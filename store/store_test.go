@@ -540,3 +540,41 @@ func TestDedupManyInFlight(t *testing.T) {
 		}
 	})
 }
+
+// Acknowledgements for more users than one statement takes (MySQL writes
+// them in chunks, starting at a random one) all land.
+func TestAckManyUsers(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		from := mustUser(t, s, "acksender")
+		const n = 3*ackChunk + 7
+		users := make([]codec.UserID, n)
+		var wg sync.WaitGroup
+		for i := range users {
+			users[i] = mustUser(t, s, fmt.Sprintf("acker%d", i))
+			for j := 0; j < 2; j++ {
+				wg.Add(1)
+				s.SendAsync(ctx, service.SendRequest{From: from, To: []codec.UserID{users[i]}, ToUser: users[i], Body: "b", UnixMilli: 1},
+					func(_ service.SendResult, err error) {
+						if err != nil {
+							t.Error(err)
+						}
+						wg.Done()
+					})
+			}
+		}
+		wg.Wait()
+		acks := map[codec.UserID]codec.Seq{}
+		for i, u := range users {
+			acks[u] = codec.Seq(1 + i%2)
+		}
+		if err := s.Ack(ctx, acks); err != nil {
+			t.Fatal(err)
+		}
+		for u, want := range acks {
+			if _, acked, err := s.InboxState(ctx, u); err != nil || acked != want {
+				t.Fatalf("user %d: acked %d (%v), want %d", u, acked, err, want)
+			}
+		}
+	})
+}
