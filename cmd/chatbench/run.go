@@ -183,6 +183,20 @@ func (r *runner) phase(ctx context.Context, name string) error {
 	return runPhase(ctx, r.hs, name)
 }
 
+// finish collects the workers' results, closes their connections and fills
+// the report's setup information and the resources used between snapshots
+// a and b.
+func (r *runner) finish(ctx context.Context, rep *Report, a, b snapshot) (WorkerResult, error) {
+	res, err := collect(ctx, r.hs)
+	if err != nil {
+		return res, err
+	}
+	_ = r.phase(ctx, "close")
+	r.setupInfo(rep, res)
+	rep.Resources = resources(r.smp, a, b, r.ncpu)
+	return res, nil
+}
+
 // setupInfo copies setup timings into the report.
 func (r *runner) setupInfo(rep *Report, res WorkerResult) {
 	rep.Users = res.Users
@@ -306,13 +320,10 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	if err := r.phase(ctx, "drain"); err != nil {
 		return err
 	}
-	res, err := collect(ctx, r.hs)
+	res, err := r.finish(ctx, rep, a, b)
 	if err != nil {
 		return err
 	}
-	_ = r.phase(ctx, "close")
-	r.setupInfo(rep, res)
-	rep.Resources = resources(r.smp, a, b, r.ncpu)
 	l := res.Ledger
 	win := cfg.Duration.Seconds()
 	t := &TrafficReport{
@@ -369,13 +380,10 @@ func runConnect(ctx context.Context, cfg Config, log io.Writer, rep *Report) (*C
 	if onHeld != nil {
 		onHeld()
 	}
-	res, err := collect(ctx, r.hs)
+	res, err := r.finish(ctx, rep, before, end)
 	if err != nil {
 		return nil, err
 	}
-	_ = r.phase(ctx, "close")
-	r.setupInfo(rep, res)
-	rep.Resources = resources(r.smp, before, end, r.ncpu)
 	c := &ConnectReport{
 		Target: strings.Join(cfg.Addrs, ","), Connected: res.Connected, Failed: res.ConnFailed,
 		ConnectSeconds: connectSecs, HoldSeconds: end.at.Sub(hold0).Seconds(),
@@ -469,13 +477,10 @@ func runLogin(ctx context.Context, cfg Config, log io.Writer, rep *Report) error
 	if err != nil {
 		return err
 	}
-	res, err := collect(ctx, r.hs)
+	res, err := r.finish(ctx, rep, a, b)
 	if err != nil {
 		return err
 	}
-	_ = r.phase(ctx, "close")
-	r.setupInfo(rep, res)
-	rep.Resources = resources(r.smp, a, b, r.ncpu)
 	rep.Login = &LoginReport{
 		Killed: cfg.KillPID, Reconnecting: res.Stormed, Back: res.Back, Failed: res.StormFailed,
 		Retries: res.Retries, AllBackSeconds: float64(res.AllBackNanos) / 1e9, Latency: res.Reconnect.Summary(),
