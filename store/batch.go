@@ -239,6 +239,12 @@ type dedupKey struct {
 	cmid   string
 }
 
+// sentRow is a dedup key to record, with its send's time.
+type sentRow struct {
+	key dedupKey
+	ms  int64
+}
+
 // storeBatch writes a batch inside tx: dedup by clientmsgid, seq allocation
 // for every recipient, inbox rows. It returns one result per op and the new
 // entries in op order (so per recipient in seq order).
@@ -246,8 +252,7 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	results := make([]service.SendResult, len(batch))
 	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
 	// 1. Which clientmsgids were stored before, or repeat within the batch?
-	var keys []dedupKey
-	var keyTimes []int64
+	var sent []sentRow
 	first := map[dedupKey]int{}
 	acks := map[codec.UserID]codec.Seq{}
 	for i, op := range batch {
@@ -268,11 +273,10 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 			continue
 		}
 		first[k] = i
-		keys = append(keys, k)
-		keyTimes = append(keyTimes, op.req.UnixMilli)
+		sent = append(sent, sentRow{k, op.req.UnixMilli})
 	}
-	if len(keys) > 0 {
-		stored, err := s.writer.dedup(ctx, tx, keys, keyTimes)
+	if len(sent) > 0 {
+		stored, err := s.writer.dedup(ctx, tx, sent)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -342,7 +346,7 @@ const chunk = 400
 type sendWriter interface {
 	// dedup records the new keys and returns the stored time of each key
 	// sent before.
-	dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error)
+	dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) (map[dedupKey]int64, error)
 	// allocSeqs reserves counts[u] seqs for each user and returns the first;
 	// it also raises acked_seq to acks[u] (never lowering it, never past
 	// last_seq).
@@ -358,32 +362,23 @@ type multiRowWriter struct{ bumpSeq string }
 // the chunk is undone to a savepoint, the keys sent before are read, and
 // only the new ones are inserted. A key committed meanwhile by another node
 // fails that insert with a conflict, and the group commit is retried.
-func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error) {
+func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) (map[dedupKey]int64, error) {
 	// Key order is lock order: sorted, two nodes' commits cannot deadlock
 	// on each other's keys.
-	order := make([]int, len(keys))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(a, b int) int {
-		if c := cmp.Compare(keys[a].sender, keys[b].sender); c != 0 {
+	rows = slices.Clone(rows)
+	slices.SortFunc(rows, func(a, b sentRow) int {
+		if c := cmp.Compare(a.key.sender, b.key.sender); c != 0 {
 			return c
 		}
-		return strings.Compare(keys[a].cmid, keys[b].cmid)
+		return strings.Compare(a.key.cmid, b.key.cmid)
 	})
-	sortedKeys, sortedTimes := make([]dedupKey, len(keys)), make([]int64, len(keys))
-	for i, j := range order {
-		sortedKeys[i], sortedTimes[i] = keys[j], times[j]
-	}
-	keys, times = sortedKeys, sortedTimes
 	out := map[dedupKey]int64{}
-	for start := 0; start < len(keys); start += chunk {
-		end := min(start+chunk, len(keys))
-		part, partTimes := keys[start:end], times[start:end]
+	for start := 0; start < len(rows); start += chunk {
+		part := rows[start:min(start+chunk, len(rows))]
 		if _, err := tx.ExecContext(ctx, "SAVEPOINT dedup"); err != nil {
 			return nil, err
 		}
-		res, err := insertSentChunk(ctx, tx, "INSERT IGNORE", part, partTimes)
+		res, err := insertSentChunk(ctx, tx, "INSERT IGNORE", part)
 		if err != nil {
 			return nil, err
 		}
@@ -400,18 +395,16 @@ func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey,
 		if err != nil {
 			return nil, err
 		}
-		var newKeys []dedupKey
-		var newTimes []int64
-		for i, k := range part {
-			if ms, ok := stored[k]; ok {
-				out[k] = ms
-				continue
+		var fresh []sentRow
+		for _, r := range part {
+			if ms, ok := stored[r.key]; ok {
+				out[r.key] = ms
+			} else {
+				fresh = append(fresh, r)
 			}
-			newKeys = append(newKeys, k)
-			newTimes = append(newTimes, partTimes[i])
 		}
-		if len(newKeys) > 0 {
-			if _, err := insertSentChunk(ctx, tx, "INSERT", newKeys, newTimes); err != nil {
+		if len(fresh) > 0 {
+			if _, err := insertSentChunk(ctx, tx, "INSERT", fresh); err != nil {
 				return nil, err
 			}
 		}
@@ -423,44 +416,31 @@ func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []
 	return insertInbox(ctx, tx, entries, created)
 }
 
-func selectSent(ctx context.Context, q sqlx.QueryerContext, keys []dedupKey) (map[dedupKey]int64, error) {
-	out := map[dedupKey]int64{}
-	for start := 0; start < len(keys); start += chunk {
-		part := keys[start:min(start+chunk, len(keys))]
-		var sb strings.Builder
-		args := make([]any, 0, 2*len(part))
-		sb.WriteString("SELECT senderid, clientmsgid, created_ms FROM sent WHERE ")
-		for i, k := range part {
-			if i > 0 {
-				sb.WriteString(" OR ")
-			}
-			sb.WriteString("(senderid = ? AND clientmsgid = ?)")
-			args = append(args, k.sender, k.cmid)
+// selectSent returns the stored time of each of rows (at most chunk) that
+// was sent before.
+func selectSent(ctx context.Context, q sqlx.QueryerContext, rows []sentRow) (map[dedupKey]int64, error) {
+	var sb strings.Builder
+	args := make([]any, 0, 2*len(rows))
+	sb.WriteString("SELECT senderid, clientmsgid, created_ms FROM sent WHERE ")
+	for i, r := range rows {
+		if i > 0 {
+			sb.WriteString(" OR ")
 		}
-		rows, err := q.QueryxContext(ctx, sb.String(), args...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var (
-				sender int64
-				cmid   string
-				ms     int64
-			)
-			if err := rows.Scan(&sender, &cmid, &ms); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			out[dedupKey{codec.UserID(sender), cmid}] = ms
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
+		sb.WriteString("(senderid = ? AND clientmsgid = ?)")
+		args = append(args, r.key.sender, r.key.cmid)
 	}
-	return out, nil
+	out := map[dedupKey]int64{}
+	res, err := q.QueryxContext(ctx, sb.String(), args...)
+	err = scanRows(res, err, func(res *sqlx.Rows) error {
+		var k dedupKey
+		var ms int64
+		if err := res.Scan(&k.sender, &k.cmid, &ms); err != nil {
+			return err
+		}
+		out[k] = ms
+		return nil
+	})
+	return out, err
 }
 
 // sortedIDs returns the users of counts and acks in id order: rows are
@@ -501,22 +481,7 @@ func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[c
 			return nil, err
 		}
 		rows, err := tx.QueryxContext(ctx, q, qargs...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id, last int64
-			if err := rows.Scan(&id, &last); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			uid := codec.UserID(id)
-			next[uid] = codec.Seq(last - counts[uid] + 1)
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if err := rows.Err(); err != nil {
+		if err := scanRows(rows, err, scanFirstSeqs(counts, next)); err != nil {
 			return nil, err
 		}
 	}
@@ -568,6 +533,38 @@ func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.
 	return firstErr
 }
 
+// scanRows calls scan for each row of a query's result (rows, err), then
+// closes it and reports the first error.
+func scanRows(rows *sqlx.Rows, err error, scan func(*sqlx.Rows) error) error {
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := scan(rows); err != nil {
+			return err
+		}
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	return rows.Err()
+}
+
+// scanFirstSeqs reads (userid, last_seq) rows after counts[userid] seqs were
+// reserved, and records each user's first new seq in next.
+func scanFirstSeqs(counts map[codec.UserID]int64, next map[codec.UserID]codec.Seq) func(*sqlx.Rows) error {
+	return func(rows *sqlx.Rows) error {
+		var id codec.UserID
+		var last int64
+		if err := rows.Scan(&id, &last); err != nil {
+			return err
+		}
+		next[id] = codec.Seq(last - counts[id] + 1)
+		return nil
+	}
+}
+
 func placeholders(n int, one string) string {
 	var sb strings.Builder
 	sb.Grow(n * (len(one) + 1))
@@ -597,12 +594,16 @@ func insertInbox(ctx context.Context, tx sqlx.ExtContext, entries []service.Entr
 	return nil
 }
 
-// insertSentChunk inserts at most chunk keys with one statement; verb is
+// insertSentChunk inserts at most chunk rows with one statement; verb is
 // "INSERT" or "INSERT IGNORE".
-func insertSentChunk(ctx context.Context, tx sqlx.ExtContext, verb string, keys []dedupKey, times []int64) (sql.Result, error) {
-	args := make([]any, 0, 3*len(keys))
-	for i, k := range keys {
-		args = append(args, k.sender, k.cmid, times[i])
+func insertSentChunk(ctx context.Context, tx sqlx.ExtContext, verb string, rows []sentRow) (sql.Result, error) {
+	return tx.ExecContext(ctx, verb+" INTO sent (senderid, clientmsgid, created_ms) VALUES "+placeholders(len(rows), "(?, ?, ?)"), sentArgs(nil, rows)...)
+}
+
+// sentArgs appends the (senderid, clientmsgid, created_ms) values of rows.
+func sentArgs(args []any, rows []sentRow) []any {
+	for _, r := range rows {
+		args = append(args, r.key.sender, r.key.cmid, r.ms)
 	}
-	return tx.ExecContext(ctx, verb+" INTO sent (senderid, clientmsgid, created_ms) VALUES "+placeholders(len(keys), "(?, ?, ?)"), args...)
+	return args
 }

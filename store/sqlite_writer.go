@@ -57,68 +57,64 @@ func (w *preparedWriter) close() {
 	}
 }
 
+// inChunks calls fn for consecutive ranges [lo, hi) of n items: whole
+// chunks of inboxRows (for the prepared multi-row statements), then single
+// items.
+func inChunks(n int, fn func(lo, hi int) error) error {
+	for lo := 0; lo < n; {
+		hi := lo + 1
+		if n-lo >= inboxRows {
+			hi = lo + inboxRows
+		}
+		if err := fn(lo, hi); err != nil {
+			return err
+		}
+		lo = hi
+	}
+	return nil
+}
+
 // dedup records each new key with INSERT OR IGNORE, inboxRows keys per
 // statement (RETURNING names the rows it inserted) and the rest one by one:
 // a key that inserts nothing was sent before, and its stored time is read
 // back.
-func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, keys []dedupKey, times []int64) (map[dedupKey]int64, error) {
-	out := map[dedupKey]int64{}
-	var old []dedupKey
-	many := tx.StmtxContext(ctx, w.sentMany)
+func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow) (map[dedupKey]int64, error) {
+	many, one := tx.StmtxContext(ctx, w.sentMany), tx.StmtxContext(ctx, w.sentIns)
 	args := make([]any, 0, 3*inboxRows)
-	inserted := make(map[dedupKey]bool, inboxRows)
-	for len(keys) >= inboxRows {
-		args = args[:0]
-		for i, k := range keys[:inboxRows] {
-			args = append(args, k.sender, k.cmid, times[i])
+	inserted := make(map[dedupKey]bool, len(sent))
+	err := inChunks(len(sent), func(lo, hi int) error {
+		args = sentArgs(args[:0], sent[lo:hi])
+		if hi-lo == 1 {
+			res, err := one.ExecContext(ctx, args...)
+			if err != nil {
+				return err
+			}
+			n, err := res.RowsAffected()
+			inserted[sent[lo].key] = n == 1
+			return err
 		}
 		rows, err := many.QueryxContext(ctx, args...)
-		if err != nil {
-			return nil, err
-		}
-		clear(inserted)
-		for rows.Next() {
+		return scanRows(rows, err, func(rows *sqlx.Rows) error {
 			var k dedupKey
-			if err := rows.Scan(&k.sender, &k.cmid); err != nil {
-				rows.Close()
-				return nil, err
-			}
+			err := rows.Scan(&k.sender, &k.cmid)
 			inserted[k] = true
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-		for _, k := range keys[:inboxRows] {
-			if !inserted[k] {
-				old = append(old, k)
-			}
-		}
-		keys, times = keys[inboxRows:], times[inboxRows:]
+			return err
+		})
+	})
+	if err != nil {
+		return nil, err
 	}
-	ins := tx.StmtxContext(ctx, w.sentIns)
-	for i, k := range keys {
-		res, err := ins.ExecContext(ctx, k.sender, k.cmid, times[i])
-		if err != nil {
-			return nil, err
-		}
-		if n, err := res.RowsAffected(); err != nil || n == 1 {
-			if err != nil {
-				return nil, err
-			}
+	out := map[dedupKey]int64{}
+	sel := tx.StmtxContext(ctx, w.sentSel)
+	for _, r := range sent {
+		if inserted[r.key] {
 			continue
 		}
-		old = append(old, k)
-	}
-	sel := tx.StmtxContext(ctx, w.sentSel)
-	for _, k := range old {
 		var ms int64
-		if err := sel.GetContext(ctx, &ms, k.sender, k.cmid); err != nil {
+		if err := sel.GetContext(ctx, &ms, r.key.sender, r.key.cmid); err != nil {
 			return nil, err
 		}
-		out[k] = ms
+		out[r.key] = ms
 	}
 	return out, nil
 }
@@ -134,41 +130,26 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 	}
 	next := make(map[codec.UserID]codec.Seq, len(counts))
 	ids := sortedIDs(counts, nil)
-	many := tx.StmtxContext(ctx, w.seqBumpMany)
+	many, one := tx.StmtxContext(ctx, w.seqBumpMany), tx.StmtxContext(ctx, w.seqBump)
 	args := make([]any, 0, 2*inboxRows)
-	for len(ids) >= inboxRows {
+	err := inChunks(len(ids), func(lo, hi int) error {
+		if hi-lo == 1 {
+			var last int64
+			if err := one.QueryRowxContext(ctx, counts[ids[lo]], ids[lo]).Scan(&last); err != nil {
+				return fmt.Errorf("store: seq of user %d: %w", ids[lo], err)
+			}
+			next[ids[lo]] = codec.Seq(last - counts[ids[lo]] + 1)
+			return nil
+		}
 		args = args[:0]
-		for _, id := range ids[:inboxRows] {
+		for _, id := range ids[lo:hi] {
 			args = append(args, id, counts[id])
 		}
 		rows, err := many.QueryxContext(ctx, args...)
-		if err != nil {
-			return nil, err
-		}
-		for rows.Next() {
-			var id, last int64
-			if err := rows.Scan(&id, &last); err != nil {
-				rows.Close()
-				return nil, err
-			}
-			uid := codec.UserID(id)
-			next[uid] = codec.Seq(last - counts[uid] + 1)
-		}
-		if err := rows.Close(); err != nil {
-			return nil, err
-		}
-		if err := rows.Err(); err != nil {
-			return nil, err
-		}
-		ids = ids[inboxRows:]
-	}
-	bump := tx.StmtxContext(ctx, w.seqBump)
-	for _, id := range ids {
-		var last int64
-		if err := bump.QueryRowxContext(ctx, counts[id], id).Scan(&last); err != nil {
-			return nil, fmt.Errorf("store: seq of user %d: %w", id, err)
-		}
-		next[id] = codec.Seq(last - counts[id] + 1)
+		return scanRows(rows, err, scanFirstSeqs(counts, next))
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(next) != len(counts) {
 		return nil, fmt.Errorf("store: seq allocation returned %d of %d users", len(next), len(counts))
@@ -179,24 +160,17 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
 	many, one := tx.StmtxContext(ctx, w.inboxMany), tx.StmtxContext(ctx, w.inboxOne)
 	args := make([]any, 0, 9*inboxRows)
-	for start := 0; start < len(entries); {
-		n := 1
-		if len(entries)-start >= inboxRows {
-			n = inboxRows
-		}
+	return inChunks(len(entries), func(lo, hi int) error {
 		args = args[:0]
-		for i := start; i < start+n; i++ {
+		for i := lo; i < hi; i++ {
 			d := entries[i].Delivery
 			args = append(args, entries[i].To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[i])
 		}
 		st := one
-		if n == inboxRows {
+		if hi-lo > 1 {
 			st = many
 		}
-		if _, err := st.ExecContext(ctx, args...); err != nil {
-			return err
-		}
-		start += n
-	}
-	return nil
+		_, err := st.ExecContext(ctx, args...)
+		return err
+	})
 }

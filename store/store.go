@@ -151,28 +151,10 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 	switch kind {
 	case "sqlite":
 		path, query, _ := strings.Cut(rest, "?")
-		if !strings.Contains(query, "journal_mode") {
-			query = addParam(query, "_pragma=journal_mode(WAL)")
-		}
-		if !strings.Contains(query, "synchronous") {
-			query = addParam(query, "_pragma=synchronous(FULL)")
-		}
-		if !strings.Contains(query, "busy_timeout") {
-			query = addParam(query, "_pragma=busy_timeout(10000)")
-		}
-		if !strings.Contains(query, "temp_store") {
-			query = addParam(query, "_pragma=temp_store(MEMORY)")
-		}
-		if !strings.Contains(query, "cache_size") {
-			query = addParam(query, "_pragma=cache_size(-65536)")
-		}
-		if !strings.Contains(query, "wal_autocheckpoint") {
-			// The checkpointer goroutine copies the log beside the commits;
-			// a commit finishes the copy only once the log reaches 32 MiB.
-			query = addParam(query, "_pragma=wal_autocheckpoint(8192)")
-		}
-		if !strings.Contains(query, "journal_size_limit") {
-			query = addParam(query, "_pragma=journal_size_limit(67108864)")
+		for _, p := range sqlitePragmas {
+			if !strings.Contains(query, p.name) {
+				query = addParam(query, "_pragma="+p.name+"("+p.value+")")
+			}
 		}
 		query = addParam(query, "_txlock=immediate")
 		return "sqlite", "file:" + path + "?" + query, sqliteDialect, nil
@@ -201,6 +183,19 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 		return "mysql", mc.FormatDSN(), mysqlDialect, nil
 	}
 	return "", "", d, ErrBadDSN
+}
+
+// sqlitePragmas are the SQLite settings a DSN gets unless it sets them.
+var sqlitePragmas = []struct{ name, value string }{
+	{"journal_mode", "WAL"},
+	{"synchronous", "FULL"},
+	{"busy_timeout", "10000"},
+	{"temp_store", "MEMORY"},
+	{"cache_size", "-65536"}, // 64 MiB
+	// The checkpointer goroutine copies the log beside the commits; a
+	// commit finishes the copy only once the log reaches 32 MiB.
+	{"wal_autocheckpoint", "8192"},
+	{"journal_size_limit", "67108864"},
 }
 
 func addParam(q, p string) string {
