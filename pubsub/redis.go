@@ -350,11 +350,11 @@ func (r *Redis) leaseLoop() {
 			continue
 		}
 		lastProbe = time.Now()
-		if err := r.send(r.ctx, r.channel(r.cfg.NodeID), envelope{T: "p"}); err != nil {
+		if _, err := r.send(r.ctx, r.channel(r.cfg.NodeID), envelope{T: "p"}); err != nil {
 			continue
 		}
 		if r.lost.Load() {
-			if err := r.send(r.ctx, r.allChannel(), envelope{T: "r"}); err == nil {
+			if _, err := r.send(r.ctx, r.allChannel(), envelope{T: "r"}); err == nil {
 				r.lost.Store(false)
 				r.log.Info("broadcast resync after lost notices")
 			}
@@ -372,14 +372,15 @@ func (r *Redis) renewLease(ctx context.Context) error {
 	return nil
 }
 
-func (r *Redis) send(ctx context.Context, channel string, e envelope) error {
+// send publishes e on channel and returns how many subscribers got it.
+func (r *Redis) send(ctx context.Context, channel string, e envelope) (receivers int64, err error) {
 	payload, err := json.Marshal(e)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	ctx, cancel := r.cmdCtx(ctx)
 	defer cancel()
-	return r.rdb.Publish(ctx, channel, payload).Err()
+	return r.rdb.Publish(ctx, channel, payload).Result()
 }
 
 // subscribeLoop is the node's single subscriber. Each (re)subscription is
@@ -476,7 +477,7 @@ func (r *Redis) dispatch(payload string) {
 			h.Kick(e.UID, e.Session)
 		}
 		if e.From != "" {
-			if err := r.send(r.ctx, r.channel(e.From), envelope{T: "ka", ID: e.ID}); err != nil {
+			if _, err := r.send(r.ctx, r.channel(e.From), envelope{T: "ka", ID: e.ID}); err != nil {
 				r.log.Warn("kick confirmation failed", "err", err)
 			}
 		}
@@ -612,13 +613,7 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		delete(r.waiters, id)
 		r.waitMu.Unlock()
 	}()
-	payload, err := json.Marshal(envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID})
-	if err != nil {
-		return err
-	}
-	cctx, cancel = r.cmdCtx(ctx)
-	receivers, err := r.rdb.Publish(cctx, r.channel(node), payload).Result()
-	cancel()
+	receivers, err := r.send(ctx, r.channel(node), envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID})
 	if err != nil {
 		return fmt.Errorf("pubsub: kick: %w", err)
 	}

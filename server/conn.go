@@ -67,12 +67,10 @@ func (c *conn) Send(frame []byte) {
 	c.flushing = true
 	c.mu.Unlock()
 	// Writing nothing costs no system call; the callback runs on the event
-	// loop, where the connection may be written synchronously.
-	if err := c.gc.AsyncWritev(nil, c.flush); err != nil {
-		c.mu.Lock()
-		c.out, c.flushing = nil, false
-		c.mu.Unlock()
-	}
+	// loop, where the connection may be written synchronously. The task is
+	// queued even when waking the loop fails (the only error), so flush
+	// still runs and clears flushing.
+	_ = c.gc.AsyncWritev(nil, c.flush)
 }
 
 // maxIOV is Linux's IOV_MAX, the most buffers one writev(2) takes.

@@ -275,13 +275,11 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	}
 	pump := s.needsPumpLocked(complete)
 	s.mu.Unlock()
-	if !pump {
-		n.log.Debug("login", "user", uid)
-		return
-	}
 	n.log.Debug("login", "user", uid)
-	// Send the rest of the backlog and anything that arrived meanwhile.
-	n.pump(s, gen)
+	if pump {
+		// Send the rest of the backlog and anything that arrived meanwhile.
+		n.pump(s, gen)
+	}
 }
 
 // loginAck builds a successful LOGIN_ACK for uid and returns the user's
