@@ -37,14 +37,17 @@ func friendly(err error) string {
 			}
 			return s + " (" + msg + ")"
 		}
+		withMsg := func(s string) string {
+			if msg == "" {
+				return s
+			}
+			return s + ": " + msg
+		}
 		switch se.Errno {
 		case codec.ErrnoAuth:
 			return "wrong id or password"
 		case codec.ErrnoBadRequest:
-			if msg == "" {
-				return "bad request"
-			}
-			return "bad request: " + msg
+			return withMsg("bad request")
 		case codec.ErrnoNotLoggedIn:
 			return "not logged in"
 		case codec.ErrnoNotFound:
@@ -52,10 +55,7 @@ func friendly(err error) string {
 		case codec.ErrnoForbidden:
 			return withDetail("not allowed: you are not a member")
 		case codec.ErrnoConflict:
-			if msg == "" {
-				return "already exists"
-			}
-			return "already exists: " + msg
+			return withMsg("already exists")
 		case codec.ErrnoRateLimited:
 			return "slow down: rate limited"
 		case codec.ErrnoFrameTooLarge:
@@ -63,11 +63,7 @@ func friendly(err error) string {
 		case codec.ErrnoUnavailable:
 			return "server unavailable, try again"
 		}
-		s := "server error " + strconv.Itoa(int(se.Errno))
-		if msg != "" {
-			s += ": " + msg
-		}
-		return s
+		return withMsg("server error " + strconv.Itoa(int(se.Errno)))
 	}
 	var ne *net.OpError
 	switch {
