@@ -303,9 +303,7 @@ func TestRedisRestart(t *testing.T) {
 	t.Log("redis restarted")
 	tr.waitSent(400)
 	tr.finish()
-	tr.l.mu.Lock()
-	dropped := tr.l.errnos[client.NoErrno]
-	tr.l.mu.Unlock()
+	dropped := tr.l.errnoCount(client.NoErrno)
 	if dropped > 0 {
 		t.Errorf("%d sends lost their connection: a failed login must not kick the user's session", dropped)
 	}
@@ -332,9 +330,7 @@ func TestMariaDBStop(t *testing.T) {
 	t.Log("mariadb started again")
 	tr.waitSent(400)
 	tr.finish()
-	tr.l.mu.Lock()
-	n := tr.l.errnos[codec.ErrnoUnavailable]
-	tr.l.mu.Unlock()
+	n := tr.l.errnoCount(codec.ErrnoUnavailable)
 	if n == 0 {
 		t.Error("no send saw errno 10 while MariaDB was down")
 	}

@@ -64,6 +64,14 @@ func (l *ledger) received(to codec.UserID, d codec.Delivery) {
 	l.got[to][d.Msg]++
 }
 
+// errnoCount is how many failed sends got errno e (client.NoErrno: the
+// connection was lost).
+func (l *ledger) errnoCount(e codec.Errno) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.errnos[e]
+}
+
 // missing counts acked deliveries not yet received.
 func (l *ledger) missing() int {
 	l.mu.Lock()
