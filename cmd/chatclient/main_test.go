@@ -279,12 +279,19 @@ func waitIn(t *testing.T, b *syncBuffer, s string) {
 // exit waits for the process to end by itself and returns its status.
 func (p *proc) exit() int {
 	p.t.Helper()
+	return waitExit(p.t, p.done, p.cmd)
+}
+
+// waitExit waits (at most runLimit) for cmd, whose waiter closes done, and
+// returns its exit status.
+func waitExit(t *testing.T, done <-chan struct{}, cmd *exec.Cmd) int {
+	t.Helper()
 	select {
-	case <-p.done:
+	case <-done:
 	case <-time.After(runLimit):
-		p.t.Fatal("chatclient did not exit")
+		t.Fatal("chatclient did not exit")
 	}
-	return p.cmd.ProcessState.ExitCode()
+	return cmd.ProcessState.ExitCode()
 }
 
 var ansiRE = regexp.MustCompile(`\x1b\[[0-9;?]*[A-Za-z]`)

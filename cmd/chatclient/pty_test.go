@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/creack/pty"
 
@@ -102,12 +101,7 @@ func (tm *term) expectRE(re *regexp.Regexp) []string {
 
 func (tm *term) exit() int {
 	tm.t.Helper()
-	select {
-	case <-tm.done:
-	case <-time.After(runLimit):
-		tm.t.Fatal("chatclient did not exit")
-	}
-	return tm.cmd.ProcessState.ExitCode()
+	return waitExit(tm.t, tm.done, tm.cmd)
 }
 
 // TestInteractive drives the start menu, login, every command, bad input,
