@@ -182,7 +182,10 @@ func (c *Client) ChatWithID(ctx context.Context, to codec.UserID, msg, clientmsg
 }
 
 // GroupChat sends a message to a group with a fresh clientmsgid and returns
-// the server's ACK. Safe for concurrent use.
+// the server's ACK: its Time is the message's timestamp and its GSeq the
+// message's position in the group's log (0 when the server recognised a
+// retried clientmsgid). The sender does not receive its own message. Safe
+// for concurrent use.
 func (c *Client) GroupChat(ctx context.Context, gid codec.GroupID, msg string) (*codec.Ack, error) {
 	return c.GroupChatWithID(ctx, gid, msg, c.NewClientMsgID())
 }

@@ -1,7 +1,10 @@
 // Package client is a Go client for the chatcluster wire protocol (see
 // package codec): it multiplexes concurrent requests over one TCP connection
-// by "reqid", and hands the server's deliveries to the application in seq
-// order, deduplicated, acknowledging them with DELIVERED.
+// by "reqid", and hands the server's deliveries to the application in
+// order, deduplicated, acknowledging them with DELIVERED. A delivery is
+// numbered in one of two streams: the user's inbox (Seq: one-to-one
+// messages) or a group's log (GSeq, per GroupID: group messages); each
+// stream is deduplicated and acknowledged on its own.
 //
 // A Client owns exactly two goroutines (a reader and a writer) and no timers
 // unless Options.PingInterval is set, so a process can hold many thousands
@@ -46,6 +49,9 @@ const (
 	silenceFactor = 3        // with pings: close after silenceFactor*PingInterval of silence
 	idPrefixBytes = 6        // random bytes in the clientmsgid prefix
 	deliveredCap  = 40       // enough for {"msgid":12,"seq":<int64>}
+	// groupDeliveredCap is enough for
+	// {"msgid":12,"groupid":<int64>,"gseq":<int64>}.
+	groupDeliveredCap = 80
 )
 
 // Options configures Dial. The zero value is usable. Options is a plain value;
@@ -57,7 +63,8 @@ type Options struct {
 	// far larger than the server's request limit.
 	MaxFrame int
 	// ManualAck disables automatic acknowledgement: the application must call
-	// Client.Ack after it has processed a delivery. By default a delivery is
+	// Client.Ack (for a delivery with Seq) or Client.AckGroup (for one with
+	// GSeq) after it has processed a delivery. By default a delivery is
 	// acknowledged as soon as it has been put into the Deliveries channel.
 	ManualAck bool
 	// DeliveryBuffer is the capacity of the Deliveries channel. Default 1024.
@@ -149,6 +156,14 @@ type Client struct {
 	ackWant    atomic.Int64 // highest seq the server should be told about
 	ackSent    int64        // writer-owned: highest seq sent in DELIVERED
 
+	// Group-log deliveries and acknowledgements, per group. Maps are
+	// allocated on first use.
+	gmu      sync.Mutex
+	gseqs    map[codec.GroupID]codec.Seq // highest gseq handed out (or set by SetGroupSeqs)
+	gdone    map[codec.GroupID]codec.Seq // highest gseq the application has processed, as far as we know
+	gackWant map[codec.GroupID]codec.Seq // DELIVERED still to be sent, taken by the writer
+	gackSent map[codec.GroupID]codec.Seq // highest gseq sent in DELIVERED
+
 	// clientmsgid generation.
 	msgPrefix string
 	msgCount  atomic.Uint64
@@ -207,9 +222,12 @@ func newClient(conn net.Conn, opts Options) *Client {
 }
 
 // Deliveries returns the channel of messages delivered to the logged-in user,
-// in seq order and without duplicates. After a successful Login or
-// LoginToken, the LOGIN_ACK's offline messages are in the channel before the
-// call returns, ahead of any later live delivery. The channel is closed when
+// without duplicates: those with a Seq (the inbox) in seq order, and those
+// with a GSeq (group messages, numbered in their group's log) in gseq order
+// within each group. After a successful Login or LoginToken, the LOGIN_ACK's
+// offline messages are in the channel before the call returns, ahead of any
+// later live delivery; each group's backlog follows LOGIN_ACK as ordinary
+// deliveries, so it may still be arriving then. The channel is closed when
 // the connection ends. The client never drops a delivery: while the channel
 // is full it stops reading from the connection.
 func (c *Client) Deliveries() <-chan codec.Delivery { return c.deliveries }
@@ -225,7 +243,8 @@ func (c *Client) LastSeq() codec.Seq { return codec.Seq(c.lastSeq.Load()) }
 // acknowledged to the server). Call it before Login/LoginToken with the old
 // client's LastSeq (with ManualAck: the highest seq the application has
 // processed, and then call Ack with it after logging in). Calling it while
-// deliveries are arriving is safe but makes the dedup point racy.
+// deliveries are arriving is safe but makes the dedup point racy. Group
+// messages numbered by gseq have their own state: see SetGroupSeqs.
 func (c *Client) SetLastSeq(seq codec.Seq) { c.lastSeq.Store(int64(seq)) }
 
 // Ack tells the server that every delivery with seq <= seq has been
@@ -233,6 +252,7 @@ func (c *Client) SetLastSeq(seq codec.Seq) { c.lastSeq.Store(int64(seq)) }
 // harmless). seq is clamped to LastSeq; acknowledgements are cumulative and
 // coalesced, and sent by the writer goroutine without waiting for a
 // response. Ack never blocks and is a no-op once the connection is closed.
+// It covers only deliveries with Seq; see AckGroup for group messages.
 func (c *Client) Ack(seq codec.Seq) {
 	if last := c.LastSeq(); seq > last {
 		seq = last
@@ -251,6 +271,135 @@ func (c *Client) requestAck(seq int64) {
 		}
 	}
 	c.signal()
+}
+
+// GroupSeqs returns, for each group, the highest gseq of that group put into
+// the Deliveries channel (or set by SetGroupSeqs): LastSeq for group
+// messages. For each group it is at least the gseq of every delivery of
+// that group already received from the channel, and it is final once Done
+// is closed. Groups without any are absent. The map is a fresh copy, owned
+// by the caller. Safe for concurrent use.
+func (c *Client) GroupSeqs() map[codec.GroupID]codec.Seq {
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	m := make(map[codec.GroupID]codec.Seq, len(c.gseqs))
+	for gid, gseq := range c.gseqs {
+		if gseq > 0 {
+			m[gid] = gseq
+		}
+	}
+	return m
+}
+
+// SetGroupSeqs is SetLastSeq for group messages: it carries deduplication
+// state over from a previous Client of the same user. For each group in
+// seqs, deliveries of that group with gseq <= seqs[group] are dropped. It
+// replaces whatever group state was set or received before, and does not
+// keep seqs. Call it before Login/LoginToken with the old client's
+// GroupSeqs; with ManualAck, pass the highest gseq the application has
+// processed in each group.
+//
+// The server sends a group's unacknowledged backlog after LOGIN_ACK, so an
+// AckGroup made right after logging in can be clamped by the server to
+// what it has sent so far. The client therefore acknowledges every dropped
+// duplicate itself (with ManualAck, only those at or below what SetGroupSeqs
+// or AckGroup declared processed). Calling it while deliveries are arriving
+// is safe but makes the dedup point racy. Safe for concurrent use.
+func (c *Client) SetGroupSeqs(seqs map[codec.GroupID]codec.Seq) {
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	clear(c.gseqs)
+	clear(c.gdone)
+	for gid, gseq := range seqs {
+		if gseq > 0 {
+			putSeq(&c.gseqs, gid, gseq)
+			putSeq(&c.gdone, gid, gseq)
+		}
+	}
+}
+
+// AckGroup is Ack for group messages: it tells the server that every
+// delivery of group gid with gseq <= gseq has been processed. It is needed
+// only with Options.ManualAck (without it, it is harmless). gseq is clamped
+// to GroupSeqs()[gid]; acknowledgements are cumulative per group and
+// coalesced, and sent by the writer goroutine without waiting for a
+// response. AckGroup never blocks and is a no-op once the connection is
+// closed. Safe for concurrent use.
+func (c *Client) AckGroup(gid codec.GroupID, gseq codec.Seq) {
+	c.gmu.Lock()
+	if last := c.gseqs[gid]; gseq > last {
+		gseq = last
+	}
+	queued := false
+	if gseq > 0 {
+		if gseq > c.gdone[gid] {
+			putSeq(&c.gdone, gid, gseq)
+		}
+		queued = c.wantGroupAckLocked(gid, gseq, false)
+	}
+	c.gmu.Unlock()
+	if queued {
+		c.signal()
+	}
+}
+
+// wantGroupAckLocked asks the writer to send DELIVERED for group gid
+// through gseq, unless a value at least as high is already waiting or,
+// without force, was already sent. It reports whether the writer must be
+// woken. c.gmu must be held.
+func (c *Client) wantGroupAckLocked(gid codec.GroupID, gseq codec.Seq, force bool) bool {
+	if gseq <= c.gackWant[gid] || (!force && gseq <= c.gackSent[gid]) {
+		return false
+	}
+	putSeq(&c.gackWant, gid, gseq)
+	return true
+}
+
+// putSeq sets (*m)[gid] to gseq, making the map on first use.
+func putSeq(m *map[codec.GroupID]codec.Seq, gid codec.GroupID, gseq codec.Seq) {
+	if *m == nil {
+		*m = make(map[codec.GroupID]codec.Seq)
+	}
+	(*m)[gid] = gseq
+}
+
+// requestGroupAck is wantGroupAckLocked for callers not holding c.gmu.
+func (c *Client) requestGroupAck(gid codec.GroupID, gseq codec.Seq, force bool) {
+	c.gmu.Lock()
+	queued := c.wantGroupAckLocked(gid, gseq, force)
+	c.gmu.Unlock()
+	if queued {
+		c.signal()
+	}
+}
+
+// appendGroupAcks appends one DELIVERED frame per group with an
+// acknowledgement waiting, and forgets them. Called by the writer only.
+func (c *Client) appendGroupAcks(dst []byte) []byte {
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	if len(c.gackWant) == 0 {
+		return dst
+	}
+	for gid, gseq := range c.gackWant {
+		dst = appendGroupDelivered(dst, gid, gseq)
+		if gseq > c.gackSent[gid] {
+			putSeq(&c.gackSent, gid, gseq)
+		}
+	}
+	clear(c.gackWant)
+	return dst
+}
+
+// resetGroups forgets all group dedup and acknowledgement state (a login
+// as another user).
+func (c *Client) resetGroups() {
+	c.gmu.Lock()
+	clear(c.gseqs)
+	clear(c.gdone)
+	clear(c.gackWant)
+	clear(c.gackSent)
+	c.gmu.Unlock()
 }
 
 // Kicked returns a channel closed when the server sent KICKED (the session
@@ -277,7 +426,8 @@ func (c *Client) Err() error {
 
 // Close closes the connection, makes pending requests return ErrClosed and
 // waits for the client's goroutines to exit. Acknowledgements not yet sent
-// are lost (the server will deliver those messages again; see SetLastSeq).
+// are lost (the server will deliver those messages again; see SetLastSeq
+// and SetGroupSeqs).
 // It is safe to call more than once and concurrently; it always returns nil.
 func (c *Client) Close() error {
 	c.fail(ErrClosed)
@@ -495,11 +645,16 @@ func (c *Client) writeLoop() {
 		if c.ackReset.Swap(false) {
 			c.ackSent = 0
 		}
+		var acks []byte
 		if ack := c.ackWant.Load(); ack > c.ackSent {
+			acks = appendDelivered(make([]byte, 0, deliveredCap+4+len(buf)), ack)
+			c.ackSent = ack
+		}
+		acks = c.appendGroupAcks(acks)
+		if len(acks) > 0 {
 			// Before the queued requests: an Ack followed by a Logout
 			// must reach the server while still logged in.
-			buf = append(appendDelivered(make([]byte, 0, deliveredCap+4+len(buf)), ack), buf...)
-			c.ackSent = ack
+			buf = append(acks, buf...)
 		}
 		if ping {
 			buf = codec.AppendFrame(buf, []byte(`{"msgid":13}`))
@@ -526,6 +681,16 @@ func appendDelivered(dst []byte, seq int64) []byte {
 	return codec.AppendFrame(dst, b)
 }
 
+func appendGroupDelivered(dst []byte, gid codec.GroupID, gseq codec.Seq) []byte {
+	var body [groupDeliveredCap]byte
+	b := append(body[:0], `{"msgid":12,"groupid":`...)
+	b = strconv.AppendInt(b, int64(gid), 10)
+	b = append(b, `,"gseq":`...)
+	b = strconv.AppendInt(b, int64(gseq), 10)
+	b = append(b, '}')
+	return codec.AppendFrame(dst, b)
+}
+
 // connReader is the reader goroutine's view of the connection: with pings
 // enabled it pushes the read deadline back before blocking reads.
 type connReader Client
@@ -545,6 +710,7 @@ type wireMsg struct {
 	MsgID      codec.MsgID      `json:"msgid"`
 	ReqID      json.RawMessage  `json:"reqid"`
 	Seq        codec.Seq        `json:"seq"`
+	GSeq       codec.Seq        `json:"gseq"`
 	Errno      codec.Errno      `json:"errno"`
 	ErrMsg     string           `json:"errmsg"`
 	Ack        codec.MsgID      `json:"ack"`
@@ -622,10 +788,11 @@ func (c *Client) handle(body []byte) error {
 	if err := json.Unmarshal(body, &m); err != nil {
 		return protocolErrorf("bad JSON from server: %v", err)
 	}
-	if (m.MsgID == codec.MsgOneChat || m.MsgID == codec.MsgGroupChat) && m.Seq > 0 {
+	if (m.MsgID == codec.MsgOneChat || m.MsgID == codec.MsgGroupChat) &&
+		(m.Seq > 0 || (m.GSeq > 0 && m.GroupID != 0)) {
 		return c.push(codec.Delivery{
 			MsgID: m.MsgID, ID: m.ID, Name: m.Name, ToID: m.ToID, GroupID: m.GroupID,
-			Msg: m.Msg, Time: m.Time, Seq: m.Seq,
+			Msg: m.Msg, Time: m.Time, Seq: m.Seq, GSeq: m.GSeq,
 		})
 	}
 	if m.MsgID == codec.MsgKicked {
@@ -640,6 +807,7 @@ func (c *Client) handle(body []byte) error {
 			c.lastSeq.Store(0)
 			c.ackWant.Store(0)
 			c.ackReset.Store(true)
+			c.resetGroups()
 		}
 	}
 	if m.MsgID == codec.MsgLoginAck && m.Errno == codec.OK && len(m.OfflineMsg) > 0 {
@@ -674,8 +842,12 @@ func (c *Client) handle(body []byte) error {
 }
 
 // push hands d to the application unless it is a duplicate. It blocks while
-// the channel is full, until the connection fails.
+// the channel is full, until the connection fails. A delivery with a Seq is
+// in the inbox stream; one with only a GSeq is in its group's log.
 func (c *Client) push(d codec.Delivery) error {
+	if d.Seq <= 0 && d.GSeq > 0 {
+		return c.pushGroup(d)
+	}
 	if d.Seq > 0 && int64(d.Seq) <= c.lastSeq.Load() {
 		if !c.opts.ManualAck {
 			c.requestAck(int64(d.Seq)) // handed out before: acknowledge again
@@ -697,6 +869,48 @@ func (c *Client) push(d codec.Delivery) error {
 	}
 	if d.Seq > 0 && !c.opts.ManualAck {
 		c.requestAck(int64(d.Seq))
+	}
+	return nil
+}
+
+// pushGroup is push for a delivery numbered in group d.GroupID's log.
+func (c *Client) pushGroup(d codec.Delivery) error {
+	gid := d.GroupID
+	c.gmu.Lock()
+	prev := c.gseqs[gid]
+	if d.GSeq <= prev {
+		// Sent again, so the server has not stored an acknowledgement for
+		// it, even if one was sent (it may have been clamped: see
+		// SetGroupSeqs). Acknowledge it again if it was processed.
+		queued := false
+		if !c.opts.ManualAck || d.GSeq <= c.gdone[gid] {
+			queued = c.wantGroupAckLocked(gid, d.GSeq, true)
+		}
+		c.gmu.Unlock()
+		if queued {
+			c.signal()
+		}
+		return nil
+	}
+	// As in push: raised before the send, undone if d is never handed out.
+	putSeq(&c.gseqs, gid, d.GSeq)
+	c.gmu.Unlock()
+	select {
+	case c.deliveries <- d:
+	case <-c.closing:
+		c.gmu.Lock()
+		if c.gseqs[gid] == d.GSeq {
+			if prev > 0 {
+				c.gseqs[gid] = prev
+			} else {
+				delete(c.gseqs, gid)
+			}
+		}
+		c.gmu.Unlock()
+		return errStop
+	}
+	if !c.opts.ManualAck {
+		c.requestGroupAck(gid, d.GSeq, false)
 	}
 	return nil
 }

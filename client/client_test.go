@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
+	"reflect"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -188,7 +191,7 @@ func expectSeqs(t *testing.T, c *Client, seqs ...codec.Seq) {
 		if d.Seq != want {
 			t.Fatalf("got delivery seq %d, want %d", d.Seq, want)
 		}
-		if want := delivery(want); d != want {
+		if want := delivery(want); !reflect.DeepEqual(d, want) {
 			t.Fatalf("got delivery %+v, want %+v", d, want)
 		}
 	}
@@ -843,5 +846,288 @@ func TestConcurrentStress(t *testing.T) {
 	}
 	if err := recv(t, serverErr); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func groupDelivery(gid codec.GroupID, gseq codec.Seq) codec.Delivery {
+	return codec.Delivery{MsgID: codec.MsgGroupChat, ID: 7, Name: "bob", GroupID: gid,
+		Msg: fmt.Sprintf("g%d-%d", gid, gseq), Time: "2024-01-02 03:04:05", GSeq: gseq}
+}
+
+// groupKey names one group-log position.
+type groupKey struct {
+	gid  codec.GroupID
+	gseq codec.Seq
+}
+
+// expectGroup receives deliveries and checks that they are exactly the
+// group deliveries want, in order.
+func expectGroup(t *testing.T, c *Client, want ...groupKey) {
+	t.Helper()
+	for _, w := range want {
+		d := next(t, c)
+		if exp := groupDelivery(w.gid, w.gseq); !reflect.DeepEqual(d, exp) {
+			t.Fatalf("got delivery %+v, want %+v", d, exp)
+		}
+	}
+}
+
+var groupAckRE = regexp.MustCompile(`^\{"msgid":12,"groupid":(\d+),"gseq":(\d+)\}$`)
+
+// readGroupAck reads one frame, which must be exactly
+// {"msgid":12,"groupid":G,"gseq":S}, and returns G and S.
+func (p *peer) readGroupAck() groupKey {
+	p.t.Helper()
+	f := p.readMsg(codec.MsgDelivered)
+	m := groupAckRE.FindSubmatch(f.raw)
+	if m == nil {
+		p.t.Fatalf("group DELIVERED %s, want {\"msgid\":12,\"groupid\":G,\"gseq\":S}", f.raw)
+	}
+	gid, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	gseq, _ := strconv.ParseInt(string(m[2]), 10, 64)
+	return groupKey{codec.GroupID(gid), codec.Seq(gseq)}
+}
+
+// readGroupAcksUntil reads group DELIVERED frames until every group in want
+// has been acknowledged through its gseq. Per group the acknowledged gseq
+// must never go down nor beyond want.
+func (p *peer) readGroupAcksUntil(want map[codec.GroupID]codec.Seq) {
+	p.t.Helper()
+	got := map[codec.GroupID]codec.Seq{}
+	for !maps.Equal(got, want) {
+		k := p.readGroupAck()
+		if k.gseq < got[k.gid] || k.gseq > want[k.gid] {
+			p.t.Fatalf("DELIVERED group %d gseq %d after %d, want at most %d", k.gid, k.gseq, got[k.gid], want[k.gid])
+		}
+		got[k.gid] = k.gseq
+	}
+}
+
+// ping makes a PING round trip, failing if the client sends any other
+// frame first (such as a DELIVERED).
+func (p *peer) ping(c *Client) {
+	p.t.Helper()
+	done := goErr(func() error { return c.Ping(context.Background()) })
+	f := p.readMsg(codec.MsgPing)
+	p.send(codec.Pong{MsgID: codec.MsgPong, ReqID: f.ReqID})
+	if err := recv(p.t, done); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// login logs c in as id; the fake server answers with a LOGIN_ACK followed
+// by more frames in the same write.
+func (p *peer) login(c *Client, id codec.UserID, more ...any) {
+	p.t.Helper()
+	done := goErr(func() error { _, err := c.Login(context.Background(), id, "pw"); return err })
+	f := p.readMsg(codec.MsgLogin)
+	p.send(append([]any{codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: f.ReqID, ID: id, Name: "u"}}, more...)...)
+	if err := recv(p.t, done); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func TestGroupDeliveriesDeduplicatedPerGroup(t *testing.T) {
+	c, p := dial(t, Options{ManualAck: true})
+	p.send(groupDelivery(1, 1), groupDelivery(1, 2), groupDelivery(2, 1), // group 2 has its own gseqs
+		groupDelivery(1, 2), groupDelivery(2, 1), groupDelivery(1, 1), // duplicates
+		groupDelivery(1, 4), // a gap (e.g. the user's own message 3) is fine
+		delivery(1),         // the inbox is numbered apart
+		groupDelivery(1, 3), // below the highest: dropped
+		groupDelivery(2, 2))
+	expectGroup(t, c, groupKey{1, 1}, groupKey{1, 2}, groupKey{2, 1}, groupKey{1, 4})
+	expectSeqs(t, c, 1)
+	expectGroup(t, c, groupKey{2, 2})
+
+	// A group message stored before group logs carries a seq: it is in
+	// the inbox stream, deduplicated by seq only.
+	legacy := codec.Delivery{MsgID: codec.MsgGroupChat, ID: 7, Name: "bob", GroupID: 1, Msg: "old", Time: "2024-01-02 03:04:05", Seq: 2}
+	p.send(legacy, legacy, delivery(3))
+	if d := next(t, c); !reflect.DeepEqual(d, legacy) {
+		t.Fatalf("got %+v, want the legacy group delivery %+v", d, legacy)
+	}
+	expectSeqs(t, c, 3)
+	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{1: 4, 2: 2}; !maps.Equal(got, want) {
+		t.Fatalf("GroupSeqs = %v, want %v", got, want)
+	}
+	if c.LastSeq() != 3 {
+		t.Fatalf("LastSeq = %d, want 3", c.LastSeq())
+	}
+	// The map is the caller's.
+	c.GroupSeqs()[1] = 100
+	if got := c.GroupSeqs()[1]; got != 4 {
+		t.Fatalf("GroupSeqs()[1] = %d after changing a copy, want 4", got)
+	}
+	p.ping(c) // ManualAck: nothing was acknowledged
+}
+
+func TestGroupAutoAck(t *testing.T) {
+	c, p := dial(t, Options{})
+	p.send(groupDelivery(5, 1), groupDelivery(5, 2), groupDelivery(7, 4))
+	expectGroup(t, c, groupKey{5, 1}, groupKey{5, 2}, groupKey{7, 4})
+	p.readGroupAcksUntil(map[codec.GroupID]codec.Seq{5: 2, 7: 4})
+	p.ping(c) // nothing more
+
+	// A one-to-one delivery is still acknowledged with seq alone.
+	p.send(delivery(1))
+	expectSeqs(t, c, 1)
+	if f := p.readMsg(codec.MsgDelivered); string(f.raw) != `{"msgid":12,"seq":1}` {
+		t.Fatalf("DELIVERED %s, want {\"msgid\":12,\"seq\":1}", f.raw)
+	}
+
+	// A redelivered duplicate means the server has no acknowledgement for
+	// it: it is acknowledged again (though not handed out again).
+	p.send(groupDelivery(5, 2))
+	if k := p.readGroupAck(); k != (groupKey{5, 2}) {
+		t.Fatalf("DELIVERED for the duplicate: %+v, want group 5 gseq 2", k)
+	}
+	p.ping(c)
+	if n := len(c.Deliveries()); n != 0 {
+		t.Fatalf("%d deliveries queued, want none", n)
+	}
+
+	// SetGroupSeqs after deliveries were received.
+	c.SetGroupSeqs(map[codec.GroupID]codec.Seq{5: 9})
+	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{5: 9}; !maps.Equal(got, want) {
+		t.Fatalf("GroupSeqs = %v, want %v", got, want)
+	}
+	p.send(groupDelivery(5, 9), groupDelivery(7, 4), groupDelivery(5, 10))
+	expectGroup(t, c, groupKey{7, 4}, groupKey{5, 10}) // group 7 was forgotten
+}
+
+func TestAckGroupClamped(t *testing.T) {
+	c, p := dial(t, Options{ManualAck: true})
+	p.send(groupDelivery(3, 1), groupDelivery(3, 2), groupDelivery(4, 5))
+	expectGroup(t, c, groupKey{3, 1}, groupKey{3, 2}, groupKey{4, 5})
+	p.ping(c) // no DELIVERED without AckGroup
+
+	c.AckGroup(3, 1)
+	if k := p.readGroupAck(); k != (groupKey{3, 1}) {
+		t.Fatalf("DELIVERED %+v, want group 3 gseq 1", k)
+	}
+	c.AckGroup(3, 1) // already acknowledged: nothing is sent
+	c.AckGroup(9, 5) // no delivery of group 9: clamped to nothing
+	c.AckGroup(4, 0)
+	c.AckGroup(4, -1)
+	c.Ack(5) // no inbox delivery: clamped to nothing
+	p.ping(c)
+	c.AckGroup(3, 100) // clamped to GroupSeqs()[3]
+	if k := p.readGroupAck(); k != (groupKey{3, 2}) {
+		t.Fatalf("DELIVERED %+v, want group 3 gseq 2 (clamped)", k)
+	}
+	p.ping(c)
+
+	// Redelivered duplicates: group 3's was acknowledged by the
+	// application, so it is acknowledged again; group 4's was not.
+	p.send(groupDelivery(4, 5), groupDelivery(3, 2))
+	if k := p.readGroupAck(); k != (groupKey{3, 2}) {
+		t.Fatalf("DELIVERED %+v, want group 3 gseq 2 again", k)
+	}
+	p.ping(c) // fails if group 4 was acknowledged
+	c.AckGroup(4, 5)
+	if k := p.readGroupAck(); k != (groupKey{4, 5}) {
+		t.Fatalf("DELIVERED %+v, want group 4 gseq 5", k)
+	}
+	c.Close()
+	c.AckGroup(4, 5) // no-op, must not block or panic
+}
+
+func TestSetGroupSeqsCarriesDedup(t *testing.T) {
+	c, p := dial(t, Options{})
+	seqs := map[codec.GroupID]codec.Seq{1: 3, 2: 1}
+	c.SetGroupSeqs(seqs)
+	seqs[1] = 100 // not kept
+	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{1: 3, 2: 1}; !maps.Equal(got, want) {
+		t.Fatalf("GroupSeqs = %v, want %v", got, want)
+	}
+	p.login(c, 1,
+		groupDelivery(1, 2), groupDelivery(1, 3), groupDelivery(2, 1),
+		groupDelivery(1, 4), groupDelivery(2, 2), groupDelivery(3, 1))
+	expectGroup(t, c, groupKey{1, 4}, groupKey{2, 2}, groupKey{3, 1})
+	// The dropped duplicates and the new deliveries are acknowledged.
+	p.readGroupAcksUntil(map[codec.GroupID]codec.Seq{1: 4, 2: 2, 3: 1})
+
+	// SetGroupSeqs replaces the whole state.
+	c.SetGroupSeqs(map[codec.GroupID]codec.Seq{2: 5, 4: 0})
+	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{2: 5}; !maps.Equal(got, want) {
+		t.Fatalf("GroupSeqs = %v, want %v", got, want)
+	}
+	p.send(groupDelivery(2, 5), groupDelivery(1, 1))
+	expectGroup(t, c, groupKey{1, 1})
+}
+
+// TestSetGroupSeqsManualAck: with ManualAck, SetGroupSeqs declares those
+// messages processed. An AckGroup right after login may be clamped by the
+// server (the group's backlog follows LOGIN_ACK), so the duplicates of the
+// backlog are acknowledged again as they are dropped.
+func TestSetGroupSeqsManualAck(t *testing.T) {
+	c, p := dial(t, Options{ManualAck: true})
+	c.SetGroupSeqs(map[codec.GroupID]codec.Seq{1: 3})
+	p.login(c, 1)
+	c.AckGroup(1, 3)
+	if k := p.readGroupAck(); k != (groupKey{1, 3}) {
+		t.Fatalf("DELIVERED %+v, want group 1 gseq 3", k)
+	}
+	p.send(groupDelivery(1, 2), groupDelivery(1, 3), groupDelivery(1, 4))
+	expectGroup(t, c, groupKey{1, 4})
+	p.readGroupAcksUntil(map[codec.GroupID]codec.Seq{1: 3})
+	p.ping(c) // gseq 4 is not acknowledged before AckGroup
+}
+
+func TestGroupSeqsResetForAnotherUser(t *testing.T) {
+	c, p := dial(t, Options{ManualAck: true})
+	p.login(c, 1, groupDelivery(1, 5), delivery(2))
+	expectGroup(t, c, groupKey{1, 5})
+	expectSeqs(t, c, 2)
+	c.AckGroup(1, 5)
+	if k := p.readGroupAck(); k != (groupKey{1, 5}) {
+		t.Fatalf("DELIVERED %+v, want group 1 gseq 5", k)
+	}
+
+	// The same user again: the state is kept.
+	p.login(c, 1, groupDelivery(1, 5), groupDelivery(1, 6))
+	expectGroup(t, c, groupKey{1, 6})
+	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{1: 6}; !maps.Equal(got, want) {
+		t.Fatalf("GroupSeqs = %v, want %v", got, want)
+	}
+	// The duplicate gseq 5 was acknowledged before, so it is acknowledged
+	// again.
+	if k := p.readGroupAck(); k != (groupKey{1, 5}) {
+		t.Fatalf("DELIVERED %+v, want group 1 gseq 5 again", k)
+	}
+
+	// Another user: gseqs start afresh, for dedup and acknowledgement.
+	p.login(c, 2)
+	if got := c.GroupSeqs(); len(got) != 0 {
+		t.Fatalf("GroupSeqs = %v after logging in as another user, want none", got)
+	}
+	if c.LastSeq() != 0 {
+		t.Fatalf("LastSeq = %d after logging in as another user, want 0", c.LastSeq())
+	}
+	p.send(groupDelivery(1, 1))
+	expectGroup(t, c, groupKey{1, 1})
+	c.AckGroup(1, 1)
+	if k := p.readGroupAck(); k != (groupKey{1, 1}) {
+		t.Fatalf("DELIVERED %+v, want group 1 gseq 1 for the new user", k)
+	}
+	p.ping(c)
+}
+
+func TestCloseUnblocksFullGroupDeliveries(t *testing.T) {
+	c, p := dial(t, Options{DeliveryBuffer: 1})
+	p.send(groupDelivery(1, 1), groupDelivery(1, 2), groupDelivery(1, 3)) // reader blocks on gseq 2
+	checkFor(t, testTimeout, func() error {
+		if len(c.Deliveries()) != 1 {
+			return errors.New("delivery buffer not full yet")
+		}
+		return nil
+	})
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	expectGroup(t, c, groupKey{1, 1})
+	waitClosed(t, c.Deliveries(), "Deliveries()")
+	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{1: 1}; !maps.Equal(got, want) { // gseq 2 was never handed out
+		t.Fatalf("GroupSeqs = %v after Close, want %v", got, want)
 	}
 }

@@ -196,3 +196,24 @@ func BenchmarkMarshalDelivery(b *testing.B) {
 		}
 	}
 }
+
+// Encode stores the frame once; copies made afterwards append the same
+// bytes as a fresh encoding, and the stored frame is not part of the JSON.
+func TestDeliveryEncodeOnce(t *testing.T) {
+	d := Delivery{MsgID: MsgGroupChat, ID: 1, Name: "a", GroupID: 2, Msg: "hi", Time: "t", GSeq: 3}
+	want := MustMarshal(&d)
+	d.Encode()
+	c := d // a copy, as in each member's notice
+	if got := AppendFrameOf(nil, &c); !bytes.Equal(got, want) {
+		t.Fatalf("frame %q, want %q", got, want)
+	}
+	if got := AppendFrameOf([]byte("x"), &c); !bytes.Equal(got, append([]byte("x"), want...)) {
+		t.Fatalf("appended %q", got)
+	}
+	if !bytes.Equal(MustMarshal(&c), want) {
+		t.Fatalf("the stored frame changed the JSON: %q", MustMarshal(&c))
+	}
+	if c != d {
+		t.Fatal("a copy is not equal to its original")
+	}
+}

@@ -16,7 +16,8 @@ type UserID int64
 // GroupID identifies a group; ids are assigned by CREATE_GROUP and start at 1.
 type GroupID int64
 
-// Seq is a position in one user's inbox: 1, 2, 3, ... without gaps.
+// Seq is a position in one user's inbox, or in one group's log: 1, 2, 3,
+// ... without gaps.
 type Seq int64
 
 // MsgID is the "msgid" of a message: what kind of message it is.
@@ -102,6 +103,7 @@ type Request struct {
 	GroupDesc   *string         `json:"groupdesc,omitempty"`
 	GroupID     *int64          `json:"groupid,omitempty"`
 	Seq         *int64          `json:"seq,omitempty"`
+	GSeq        *int64          `json:"gseq,omitempty"`
 }
 
 // BadRequestError describes why a frame is not a valid request.
@@ -206,6 +208,9 @@ type Ack struct {
 	ErrMsg  string          `json:"errmsg"`
 	GroupID GroupID         `json:"groupid,omitempty"`
 	Time    string          `json:"time,omitempty"`
+	// GSeq is a new GROUP_CHAT message's position in the group's log (0
+	// for a retried clientmsgid).
+	GSeq Seq `json:"gseq,omitempty"`
 }
 
 // ErrorResponse is a LOGIN_ACK or SIGNUP_ACK that reports a failure.
@@ -276,6 +281,11 @@ type LoginAck struct {
 
 // Delivery is a message delivered to its recipient: ONE_CHAT (6) with ToID
 // set, or GROUP_CHAT (10) with GroupID set. ID and Name are the sender's.
+//
+// A delivery is numbered in exactly one stream: Seq (> 0) is its position
+// in the recipient's own inbox (one-to-one messages, and group messages
+// stored before group logs existed); GSeq (> 0) is its position in group
+// GroupID's log, the same for every member.
 type Delivery struct {
 	MsgID   MsgID   `json:"msgid"`
 	ID      UserID  `json:"id"`
@@ -284,7 +294,32 @@ type Delivery struct {
 	GroupID GroupID `json:"groupid,omitempty"`
 	Msg     string  `json:"msg"`
 	Time    string  `json:"time"`
-	Seq     Seq     `json:"seq"`
+	Seq     Seq     `json:"seq,omitempty"`
+	GSeq    Seq     `json:"gseq,omitempty"`
+
+	// frame is the encoded frame, set by Encode; a pointer, so that
+	// Delivery stays comparable.
+	frame *[]byte
+}
+
+// Encode stores d's encoded frame in d, so that AppendFrameOf on d and on
+// copies of d made afterwards reuses it: a group message goes to every
+// member as the same bytes. d must not be changed afterwards.
+func (d *Delivery) Encode() {
+	b := MustMarshal(d)
+	d.frame = &b
+}
+
+// AppendFrameOf appends d's frame to out: the one stored by Encode, else a
+// fresh encoding.
+func AppendFrameOf(out []byte, d *Delivery) []byte {
+	if d.frame != nil {
+		return append(out, *d.frame...)
+	}
+	if out == nil {
+		return MustMarshal(d)
+	}
+	return append(out, MustMarshal(d)...)
 }
 
 // Pong is the PONG (14) response.

@@ -182,7 +182,7 @@ func TestGroups(t *testing.T) {
 			continue
 		}
 		d := next(t, u.c)
-		if d.MsgID != codec.MsgGroupChat || d.GroupID != gid || d.ID != users[2].id || d.Name != "u2" || d.Msg != "hi all" || d.Seq != 1 {
+		if d.MsgID != codec.MsgGroupChat || d.GroupID != gid || d.ID != users[2].id || d.Name != "u2" || d.Msg != "hi all" || d.GSeq != 1 || d.Seq != 0 {
 			t.Fatalf("%s got %+v", u.name, d)
 		}
 	}
@@ -248,6 +248,89 @@ func TestOfflineDeliveryAndRedelivery(t *testing.T) {
 	ts.App.Store.DB().Get(&rows, "SELECT COUNT(*) FROM inbox WHERE userid = ?", bob.id)
 	if rows != 13 {
 		t.Fatalf("inbox rows %d", rows)
+	}
+}
+
+// Group messages are stored once, in the group's log, and delivered as
+// msgid 10 with gseq: a member's backlog follows LOGIN_ACK after a
+// reconnect, a member who joins later starts at the log's end, the sender's
+// own messages are passed over (no gap, no echo), and DELIVERED with
+// groupid and gseq moves the member's position.
+func TestGroupLogDelivery(t *testing.T) {
+	ts := startServer(t, nil)
+	ctx := ctxT(t)
+	owner := ts.newUser("owner", client.Options{})
+	bob := ts.newUser("bob", client.Options{ManualAck: true})
+	gid, err := owner.c.CreateGroup(ctx, "g", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bob.c.AddGroup(ctx, gid); err != nil {
+		t.Fatal(err)
+	}
+	bob.c.Close()
+	for i := 1; i <= 3; i++ {
+		ack, err := owner.c.GroupChat(ctx, gid, fmt.Sprintf("g%d", i))
+		if err != nil || ack.GSeq != codec.Seq(i) {
+			t.Fatalf("send %d: %+v %v", i, ack, err)
+		}
+	}
+	ts.relogin(bob, client.Options{ManualAck: true})
+	if len(bob.ack.OfflineMsg) != 0 {
+		t.Fatalf("group backlog inside offlineMsg: %+v", bob.ack.OfflineMsg)
+	}
+	for i := 1; i <= 3; i++ {
+		d := next(t, bob.c)
+		if d.MsgID != codec.MsgGroupChat || d.GroupID != gid || d.GSeq != codec.Seq(i) || d.Seq != 0 || d.Msg != fmt.Sprintf("g%d", i) || d.ID != owner.id {
+			t.Fatalf("backlog %d: %+v", i, d)
+		}
+	}
+	carol := ts.newUser("carol", client.Options{})
+	if err := carol.c.AddGroup(ctx, gid); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bob.c.GroupChat(ctx, gid, "from bob"); err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range []*user{owner, carol} {
+		if d := next(t, u.c); d.GSeq != 4 || d.Msg != "from bob" || d.ID != bob.id {
+			t.Fatalf("%s got %+v, want gseq 4 from bob", u.name, d)
+		}
+	}
+	if _, err := owner.c.GroupChat(ctx, gid, "g5"); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, bob.c); d.GSeq != 5 || d.Msg != "g5" {
+		t.Fatalf("bob got %+v, want gseq 5 (his own 4 passed over)", d)
+	}
+	if d := next(t, carol.c); d.GSeq != 5 {
+		t.Fatalf("carol got %+v, want gseq 5 (she joined after 3)", d)
+	}
+	none(t, bob.c)
+	none(t, carol.c)
+	// Acknowledge up to 2 only: 3 and 5 come again, bob's own 4 does not.
+	bob.c.AckGroup(gid, 2)
+	checkFor(t, 5*time.Second, func() error {
+		gs, err := ts.App.Store.UserGroups(ctx, bob.id)
+		if err != nil || len(gs) != 1 || gs[0].Acked != 2 || gs[0].Last != 5 {
+			return fmt.Errorf("bob's groups %+v %v", gs, err)
+		}
+		return nil
+	})
+	bob.c.Close()
+	ts.relogin(bob, client.Options{ManualAck: true})
+	for _, want := range []codec.Seq{3, 5} {
+		if d := next(t, bob.c); d.GSeq != want {
+			t.Fatalf("redelivery: %+v, want gseq %d", d, want)
+		}
+	}
+	none(t, bob.c)
+	// Stored once: five log rows, no inbox rows.
+	var logRows, inboxRows int
+	ts.App.Store.DB().Get(&logRows, "SELECT COUNT(*) FROM group_log WHERE groupid = ?", gid)
+	ts.App.Store.DB().Get(&inboxRows, "SELECT COUNT(*) FROM inbox")
+	if logRows != 5 || inboxRows != 0 {
+		t.Fatalf("group_log rows %d, inbox rows %d; want 5 and 0", logRows, inboxRows)
 	}
 }
 
@@ -328,7 +411,7 @@ func TestClientMsgIDRetry(t *testing.T) {
 	if d := next(t, bob.c); d.Msg != "once" || d.Seq != 1 {
 		t.Fatalf("got %+v", d)
 	}
-	if d := next(t, bob.c); d.Msg != "group once" || d.Seq != 2 {
+	if d := next(t, bob.c); d.Msg != "group once" || d.GSeq != 1 || d.Seq != 0 {
 		t.Fatalf("got %+v", d)
 	}
 	none(t, bob.c)

@@ -15,12 +15,42 @@ type fakeStore struct {
 	Store // unimplemented methods panic
 	mu    sync.Mutex
 	inbox map[codec.UserID][]codec.Delivery
+	log   map[codec.GroupID][]codec.Delivery
+	acks  []map[AckKey]codec.Seq
+}
+
+func newFakeStore() *fakeStore {
+	return &fakeStore{inbox: map[codec.UserID][]codec.Delivery{}, log: map[codec.GroupID][]codec.Delivery{}}
 }
 
 func (f *fakeStore) Secret(context.Context) ([]byte, error) { return []byte("k"), nil }
 func (f *fakeStore) SetCommitHook(func([]Entry))            {}
-func (f *fakeStore) Ack(context.Context, map[codec.UserID]codec.Seq) error {
+func (f *fakeStore) Ack(_ context.Context, acks map[AckKey]codec.Seq) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.acks = append(f.acks, acks)
 	return nil
+}
+
+func (f *fakeStore) GroupLog(_ context.Context, gid codec.GroupID, after codec.Seq, limit int) ([]codec.Delivery, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []codec.Delivery
+	for _, d := range f.log[gid] {
+		if d.GSeq > after && len(out) < limit {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// addGroup appends a message from user from to group gid's log.
+func (f *fakeStore) addGroup(gid codec.GroupID, from codec.UserID) codec.Delivery {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	d := codec.Delivery{MsgID: codec.MsgGroupChat, ID: from, Name: "x", GroupID: gid, Msg: "m", GSeq: codec.Seq(len(f.log[gid]) + 1)}
+	f.log[gid] = append(f.log[gid], d)
+	return d
 }
 
 func (f *fakeStore) Inbox(_ context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error) {
@@ -43,7 +73,8 @@ func (f *fakeStore) add(uid codec.UserID, seq codec.Seq) codec.Delivery {
 	return d
 }
 
-// recorder is a Transport that decodes what is written.
+// recorder is a Transport that decodes what is written: the seq of each
+// inbox delivery, and 1000*groupid + gseq of each group delivery.
 type recorder struct {
 	mu   sync.Mutex
 	seqs []codec.Seq
@@ -58,7 +89,11 @@ func (r *recorder) Send(buf []byte) {
 		}
 		req, _ := codec.ParseRequest(body)
 		r.mu.Lock()
-		r.seqs = append(r.seqs, codec.Seq(*req.Seq))
+		if req.GSeq != nil {
+			r.seqs = append(r.seqs, codec.Seq(1000**req.GroupID+*req.GSeq))
+		} else {
+			r.seqs = append(r.seqs, codec.Seq(*req.Seq))
+		}
 		r.mu.Unlock()
 		buf = buf[n:]
 	}
@@ -75,7 +110,7 @@ func (r *recorder) got() []codec.Seq {
 // or never (as across nodes) still yield every entry once, in seq order,
 // because a gap makes the session read the inbox.
 func TestDeliveryOrderWithLateNotices(t *testing.T) {
-	st := &fakeStore{inbox: map[codec.UserID][]codec.Delivery{}}
+	st := newFakeStore()
 	bus := pubsub.NewMemory()
 	n, err := New(context.Background(), Config{Store: st, Bus: bus})
 	if err != nil {
@@ -119,7 +154,7 @@ func TestDeliveryOrderWithLateNotices(t *testing.T) {
 // pump) is not lost: the login pumps once more, and what the resync was for
 // is written. Without the resync, a complete login needs no pump.
 func TestResyncDuringLoginRead(t *testing.T) {
-	st := &fakeStore{inbox: map[codec.UserID][]codec.Delivery{}}
+	st := newFakeStore()
 	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +164,7 @@ func TestResyncDuringLoginRead(t *testing.T) {
 	s := n.Open(rec)
 	const uid = codec.UserID(8)
 	s.mu.Lock()
-	s.uid, s.name, s.pumping = uid, "u", true // a login is reading the (empty) inbox
+	s.uid, s.name, s.inbox.pumping = uid, "u", true // a login is reading the (empty) inbox
 	gen := s.gen
 	s.mu.Unlock()
 	n.hub.swap(uid, s)
@@ -138,7 +173,7 @@ func TestResyncDuringLoginRead(t *testing.T) {
 	if s.needsPumpLocked(true) {
 		t.Fatal("a complete login with nothing new wants a pump")
 	}
-	s.pumping = true // the same login again, now with a resync in its window
+	s.inbox.pumping = true // the same login again, now with a resync in its window
 	s.mu.Unlock()
 	n.resync(s)    // refused: the login is reading
 	st.add(uid, 1) // committed after the login's read; its notice was lost
@@ -148,8 +183,127 @@ func TestResyncDuringLoginRead(t *testing.T) {
 	if !pump {
 		t.Fatal("a resync during the login's read was dropped")
 	}
-	n.pump(s, gen)
+	n.pump(s, gen, 0)
 	if got := rec.got(); len(got) != 1 || got[0] != 1 {
 		t.Fatalf("written %v, want [1]", got)
+	}
+}
+
+// waitWritten polls until rec holds n frames (or 5 s passed), then makes
+// sure nothing more follows.
+func waitWritten(t *testing.T, rec *recorder, n int) []codec.Seq {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for len(rec.got()) < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(50 * time.Millisecond)
+	return rec.got()
+}
+
+func equalSeqs(a, b []codec.Seq) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// A group's log is one stream per member, numbered by gseq: the member's own
+// messages are passed over (not written, no gap), a late or lost notice
+// makes the session read the group log, and the inbox stream beside it is
+// not disturbed.
+func TestGroupStreamDelivery(t *testing.T) {
+	st := newFakeStore()
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rec := &recorder{}
+	s := n.Open(rec)
+	const uid, gid = codec.UserID(7), codec.GroupID(3)
+	s.mu.Lock()
+	s.uid, s.name = uid, "u"
+	s.setGroupLocked(gid, 0, 0)
+	s.mu.Unlock()
+	n.hub.swap(uid, s)
+	note := func(ds ...codec.Delivery) { n.deliver([]pubsub.Notice{{To: uid, Deliveries: ds}}) }
+
+	g1, own2 := st.addGroup(gid, 9), st.addGroup(gid, uid)
+	note(g1, own2)                 // 3001, then the user's own message: passed over
+	g3 := st.addGroup(gid, 9)      // its notice is lost
+	g4 := st.addGroup(gid, 9)      //
+	note(st.add(uid, 1), g4)       // inbox seq 1; gseq 4 is a gap: the log is read
+	_ = g3                         //
+	note(st.add(uid, 2), g4, own2) // duplicates are dropped
+	got := waitWritten(t, rec, 5)
+	want := []codec.Seq{3001, 1, 3003, 3004, 2}
+	if !equalSeqs(got, want) && !equalSeqs(got, []codec.Seq{3001, 1, 2, 3003, 3004}) {
+		t.Fatalf("written %v, want %v (group entries after the gap may follow the second inbox entry)", got, want)
+	}
+
+	// DELIVERED is clamped per stream to what this session was sent.
+	seq, gseq, g := int64(99), int64(99), int64(gid)
+	if rerr := n.delivered(s, &codec.Request{MsgID: codec.MsgDelivered, Seq: &seq, GroupID: &g, GSeq: &gseq}, uid); rerr != nil {
+		t.Fatal(rerr)
+	}
+	n.flushAcks()
+	st.mu.Lock()
+	acks := st.acks
+	st.mu.Unlock()
+	if len(acks) != 1 || acks[0][AckKey{User: uid}] != 2 || acks[0][AckKey{User: uid, Group: gid}] != 4 {
+		t.Fatalf("acks %v, want inbox 2 and group %d at 4", acks, gid)
+	}
+	if rerr := n.delivered(s, &codec.Request{MsgID: codec.MsgDelivered, GSeq: &gseq}, uid); rerr == nil || rerr.errno != codec.ErrnoBadRequest {
+		t.Fatalf("gseq without groupid: %v, want errno %d", rerr, codec.ErrnoBadRequest)
+	}
+}
+
+// A group delivery that reaches a session while its login has not read the
+// user's groups yet is held back, and written once the login set the
+// member's position; a delivery for a group the user is not in is dropped
+// after the login.
+func TestGroupDeliveryDuringLogin(t *testing.T) {
+	st := newFakeStore()
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	rec := &recorder{}
+	s := n.Open(rec)
+	const uid, gid = codec.UserID(7), codec.GroupID(4)
+	s.mu.Lock()
+	s.uid, s.name, s.inbox.pumping, s.loggingIn = uid, "u", true, true
+	gen := s.gen
+	s.mu.Unlock()
+	n.hub.swap(uid, s)
+
+	g1, g2 := st.addGroup(gid, 9), st.addGroup(gid, 9)
+	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{g2}}}) // committed after the login read the groups
+	if got := rec.got(); len(got) != 0 {
+		t.Fatalf("written %v before the login finished", got)
+	}
+	_ = g1
+	s.mu.Lock()
+	s.loggingIn = false
+	pump := s.setGroupLocked(gid, 0, 1) // the login read: acked 0, last 1
+	s.inbox.pumping = false
+	s.mu.Unlock()
+	if !pump {
+		t.Fatal("a held-back group with a backlog needs no pump")
+	}
+	n.pump(s, gen, gid)
+	if got := rec.got(); !equalSeqs(got, []codec.Seq{4001, 4002}) {
+		t.Fatalf("written %v, want [4001 4002]", got)
+	}
+	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{st.addGroup(5, 9)}}})
+	if got := waitWritten(t, rec, 2); len(got) != 2 {
+		t.Fatalf("written %v: a group the session does not follow was delivered", got)
 	}
 }

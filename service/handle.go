@@ -119,9 +119,9 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 	case codec.MsgAddFriend:
 		err = n.addFriend(ctx, req, uid)
 	case codec.MsgCreateGroup:
-		err = n.createGroup(ctx, req, uid, ack)
+		err = n.createGroup(ctx, s, req, uid, ack)
 	case codec.MsgAddGroup:
-		err = n.addGroup(ctx, req, uid)
+		err = n.addGroup(ctx, s, req, uid)
 	case codec.MsgDelivered:
 		if err = n.delivered(s, req, uid); err == nil {
 			return // DELIVERED has no response
@@ -229,7 +229,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		return
 	}
 	s.uid, s.name = uid, u.Name
-	s.sent, s.known, s.pumping, s.recheck = 0, 0, true, false
+	s.inbox, s.groups, s.loggingIn = stream{pumping: true}, nil, true
 	s.gen++
 	gen := s.gen
 	s.mu.Unlock()
@@ -252,7 +252,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		n.kick(old)
 	}
 
-	ack, acked, complete, err := n.loginAck(ctx, uid, u)
+	ack, groups, acked, complete, err := n.loginAck(ctx, uid, u)
 	if err != nil {
 		n.unbind(s, uid, gen)
 		n.reply(s, req, nil, n.storeFail("login", err))
@@ -265,48 +265,71 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		return // kicked or closed meanwhile
 	}
 	s.send(ack)
+	st := &s.inbox
 	if k := len(ack.OfflineMsg); k > 0 {
-		s.sent = ack.OfflineMsg[k-1].Seq
+		st.sent = ack.OfflineMsg[k-1].Seq
 	} else {
-		s.sent = acked
+		st.sent = acked
 	}
-	if s.sent > s.known {
-		s.known = s.sent
+	if st.sent > st.known {
+		st.known = st.sent
 	}
-	pump := s.needsPumpLocked(complete)
+	var pumps []codec.GroupID
+	if s.needsPumpLocked(complete) {
+		pumps = append(pumps, 0)
+	}
+	// Each group's backlog follows LOGIN_ACK as deliveries.
+	s.loggingIn = false
+	listed := make(map[codec.GroupID]bool, len(groups))
+	for _, g := range groups {
+		listed[g.ID] = true
+		if s.setGroupLocked(g.ID, g.Acked, g.Last) {
+			pumps = append(pumps, g.ID)
+		}
+	}
+	for g := range s.groups {
+		if !listed[g] {
+			// A group joined (by another session of the user) after the
+			// groups were read: its messages wait for the next login.
+			delete(s.groups, g)
+		}
+	}
 	s.mu.Unlock()
 	n.log.Debug("login", "user", uid)
-	if pump {
-		// Send the rest of the backlog and anything that arrived meanwhile.
-		n.pump(s, gen)
+	// Send the rest of the backlogs and anything that arrived meanwhile.
+	for _, key := range pumps {
+		n.pump(s, gen, key)
 	}
 }
 
 // loginAck builds a successful LOGIN_ACK for uid and returns the user's
-// acknowledged seq, after which its offline messages start, and whether the
-// offline messages are the whole backlog stored when it was read.
-func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *codec.LoginAck, acked codec.Seq, complete bool, err error) {
+// groups with the user's position in each, the user's acknowledged seq,
+// after which its offline messages start, and whether the offline messages
+// are the whole inbox backlog stored when it was read.
+func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *codec.LoginAck, groups []Group, acked codec.Seq, complete bool, err error) {
 	friends, err := n.store.Friends(ctx, uid)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, nil, 0, false, err
 	}
-	groups, err := n.store.UserGroups(ctx, uid)
+	groups, err = n.store.UserGroups(ctx, uid)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, nil, 0, false, err
 	}
 	last, acked, err := n.store.InboxState(ctx, uid)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, nil, 0, false, err
 	}
 	// A DELIVERED of an earlier session on this node may not be flushed yet.
-	n.ackMu.Lock()
-	acked = max(acked, n.acks[uid], n.flushing[uid])
-	n.ackMu.Unlock()
+	acked = max(acked, n.pendingAck(AckKey{User: uid}))
+	for i := range groups {
+		g := &groups[i]
+		g.Acked = min(max(g.Acked, n.pendingAck(AckKey{User: uid, Group: g.ID})), g.Last)
+	}
 	var offline []codec.Delivery
 	complete = last <= acked // nothing unacknowledged: no read
 	if !complete {
 		if offline, err = n.store.Inbox(ctx, uid, acked, n.cfg.OfflineCap); err != nil {
-			return nil, 0, false, err
+			return nil, nil, 0, false, err
 		}
 		complete = len(offline) < n.cfg.OfflineCap
 	}
@@ -329,7 +352,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 	}
 	online, err := n.bus.Online(ctx, ids)
 	if err != nil {
-		return nil, 0, false, err
+		return nil, nil, 0, false, err
 	}
 	state := func(id codec.UserID) string {
 		if online[id] || id == uid {
@@ -356,11 +379,11 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 		}
 		ack.Groups = append(ack.Groups, cg)
 	}
-	return ack, acked, complete, nil
+	return ack, groups, acked, complete, nil
 }
 
 // unbind undoes a login that could not complete.
-func (n *Node) unbind(s *Session, uid codec.UserID, gen uint64) {
+func (n *Node) unbind(s *Session, uid codec.UserID, gen uint32) {
 	s.mu.Lock()
 	if s.gen == gen {
 		s.endLoginLocked()
@@ -451,7 +474,7 @@ func (n *Node) sendAsync(s *Session, req *codec.Request, sr SendRequest) {
 			return
 		}
 		s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, ErrMsg: "ok", GroupID: gid,
-			Time: codec.FormatTime(time.UnixMilli(res.UnixMilli))})
+			Time: codec.FormatTime(time.UnixMilli(res.UnixMilli)), GSeq: res.GSeq})
 	})
 }
 
@@ -497,20 +520,20 @@ func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.User
 	if rerr != nil {
 		return SendRequest{}, rerr
 	}
-	members, err := n.store.GroupMembers(ctx, codec.GroupID(gid))
+	ids, err := n.groupMembers(ctx, codec.GroupID(gid))
 	if errors.Is(err, ErrNotFound) {
 		return SendRequest{}, fail(codec.ErrnoNotFound, "no group %d", gid)
 	}
 	if err != nil {
 		return SendRequest{}, n.storeFail("group chat", err)
 	}
-	to := make([]codec.UserID, 0, len(members))
+	to := make([]codec.UserID, 0, len(ids))
 	member := false
-	for _, m := range members {
-		if m.ID == uid {
+	for _, id := range ids {
+		if id == uid {
 			member = true
 		} else {
-			to = append(to, m.ID)
+			to = append(to, id)
 		}
 	}
 	if !member {
@@ -540,7 +563,7 @@ func (n *Node) addFriend(ctx context.Context, req *codec.Request, uid codec.User
 	return nil
 }
 
-func (n *Node) createGroup(ctx context.Context, req *codec.Request, uid codec.UserID, ack *codec.Ack) *reqError {
+func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, uid codec.UserID, ack *codec.Ack) *reqError {
 	name, rerr := requireString(req.GroupName, "groupname")
 	if rerr != nil {
 		return rerr
@@ -563,15 +586,69 @@ func (n *Node) createGroup(ctx context.Context, req *codec.Request, uid codec.Us
 		return n.storeFail("create group", err)
 	}
 	ack.GroupID = gid
+	s.mu.Lock()
+	if s.uid == uid {
+		s.setGroupLocked(gid, 0, 0) // a new log: nothing to read
+	}
+	s.mu.Unlock()
 	return nil
 }
 
-func (n *Node) addGroup(ctx context.Context, req *codec.Request, uid codec.UserID) *reqError {
-	gid, rerr := requireID(req.GroupID, "groupid")
+// groupMembers returns the member ids of gid: from the cache while the
+// group's member count is unchanged, else read from the store.
+func (n *Node) groupMembers(ctx context.Context, gid codec.GroupID) ([]codec.UserID, error) {
+	size, err := n.store.GroupSize(ctx, gid)
+	if err != nil {
+		return nil, err
+	}
+	if size == 0 {
+		return nil, ErrNotFound // every group has its creator
+	}
+	if ids := n.members.get(gid); len(ids) == size {
+		return ids, nil
+	}
+	members, err := n.store.GroupMembers(ctx, gid)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]codec.UserID, len(members))
+	for i, m := range members {
+		ids[i] = m.ID
+	}
+	n.members.put(gid, ids)
+	return ids, nil
+}
+
+// addGroup joins the user to a group. The session follows the group's
+// log from before the join is stored (held back), so a message committed
+// right after it is not missed, and from the join's position on.
+func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid codec.UserID) *reqError {
+	raw, rerr := requireID(req.GroupID, "groupid")
 	if rerr != nil {
 		return rerr
 	}
-	err := n.store.JoinGroup(ctx, codec.GroupID(gid), uid)
+	gid := codec.GroupID(raw)
+	s.mu.Lock()
+	_, had := s.groups[gid]
+	gen := s.gen
+	if s.uid == uid {
+		s.holdGroupLocked(gid)
+	}
+	s.mu.Unlock()
+	start, err := n.store.JoinGroup(ctx, gid, uid)
+	s.mu.Lock()
+	pump := false
+	if s.gen == gen && s.uid == uid {
+		if err == nil {
+			pump = s.setGroupLocked(gid, start, start)
+		} else if !had {
+			delete(s.groups, gid)
+		}
+	}
+	s.mu.Unlock()
+	if pump {
+		n.pump(s, gen, gid)
+	}
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return fail(codec.ErrnoNotFound, "no group %d", gid)
@@ -583,20 +660,35 @@ func (n *Node) addGroup(ctx context.Context, req *codec.Request, uid codec.UserI
 	return nil
 }
 
-// delivered records a cumulative DELIVERED. A seq beyond what this session
-// was sent is clamped: a client cannot acknowledge what it never got.
+// delivered records a cumulative DELIVERED of the inbox ("seq") and/or of
+// a group's log ("groupid" and "gseq"). A position beyond what this
+// session was sent is clamped: a client cannot acknowledge what it never
+// got.
 func (n *Node) delivered(s *Session, req *codec.Request, uid codec.UserID) *reqError {
-	if req.Seq == nil {
-		return fail(codec.ErrnoBadRequest, "missing field \"seq\"")
+	if req.Seq == nil && req.GSeq == nil {
+		return fail(codec.ErrnoBadRequest, "missing field \"seq\" (or \"groupid\" and \"gseq\")")
 	}
-	seq := codec.Seq(*req.Seq)
+	if req.GSeq != nil && req.GroupID == nil {
+		return fail(codec.ErrnoBadRequest, "missing field \"groupid\" (\"gseq\" acknowledges a group's messages)")
+	}
+	var seq, gseq codec.Seq
+	var gid codec.GroupID
 	s.mu.Lock()
-	if seq > s.sent {
-		seq = s.sent
+	if req.Seq != nil {
+		seq = min(codec.Seq(*req.Seq), s.inbox.sent)
+	}
+	if req.GSeq != nil {
+		gid = codec.GroupID(*req.GroupID)
+		if st := s.groups[gid]; st != nil {
+			gseq = min(codec.Seq(*req.GSeq), st.sent)
+		}
 	}
 	s.mu.Unlock()
 	if seq > 0 {
-		n.queueAck(uid, seq)
+		n.queueAck(AckKey{User: uid}, seq)
+	}
+	if gseq > 0 {
+		n.queueAck(AckKey{User: uid, Group: gid}, gseq)
 	}
 	return nil
 }

@@ -122,3 +122,43 @@ func (c *nameCache) put(uid codec.UserID, name string) {
 	sh.m[uid] = name
 	sh.Unlock()
 }
+
+// memberCache remembers the member ids of groups so that a group send needs
+// no member list read. Members never leave a group, so a cached list is
+// current exactly while the group's member count (one cheap read per send)
+// is unchanged; a join on any node is seen by the next send. Bounded: a
+// full shard is emptied. Safe for concurrent use.
+type memberCache struct {
+	shards [hubShards]struct {
+		sync.RWMutex
+		m map[codec.GroupID][]codec.UserID
+	}
+	perShard int
+}
+
+func newMemberCache(perShard int) *memberCache {
+	c := &memberCache{perShard: perShard}
+	for i := range c.shards {
+		c.shards[i].m = map[codec.GroupID][]codec.UserID{}
+	}
+	return c
+}
+
+// get returns the cached member ids of gid; the slice must not be changed.
+func (c *memberCache) get(gid codec.GroupID) []codec.UserID {
+	sh := &c.shards[uint64(gid)%hubShards]
+	sh.RLock()
+	ids := sh.m[gid]
+	sh.RUnlock()
+	return ids
+}
+
+func (c *memberCache) put(gid codec.GroupID, ids []codec.UserID) {
+	sh := &c.shards[uint64(gid)%hubShards]
+	sh.Lock()
+	if len(sh.m) >= c.perShard {
+		clear(sh.m)
+	}
+	sh.m[gid] = ids
+	sh.Unlock()
+}

@@ -71,14 +71,16 @@ type Node struct {
 	tokens tokenSigner
 	hub    *hub
 	names  *nameCache
+	// members caches group member ids for group sends.
+	members *memberCache
 
 	sending atomic.Int64 // chat sends waiting for their commit
 
 	ackMu sync.Mutex
-	acks  map[codec.UserID]codec.Seq
+	acks  map[AckKey]codec.Seq
 	// flushing is the batch being written, still visible to logins until
 	// it is committed.
-	flushing map[codec.UserID]codec.Seq
+	flushing map[AckKey]codec.Seq
 	ackStop  chan struct{}
 	ackDone  chan struct{}
 	closeMu  sync.Once
@@ -126,7 +128,8 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		tokens:  tokenSigner{key: key, ttl: cfg.TokenTTL},
 		hub:     newHub(),
 		names:   newNameCache(1 << 14),
-		acks:    map[codec.UserID]codec.Seq{},
+		members: newMemberCache(1 << 10),
+		acks:    map[AckKey]codec.Seq{},
 		ackStop: make(chan struct{}),
 		ackDone: make(chan struct{}),
 	}
@@ -193,6 +196,17 @@ func (n *Node) leave(uid codec.UserID, s *Session) {
 func (n *Node) committed(entries []Entry) {
 	notices := make([]pubsub.Notice, 0, len(entries))
 	index := make(map[codec.UserID]int, len(entries))
+	for i := range entries {
+		// A group message's entries are adjacent and equal but for To:
+		// encode its frame once for all its recipients.
+		if d := &entries[i].Delivery; d.GSeq > 0 {
+			if i > 0 && entries[i-1].Delivery.GSeq == d.GSeq && entries[i-1].Delivery.GroupID == d.GroupID {
+				*d = entries[i-1].Delivery
+			} else {
+				d.Encode()
+			}
+		}
+	}
 	for _, e := range entries {
 		if i, ok := index[e.To]; ok {
 			notices[i].Deliveries = append(notices[i].Deliveries, e.Delivery)
@@ -238,11 +252,11 @@ func (n *Node) deliver(notices []pubsub.Notice) (rest []pubsub.Notice) {
 			continue
 		}
 		s.mu.Lock()
-		pump := s.offerLocked(nt.Deliveries)
+		pumps := s.offerLocked(nt.Deliveries)
 		gen := s.gen
 		s.mu.Unlock()
-		if pump {
-			go n.pump(s, gen)
+		for _, key := range pumps {
+			go n.pump(s, gen, key)
 		}
 	}
 	return rest
@@ -255,51 +269,63 @@ func (n *Node) resyncAll() {
 		sem := make(chan struct{}, resyncParallel)
 		count := 0
 		n.hub.each(func(s *Session) {
-			gen, ok := s.claimPump()
-			if !ok {
-				return
+			for _, key := range s.streamKeys() {
+				gen, ok := s.claimPump(key)
+				if !ok {
+					continue
+				}
+				count++
+				sem <- struct{}{}
+				go func() {
+					defer func() { <-sem }()
+					n.pump(s, gen, key)
+				}()
 			}
-			count++
-			sem <- struct{}{}
-			go func() {
-				defer func() { <-sem }()
-				n.pump(s, gen)
-			}()
 		})
-		n.log.Info("resynced sessions", "sessions", count)
+		n.log.Info("resynced sessions", "streams", count)
 	}()
 }
 
 const resyncParallel = 16
 
-// resync makes one session re-read its inbox.
+// resync makes one session re-read its inbox and group logs.
 func (n *Node) resync(s *Session) {
-	if gen, ok := s.claimPump(); ok {
-		go n.pump(s, gen)
+	for _, key := range s.streamKeys() {
+		if gen, ok := s.claimPump(key); ok {
+			go n.pump(s, gen, key)
+		}
 	}
 }
 
 // pumpPage is how many inbox entries one pump read takes.
 const pumpPage = 500
 
-// pump writes the session's inbox entries after s.sent, in order, until it
-// caught up with everything known. The caller set s.pumping.
-func (n *Node) pump(s *Session, gen uint64) {
+// pump writes the entries of stream key (0: the inbox, else a group's log)
+// after what the session sent, in order, until it caught up with
+// everything known. The caller set the stream's pumping.
+func (n *Node) pump(s *Session, gen uint32, key codec.GroupID) {
 	for {
 		s.mu.Lock()
-		if s.gen != gen || s.uid == 0 {
+		st := s.streamLocked(key)
+		if s.gen != gen || s.uid == 0 || st == nil {
 			s.mu.Unlock()
 			return
 		}
-		uid, after := s.uid, s.sent
-		s.recheck = false // this read sees what a resync so far was for
+		uid, after := s.uid, st.sent
+		st.recheck = false // this read sees what a resync so far was for
 		s.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
-		page, err := n.store.Inbox(ctx, uid, after, pumpPage)
+		var page []codec.Delivery
+		var err error
+		if key == 0 {
+			page, err = n.store.Inbox(ctx, uid, after, pumpPage)
+		} else {
+			page, err = n.store.GroupLog(ctx, key, after, pumpPage)
+		}
 		cancel()
 		if err != nil {
-			n.log.Warn("inbox read failed; retrying", "user", uid, "err", err)
+			n.log.Warn("inbox read failed; retrying", "user", uid, "group", key, "err", err)
 			time.Sleep(time.Second)
 			continue
 		}
@@ -310,19 +336,22 @@ func (n *Node) pump(s *Session, gen uint64) {
 		}
 		var out []byte
 		for i := range page {
-			if page[i].Seq == s.sent+1 {
-				out = appendDelivery(out, &page[i])
-				s.sent = page[i].Seq
+			d := &page[i]
+			if _, seq := streamKey(d); seq == st.sent+1 {
+				if key == 0 || d.ID != uid {
+					out = appendDelivery(out, d)
+				}
+				st.sent = seq
 			}
 		}
 		if len(out) > 0 {
 			s.t.Send(out)
 		}
-		if s.sent > s.known {
-			s.known = s.sent
+		if st.sent > st.known {
+			st.known = st.sent
 		}
-		if len(page) < pumpPage && s.sent >= s.known && !s.recheck {
-			s.pumping = false
+		if len(page) < pumpPage && st.sent >= st.known && !st.recheck {
+			st.pumping = false
 			s.mu.Unlock()
 			return
 		}
@@ -353,7 +382,7 @@ func (n *Node) flushAcks() {
 		return
 	}
 	batch := n.acks
-	n.acks = make(map[codec.UserID]codec.Seq, len(batch))
+	n.acks = make(map[AckKey]codec.Seq, len(batch))
 	n.flushing = batch
 	n.ackMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
@@ -374,12 +403,20 @@ func (n *Node) flushAcks() {
 	}
 }
 
-func (n *Node) queueAck(uid codec.UserID, seq codec.Seq) {
+func (n *Node) queueAck(k AckKey, seq codec.Seq) {
 	n.ackMu.Lock()
-	if seq > n.acks[uid] {
-		n.acks[uid] = seq
+	if seq > n.acks[k] {
+		n.acks[k] = seq
 	}
 	n.ackMu.Unlock()
+}
+
+// pendingAck returns the highest acknowledgement of stream k not written
+// yet (queued or being flushed).
+func (n *Node) pendingAck(k AckKey) codec.Seq {
+	n.ackMu.Lock()
+	defer n.ackMu.Unlock()
+	return max(n.acks[k], n.flushing[k])
 }
 
 // validName checks a user or group name: 1..MaxNameLen characters, no

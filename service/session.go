@@ -1,6 +1,7 @@
 package service
 
 import (
+	"slices"
 	"sync"
 
 	"github.com/chatcluster/chatcluster/codec"
@@ -18,13 +19,23 @@ type Transport interface {
 	Close()
 }
 
+// stream is a session's delivery state for one stream of the user: the
+// inbox (numbered by seq) or one group's log (numbered by gseq).
+type stream struct {
+	sent    codec.Seq // highest seq written to the transport (or passed over: own group messages)
+	known   codec.Seq // highest seq known to exist in the stream
+	pumping bool      // a pump (or the login, or a join) is reading the stream up to known
+	recheck bool      // a resync came while pumping: read the stream once more
+}
+
 // Session is one client connection's state in the service. Its methods are
 // safe for concurrent use: requests arrive on a worker, deliveries on the bus
 // handler, and the close from the server.
 //
 // One Session is kept for every open connection, so it is kept small: the
-// bools come last (one padded word for both), and the server embeds it in
-// its own connection state (see Node.Attach).
+// group streams are allocated only for a user in groups, the bools come
+// last, and the server embeds it in its own connection state (see
+// Node.Attach).
 type Session struct {
 	t  Transport
 	id string // unique session id, for presence and cross-node kicks
@@ -35,12 +46,13 @@ type Session struct {
 	uid  codec.UserID // 0 until login
 	name string
 	// Delivery state for the logged-in user:
-	sent    codec.Seq // highest seq queued on the transport
-	known   codec.Seq // highest seq known to exist in the inbox
-	gen     uint64    // bumped at each login/logout so a stale pump stops
-	pumping bool      // a pump is reading the inbox up to known
-	recheck bool      // a resync came while pumping: read the inbox once more
-	closed  bool
+	inbox  stream
+	groups map[codec.GroupID]*stream // one per group the user is in
+	gen    uint32                    // bumped at each login/logout so a stale pump stops (wraps harmlessly)
+	// loggingIn: the login has not read the user's groups yet, so a group
+	// delivery for an unknown group gets a held-back stream.
+	loggingIn bool
+	closed    bool
 }
 
 // User returns the logged-in user's id and name, or 0 and "".
@@ -51,37 +63,81 @@ func (s *Session) User() (codec.UserID, string) {
 }
 
 // appendDelivery appends d to out as one frame.
-func appendDelivery(out []byte, d *codec.Delivery) []byte {
-	frame := codec.MustMarshal(d)
-	if out == nil {
-		return frame
+func appendDelivery(out []byte, d *codec.Delivery) []byte { return codec.AppendFrameOf(out, d) }
+
+// streamKey returns the stream a delivery belongs to (0: the inbox) and
+// its position in it.
+func streamKey(d *codec.Delivery) (codec.GroupID, codec.Seq) {
+	if d.GSeq > 0 {
+		return d.GroupID, d.GSeq
 	}
-	return append(out, frame...)
+	return 0, d.Seq
+}
+
+// streamLocked returns the state of stream key (0: the inbox), or nil for a
+// group the session does not follow. Called with s.mu held.
+func (s *Session) streamLocked(key codec.GroupID) *stream {
+	if key == 0 {
+		return &s.inbox
+	}
+	return s.groups[key]
+}
+
+// holdGroupLocked returns group g's stream, creating it held back (pumping,
+// position unknown) when the session does not follow g yet; whoever
+// created it sets its position and starts its pump (login, join). Called
+// with s.mu held.
+func (s *Session) holdGroupLocked(g codec.GroupID) *stream {
+	if st := s.groups[g]; st != nil {
+		return st
+	}
+	if s.groups == nil {
+		s.groups = map[codec.GroupID]*stream{}
+	}
+	st := &stream{pumping: true}
+	s.groups[g] = st
+	return st
 }
 
 // endLoginLocked forgets the logged-in user; a running pump notices the new
 // generation and stops. Called with s.mu held.
 func (s *Session) endLoginLocked() {
-	s.uid, s.name, s.pumping, s.recheck = 0, "", false, false
+	s.uid, s.name, s.inbox, s.groups, s.loggingIn = 0, "", stream{}, nil, false
 	s.gen++
 }
 
-// claimPump marks s as pumping and returns its login generation; it
-// reports false when s is not logged in or a pump already runs (or a login
-// is reading the inbox), which then reads the inbox once more before it
-// stops: what the resync is for may have been committed after its read.
-func (s *Session) claimPump() (uint64, bool) {
+// claimPump marks stream key as pumping and returns the login generation;
+// it reports false when s is not logged in, does not follow the stream, or
+// a pump already runs (or a login or join is reading it), which then reads
+// the stream once more before it stops: what the resync is for may have
+// been committed after its read.
+func (s *Session) claimPump(key codec.GroupID) (uint32, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.uid == 0 {
 		return 0, false
 	}
-	if s.pumping {
-		s.recheck = true
+	st := s.streamLocked(key)
+	if st == nil {
 		return 0, false
 	}
-	s.pumping = true
+	if st.pumping {
+		st.recheck = true
+		return 0, false
+	}
+	st.pumping = true
 	return s.gen, true
+}
+
+// streamKeys returns the inbox (0) and every group the session follows.
+func (s *Session) streamKeys() []codec.GroupID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]codec.GroupID, 1, 1+len(s.groups))
+	for g := range s.groups {
+		keys = append(keys, g)
+	}
+	return keys
 }
 
 // needsPumpLocked ends a login's own inbox read (which found the backlog
@@ -91,29 +147,37 @@ func (s *Session) claimPump() (uint64, bool) {
 // offered to the session, which writes it or starts a pump. Called with
 // s.mu held.
 func (s *Session) needsPumpLocked(complete bool) bool {
-	if complete && s.sent >= s.known && !s.recheck {
-		s.pumping = false
+	st := &s.inbox
+	if complete && st.sent >= st.known && !st.recheck {
+		st.pumping = false
 		return false
 	}
 	return true
 }
 
+// setGroupLocked ends the hold on group g's stream (see holdGroupLocked):
+// the member has acknowledged (or joined at) acked, and the log ends at
+// last. It reports whether a pump must read the log. Called with s.mu held.
+func (s *Session) setGroupLocked(g codec.GroupID, acked, last codec.Seq) (pump bool) {
+	st := s.holdGroupLocked(g)
+	st.sent = acked
+	st.known = max(st.known, last)
+	if st.known > st.sent || st.recheck {
+		return true // stays pumping: the caller runs the pump
+	}
+	st.pumping = false
+	return false
+}
+
 // send marshals v and queues it.
 func (s *Session) send(v any) { s.t.Send(codec.MustMarshal(v)) }
 
-// offerLocked takes deliveries from the bus: writes them at once when they
-// continue what was sent, and otherwise reports that a pump must read the
-// inbox. Called with s.mu held.
-func (s *Session) offerLocked(ds []codec.Delivery) (needPump bool) {
+// offerLocked takes deliveries from the bus: writes each at once when it
+// continues what was sent on its stream, and otherwise returns the stream
+// among those a pump must read. Called with s.mu held.
+func (s *Session) offerLocked(ds []codec.Delivery) (pumps []codec.GroupID) {
 	if s.uid == 0 || s.closed || len(ds) == 0 {
-		return false
-	}
-	last := ds[len(ds)-1].Seq
-	if last > s.known {
-		s.known = last
-	}
-	if s.pumping {
-		return false
+		return nil
 	}
 	// One write for the whole run of frames: one syscall, not one each.
 	var out []byte
@@ -122,22 +186,45 @@ func (s *Session) offerLocked(ds []codec.Delivery) (needPump bool) {
 			s.t.Send(out)
 		}
 	}()
+	var touched []codec.GroupID // streams that took a delivery, in first-seen order
 	for i := range ds {
-		switch d := &ds[i]; {
-		case d.Seq <= s.sent:
+		d := &ds[i]
+		key, seq := streamKey(d)
+		st := s.streamLocked(key)
+		if st == nil {
+			if !s.loggingIn {
+				continue // not a group of this session's user
+			}
+			st = s.holdGroupLocked(key)
+		}
+		if seq > st.known {
+			st.known = seq
+		}
+		if st.pumping {
+			continue
+		}
+		switch {
+		case seq <= st.sent:
 			continue // already written (a duplicate notice)
-		case d.Seq == s.sent+1:
-			out = appendDelivery(out, d)
-			s.sent = d.Seq
+		case seq == st.sent+1:
+			if key == 0 || d.ID != s.uid {
+				out = appendDelivery(out, d)
+			} // else: the user's own group message, passed over
+			st.sent = seq
+			if !slices.Contains(touched, key) {
+				touched = append(touched, key)
+			}
 		default:
 			// A gap: an earlier entry's notice is late or was lost.
-			s.pumping = true
-			return true
+			st.pumping = true
+			pumps = append(pumps, key)
 		}
 	}
-	if s.known > s.sent {
-		s.pumping = true
-		return true
+	for _, key := range touched {
+		if st := s.streamLocked(key); !st.pumping && st.known > st.sent {
+			st.pumping = true
+			pumps = append(pumps, key)
+		}
 	}
-	return false
+	return pumps
 }

@@ -39,6 +39,18 @@ type Group struct {
 	Name    string
 	Desc    string
 	Members []Member
+	// Last is the last gseq of the group's log, and Acked the highest gseq
+	// the user UserGroups was called for has acknowledged (or the log's
+	// last gseq when the user joined): everything in between is that
+	// member's backlog.
+	Last, Acked codec.Seq
+}
+
+// AckKey names one delivery stream of a user: the user's inbox (Group 0) or
+// a group's log.
+type AckKey struct {
+	User  codec.UserID
+	Group codec.GroupID
 }
 
 // SendRequest is one chat message to store: to one user (Group == 0) or to
@@ -62,9 +74,14 @@ type SendResult struct {
 	// Duplicate is true when the clientmsgid was seen before and nothing
 	// new was stored.
 	Duplicate bool
+	// GSeq is a new group message's position in the group's log.
+	GSeq codec.Seq
 }
 
-// Entry is one stored inbox entry: the delivery to user To at seq.
+// Entry is one committed delivery to user To: an inbox entry (Delivery.Seq)
+// or a group log entry (Delivery.GSeq). A group message yields one entry
+// per recipient and one for its sender (Delivery.ID == To), whose session
+// only moves past it.
 type Entry struct {
 	To       codec.UserID
 	Delivery codec.Delivery
@@ -87,16 +104,23 @@ type Store interface {
 	// CreateGroup creates a group with creator as its first member;
 	// ErrConflict when the name is taken.
 	CreateGroup(ctx context.Context, creator codec.UserID, name, desc string) (codec.GroupID, error)
-	// JoinGroup adds the user to the group; ErrNotFound when the group does
-	// not exist, ErrConflict when the user is already a member.
-	JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) error
+	// JoinGroup adds the user to the group and returns the group log's last
+	// gseq at that moment: the member receives what comes after it.
+	// ErrNotFound when the group does not exist, ErrConflict when the user
+	// is already a member.
+	JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) (codec.Seq, error)
 	// GroupMembers lists a group's members; ErrNotFound when there is no
 	// such group.
 	GroupMembers(ctx context.Context, gid codec.GroupID) ([]Member, error)
-	// UserGroups lists the groups the user belongs to, with their members.
+	// GroupSize returns the number of members of the group (0: no such
+	// group).
+	GroupSize(ctx context.Context, gid codec.GroupID) (int, error)
+	// UserGroups lists the groups the user belongs to, with their members
+	// and the user's position in each group's log.
 	UserGroups(ctx context.Context, uid codec.UserID) ([]Group, error)
-	// Send stores a message durably for every recipient, giving each its
-	// next inbox seq, and returns once it is committed. Concurrent calls are
+	// Send stores a message durably and returns once it is committed: a
+	// one-to-one message in the recipient's inbox at its next seq, a group
+	// message once, in the group's log at its next gseq. Concurrent calls are
 	// committed together (group commit); the entries of each commit are
 	// passed to the commit hook, in seq order per recipient, before the Send
 	// calls of that commit return.
@@ -112,11 +136,15 @@ type Store interface {
 	// Inbox returns up to limit entries of the user's inbox with seq > after,
 	// in seq order.
 	Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error)
+	// GroupLog returns up to limit entries of the group's log with gseq >
+	// after, in gseq order.
+	GroupLog(ctx context.Context, gid codec.GroupID, after codec.Seq, limit int) ([]codec.Delivery, error)
 	// InboxState returns the user's last assigned seq and last acknowledged seq.
 	InboxState(ctx context.Context, uid codec.UserID) (last, acked codec.Seq, err error)
-	// Ack records, for each user in acks, that every delivery with seq <= the
-	// given seq was received. It never lowers an acknowledged seq.
-	Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error
+	// Ack records, for each stream in acks, that every delivery with seq
+	// (inbox) or gseq (group log) <= the given one was received. It never
+	// lowers an acknowledged position.
+	Ack(ctx context.Context, acks map[AckKey]codec.Seq) error
 	// Secret returns the cluster-wide token signing key, creating it once.
 	Secret(ctx context.Context) ([]byte, error)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"slices"
 	"strings"
@@ -21,7 +22,7 @@ import (
 // done runs on the batcher goroutine.
 type sendOp struct {
 	req  service.SendRequest
-	acks map[codec.UserID]codec.Seq
+	acks map[service.AckKey]codec.Seq
 	done func(service.SendResult, error)
 }
 
@@ -112,12 +113,17 @@ const ackChunk = 50
 // autocommitted statement: one large transaction would hold the row locks
 // of many users' inbox_state for tens of milliseconds, and every node's
 // group commit that allocates a seq for one of them would wait for it.
-func (s *Store) Ack(ctx context.Context, acks map[codec.UserID]codec.Seq) error {
+func (s *Store) Ack(ctx context.Context, acks map[service.AckKey]codec.Seq) error {
 	if len(acks) == 0 {
 		return nil
 	}
 	if w, ok := s.writer.(multiRowWriter); ok {
-		return w.ackChunks(ctx, s, acks)
+		users, groups := splitAcks(acks)
+		err := w.ackChunks(ctx, s, users)
+		if gerr := s.ackGroupsChunked(ctx, s.db, groups); err == nil {
+			err = unavailable(gerr)
+		}
+		return err
 	}
 	ch := make(chan error, 1)
 	s.enqueue(ctx, &sendOp{acks: acks, done: func(_ service.SendResult, err error) { ch <- err }})
@@ -184,8 +190,13 @@ func (b *batcher) drain(batch *[]*sendOp) {
 	}
 }
 
-// rows is the op's weight in a batch: its inbox rows, at least 1.
+// rows is the op's weight in a batch: its inbox rows, at least 1. A group
+// message is one log row, but one entry per member for the commit hook, so
+// it weighs 1 plus an eighth of its recipients.
 func (op *sendOp) rows() int {
+	if op.req.Group != 0 {
+		return 1 + len(op.req.To)/8
+	}
 	return max(1, len(op.req.To))
 }
 
@@ -246,8 +257,9 @@ type sentRow struct {
 }
 
 // storeBatch writes a batch inside tx: dedup by clientmsgid, seq allocation
-// for every recipient, inbox rows. It returns one result per op and the new
-// entries in op order (so per recipient in seq order).
+// for every recipient of a one-to-one message and for every group, inbox
+// rows and group log rows. It returns one result per op and the new entries
+// in op order (so per recipient in seq order, per group in gseq order).
 func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([]service.SendResult, []service.Entry, error) {
 	results := make([]service.SendResult, len(batch))
 	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
@@ -255,12 +267,17 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	var sent []sentRow
 	first := map[dedupKey]int{}
 	acks := map[codec.UserID]codec.Seq{}
+	gacks := map[service.AckKey]codec.Seq{}
 	for i, op := range batch {
 		dup[i] = -1
 		if op.acks != nil {
 			dup[i] = -3 // not a send
-			for uid, seq := range op.acks {
-				acks[uid] = max(acks[uid], seq)
+			for k, seq := range op.acks {
+				if k.Group != 0 {
+					gacks[k] = max(gacks[k], seq)
+				} else {
+					acks[k.User] = max(acks[k.User], seq)
+				}
 			}
 			continue
 		}
@@ -286,54 +303,160 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 			results[i] = service.SendResult{UnixMilli: ms, Duplicate: true}
 		}
 	}
-	// 2. Count deliveries per recipient and allocate seqs.
+	// 2. Count inbox rows per recipient and log rows per group, and
+	// allocate seqs.
 	counts := map[codec.UserID]int64{}
+	gcounts := map[codec.GroupID]int64{}
 	for i, op := range batch {
 		if dup[i] != -1 {
 			continue
 		}
 		results[i] = service.SendResult{UnixMilli: op.req.UnixMilli}
+		if op.req.Group != 0 {
+			gcounts[op.req.Group]++
+			continue
+		}
 		for _, to := range op.req.To {
 			counts[to]++
+		}
+	}
+	if err := s.ackGroupsChunked(ctx, tx, gacks); err != nil {
+		return nil, nil, err
+	}
+	var next map[codec.UserID]codec.Seq
+	if len(counts) > 0 || len(acks) > 0 {
+		var err error
+		if next, err = s.writer.allocSeqs(ctx, tx, counts, acks); err != nil {
+			return nil, nil, err
+		}
+	}
+	gnext, err := s.allocGroupSeqs(ctx, tx, gcounts)
+	if err != nil {
+		return nil, nil, err
+	}
+	// 3. The rows, and the entries for the commit hook.
+	var entries, inbox []service.Entry
+	var created []int64 // created_ms of each inbox entry
+	var logRows []groupLogRow
+	for i, op := range batch {
+		if dup[i] != -1 {
+			continue
+		}
+		tm := codec.FormatTime(time.UnixMilli(op.req.UnixMilli))
+		if g := op.req.Group; g != 0 {
+			gseq := gnext[g]
+			gnext[g]++
+			results[i].GSeq = gseq
+			logRows = append(logRows, groupLogRow{GroupID: int64(g), Seq: int64(gseq), FromID: int64(op.req.From),
+				FromName: op.req.FromName, Body: op.req.Body, CreatedMS: op.req.UnixMilli})
+			d := codec.Delivery{MsgID: codec.MsgGroupChat, ID: op.req.From, Name: op.req.FromName,
+				GroupID: g, Msg: op.req.Body, Time: tm, GSeq: gseq}
+			for _, to := range op.req.To {
+				entries = append(entries, service.Entry{To: to, Delivery: d})
+			}
+			// The sender's own entry: its session moves past the gseq.
+			entries = append(entries, service.Entry{To: op.req.From, Delivery: d})
+			continue
+		}
+		for _, to := range op.req.To {
+			seq := next[to]
+			next[to]++
+			e := service.Entry{To: to, Delivery: codec.Delivery{
+				MsgID: codec.MsgOneChat, ID: op.req.From, Name: op.req.FromName, ToID: op.req.ToUser,
+				Msg: op.req.Body, Time: tm, Seq: seq,
+			}}
+			entries = append(entries, e)
+			inbox = append(inbox, e)
+			created = append(created, op.req.UnixMilli)
 		}
 	}
 	for i := range batch {
 		if j := dup[i]; j >= 0 {
 			results[i] = results[j]
 			results[i].Duplicate = true
+			results[i].GSeq = 0
 		}
 	}
-	var entries []service.Entry
-	var created []int64 // created_ms of each entry
-	if len(counts) > 0 || len(acks) > 0 {
-		next, err := s.writer.allocSeqs(ctx, tx, counts, acks)
-		if err != nil {
+	if len(inbox) > 0 {
+		if err := s.writer.insertInbox(ctx, tx, inbox, created); err != nil {
 			return nil, nil, err
 		}
-		for i, op := range batch {
-			if dup[i] != -1 {
-				continue
-			}
-			kind := codec.MsgOneChat
-			if op.req.Group != 0 {
-				kind = codec.MsgGroupChat
-			}
-			tm := codec.FormatTime(time.UnixMilli(op.req.UnixMilli))
-			for _, to := range op.req.To {
-				seq := next[to]
-				next[to]++
-				entries = append(entries, service.Entry{To: to, Delivery: codec.Delivery{
-					MsgID: kind, ID: op.req.From, Name: op.req.FromName, ToID: op.req.ToUser,
-					GroupID: op.req.Group, Msg: op.req.Body, Time: tm, Seq: seq,
-				}})
-				created = append(created, op.req.UnixMilli)
-			}
-		}
-		if err := s.writer.insertInbox(ctx, tx, entries, created); err != nil {
-			return nil, nil, err
-		}
+	}
+	if err := insertGroupLog(ctx, tx, logRows); err != nil {
+		return nil, nil, err
 	}
 	return results, entries, nil
+}
+
+// allocGroupSeqs reserves counts[g] gseqs in each group's log, groups in id
+// order (the lock order of every commit), and returns each group's first.
+func (s *Store) allocGroupSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.GroupID]int64) (map[codec.GroupID]codec.Seq, error) {
+	gids := slices.Sorted(maps.Keys(counts))
+	next := make(map[codec.GroupID]codec.Seq, len(gids))
+	for _, g := range gids {
+		if _, err := tx.ExecContext(ctx, s.dialect.bumpGroup, g, counts[g]); err != nil {
+			return nil, err
+		}
+		var last int64
+		if err := tx.GetContext(ctx, &last, "SELECT last_seq FROM group_state WHERE groupid = ?", g); err != nil {
+			return nil, fmt.Errorf("store: gseq of group %d: %w", g, err)
+		}
+		next[g] = codec.Seq(last - counts[g] + 1)
+	}
+	return next, nil
+}
+
+// insertGroupLog inserts group log rows, chunk rows per statement.
+func insertGroupLog(ctx context.Context, tx sqlx.ExtContext, rows []groupLogRow) error {
+	for start := 0; start < len(rows); start += chunk {
+		part := rows[start:min(start+chunk, len(rows))]
+		args := make([]any, 0, 6*len(part))
+		for _, r := range part {
+			args = append(args, r.GroupID, r.Seq, r.FromID, r.FromName, r.Body, r.CreatedMS)
+		}
+		stmt := "INSERT INTO group_log (groupid, seq, fromid, fromname, body, created_ms) VALUES " +
+			placeholders(len(part), "(?, ?, ?, ?, ?, ?)")
+		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// splitAcks separates inbox acknowledgements from group log ones.
+func splitAcks(acks map[service.AckKey]codec.Seq) (map[codec.UserID]codec.Seq, map[service.AckKey]codec.Seq) {
+	users := map[codec.UserID]codec.Seq{}
+	groups := map[service.AckKey]codec.Seq{}
+	for k, seq := range acks {
+		if k.Group != 0 {
+			groups[k] = seq
+		} else {
+			users[k.User] = seq
+		}
+	}
+	return users, groups
+}
+
+// ackGroupsChunked raises member_state.acked_seq, chunk rows per statement,
+// in (user, group) order.
+func (s *Store) ackGroupsChunked(ctx context.Context, q sqlx.ExecerContext, acks map[service.AckKey]codec.Seq) error {
+	keys := slices.SortedFunc(maps.Keys(acks), func(a, b service.AckKey) int {
+		if c := cmp.Compare(a.User, b.User); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Group, b.Group)
+	})
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		args := make([]any, 0, 3*len(part))
+		for _, k := range part {
+			args = append(args, k.User, k.Group, acks[k])
+		}
+		if _, err := q.ExecContext(ctx, fmt.Sprintf(s.dialect.ackGroup, placeholders(len(part), "(?, ?, ?)")), args...); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // chunk bounds the rows of one multi-row statement.

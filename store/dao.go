@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -184,10 +185,13 @@ func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, des
 	return gid, unavailable(err)
 }
 
-// JoinGroup implements service.Store.
-func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) error {
+// JoinGroup implements service.Store. The member's position starts at the
+// log's last gseq as this transaction reads it: a message committed
+// concurrently is either before it or delivered to the new member.
+func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) (codec.Seq, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	var start int64
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
 		ok, err := groupExists(ctx, tx, gid)
 		if err != nil {
@@ -196,13 +200,22 @@ func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.User
 		if !ok {
 			return service.ErrNotFound
 		}
-		_, err = tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, uid, codec.RoleNormal, nowMilli())
+		if _, err = tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, uid, codec.RoleNormal, nowMilli()); err != nil {
+			return err
+		}
+		if err := tx.GetContext(ctx, &start, "SELECT COALESCE(MAX(last_seq), 0) FROM group_state WHERE groupid = ?", gid); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, fmt.Sprintf(s.dialect.ackGroup, "(?, ?, ?)"), uid, gid, start)
 		return err
 	})
-	if isConflict(err) {
-		return service.ErrConflict
+	if s.sizes != nil {
+		s.sizes.forget(gid) // after the commit (or failure): the next read counts again
 	}
-	return unavailable(err)
+	if isConflict(err) {
+		return 0, service.ErrConflict
+	}
+	return codec.Seq(start), unavailable(err)
 }
 
 // GroupMembers implements service.Store.
@@ -217,10 +230,32 @@ func (s *Store) GroupMembers(ctx context.Context, gid codec.GroupID) ([]service.
 	return m, unavailable(err)
 }
 
+// GroupSize implements service.Store.
+func (s *Store) GroupSize(ctx context.Context, gid codec.GroupID) (int, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var gen uint64
+	if s.sizes != nil {
+		n, ok, g := s.sizes.get(gid)
+		if ok {
+			return n, nil
+		}
+		gen = g
+	}
+	var n int
+	err := s.db.GetContext(ctx, &n, "SELECT COUNT(*) FROM group_members WHERE groupid = ?", gid)
+	if err == nil && s.sizes != nil {
+		s.sizes.set(gid, n, gen)
+	}
+	return n, unavailable(err)
+}
+
 type groupRow struct {
-	ID   int64  `db:"id"`
-	Name string `db:"groupname"`
-	Desc string `db:"groupdesc"`
+	ID    int64  `db:"id"`
+	Name  string `db:"groupname"`
+	Desc  string `db:"groupdesc"`
+	Last  int64  `db:"last_seq"`
+	Acked int64  `db:"acked_seq"`
 }
 
 // UserGroups implements service.Store.
@@ -229,7 +264,11 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 	defer cancel()
 	var rows []groupRow
 	err := s.db.SelectContext(ctx, &rows,
-		"SELECT g.id, g.groupname, g.groupdesc FROM group_members m JOIN chat_groups g ON g.id = m.groupid WHERE m.userid = ? ORDER BY g.id", uid)
+		"SELECT g.id, g.groupname, g.groupdesc, COALESCE(gs.last_seq, 0) AS last_seq, COALESCE(ms.acked_seq, 0) AS acked_seq "+
+			"FROM group_members m JOIN chat_groups g ON g.id = m.groupid "+
+			"LEFT JOIN group_state gs ON gs.groupid = m.groupid "+
+			"LEFT JOIN member_state ms ON ms.userid = m.userid AND ms.groupid = m.groupid "+
+			"WHERE m.userid = ? ORDER BY g.id", uid)
 	if err != nil {
 		return nil, unavailable(err)
 	}
@@ -250,7 +289,8 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 	}
 	out := make([]service.Group, 0, len(rows))
 	for _, r := range rows {
-		out = append(out, service.Group{ID: codec.GroupID(r.ID), Name: r.Name, Desc: r.Desc, Members: toMembers(byGroup[r.ID])})
+		out = append(out, service.Group{ID: codec.GroupID(r.ID), Name: r.Name, Desc: r.Desc, Members: toMembers(byGroup[r.ID]),
+			Last: codec.Seq(r.Last), Acked: codec.Seq(min(r.Acked, r.Last))})
 	}
 	return out, nil
 }
@@ -282,6 +322,41 @@ func (s *Store) Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, li
 	var rows []inboxRow
 	err := s.db.SelectContext(ctx, &rows,
 		"SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	out := make([]codec.Delivery, len(rows))
+	for i, r := range rows {
+		out[i] = r.delivery()
+	}
+	return out, nil
+}
+
+type groupLogRow struct {
+	GroupID   int64  `db:"groupid"`
+	Seq       int64  `db:"seq"`
+	FromID    int64  `db:"fromid"`
+	FromName  string `db:"fromname"`
+	Body      string `db:"body"`
+	CreatedMS int64  `db:"created_ms"`
+}
+
+// delivery builds the wire delivery of a stored group log row.
+func (r groupLogRow) delivery() codec.Delivery {
+	return codec.Delivery{
+		MsgID: codec.MsgGroupChat, ID: codec.UserID(r.FromID), Name: r.FromName,
+		GroupID: codec.GroupID(r.GroupID), Msg: r.Body,
+		Time: codec.FormatTime(time.UnixMilli(r.CreatedMS)), GSeq: codec.Seq(r.Seq),
+	}
+}
+
+// GroupLog implements service.Store.
+func (s *Store) GroupLog(ctx context.Context, gid codec.GroupID, after codec.Seq, limit int) ([]codec.Delivery, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var rows []groupLogRow
+	err := s.db.SelectContext(ctx, &rows,
+		"SELECT groupid, seq, fromid, fromname, body, created_ms FROM group_log WHERE groupid = ? AND seq > ? ORDER BY seq LIMIT ?", gid, after, limit)
 	if err != nil {
 		return nil, unavailable(err)
 	}

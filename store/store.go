@@ -14,12 +14,14 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
+	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
 )
 
@@ -38,8 +40,9 @@ type Config struct {
 	// DSN is "sqlite:PATH" (PATH may carry ?_pragma=... query options) or
 	// "mysql:USER:PASS@tcp(HOST:PORT)/DB" (a go-sql-driver/mysql DSN).
 	DSN string
-	// MaxBatch bounds the inbox rows (deliveries) of one group commit: a
-	// send to a 100-member group counts 100; default 16384.
+	// MaxBatch bounds the weight of one group commit: a one-to-one send
+	// counts 1, a group send 1 plus an eighth of its recipients (the
+	// entries it hands to the commit hook); default 16384.
 	MaxBatch int
 	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
 	MaxOpenConns int
@@ -63,7 +66,11 @@ type Store struct {
 	log     *slog.Logger
 	batcher *batcher
 	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
-	ckpt   *checkpointer
+	ckpt *checkpointer
+	// sizes caches group member counts (SQLite only, where this process is
+	// the only writer: joins go through JoinGroup); nil on MySQL, where
+	// other nodes add members.
+	sizes  *sizeCache
 	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
@@ -117,6 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		s.writer, s.closeWriter = pw, pw.close
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
+		s.sizes = &sizeCache{m: map[codec.GroupID]int{}}
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
 	}
@@ -213,6 +221,11 @@ type dialect struct {
 	// unless ack is beyond last_seq; "%s" takes the (userid, n, ack) rows.
 	bumpSeq      string
 	insertIgnore string
+	// bumpGroup upserts group_state.last_seq += n for one (groupid, n).
+	bumpGroup string
+	// ackGroup upserts member_state, never lowering acked_seq; "%s" takes
+	// the (userid, groupid, acked_seq) rows.
+	ackGroup string
 }
 
 var (
@@ -220,6 +233,10 @@ var (
 		name:         "sqlite",
 		defaultConns: 8,
 		insertIgnore: "INSERT OR IGNORE",
+		bumpGroup: "INSERT INTO group_state (groupid, last_seq) VALUES (?, ?) " +
+			"ON CONFLICT (groupid) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
+		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
+			"ON CONFLICT (userid, groupid) DO UPDATE SET acked_seq = max(acked_seq, excluded.acked_seq)",
 	}
 	mysqlDialect = dialect{
 		name:         "mysql",
@@ -227,6 +244,10 @@ var (
 		bumpSeq: "INSERT INTO inbox_state (userid, last_seq, acked_seq) VALUES %s ON DUPLICATE KEY UPDATE " +
 			"last_seq = last_seq + VALUES(last_seq), acked_seq = IF(VALUES(acked_seq) <= last_seq, GREATEST(acked_seq, VALUES(acked_seq)), acked_seq)",
 		insertIgnore: "INSERT IGNORE",
+		bumpGroup: "INSERT INTO group_state (groupid, last_seq) VALUES (?, ?) " +
+			"ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
+		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
+			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
 	}
 )
 
@@ -305,4 +326,44 @@ func (s *Store) Secret(ctx context.Context) ([]byte, error) {
 		return nil, unavailable(err)
 	}
 	return got, nil
+}
+
+// sizeCache remembers group member counts. A count read while a join
+// commits is not kept (gen moved), so a cached count is never stale. Safe
+// for concurrent use.
+type sizeCache struct {
+	mu  sync.Mutex
+	m   map[codec.GroupID]int
+	gen uint64 // bumped by every forget
+}
+
+// get returns gid's cached count, or the generation to pass to set after
+// reading it from the database.
+func (c *sizeCache) get(gid codec.GroupID) (n int, ok bool, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok = c.m[gid]
+	return n, ok, c.gen
+}
+
+// set caches a count read since get returned gen; a count of 0 (no such
+// group yet) is not kept.
+func (c *sizeCache) set(gid codec.GroupID, n int, gen uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.gen != gen || n == 0 {
+		return
+	}
+	if len(c.m) >= 1<<16 {
+		clear(c.m)
+	}
+	c.m[gid] = n
+}
+
+// forget drops gid's count: its membership changed.
+func (c *sizeCache) forget(gid codec.GroupID) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, gid)
+	c.gen++
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -151,13 +152,13 @@ func TestFriendsAndGroups(t *testing.T) {
 		if _, err := s.CreateGroup(ctx, b, "g1", "dup"); !errors.Is(err, service.ErrConflict) {
 			t.Fatalf("dup group: %v", err)
 		}
-		if err := s.JoinGroup(ctx, g, c); err != nil {
+		if _, err := s.JoinGroup(ctx, g, c); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.JoinGroup(ctx, g, c); !errors.Is(err, service.ErrConflict) {
+		if _, err := s.JoinGroup(ctx, g, c); !errors.Is(err, service.ErrConflict) {
 			t.Fatalf("join twice: %v", err)
 		}
-		if err := s.JoinGroup(ctx, 999, c); !errors.Is(err, service.ErrNotFound) {
+		if _, err := s.JoinGroup(ctx, 999, c); !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("join missing: %v", err)
 		}
 		m, err := s.GroupMembers(ctx, g)
@@ -196,7 +197,7 @@ func TestSendSeqAndDedup(t *testing.T) {
 				defer wg.Done()
 				for j := 0; j < perSender; j++ {
 					_, err := s.Send(ctx, service.SendRequest{
-						From: from, FromName: "x", To: []codec.UserID{to, other}, Group: 1,
+						From: from, FromName: "x", To: []codec.UserID{to, other}, ToUser: to,
 						Body: fmt.Sprintf("m%d", j), ClientMsgID: fmt.Sprintf("s:%d", j), UnixMilli: time.Now().UnixMilli(),
 					})
 					if err != nil {
@@ -219,7 +220,7 @@ func TestSendSeqAndDedup(t *testing.T) {
 				t.Fatalf("inbox of %d has %d entries", uid, len(got))
 			}
 			for i, d := range got {
-				if d.Seq != codec.Seq(i+1) || d.MsgID != codec.MsgGroupChat || d.GroupID != 1 {
+				if d.Seq != codec.Seq(i+1) || d.MsgID != codec.MsgOneChat || d.ToID != to || d.GSeq != 0 {
 					t.Fatalf("entry %d = %+v", i, d)
 				}
 			}
@@ -276,6 +277,129 @@ func TestSendSeqAndDedup(t *testing.T) {
 	})
 }
 
+// A group message is stored once, in the group's log, at the group's next
+// gseq; the commit hook gets one entry per recipient and one for the
+// sender; a member's position starts where it joined and acknowledgements
+// move it.
+func TestGroupLog(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
+		var hookMu sync.Mutex
+		var hooked []service.Entry
+		s.SetCommitHook(func(e []service.Entry) {
+			hookMu.Lock()
+			hooked = append(hooked, e...)
+			hookMu.Unlock()
+		})
+		g, err := s.CreateGroup(ctx, a, "g", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if start, err := s.JoinGroup(ctx, g, b); err != nil || start != 0 {
+			t.Fatalf("join b: start %d, %v", start, err)
+		}
+		// Concurrent senders: gseqs 1..n without gaps or repeats.
+		const n = 60
+		var wg sync.WaitGroup
+		gseqs := make([]codec.Seq, n)
+		for i := 0; i < n; i++ {
+			wg.Add(1)
+			from, to := a, b
+			if i%2 == 1 {
+				from, to = b, a
+			}
+			s.SendAsync(ctx, service.SendRequest{From: from, FromName: "x", To: []codec.UserID{to}, Group: g, Body: fmt.Sprint(i),
+				ClientMsgID: fmt.Sprintf("s:%d", i), UnixMilli: 1000},
+				func(r service.SendResult, err error) {
+					if err != nil || r.Duplicate {
+						t.Errorf("send %d: %+v %v", i, r, err)
+					}
+					gseqs[i] = r.GSeq
+					wg.Done()
+				})
+		}
+		wg.Wait()
+		slices.Sort(gseqs)
+		for i, q := range gseqs {
+			if q != codec.Seq(i+1) {
+				t.Fatalf("gseqs %v, want 1..%d", gseqs, n)
+			}
+		}
+		again, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{b}, Group: g, Body: "0", ClientMsgID: "s:0", UnixMilli: 5000})
+		if err != nil || !again.Duplicate || again.GSeq != 0 || again.UnixMilli != 1000 {
+			t.Fatalf("retry = %+v, %v", again, err)
+		}
+		log, err := s.GroupLog(ctx, g, 0, 1000)
+		if err != nil || len(log) != n {
+			t.Fatalf("log: %d rows, %v", len(log), err)
+		}
+		for i, d := range log {
+			if d.GSeq != codec.Seq(i+1) || d.Seq != 0 || d.MsgID != codec.MsgGroupChat || d.GroupID != g || (d.ID != a && d.ID != b) {
+				t.Fatalf("log row %d = %+v", i, d)
+			}
+		}
+		if rest, err := s.GroupLog(ctx, g, n-2, 10); err != nil || len(rest) != 2 || rest[0].GSeq != n-1 {
+			t.Fatalf("log after %d: %+v %v", n-2, rest, err)
+		}
+		for _, uid := range []codec.UserID{a, b} {
+			if in, err := s.Inbox(ctx, uid, 0, 10); err != nil || len(in) != 0 {
+				t.Fatalf("inbox of %d holds group messages: %+v %v", uid, in, err)
+			}
+		}
+		// The hook: each message once to its recipient and once to its sender.
+		hookMu.Lock()
+		per := map[codec.UserID]int{}
+		for _, e := range hooked {
+			if e.Delivery.GSeq == 0 || e.Delivery.GroupID != g {
+				t.Fatalf("hook entry %+v", e)
+			}
+			per[e.To]++
+		}
+		hookMu.Unlock()
+		if per[a] != n || per[b] != n {
+			t.Fatalf("hook entries per user %v, want %d each", per, n)
+		}
+		// Positions: c joins at the log's end; acknowledgements never lower.
+		// (The size read before the join is cached on SQLite; the join must
+		// drop it.)
+		if size, err := s.GroupSize(ctx, g); err != nil || size != 2 {
+			t.Fatalf("group size %d, %v; want 2", size, err)
+		}
+		if start, err := s.JoinGroup(ctx, g, c); err != nil || start != n {
+			t.Fatalf("join c: start %d, %v", start, err)
+		}
+		pos := func(uid codec.UserID) (codec.Seq, codec.Seq) {
+			t.Helper()
+			gs, err := s.UserGroups(ctx, uid)
+			if err != nil || len(gs) != 1 || gs[0].ID != g {
+				t.Fatalf("groups of %d: %+v %v", uid, gs, err)
+			}
+			return gs[0].Last, gs[0].Acked
+		}
+		if size, err := s.GroupSize(ctx, g); err != nil || size != 3 {
+			t.Fatalf("group size %d, %v; want 3", size, err)
+		}
+		if size, err := s.GroupSize(ctx, 999); err != nil || size != 0 {
+			t.Fatalf("size of a missing group %d, %v; want 0", size, err)
+		}
+		if last, acked := pos(c); last != n || acked != n {
+			t.Fatalf("c: last %d acked %d, want %d %d", last, acked, n, n)
+		}
+		if last, acked := pos(b); last != n || acked != 0 {
+			t.Fatalf("b: last %d acked %d, want %d 0", last, acked, n)
+		}
+		kb := service.AckKey{User: b, Group: g}
+		if err := s.Ack(ctx, map[service.AckKey]codec.Seq{kb: 7, {User: a}: 0}); err != nil {
+			t.Fatal(err)
+		}
+		s.Ack(ctx, map[service.AckKey]codec.Seq{kb: 3}) // never lowers
+		if _, acked := pos(b); acked != 7 {
+			t.Fatalf("b acked %d, want 7", acked)
+		}
+	})
+}
+
 func TestAck(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
@@ -291,15 +415,16 @@ func TestAck(t *testing.T) {
 				t.Fatalf("acked = %d (%v), want %d", acked, err, want)
 			}
 		}
-		if err := s.Ack(ctx, map[codec.UserID]codec.Seq{b: 3}); err != nil {
+		k := service.AckKey{User: b}
+		if err := s.Ack(ctx, map[service.AckKey]codec.Seq{k: 3}); err != nil {
 			t.Fatal(err)
 		}
 		check(3)
-		s.Ack(ctx, map[codec.UserID]codec.Seq{b: 2}) // never lowers
+		s.Ack(ctx, map[service.AckKey]codec.Seq{k: 2}) // never lowers
 		check(3)
-		s.Ack(ctx, map[codec.UserID]codec.Seq{b: 9}) // beyond the last seq: ignored
+		s.Ack(ctx, map[service.AckKey]codec.Seq{k: 9}) // beyond the last seq: ignored
 		check(3)
-		s.Ack(ctx, map[codec.UserID]codec.Seq{b: 5})
+		s.Ack(ctx, map[service.AckKey]codec.Seq{k: 5})
 		check(5)
 		rest, err := s.Inbox(ctx, b, 3, 10)
 		if err != nil || len(rest) != 2 || rest[0].Seq != 4 {
@@ -317,7 +442,7 @@ func TestMigrationsIdempotent(t *testing.T) {
 					t.Fatalf("open %d: %v", i, err)
 				}
 				var v int
-				if err := s.DB().Get(&v, "SELECT MAX(version) FROM schema_migrations"); err != nil || v != 1 {
+				if err := s.DB().Get(&v, "SELECT MAX(version) FROM schema_migrations"); err != nil || v != 2 {
 					t.Fatalf("version %d %v", v, err)
 				}
 				s.Close()
@@ -564,16 +689,16 @@ func TestAckManyUsers(t *testing.T) {
 			}
 		}
 		wg.Wait()
-		acks := map[codec.UserID]codec.Seq{}
+		acks := map[service.AckKey]codec.Seq{}
 		for i, u := range users {
-			acks[u] = codec.Seq(1 + i%2)
+			acks[service.AckKey{User: u}] = codec.Seq(1 + i%2)
 		}
 		if err := s.Ack(ctx, acks); err != nil {
 			t.Fatal(err)
 		}
-		for u, want := range acks {
-			if _, acked, err := s.InboxState(ctx, u); err != nil || acked != want {
-				t.Fatalf("user %d: acked %d (%v), want %d", u, acked, err, want)
+		for k, want := range acks {
+			if _, acked, err := s.InboxState(ctx, k.User); err != nil || acked != want {
+				t.Fatalf("user %d: acked %d (%v), want %d", k.User, acked, err, want)
 			}
 		}
 	})

@@ -21,7 +21,7 @@ func online(t *testing.T, c *cluster, prefix string, count int, addrs ...string)
 		addr := addrs[i%len(addrs)]
 		ms[i] = signup(t, addr, fmt.Sprintf("%s%d", prefix, i))
 		ms[i].fallback = c.nginx.addr
-		if err := ms[i].connect(ctxT(t, 10*time.Second), addr, 0); err != nil {
+		if err := ms[i].connect(ctxT(t, 10*time.Second), addr, 0, nil); err != nil {
 			t.Fatalf("login %s: %v", ms[i].name, err)
 		}
 		t.Cleanup(func() { ms[i].client().Close() })

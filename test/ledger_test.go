@@ -15,6 +15,12 @@ import (
 	"github.com/chatcluster/chatcluster/codec"
 )
 
+// memberGroup is one member's delivery stream of one group.
+type memberGroup struct {
+	user  codec.UserID
+	group codec.GroupID
+}
+
 // ledger is the checker: it counts, per recipient, what senders were told
 // was stored (acked) against what recipients received, and fails on any
 // loss, duplicate or reorder.
@@ -24,6 +30,7 @@ type ledger struct {
 	failed   map[string][]codec.UserID // sends that got an error
 	got      map[codec.UserID]map[string]int
 	last     map[codec.UserID]codec.Seq
+	lastG    map[memberGroup]codec.Seq // per member and group: the last gseq received
 	problems []string
 	errnos   map[codec.Errno]int
 }
@@ -31,7 +38,7 @@ type ledger struct {
 func newLedger() *ledger {
 	return &ledger{
 		acked: map[string][]codec.UserID{}, failed: map[string][]codec.UserID{},
-		got: map[codec.UserID]map[string]int{}, last: map[codec.UserID]codec.Seq{}, errnos: map[codec.Errno]int{},
+		got: map[codec.UserID]map[string]int{}, last: map[codec.UserID]codec.Seq{}, lastG: map[memberGroup]codec.Seq{}, errnos: map[codec.Errno]int{},
 	}
 }
 
@@ -49,15 +56,25 @@ func (l *ledger) sent(body string, to []codec.UserID, err error) {
 	l.errnos[client.ErrnoOf(err)]++
 }
 
-// received records a delivery; deliveries to one user must come with seq
-// 1, 2, 3, ... (the client library drops re-sent ones after a reconnect).
+// received records a delivery; inbox deliveries to one user must come with
+// seq 1, 2, 3, ..., and a group's deliveries to one member with increasing
+// gseqs (gaps are the member's own messages; the body counts below catch a
+// loss). The client library drops re-sent ones after a reconnect.
 func (l *ledger) received(to codec.UserID, d codec.Delivery) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if d.Seq != l.last[to]+1 {
-		l.problems = append(l.problems, fmt.Sprintf("user %d: seq %d after %d", to, d.Seq, l.last[to]))
+	if d.GSeq > 0 {
+		k := memberGroup{to, d.GroupID}
+		if d.GSeq <= l.lastG[k] {
+			l.problems = append(l.problems, fmt.Sprintf("user %d group %d: gseq %d after %d", to, d.GroupID, d.GSeq, l.lastG[k]))
+		}
+		l.lastG[k] = d.GSeq
+	} else {
+		if d.Seq != l.last[to]+1 {
+			l.problems = append(l.problems, fmt.Sprintf("user %d: seq %d after %d", to, d.Seq, l.last[to]))
+		}
+		l.last[to] = d.Seq
 	}
-	l.last[to] = d.Seq
 	if l.got[to] == nil {
 		l.got[to] = map[string]int{}
 	}
@@ -187,12 +204,13 @@ func signup(t *testing.T, addr, name string) *member {
 }
 
 // connect logs m in at addr, by token when it has one.
-func (m *member) connect(ctx context.Context, addr string, last codec.Seq) error {
+func (m *member) connect(ctx context.Context, addr string, last codec.Seq, groups map[codec.GroupID]codec.Seq) error {
 	c, err := client.Dial(ctx, addr, client.Options{DeliveryBuffer: 256})
 	if err != nil {
 		return err
 	}
 	c.SetLastSeq(last)
+	c.SetGroupSeqs(groups)
 	var ack *codec.LoginAck
 	if m.token != "" {
 		ack, err = c.LoginToken(ctx, m.id, m.token)
@@ -227,12 +245,12 @@ func (m *member) run(ctx context.Context, t *testing.T, l *ledger, wg *sync.Wait
 		if ctx.Err() != nil {
 			return
 		}
-		last := c.LastSeq()
+		last, groups := c.LastSeq(), c.GroupSeqs()
 		for attempt := 0; ; attempt++ {
 			if ctx.Err() != nil {
 				return
 			}
-			err := m.connect(ctx, m.fallback, last)
+			err := m.connect(ctx, m.fallback, last, groups)
 			if err == nil {
 				m.mu.Lock()
 				m.reconns++

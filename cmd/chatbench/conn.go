@@ -39,13 +39,22 @@ type bconn struct {
 	pending map[uint64]pend
 
 	// Hooks, set before start; they run on the reader goroutine.
-	onDelivery func(c *bconn, seq int64, msg []byte, now int64)
-	onAck      func(c *bconn, p pend, errno int64, now int64)
+	// onDelivery gets g == nil and the inbox seq for a one-to-one delivery,
+	// or the group and its gseq for a group delivery; onAck gets the gseq of
+	// a GROUP_CHAT ACK (0 if none).
+	onDelivery func(c *bconn, g *groupPos, seq int64, msg []byte, now int64)
+	onAck      func(c *bconn, p pend, errno, gseq int64, now int64)
 
 	rs       recvState    // reader-owned duplicate/order state
 	lastSeq  atomic.Int64 // highest seq received
 	ackedSeq atomic.Int64 // highest seq sent in DELIVERED
 	ackNow   bool         // send DELIVERED after each read batch
+
+	// groups lists the groups this connection has received from (or was
+	// told to expect), usually one: a slice scanned per delivery, replaced
+	// (copy on write, under gmu) only when a group is added.
+	groups atomic.Pointer[[]*groupPos]
+	gmu    sync.Mutex
 
 	done chan struct{}
 	err  error // set before done is closed
@@ -54,7 +63,57 @@ type bconn struct {
 // pend is one request waiting for its response.
 type pend struct {
 	sendNanos int64
+	gid       int64           // GROUP_CHAT: the group
 	ch        chan callResult // nil for asynchronous requests
+}
+
+// groupPos is one group as this connection receives it: its DELIVERED
+// position and the reader-owned check of its log.
+type groupPos struct {
+	gid   int64
+	last  atomic.Int64 // highest gseq received
+	acked atomic.Int64 // highest gseq sent in DELIVERED
+	trk   groupTrack
+}
+
+// group returns the state of group gid, adding it if new. start > 0 is the
+// first gseq the member must see (1 for a group it was in before anything
+// was sent); with 0 the first gseq observed starts the check. Only a new
+// group's start counts, so call it with a start before traffic begins.
+func (c *bconn) group(gid, start int64) *groupPos {
+	if p := c.groups.Load(); p != nil {
+		for _, g := range *p {
+			if g.gid == gid {
+				return g
+			}
+		}
+	}
+	c.gmu.Lock()
+	defer c.gmu.Unlock()
+	var gs []*groupPos
+	if p := c.groups.Load(); p != nil {
+		gs = *p
+		for _, g := range gs {
+			if g.gid == gid {
+				return g
+			}
+		}
+	}
+	g := &groupPos{gid: gid}
+	if start > 0 {
+		g.trk.cov.init(start)
+	}
+	gs = append(gs[:len(gs):len(gs)], g)
+	c.groups.Store(&gs)
+	return g
+}
+
+// groupList returns the groups added so far.
+func (c *bconn) groupList() []*groupPos {
+	if p := c.groups.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // callResult is a copied response of a synchronous request.
@@ -292,7 +351,11 @@ func (c *bconn) ping(ctx context.Context) error {
 // onAck reports the outcome. The body must need no JSON escaping (appendBody
 // output). cmid > 0 adds a numeric clientmsgid.
 func (c *bconn) sendChat(group bool, to int64, sendNanos int64, body []byte, cmid uint64) error {
-	return c.write(true, pend{sendNanos: sendNanos}, func(b []byte, id uint64) []byte {
+	p := pend{sendNanos: sendNanos}
+	if group {
+		p.gid = to
+	}
+	return c.write(true, p, func(b []byte, id uint64) []byte {
 		if group {
 			b = append(b, `{"msgid":10,"reqid":`...)
 		} else {
@@ -315,18 +378,54 @@ func (c *bconn) sendChat(group bool, to int64, sendNanos int64, body []byte, cmi
 	})
 }
 
-// flushAck sends DELIVERED for the highest seq received, if not yet sent.
+// flushAck sends DELIVERED for the highest inbox seq and the highest gseq
+// of each group received, where not yet sent: the seq and the first group
+// in one frame, any further group in a frame of its own.
 func (c *bconn) flushAck() {
 	seq := c.lastSeq.Load()
 	if seq <= c.ackedSeq.Load() {
-		return
+		seq = 0
+	} else {
+		c.ackedSeq.Store(seq)
 	}
-	c.ackedSeq.Store(seq)
-	_ = c.write(false, pend{}, func(b []byte, _ uint64) []byte {
-		b = append(b, `{"msgid":12,"seq":`...)
+	gs := c.groupList()
+	for {
+		var gid, gseq int64
+		for len(gs) > 0 && gid == 0 {
+			g := gs[0]
+			gs = gs[1:]
+			if v := g.last.Load(); v > g.acked.Load() {
+				g.acked.Store(v)
+				gid, gseq = g.gid, v
+			}
+		}
+		if seq == 0 && gid == 0 {
+			return
+		}
+		if c.write(false, pend{}, func(b []byte, _ uint64) []byte {
+			return appendDelivered(b, seq, gid, gseq)
+		}) != nil {
+			return
+		}
+		seq = 0
+	}
+}
+
+// appendDelivered appends a DELIVERED (12) for inbox seq (if > 0) and group
+// gid's log through gseq (if gid > 0).
+func appendDelivered(b []byte, seq, gid, gseq int64) []byte {
+	b = append(b, `{"msgid":12`...)
+	if seq > 0 {
+		b = append(b, `,"seq":`...)
 		b = strconv.AppendInt(b, seq, 10)
-		return append(b, '}')
-	})
+	}
+	if gid > 0 {
+		b = append(b, `,"groupid":`...)
+		b = strconv.AppendInt(b, gid, 10)
+		b = append(b, `,"gseq":`...)
+		b = strconv.AppendInt(b, gseq, 10)
+	}
+	return append(b, '}')
 }
 
 func (c *bconn) readLoop() {
@@ -346,7 +445,7 @@ func (c *bconn) readLoop() {
 		if p.ch != nil {
 			p.ch <- callResult{err: err}
 		} else if c.onAck != nil {
-			c.onAck(c, p, -1, now)
+			c.onAck(c, p, -1, 0, now)
 		}
 	}
 }
@@ -395,7 +494,16 @@ func (c *bconn) handle(body []byte, f *frame) error {
 	}
 	now := nowNanos()
 	switch codec.MsgID(f.MsgID) {
-	case codec.MsgOneChat, codec.MsgGroupChat:
+	case codec.MsgGroupChat:
+		if f.GSeq > 0 && f.GroupID > 0 {
+			c.deliveredGroup(f.GroupID, f.GSeq, f.msgText(), now)
+			return nil
+		}
+		if f.Seq > 0 {
+			c.delivered(f.Seq, f.msgText(), now)
+			return nil
+		}
+	case codec.MsgOneChat:
 		if f.Seq > 0 {
 			c.delivered(f.Seq, f.msgText(), now)
 			return nil
@@ -405,7 +513,11 @@ func (c *bconn) handle(body []byte, f *frame) error {
 	case codec.MsgLoginAck:
 		if f.Errno == 0 {
 			for _, d := range f.offline() {
-				c.delivered(d.Seq, []byte(d.Msg), now)
+				if d.GSeq > 0 && d.GroupID > 0 && d.MsgID == int64(codec.MsgGroupChat) {
+					c.deliveredGroup(d.GroupID, d.GSeq, []byte(d.Msg), now)
+				} else {
+					c.delivered(d.Seq, []byte(d.Msg), now)
+				}
 			}
 		}
 	}
@@ -423,7 +535,7 @@ func (c *bconn) handle(body []byte, f *frame) error {
 	}
 	if p.ch == nil {
 		if c.onAck != nil {
-			c.onAck(c, p, f.Errno, now)
+			c.onAck(c, p, f.Errno, f.GSeq, now)
 		}
 		return nil
 	}
@@ -439,6 +551,16 @@ func (c *bconn) delivered(seq int64, msg []byte, now int64) {
 		c.lastSeq.Store(seq)
 	}
 	if c.onDelivery != nil {
-		c.onDelivery(c, seq, msg, now)
+		c.onDelivery(c, nil, seq, msg, now)
+	}
+}
+
+func (c *bconn) deliveredGroup(gid, gseq int64, msg []byte, now int64) {
+	g := c.group(gid, 0)
+	if gseq > g.last.Load() {
+		g.last.Store(gseq)
+	}
+	if c.onDelivery != nil {
+		c.onDelivery(c, g, gseq, msg, now)
 	}
 }

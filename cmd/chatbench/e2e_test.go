@@ -102,9 +102,19 @@ func checkTraffic(t *testing.T, rep *Report, fanout int64) {
 	if tr.Fanout != fanout || tr.Expected != tr.Acked*fanout {
 		t.Errorf("fanout %d expected %d for %d acked", tr.Fanout, tr.Expected, tr.Acked)
 	}
-	if tr.Lost != 0 || tr.Duplicates != 0 || tr.SeqGaps != 0 || tr.SeqDups != 0 || tr.Foreign != 0 || tr.ConnLost != 0 {
-		t.Errorf("lost %d dups %d gaps %d seqdups %d foreign %d connlost %d",
-			tr.Lost, tr.Duplicates, tr.SeqGaps, tr.SeqDups, tr.Foreign, tr.ConnLost)
+	if tr.Lost != 0 || tr.Duplicates != 0 || tr.SeqGaps != 0 || tr.SeqDups != 0 || tr.SeqReorders != 0 || tr.Foreign != 0 || tr.ConnLost != 0 {
+		t.Errorf("lost %d dups %d gaps %d seqdups %d reorders %d foreign %d connlost %d",
+			tr.Lost, tr.Duplicates, tr.SeqGaps, tr.SeqDups, tr.SeqReorders, tr.Foreign, tr.ConnLost)
+	}
+	if rep.Scenario == "group" {
+		// Group messages are numbered in the group's log: every delivery
+		// is checked by gseq, and every sender (a member) learns its own
+		// messages' gseqs from their ACKs.
+		if tr.GSeqDeliveries != tr.Delivered || tr.OwnGSeqs != tr.Acked {
+			t.Errorf("gseq deliveries %d of %d, own gseqs %d of %d acked", tr.GSeqDeliveries, tr.Delivered, tr.OwnGSeqs, tr.Acked)
+		}
+	} else if tr.GSeqDeliveries != 0 || tr.OwnGSeqs != 0 {
+		t.Errorf("one-to-one run with gseqs: %d deliveries, %d own", tr.GSeqDeliveries, tr.OwnGSeqs)
 	}
 	if tr.Delivered != tr.Expected || tr.DeliveredPerSec <= 0 || tr.SentPerSec <= 0 || tr.Latency.Count == 0 || tr.Latency.P99 <= 0 {
 		t.Errorf("delivered %d (%f/s), latency %+v", tr.Delivered, tr.DeliveredPerSec, tr.Latency)
@@ -151,6 +161,63 @@ func TestGroupFanout(t *testing.T) {
 	cfg.Groups, cfg.GroupSize, cfg.SendersPerGroup = 2, 5, 2
 	rep := runOK(t, cfg)
 	checkTraffic(t, rep, 4)
+}
+
+// TestGroupAcksAdvance: chatbench's DELIVERED frames (here sent after every
+// read) move each member's position in its group's log, so a member that
+// logs in again after the run is sent no group backlog.
+func TestGroupAcksAdvance(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("group", ts.addr, 8)
+	cfg.Groups, cfg.GroupSize, cfg.SendersPerGroup = 2, 4, 2
+	cfg.AckInterval = 0
+	cfg.Duration, cfg.Warmup = 500*time.Millisecond, 0
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	w := newWorker(cfg)
+	defer w.closeAll()
+	for _, ph := range []string{"setup", "run", "drain"} {
+		if err := w.phase(ctx, ph); err != nil {
+			t.Fatalf("%s: %v", ph, err)
+		}
+	}
+	l := w.ledger.Counts()
+	if l.Acked == 0 || l.Delivered != l.Acked*3 || l.GSeqChecked != l.Delivered || l.GSeqHoles != 0 || l.SeqDups != 0 || l.Reorders != 0 {
+		t.Fatalf("run: %+v", l)
+	}
+	for _, u := range w.users {
+		u.c.flushAck()
+		// Requests on a connection are served in order: the PONG comes
+		// after the DELIVERED took effect.
+		if err := u.c.ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, i := range []int{0, 3} { // a sender and a receiver of group 0
+		u := w.users[i]
+		nc, err := w.dial.dial(ctx, ts.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := newConn(nc)
+		var again atomic.Int64
+		c.onDelivery = func(_ *bconn, g *groupPos, seq int64, _ []byte, _ int64) {
+			again.Add(1)
+			t.Logf("user %d sent again: group %v seq %d", i, g != nil, seq)
+		}
+		c.start()
+		if _, err := c.login(ctx, u.id, cfg.ChildPassword, ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond) // a backlog need not come before the PONG
+		if n := again.Load(); n != 0 {
+			t.Errorf("user %d: %d messages sent again after they were acknowledged", i, n)
+		}
+		c.Close()
+	}
 }
 
 func TestChatTwoProcesses(t *testing.T) {

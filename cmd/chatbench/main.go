@@ -34,10 +34,14 @@
 //
 // Every message carries its send time, sender and counter; chatbench
 // records the end-to-end latency of each delivery in a log-linear histogram
-// (1 µs resolution up to 60 s), checks that each recipient's seqs are
-// contiguous and that no message arrives twice, and reports lost = expected
-// - delivered after draining. A progress line goes to stderr every second,
-// the final table to stdout (-json: one JSON object).
+// (1 µs resolution up to 60 s), checks that each recipient's inbox seqs are
+// contiguous, that each member's group deliveries come in increasing gseq
+// order and, with the gseqs of its own messages (from their ACKs), cover the
+// group's log without holes, and that no message arrives twice, and reports
+// lost = expected - delivered after draining. Deliveries are acknowledged
+// with DELIVERED, coalesced per connection: the inbox seq and each group's
+// gseq. A progress line goes to stderr every second, the final table to
+// stdout (-json: one JSON object).
 //
 // Users are created with SIGNUP (64 at a time), or much faster with -bulk-db
 // DSN, which inserts them straight into the server's database; the report

@@ -44,8 +44,11 @@ func printTable(out io.Writer, r *Report) {
 		row("totals", "sent %d, acked %d, ack errors %d (rate limited %d), delivered %d of %d expected",
 			t.Sent, t.Acked, t.AckErrors, t.RateLimited, t.Delivered, t.Expected)
 		row("lost / duplicates", "%d / %d", t.Lost, t.Duplicates)
-		row("seq gaps / seq dups", "%d / %d (extra %d, foreign %d, connections lost %d, drain %.2fs)",
-			t.SeqGaps, t.SeqDups, t.Extra, t.Foreign, t.ConnLost, t.DrainSeconds)
+		row("seq gaps / seq dups", "%d / %d, reorders %d (extra %d, foreign %d, connections lost %d, drain %.2fs)",
+			t.SeqGaps, t.SeqDups, t.SeqReorders, t.Extra, t.Foreign, t.ConnLost, t.DrainSeconds)
+		if t.GSeqDeliveries > 0 || t.OwnGSeqs > 0 {
+			row("group log (gseq) checks", "%d deliveries, %d own messages from ACKs", t.GSeqDeliveries, t.OwnGSeqs)
+		}
 	}
 	connRows := func(name string, cr *ConnectReport) {
 		row(name+" connections", "%d connected, %d failed, %d dropped while held; connect %.2fs, hold %.1fs",

@@ -55,8 +55,11 @@ type TrafficReport struct {
 	Lost            int64          `json:"lost"`
 	Extra           int64          `json:"extra"` // delivered although not acked
 	Duplicates      int64          `json:"duplicates"`
-	SeqGaps         int64          `json:"seq_gaps"`
-	SeqDups         int64          `json:"seq_dups"`
+	SeqGaps         int64          `json:"seq_gaps"`        // inbox seqs skipped + group log positions a member neither got nor sent
+	SeqDups         int64          `json:"seq_dups"`        // inbox seqs at or below the last + gseqs a member saw twice
+	SeqReorders     int64          `json:"seq_reorders"`    // group deliveries below a gseq already delivered to that member
+	GSeqDeliveries  int64          `json:"gseq_deliveries"` // deliveries checked by group log position
+	OwnGSeqs        int64          `json:"own_gseqs"`       // members' own messages' gseqs, from their ACKs
 	Foreign         int64          `json:"foreign"`
 	ConnLost        int64          `json:"conn_lost"`
 	SentPerSec      float64        `json:"sent_per_sec"`
@@ -157,7 +160,7 @@ func run(ctx context.Context, cfg Config, log io.Writer) (*Report, error) {
 }
 
 func (r *Report) ok() bool {
-	if t := r.Traffic; t != nil && (t.Lost != 0 || t.Duplicates != 0 || t.SeqGaps != 0 || t.SeqDups != 0 || t.AckErrors != 0) {
+	if t := r.Traffic; t != nil && (t.Lost != 0 || t.Duplicates != 0 || t.SeqGaps != 0 || t.SeqDups != 0 || t.SeqReorders != 0 || t.AckErrors != 0) {
 		return false
 	}
 	if c := r.Connect; c != nil && (c.Failed != 0 || c.Dropped != 0) {
@@ -331,7 +334,8 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 		Sent: l.Sent, Acked: l.Acked, AckErrors: l.AckErr, RateLimited: l.Limited,
 		Delivered: l.Delivered, Expected: res.Expected,
 		Lost: max(0, res.Expected-l.Delivered), Extra: max(0, l.Delivered-res.Expected),
-		Duplicates: l.Dups, SeqGaps: l.SeqGaps, SeqDups: l.SeqDups, Foreign: l.Foreign, ConnLost: l.ConnLost,
+		Duplicates: l.Dups, SeqGaps: l.SeqGaps + l.GSeqHoles, SeqDups: l.SeqDups, SeqReorders: l.Reorders,
+		GSeqDeliveries: l.GSeqChecked, OwnGSeqs: l.OwnGSeqs, Foreign: l.Foreign, ConnLost: l.ConnLost,
 		SentPerSec: float64(l.SentWin) / win, AckedPerSec: float64(l.AckedWin) / win,
 		DeliveredPerSec: float64(l.DeliveredWin) / win, DrainSeconds: res.DrainSeconds,
 		Latency: l.Latency.Summary(), AckLatency: l.AckLatency.Summary(),

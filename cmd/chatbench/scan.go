@@ -15,7 +15,8 @@ type frame struct {
 	HasReq  bool
 	Errno   int64
 	Ack     int64
-	Seq     int64
+	Seq     int64 // inbox position (one-to-one deliveries)
+	GSeq    int64 // group log position (group deliveries, GROUP_CHAT ACKs)
 	ID      int64
 	ToID    int64
 	GroupID int64
@@ -98,6 +99,8 @@ func scanFrame(b []byte, f *frame) error {
 				f.Ack = v
 			case "seq":
 				f.Seq = v
+			case "gseq":
+				f.GSeq = v
 			case "id":
 				f.ID = v
 			case "toid":
@@ -213,10 +216,15 @@ func (f *frame) msgText() []byte {
 	return []byte(s)
 }
 
-// offlineDelivery is one entry of LOGIN_ACK.offlineMsg.
+// offlineDelivery is one entry of LOGIN_ACK.offlineMsg: inbox entries
+// (seq); groupid and gseq are read too in case a group log entry is ever
+// carried there.
 type offlineDelivery struct {
-	Seq int64  `json:"seq"`
-	Msg string `json:"msg"`
+	MsgID   int64  `json:"msgid"`
+	Seq     int64  `json:"seq"`
+	GroupID int64  `json:"groupid"`
+	GSeq    int64  `json:"gseq"`
+	Msg     string `json:"msg"`
 }
 
 func (f *frame) offline() []offlineDelivery {

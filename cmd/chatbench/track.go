@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"math/bits"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -64,10 +65,16 @@ type Ledger struct {
 	Limited   atomic.Int64 // of which errno 8 (server rate limit)
 	Delivered atomic.Int64 // distinct messages received
 	Dups      atomic.Int64 // a message id received twice by one recipient
-	SeqDups   atomic.Int64 // a seq at or below the last one seen
+	SeqDups   atomic.Int64 // a seq at or below the last one seen; a gseq seen twice by one member
 	SeqGaps   atomic.Int64 // seqs skipped (should be zero)
 	Foreign   atomic.Int64 // deliveries that are not benchmark messages
 	ConnLost  atomic.Int64 // connections that ended during the run
+
+	// Group logs (see groupTrack).
+	Reorders    atomic.Int64 // group deliveries below a gseq already delivered, not seen before
+	GSeqHoles   atomic.Int64 // open holes: gseqs neither delivered to nor sent by a member
+	OwnGSeqs    atomic.Int64 // gseqs of members' own messages, from their GROUP_CHAT ACKs
+	GSeqChecked atomic.Int64 // group deliveries checked by gseq (summed at drain)
 
 	// Counts inside the measurement window, for rates.
 	SentWin      atomic.Int64
@@ -134,7 +141,7 @@ type recvState struct {
 	seen    map[int32]*bitset // by sender, bit = counter
 }
 
-// observe accounts one delivery: seq must continue the last one seen
+// observe accounts one inbox delivery: seq must continue the last one seen
 // (contiguous from the first), and (sender, counter) must be new.
 func (l *Ledger) observe(r *recvState, seq int64, body []byte, now int64) {
 	switch {
@@ -147,6 +154,57 @@ func (l *Ledger) observe(r *recvState, seq int64, body []byte, now int64) {
 		l.SeqGaps.Add(seq - r.lastSeq - 1)
 		r.lastSeq = seq
 	}
+	l.account(r, body, now)
+}
+
+// groupTrack is one member's view of one group's log. Deliveries must come
+// in increasing gseq order (a gseq seen before is a duplicate, a lower one
+// not seen before a reorder), and the delivered gseqs together with the
+// gseqs of the member's own messages (from its GROUP_CHAT ACKs, which race
+// the deliveries of later messages) must cover the log from its start
+// without holes. Holes are counted as they open and close, so the count
+// after draining is the number of log positions the member never saw.
+//
+// Everything but checked belongs to the reader goroutine of the member's
+// connection.
+type groupTrack struct {
+	lastDelivered int64
+	cov           gseqSet
+	checked       atomic.Int64 // deliveries observed; read at drain
+}
+
+// observeGroup accounts one delivery of group log position gseq.
+func (l *Ledger) observeGroup(r *recvState, t *groupTrack, gseq int64, body []byte, now int64) {
+	t.checked.Add(1) // uncontended: one writer
+	added, holes := t.cov.add(gseq)
+	switch {
+	case !added:
+		l.SeqDups.Add(1)
+	case gseq < t.lastDelivered:
+		l.Reorders.Add(1)
+	}
+	if holes != 0 {
+		l.GSeqHoles.Add(holes)
+	}
+	t.lastDelivered = max(t.lastDelivered, gseq)
+	l.account(r, body, now)
+}
+
+// ownGroupSeq accounts the gseq of a member's own message (from its ACK):
+// the server does not deliver it to the member, so it fills that position.
+func (l *Ledger) ownGroupSeq(t *groupTrack, gseq int64) {
+	l.OwnGSeqs.Add(1)
+	added, holes := t.cov.add(gseq)
+	if !added {
+		l.SeqDups.Add(1)
+	}
+	if holes != 0 {
+		l.GSeqHoles.Add(holes)
+	}
+}
+
+// account checks a delivery's message id (sender, counter) and records it.
+func (l *Ledger) account(r *recvState, body []byte, now int64) {
 	t, sender, counter, ok := parseBody(body)
 	if !ok {
 		l.Foreign.Add(1)
@@ -173,6 +231,87 @@ func (l *Ledger) observe(r *recvState, seq int64, body []byte, now int64) {
 	}
 }
 
+// gseqSpan bounds how far above its contiguous prefix a gseqSet tracks
+// (1 Mi positions, 128 KiB). Holes close within a round trip, so the span in
+// use is a few words; a jump beyond it counts the positions skipped as holes
+// for good and restarts the set there.
+const gseqSpan = 1 << 20
+
+// gseqSet is a set of log positions: every position below lo, plus a bit
+// window above it that the prefix consumes as it closes, so it stays a few
+// words long and allocates only when it grows.
+type gseqSet struct {
+	started bool
+	lo      int64 // every position below lo is in the set
+	hi      int64 // highest position in the set (lo-1 if none at or above lo)
+	off     int64 // position of bit 0 of w[0]; a multiple of 64, <= lo
+	w       []uint64
+}
+
+// init makes start the first position expected: the set then holds every
+// position below start.
+func (s *gseqSet) init(start int64) {
+	s.started, s.lo, s.hi, s.off, s.w = true, start, start-1, start&^63, s.w[:0]
+}
+
+// add inserts g (> 0) and reports whether it is new, and by how much the
+// number of holes (positions in [lo, hi] not in the set) changed. Before
+// init, the first position added starts the set.
+func (s *gseqSet) add(g int64) (added bool, holes int64) {
+	if !s.started {
+		s.init(g)
+	}
+	if g < s.lo {
+		return false, 0
+	}
+	if g-s.off >= gseqSpan {
+		holes = g - s.hi - 1
+		s.init(g)
+	}
+	i := g - s.off
+	k := int(i >> 6)
+	for k >= len(s.w) {
+		s.w = append(s.w, 0)
+	}
+	m := uint64(1) << (i & 63)
+	if s.w[k]&m != 0 {
+		return false, 0
+	}
+	s.w[k] |= m
+	if g > s.hi {
+		holes += g - s.hi - 1
+		s.hi = g
+	} else {
+		holes--
+	}
+	if g == s.lo {
+		s.advance()
+	}
+	return true, holes
+}
+
+// advance moves lo past the positions in the set and drops the words below
+// it.
+func (s *gseqSet) advance() {
+	for {
+		i := s.lo - s.off
+		k := int(i >> 6)
+		if k >= len(s.w) {
+			break
+		}
+		b := int(i & 63)
+		n := bits.TrailingZeros64(^(s.w[k] >> b)) // set bits from b up
+		s.lo += int64(n)
+		if n < 64-b {
+			break
+		}
+	}
+	if k := int((s.lo - s.off) >> 6); k > 0 {
+		s.w = s.w[:copy(s.w, s.w[min(k, len(s.w)):])]
+		s.off += int64(k) << 6
+	}
+}
+
 // bitset is a growable set of small non-negative integers.
 type bitset struct{ w []uint64 }
 
@@ -196,6 +335,7 @@ func (b *bitset) testAndSet(i uint64) bool {
 // LedgerCounts is the JSON form of a Ledger, mergeable across processes.
 type LedgerCounts struct {
 	Sent, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
+	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                         int64
 	SentWin, AckedWin, DeliveredWin                                                    int64
 	Latency, AckLatency                                                                HistSnapshot
 }
@@ -206,6 +346,7 @@ func (l *Ledger) Counts() LedgerCounts {
 		Sent: l.Sent.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
 		Delivered: l.Delivered.Load(), Dups: l.Dups.Load(), SeqDups: l.SeqDups.Load(), SeqGaps: l.SeqGaps.Load(),
 		Foreign: l.Foreign.Load(), ConnLost: l.ConnLost.Load(),
+		Reorders: l.Reorders.Load(), GSeqHoles: l.GSeqHoles.Load(), OwnGSeqs: l.OwnGSeqs.Load(), GSeqChecked: l.GSeqChecked.Load(),
 		SentWin: l.SentWin.Load(), AckedWin: l.AckedWin.Load(), DeliveredWin: l.DeliveredWin.Load(),
 		Latency: l.Latency.Snapshot(), AckLatency: l.AckLatency.Snapshot(),
 	}
@@ -223,6 +364,10 @@ func (c *LedgerCounts) Add(o LedgerCounts) {
 	c.SeqGaps += o.SeqGaps
 	c.Foreign += o.Foreign
 	c.ConnLost += o.ConnLost
+	c.Reorders += o.Reorders
+	c.GSeqHoles += o.GSeqHoles
+	c.OwnGSeqs += o.OwnGSeqs
+	c.GSeqChecked += o.GSeqChecked
 	c.SentWin += o.SentWin
 	c.AckedWin += o.AckedWin
 	c.DeliveredWin += o.DeliveredWin

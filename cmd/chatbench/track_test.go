@@ -1,8 +1,10 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestBodyRoundTrip(t *testing.T) {
@@ -110,5 +112,191 @@ func TestLossAccounting(t *testing.T) {
 	rep := TrafficReport{Lost: max(0, r.Expected-r.Ledger.Delivered)}
 	if rep.Lost != 1 {
 		t.Fatalf("lost %d", rep.Lost)
+	}
+}
+
+func TestGSeqSet(t *testing.T) {
+	var s gseqSet
+	s.init(1)
+	add := func(g int64, wantAdded bool, wantHoles int64) {
+		t.Helper()
+		added, holes := s.add(g)
+		if added != wantAdded || holes != wantHoles {
+			t.Fatalf("add(%d) = %v, %d; want %v, %d (set lo %d hi %d)", g, added, holes, wantAdded, wantHoles, s.lo, s.hi)
+		}
+	}
+	add(1, true, 0)
+	add(2, true, 0)
+	add(5, true, 2) // 3 and 4 open
+	add(4, true, -1)
+	add(4, false, 0)
+	add(2, false, 0) // below the prefix
+	add(3, true, -1)
+	if s.lo != 6 || s.hi != 5 {
+		t.Fatalf("prefix lo %d hi %d", s.lo, s.hi)
+	}
+	// A long run with one hole held open at 100 while 10,000 more arrive:
+	// the words above the hole stay; once it closes the prefix swallows
+	// them and the window shrinks back to a word.
+	var open int64
+	for g := int64(6); g <= 10_000; g++ {
+		if g == 100 {
+			continue
+		}
+		_, h := s.add(g)
+		open += h
+	}
+	if open != 1 || s.lo != 100 || s.hi != 10_000 {
+		t.Fatalf("open %d lo %d hi %d", open, s.lo, s.hi)
+	}
+	add(100, true, -1)
+	if s.lo != 10_001 || len(s.w) > 1 {
+		t.Fatalf("after closing: lo %d, %d words", s.lo, len(s.w))
+	}
+	// Steady in-order traffic does not grow the window or allocate.
+	g := s.lo
+	if n := testing.AllocsPerRun(1000, func() { s.add(g); g++ }); n != 0 || len(s.w) > 1 {
+		t.Fatalf("%v allocs, %d words", n, len(s.w))
+	}
+	// A jump beyond the span: the positions skipped are holes for good.
+	hi := s.hi
+	add(hi+gseqSpan+10, true, gseqSpan+9)
+	add(hi+1, false, 0)
+	// Not initialised: the first position added starts the set.
+	var u gseqSet
+	if added, holes := u.add(40); !added || holes != 0 || u.lo != 41 {
+		t.Fatalf("lazy start: %v %d lo %d", added, holes, u.lo)
+	}
+	if added, holes := u.add(43); !added || holes != 2 {
+		t.Fatalf("lazy start gap: %v %d", added, holes)
+	}
+}
+
+// TestLedgerObserveGroup plays one member's view of a group log whose
+// positions 2 and 5 are the member's own messages: the own ACKs race the
+// deliveries of later messages in either order.
+func TestLedgerObserveGroup(t *testing.T) {
+	l := NewLedger()
+	l.SetWindow(1, 0)
+	var r recvState
+	var g groupTrack
+	g.cov.init(1)
+	body := func(sender int32, c uint64) []byte { return appendBody(nil, 1000, sender, c, 40) }
+	now := int64(4000)
+	check := func(what string, holes, dups, reorders, delivered int64) {
+		t.Helper()
+		c := l.Counts()
+		if c.GSeqHoles != holes || c.SeqDups != dups || c.Reorders != reorders || c.Delivered != delivered || c.SeqGaps != 0 {
+			t.Fatalf("%s: holes %d dups %d reorders %d delivered %d gaps %d; want %d %d %d %d 0",
+				what, c.GSeqHoles, c.SeqDups, c.Reorders, c.Delivered, c.SeqGaps, holes, dups, reorders, delivered)
+		}
+	}
+	l.observeGroup(&r, &g, 1, body(1, 1), now)
+	l.observeGroup(&r, &g, 3, body(1, 2), now) // 2 (own) not acknowledged yet
+	check("ack behind", 1, 0, 0, 2)
+	l.ownGroupSeq(&g, 2)
+	check("ack arrived", 0, 0, 0, 2)
+	l.ownGroupSeq(&g, 5) // ACK ahead of the delivery of 4
+	check("ack ahead", 1, 0, 0, 2)
+	l.observeGroup(&r, &g, 4, body(2, 1), now)
+	l.observeGroup(&r, &g, 6, body(1, 3), now)
+	check("clean", 0, 0, 0, 4)
+	if lat := l.Latency.Snapshot(); lat.Total != 4 || lat.Min != 3 || lat.Max != 3 { // (4000-1000) ns = 3 µs
+		t.Fatalf("group latency %+v", lat)
+	}
+	if c := l.Counts(); c.OwnGSeqs != 2 || g.checked.Load() != 4 {
+		t.Fatalf("own %d checked %d", c.OwnGSeqs, g.checked.Load())
+	}
+
+	l.observeGroup(&r, &g, 6, body(1, 3), now) // redelivered
+	check("redelivery", 0, 1, 0, 4)
+	if l.Dups.Load() != 1 {
+		t.Fatalf("message dups %d", l.Dups.Load())
+	}
+	l.observeGroup(&r, &g, 8, body(1, 4), now)
+	l.observeGroup(&r, &g, 7, body(1, 5), now) // below 8: out of order
+	check("reorder", 0, 1, 1, 6)
+	l.ownGroupSeq(&g, 7) // an ACK claiming a position already delivered
+	check("own gseq delivered", 0, 2, 1, 6)
+	l.observeGroup(&r, &g, 11, body(1, 6), now) // 9 and 10 never come
+	check("missing", 2, 2, 1, 7)
+}
+
+// TestLossAccountingGroup: the drain of a group run sums the deliveries
+// checked by gseq over the members' connections, and a member that misses
+// a message shows both a loss and a hole.
+func TestLossAccountingGroup(t *testing.T) {
+	w := newWorker(Config{Scenario: "group", Drain: 0})
+	w.res.Fanout = 2
+	l := w.ledger
+	l.SetWindow(1, 0)
+	var members [3]*bconn // member 0 sends; 1 and 2 receive
+	for i := range members {
+		members[i] = newConn(nil)
+		w.receiveHooks(members[i])
+		members[i].group(7, 1)
+		w.users = append(w.users, &user{c: members[i]})
+	}
+	for gs := int64(1); gs <= 4; gs++ {
+		l.sent(10)
+		w.onAck(members[0], pend{sendNanos: 10, gid: 7}, 0, gs, 20)
+		for _, m := range members[1:] {
+			if gs == 3 && m == members[2] {
+				continue
+			}
+			m.deliveredGroup(7, gs, appendBody(nil, 10, 0, uint64(gs), 40), 30)
+		}
+	}
+	_ = w.drain(t.Context())
+	r := w.result()
+	c := r.Ledger
+	if r.Expected != 8 || c.Delivered != 7 || c.GSeqChecked != 7 || c.OwnGSeqs != 4 || c.GSeqHoles != 1 || c.SeqDups != 0 || c.Reorders != 0 || c.ConnLost != 0 {
+		t.Fatalf("expected %d, counts %+v", r.Expected, c)
+	}
+	if g := members[1].group(7, 0); g.last.Load() != 4 || g.trk.checked.Load() != 4 {
+		t.Fatalf("member 1: last %d checked %d", g.last.Load(), g.trk.checked.Load())
+	}
+}
+
+// TestGroupDeliveryAllocs: the whole per-delivery path of a group member
+// (scan, group lookup, gseq check, duplicate check, latency) allocates
+// nothing in steady state, own ACKs included.
+func TestGroupDeliveryAllocs(t *testing.T) {
+	w := newWorker(Config{Scenario: "group", AckInterval: time.Second})
+	w.ledger.SetWindow(1, 0)
+	c := newConn(nil)
+	w.receiveHooks(c)
+	c.onAck = w.onAck
+	c.group(7, 1)
+	const runs = 2000
+	frames := make([][]byte, 0, runs+1)
+	var lastDelivered int64
+	for gs := int64(1); len(frames) <= runs; gs++ {
+		if gs%10 == 0 { // the member's own message: its ACK
+			c.pending[uint64(gs)] = pend{sendNanos: 1, gid: 7}
+			frames = append(frames, fmt.Appendf(nil, `{"msgid":11,"reqid":%d,"errno":0,"errmsg":"ok","ack":10,"time":"2026-01-01 00:00:00","gseq":%d}`, gs, gs))
+			continue
+		}
+		frames = append(frames, fmt.Appendf(nil, `{"msgid":10,"id":2,"name":"u","groupid":7,"msg":"%s","time":"2026-01-01 00:00:00","gseq":%d}`,
+			appendBody(nil, nowNanos(), 3, uint64(gs), 60), gs))
+		lastDelivered = gs
+	}
+	var f frame
+	i := 0
+	n := testing.AllocsPerRun(runs, func() {
+		if err := c.handle(frames[i], &f); err != nil {
+			t.Fatal(err)
+		}
+		i++
+	})
+	if n != 0 {
+		t.Errorf("%v allocations per delivery", n)
+	}
+	cnt := w.ledger.Counts()
+	if cnt.Delivered+cnt.OwnGSeqs != runs+1 || cnt.GSeqHoles != 0 || cnt.SeqDups != 0 || cnt.Reorders != 0 || cnt.Latency.Total != cnt.Delivered {
+		t.Fatalf("%+v", cnt)
+	}
+	if g := c.group(7, 0); g.last.Load() != lastDelivered || g.trk.checked.Load() != cnt.Delivered {
+		t.Fatalf("last gseq %d (want %d), checked %d", g.last.Load(), lastDelivered, g.trk.checked.Load())
 	}
 }

@@ -275,7 +275,11 @@ func (w *worker) loginUser(ctx context.Context, u *user) error {
 // receiveHooks installs delivery accounting on a recipient connection.
 func (w *worker) receiveHooks(c *bconn) {
 	c.ackNow = w.cfg.AckInterval <= 0
-	c.onDelivery = func(c *bconn, seq int64, msg []byte, now int64) {
+	c.onDelivery = func(c *bconn, g *groupPos, seq int64, msg []byte, now int64) {
+		if g != nil {
+			w.ledger.observeGroup(&c.rs, &g.trk, seq, msg, now)
+			return
+		}
 		w.ledger.observe(&c.rs, seq, msg, now)
 	}
 }
@@ -380,6 +384,10 @@ func (w *worker) setupGroup(ctx context.Context) error {
 	}
 	for i, u := range w.users {
 		u.gid = gids[i/size]
+		// Every member joined before anything is sent: each must see the
+		// group's whole log, from gseq 1, through deliveries and its own
+		// ACKs.
+		u.c.group(u.gid, 1)
 	}
 	w.res.GroupSeconds = time.Since(t0).Seconds()
 	w.res.Fanout = int64(size - 1)
@@ -442,8 +450,8 @@ func (w *worker) senders() []*sender {
 	for i, s := range ss {
 		s.idx = int32(i)
 		s.slots = make(chan struct{}, max(w.cfg.Inflight, 1))
-		s.c.onAck = func(c *bconn, p pend, errno int64, now int64) {
-			w.ledger.acked(p.sendNanos, now, errno)
+		s.c.onAck = func(c *bconn, p pend, errno, gseq int64, now int64) {
+			w.onAck(c, p, errno, gseq, now)
 			select {
 			case <-s.slots:
 			default:
@@ -451,6 +459,16 @@ func (w *worker) senders() []*sender {
 		}
 	}
 	return ss
+}
+
+// onAck accounts the ACK of a chat send; a GROUP_CHAT ACK's gseq is the
+// sender's own message's position in the group log, which the sender, a
+// member, is not sent.
+func (w *worker) onAck(c *bconn, p pend, errno, gseq int64, now int64) {
+	w.ledger.acked(p.sendNanos, now, errno)
+	if errno == 0 && gseq > 0 && p.gid > 0 {
+		w.ledger.ownGroupSeq(&c.group(p.gid, 0).trk, gseq)
+	}
 }
 
 // run sends for Warmup+Duration and stops the senders.
@@ -551,13 +569,18 @@ func (w *worker) drain(ctx context.Context) error {
 	}
 	w.res.DrainSeconds = time.Since(t0).Seconds()
 	w.res.Expected = l.Acked.Load() * w.res.Fanout
+	var checked int64
 	for _, u := range w.users {
 		select {
 		case <-u.c.Done():
 			l.ConnLost.Add(1)
 		default:
 		}
+		for _, g := range u.c.groupList() {
+			checked += g.trk.checked.Load()
+		}
 	}
+	l.GSeqChecked.Store(checked)
 	return nil
 }
 

@@ -38,8 +38,16 @@ func (a *app) login(ctx context.Context, name string, id codec.UserID, password 
 	uid, uname := a.s.User()
 	friends, groups, _ := a.s.Lists()
 	a.p.Print(formatUser(uid, uname, friends, groups, a.p.color))
-	seq := a.s.Start()
-	return a.s.WaitPrinted(ctx, seq)
+	if err := a.s.WaitPrinted(ctx, a.s.Start()); err != nil {
+		return err
+	}
+	// Each group's backlog follows LOGIN_ACK: print it too before going
+	// on, as the rest of the offline messages. A lost connection is not an
+	// error here (the session reconnects by itself).
+	if err := a.s.PrintBacklog(ctx); err != nil && ctx.Err() != nil {
+		return err
+	}
+	return nil
 }
 
 // signup registers a user and prints its id as the original did.

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"strings"
@@ -131,6 +132,12 @@ func TestFormatDelivery(t *testing.T) {
 	if got, want := formatDelivery(group, false), `group [3] 2024-01-01 10:00:00 [2]zhang san said: hi\x1b[2J\nall`; got != want {
 		t.Errorf("group: %q; want %q", got, want)
 	}
+	// A group message numbered in its group's log prints the same.
+	logged := group
+	logged.Seq, logged.GSeq = 0, 9
+	if got, want := formatDelivery(logged, false), formatDelivery(group, false); got != want {
+		t.Errorf("group with gseq: %q; want %q", got, want)
+	}
 	if got := formatDelivery(one, true); !strings.Contains(got, "\x1b[") || stripANSI(got) != formatDelivery(one, false) {
 		t.Errorf("coloured: %q", got)
 	}
@@ -181,5 +188,42 @@ func TestCompleter(t *testing.T) {
 	}
 	if got, _ := (completer{}).Do([]rune("chat:1"), 6); len(got) != 0 {
 		t.Fatalf("completed an argument: %q", got)
+	}
+}
+
+func TestPrintedPosition(t *testing.T) {
+	s := &session{}
+	for _, d := range []codec.Delivery{
+		{MsgID: codec.MsgOneChat, Seq: 4},
+		{MsgID: codec.MsgGroupChat, GroupID: 1, GSeq: 7},
+		{MsgID: codec.MsgGroupChat, GroupID: 2, GSeq: 3},
+		{MsgID: codec.MsgGroupChat, GroupID: 1, Seq: 5}, // stored before group logs: the inbox
+		{MsgID: codec.MsgGroupChat, GroupID: 1, GSeq: 6},
+	} {
+		s.markPrintedLocked(d)
+	}
+	want := position{seq: 5, groups: map[codec.GroupID]codec.Seq{1: 7, 2: 3}}
+	if s.printed.seq != want.seq || !maps.Equal(s.printed.groups, want.groups) {
+		t.Fatalf("printed = %+v, want %+v", s.printed, want)
+	}
+	for _, tt := range []struct {
+		pos  position
+		want bool
+	}{
+		{position{}, true},
+		{want, true},
+		{position{seq: 6}, false},
+		{position{seq: 5, groups: map[codec.GroupID]codec.Seq{1: 7, 2: 3, 3: 0}}, true},
+		{position{groups: map[codec.GroupID]codec.Seq{2: 4}}, false},
+		{position{groups: map[codec.GroupID]codec.Seq{3: 1}}, false},
+	} {
+		if got := s.printed.reached(tt.pos); got != tt.want {
+			t.Errorf("printed %+v reached %+v = %v, want %v", s.printed, tt.pos, got, tt.want)
+		}
+	}
+	c := s.printed.clone()
+	c.groups[1] = 100
+	if s.printed.groups[1] != 7 {
+		t.Fatal("clone shares its groups with the original")
 	}
 }

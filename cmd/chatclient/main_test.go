@@ -318,3 +318,24 @@ func waitAllAcked(t *testing.T, ts *testServer, uid codec.UserID) {
 		return nil
 	})
 }
+
+// waitGroupAcked waits until the server has stored uid's acknowledgement of
+// group gid's log through gseq (see waitAllAcked).
+func waitGroupAcked(t *testing.T, ts *testServer, uid codec.UserID, gid codec.GroupID, gseq codec.Seq) {
+	t.Helper()
+	checkFor(t, waitLong, func() error {
+		groups, err := ts.App.Store.UserGroups(ctxT(t), uid)
+		if err != nil {
+			return err
+		}
+		for _, g := range groups {
+			if g.ID == gid {
+				if g.Acked < gseq {
+					return fmt.Errorf("group %d of %d: acked %d, want %d", gid, uid, g.Acked, gseq)
+				}
+				return nil
+			}
+		}
+		return fmt.Errorf("%d is not in group %d", uid, gid)
+	})
+}

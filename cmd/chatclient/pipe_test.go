@@ -110,6 +110,7 @@ func TestScriptedCommands(t *testing.T) {
 	}
 	// They were acknowledged after printing: not printed again.
 	waitAllAcked(t, ts, carolID)
+	waitGroupAcked(t, ts, carolID, codec.GroupID(g), 1) // "hello group" is the group's first message
 	waitAllAcked(t, ts, alice.id)
 	r = runCC(t, "", "-u", fmt.Sprint(carolID), "-p", "secret-c", ts.Addr)
 	if r.code != 0 || strings.Contains(r.stdout, "said:") {

@@ -192,3 +192,56 @@ func TestReconnectAfterDrop(t *testing.T) {
 		t.Fatalf("messages delivered again: %+v", r)
 	}
 }
+
+// TestReconnectAfterDropGroup is TestReconnectAfterDrop for group messages,
+// which are numbered in the group's log and whose backlog follows
+// LOGIN_ACK: after the reconnect the server sends them again, chatclient
+// drops them and acknowledges them (an acknowledgement sent right after
+// the login can come too early for the server), so each is printed once
+// and the next login has no backlog.
+func TestReconnectAfterDropGroup(t *testing.T) {
+	ts := startServer(t)
+	px := startProxy(t, ts.Addr)
+	alice := ts.newUser("alice")
+	bob := ts.newUser("bob")
+	gid, err := bob.c.CreateGroup(ctxT(t), "ops", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.c.AddGroup(ctxT(t), gid); err != nil {
+		t.Fatal(err)
+	}
+	alice.c.Close()
+	p := startProc(t, append(alice.loginArgs(), px.addr())...)
+	p.waitOut("current login user")
+
+	px.dropUp.Store(true)
+	for i := 1; i <= 2; i++ {
+		if _, err := bob.c.GroupChat(ctxT(t), gid, fmt.Sprintf("unacknowledged %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.waitOut("bob said: unacknowledged 2\n")
+	px.dropUp.Store(false)
+	px.cut()
+	p.waitErr("connection lost; reconnecting…\n")
+	p.waitErr(fmt.Sprintf("reconnected to %s as alice (", px.addr()))
+	p.stdin.Close()
+	if code := p.exit(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	line := regexp.MustCompile(fmt.Sprintf(`(?m)^group \[%d\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[%d\]bob said: unacknowledged \d$`, gid, bob.id))
+	if n := len(line.FindAllString(p.out.String(), -1)); n != 2 {
+		t.Errorf("%d group lines printed, want 2:\n%s", n, p.out)
+	}
+	for _, msg := range []string{"unacknowledged 1", "unacknowledged 2"} {
+		if n := strings.Count(p.out.String(), "said: "+msg+"\n"); n != 1 {
+			t.Errorf("%q printed %d times", msg, n)
+		}
+	}
+	// Everything printed was acknowledged: the next login has no backlog.
+	waitGroupAcked(t, ts, alice.id, gid, 2)
+	if r := runCC(t, "", append(alice.loginArgs(), ts.Addr)...); r.code != 0 || strings.Contains(r.stdout, "said:") {
+		t.Fatalf("messages delivered again: %+v", r)
+	}
+}

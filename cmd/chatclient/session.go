@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"time"
@@ -24,6 +25,44 @@ const (
 	// returns, and only then does printing start.
 	deliveryBuffer = 4096
 )
+
+// position is how far the deliveries have got in each stream: the inbox
+// (seq) and each group's log (gseq).
+type position struct {
+	seq    codec.Seq
+	groups map[codec.GroupID]codec.Seq
+}
+
+// reached reports whether p is at or beyond want in every stream.
+func (p position) reached(want position) bool {
+	if p.seq < want.seq {
+		return false
+	}
+	for gid, gseq := range want.groups {
+		if p.groups[gid] < gseq {
+			return false
+		}
+	}
+	return true
+}
+
+// clone returns a copy of p that shares nothing with it.
+func (p position) clone() position {
+	return position{seq: p.seq, groups: maps.Clone(p.groups)}
+}
+
+// clientPosition is what c has put into its Deliveries channel so far.
+func clientPosition(c *client.Client) position {
+	return position{seq: c.LastSeq(), groups: c.GroupSeqs()}
+}
+
+// ackTo acknowledges everything up to p on c.
+func ackTo(c *client.Client, p position) {
+	c.Ack(p.seq)
+	for gid, gseq := range p.groups {
+		c.AckGroup(gid, gseq)
+	}
+}
 
 // dialErr is a failed connect.
 type dialErr struct {
@@ -68,7 +107,7 @@ type session struct {
 	friends  []friendEntry
 	groups   []groupEntry
 	statesAt time.Time
-	printed  codec.Seq // highest seq printed (and so acknowledged)
+	printed  position // highest seq and gseqs printed (and so acknowledged)
 }
 
 func newSession(addr string, p *printer, reconnectLimit time.Duration) *session {
@@ -173,7 +212,7 @@ func (s *session) Login(ctx context.Context, id codec.UserID, password string) (
 	s.c, s.loggedIn, s.endErr = c, true, nil
 	s.ended, s.stop, s.runDone = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	s.started = false
-	s.id, s.password, s.printed = id, password, 0
+	s.id, s.password, s.printed = id, password, position{}
 	s.setAckLocked(ack)
 	s.notifyLocked()
 	s.mu.Unlock()
@@ -194,19 +233,20 @@ func (s *session) setAckLocked(ack *codec.LoginAck) {
 }
 
 // Start begins printing deliveries of the session that Login opened, and
-// returns the seq up to which the offline messages go: WaitPrinted(seq)
-// waits until they are on the screen.
-func (s *session) Start() codec.Seq {
+// returns the position up to which the LOGIN_ACK's offline messages go:
+// WaitPrinted waits until they are on the screen. (Each group's backlog
+// follows LOGIN_ACK; PrintBacklog waits for it.)
+func (s *session) Start() position {
 	s.mu.Lock()
 	c, stop, ended, done := s.c, s.stop, s.ended, s.runDone
 	if c == nil || s.started {
 		s.mu.Unlock()
-		return 0
+		return position{}
 	}
 	s.started = true
 	s.mu.Unlock()
 	go s.run(c, stop, ended, done)
-	return c.LastSeq()
+	return clientPosition(c)
 }
 
 // Ended returns a channel closed when the current session ends by itself
@@ -235,12 +275,16 @@ func (s *session) run(c *client.Client, stop, ended, done chan struct{}) {
 		for d := range c.Deliveries() {
 			s.p.Delivery(d)
 			s.mu.Lock()
-			if d.Seq > s.printed {
-				s.printed = d.Seq
-			}
+			s.markPrintedLocked(d)
 			s.notifyLocked()
 			s.mu.Unlock()
-			c.Ack(d.Seq) // only now that it is printed
+			// Only now that it is printed. A delivery is numbered either in
+			// the inbox (seq) or in its group's log (gseq).
+			if d.Seq > 0 {
+				c.Ack(d.Seq)
+			} else if d.GSeq > 0 {
+				c.AckGroup(d.GroupID, d.GSeq)
+			}
 		}
 		<-c.Done()
 		select {
@@ -257,6 +301,19 @@ func (s *session) run(c *client.Client, stop, ended, done chan struct{}) {
 		if c = s.reconnect(stop, ended); c == nil {
 			return
 		}
+	}
+}
+
+// markPrintedLocked records that d was printed. s.mu must be held.
+func (s *session) markPrintedLocked(d codec.Delivery) {
+	switch {
+	case d.Seq > 0:
+		s.printed.seq = max(s.printed.seq, d.Seq)
+	case d.GSeq > 0:
+		if s.printed.groups == nil {
+			s.printed.groups = make(map[codec.GroupID]codec.Seq)
+		}
+		s.printed.groups[d.GroupID] = max(s.printed.groups[d.GroupID], d.GSeq)
 	}
 }
 
@@ -301,7 +358,7 @@ func (s *session) reconnect(stop, ended chan struct{}) *client.Client {
 			}
 			s.setAckLocked(ack) // a fresh token, and fresh online states
 			// Printed before commands can use the new connection.
-			s.p.Notice(fmt.Sprintf("reconnected to %s as %s (resuming after message #%d)", s.addr, sanitize(s.name), s.printed))
+			s.p.Notice(fmt.Sprintf("reconnected to %s as %s (resuming after message #%d)", s.addr, sanitize(s.name), s.printed.seq))
 			s.c = c
 			s.notifyLocked()
 			s.mu.Unlock()
@@ -336,9 +393,14 @@ func (s *session) relogin(stop chan struct{}) (*client.Client, *codec.LoginAck, 
 		return nil, nil, err
 	}
 	s.mu.Lock()
-	id, token, password, printed := s.id, s.token, s.password, s.printed
+	id, token, password := s.id, s.token, s.password
+	printed := s.printed.clone()
 	s.mu.Unlock()
-	c.SetLastSeq(printed) // drop what was printed but not yet acknowledged
+	// Drop what was printed but not yet acknowledged. The client
+	// acknowledges such group duplicates itself: a group's backlog follows
+	// LOGIN_ACK, so the AckGroup below can come too early for the server.
+	c.SetLastSeq(printed.seq)
+	c.SetGroupSeqs(printed.groups)
 	ack, err := c.LoginToken(ctx, id, token)
 	if client.ErrnoOf(err) == codec.ErrnoAuth && password != "" {
 		ack, err = c.Login(ctx, id, password)
@@ -350,7 +412,7 @@ func (s *session) relogin(stop chan struct{}) (*client.Client, *codec.LoginAck, 
 		}
 		return nil, nil, err
 	}
-	c.Ack(printed) // what the server may not have heard before the drop
+	ackTo(c, printed) // what the server may not have heard before the drop
 	return c, ack, nil
 }
 
@@ -514,14 +576,14 @@ func (s *session) Lists() ([]friendEntry, []groupEntry, time.Time) {
 	return slices.Clone(s.friends), slices.Clone(s.groups), s.statesAt
 }
 
-// WaitPrinted waits until every delivery up to seq has been printed (or the
+// WaitPrinted waits until every delivery up to pos has been printed (or the
 // session is over).
-func (s *session) WaitPrinted(ctx context.Context, seq codec.Seq) error {
+func (s *session) WaitPrinted(ctx context.Context, pos position) error {
 	for {
 		s.mu.Lock()
-		printed, loggedIn, changed := s.printed, s.loggedIn, s.changed
+		done, loggedIn, changed := s.printed.reached(pos), s.loggedIn, s.changed
 		s.mu.Unlock()
-		if printed >= seq || !loggedIn {
+		if done || !loggedIn {
 			return nil
 		}
 		select {
@@ -532,28 +594,47 @@ func (s *session) WaitPrinted(ctx context.Context, seq codec.Seq) error {
 	}
 }
 
-// Flush prints everything the server has sent so far and makes sure the
-// server has processed the acknowledgement for it. A PING round trip brings
-// in every delivery sent before it. The DELIVERED that Ack queues may go out
-// just after a PING queued at the same time, so two more round trips
-// follow: the second PING is written after the first PONG came back, so
-// after the DELIVERED, and the server handles a connection's requests in
-// order.
+// catchUp waits until everything the server has sent on c so far is
+// printed: a PING round trip brings in every delivery sent before it.
+func (s *session) catchUp(ctx context.Context, c *client.Client) error {
+	if err := c.Ping(ctx); err != nil {
+		return err
+	}
+	return s.WaitPrinted(ctx, clientPosition(c))
+}
+
+// PrintBacklog waits, after Start, until the groups' backlogs are printed
+// too: they follow LOGIN_ACK as ordinary deliveries, so they are not in
+// Start's position. It uses the connection Login opened and does nothing
+// when that one is gone already (the session reconnects by itself).
+func (s *session) PrintBacklog(ctx context.Context) error {
+	s.mu.Lock()
+	c := s.c
+	s.mu.Unlock()
+	if c == nil {
+		return nil
+	}
+	return s.catchUp(ctx, c)
+}
+
+// Flush prints everything the server has sent so far (see catchUp) and
+// makes sure the server has processed the acknowledgement for it. The
+// DELIVERED frames that Ack and AckGroup queue may go out just after a PING
+// queued at the same time, so two more round trips follow: the second PING
+// is written after the first PONG came back, so after the DELIVERED, and
+// the server handles a connection's requests in order.
 func (s *session) Flush(ctx context.Context) error {
 	c, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
-	if err := c.Ping(ctx); err != nil {
-		return err
-	}
-	if err := s.WaitPrinted(ctx, c.LastSeq()); err != nil {
+	if err := s.catchUp(ctx, c); err != nil {
 		return err
 	}
 	s.mu.Lock()
-	printed := s.printed
+	printed := s.printed.clone()
 	s.mu.Unlock()
-	c.Ack(printed)
+	ackTo(c, printed)
 	for range 2 {
 		if err := c.Ping(ctx); err != nil {
 			return err

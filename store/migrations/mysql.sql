@@ -58,3 +58,25 @@ CREATE TABLE IF NOT EXISTS settings (
   name  VARCHAR(64) NOT NULL PRIMARY KEY,
   value VARBINARY(256) NOT NULL
 ) ENGINE=InnoDB;
+-- migration 2
+-- Group messages are stored once, in a per-group log; each member has a
+-- position in it (the highest gseq acknowledged).
+CREATE TABLE IF NOT EXISTS group_state (
+  groupid  BIGINT NOT NULL PRIMARY KEY,
+  last_seq BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB;
+CREATE TABLE IF NOT EXISTS group_log (
+  groupid    BIGINT NOT NULL,
+  seq        BIGINT NOT NULL,
+  fromid     BIGINT NOT NULL,
+  fromname   VARCHAR(50) CHARACTER SET utf8mb4 NOT NULL,
+  body       MEDIUMTEXT CHARACTER SET utf8mb4 NOT NULL,
+  created_ms BIGINT NOT NULL,
+  PRIMARY KEY (groupid, seq)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+CREATE TABLE IF NOT EXISTS member_state (
+  userid    BIGINT NOT NULL,
+  groupid   BIGINT NOT NULL,
+  acked_seq BIGINT NOT NULL DEFAULT 0,
+  PRIMARY KEY (userid, groupid)
+) ENGINE=InnoDB;

@@ -56,3 +56,25 @@ CREATE TABLE IF NOT EXISTS settings (
   name  TEXT PRIMARY KEY,
   value BLOB NOT NULL
 );
+-- migration 2
+-- Group messages are stored once, in a per-group log; each member has a
+-- position in it (the highest gseq acknowledged).
+CREATE TABLE IF NOT EXISTS group_state (
+  groupid  INTEGER PRIMARY KEY,
+  last_seq INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS group_log (
+  groupid    INTEGER NOT NULL,
+  seq        INTEGER NOT NULL,
+  fromid     INTEGER NOT NULL,
+  fromname   TEXT    NOT NULL,
+  body       TEXT    NOT NULL,
+  created_ms INTEGER NOT NULL,
+  PRIMARY KEY (groupid, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS member_state (
+  userid    INTEGER NOT NULL,
+  groupid   INTEGER NOT NULL,
+  acked_seq INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY (userid, groupid)
+) WITHOUT ROWID;
