@@ -524,6 +524,64 @@ func benchSend(b *testing.B, s *Store, nusers int) {
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
 }
 
+// BenchmarkSendGroup: sends to 100-member groups (10 groups of the 1,000
+// users) on SQLite; a send is one group log row, and deliveries/s counts one
+// per recipient (the entries handed to the commit hook).
+func BenchmarkSendGroup(b *testing.B) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(b.TempDir(), "bench.db")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	const groups, size = 10, 100
+	members := make([][]codec.UserID, groups)
+	gids := make([]codec.GroupID, groups)
+	for g := range groups {
+		for i := range size {
+			uid, err := s.CreateUser(ctx, fmt.Sprintf("u%d-%d", g, i), []byte("h"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			members[g] = append(members[g], uid)
+		}
+		if gids[g], err = s.CreateGroup(ctx, members[g][0], fmt.Sprintf("g%d", g), ""); err != nil {
+			b.Fatal(err)
+		}
+		for _, uid := range members[g][1:] {
+			if _, err := s.JoinGroup(ctx, gids[g], uid); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	body := strings.Repeat("x", 100)
+	b.ReportAllocs()
+	b.ResetTimer()
+	var wg sync.WaitGroup
+	wg.Add(b.N)
+	for i := 0; i < b.N; i++ {
+		g := i % groups
+		from := members[g][(i/groups)%size]
+		to := make([]codec.UserID, 0, size-1)
+		for _, uid := range members[g] {
+			if uid != from {
+				to = append(to, uid)
+			}
+		}
+		s.SendAsync(ctx, service.SendRequest{From: from, FromName: "u", To: to, Group: gids[g],
+			Body: body, ClientMsgID: fmt.Sprintf("s:%d", i), UnixMilli: time.Now().UnixMilli()},
+			func(_ service.SendResult, err error) {
+				if err != nil {
+					b.Error(err)
+				}
+				wg.Done()
+			})
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	b.ReportMetric(float64(b.N*(size-1))/b.Elapsed().Seconds(), "deliveries/s")
+}
+
 // TestCheckpointer: the background checkpointer copies committed pages into
 // the database file long before SQLite's own (in-commit) checkpoint would;
 // Close leaves an empty write-ahead log.
