@@ -202,22 +202,64 @@ func sendLoop(t *testing.T, l *ledger, pairs [][2]*member, stop chan struct{}, s
 					return
 				default:
 				}
-				body := fmt.Sprintf("%s>%s#%d", from.name, to.name, j)
-				// Retry for longer than any outage the tests cause (MariaDB
-				// stopped 3 s, a node killed, Redis restarted).
-				for giveUp := time.Now().Add(20 * time.Second); time.Now().Before(giveUp); {
-					err := send(t, l, from, to.id, 0, []codec.UserID{to.id}, body)
-					if err == nil {
-						break
-					}
-					if client.ErrnoOf(err) == client.NoErrno && !errors.Is(err, context.DeadlineExceeded) {
-						time.Sleep(100 * time.Millisecond) // connection lost: the receive loop reconnects
-					} else {
-						time.Sleep(50 * time.Millisecond)
-					}
-				}
+				sendRetrying(t, l, from, to.id, 0, []codec.UserID{to.id}, fmt.Sprintf("%s>%s#%d", from.name, to.name, j))
 				sent.Add(1)
 				time.Sleep(3 * time.Millisecond)
+			}
+		}()
+	}
+	return wg
+}
+
+// sendRetrying sends one message, retrying a failure with the same
+// clientmsgid for longer than any outage the tests cause (MariaDB stopped
+// 3 s, a node killed, Redis restarted).
+func sendRetrying(t *testing.T, l *ledger, from *member, to codec.UserID, gid codec.GroupID, rcpts []codec.UserID, body string) {
+	for giveUp := time.Now().Add(20 * time.Second); time.Now().Before(giveUp); {
+		err := send(t, l, from, to, gid, rcpts, body)
+		if err == nil {
+			return
+		}
+		if client.ErrnoOf(err) == client.NoErrno && !errors.Is(err, context.DeadlineExceeded) {
+			time.Sleep(100 * time.Millisecond) // connection lost: the receive loop reconnects
+		} else {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// groupLoop makes one member on each node send to a group of all members
+// until stop closes, retrying failures like sendLoop: the group's log is
+// read by members on both nodes while the tests break things.
+func groupLoop(t *testing.T, l *ledger, all []*member, stop chan struct{}) *sync.WaitGroup {
+	gid, err := all[0].client().CreateGroup(ctxT(t, 5*time.Second), fmt.Sprintf("traffic-%d", time.Now().UnixNano()), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range all[1:] {
+		if err := m.client().AddGroup(ctxT(t, 5*time.Second), gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg := &sync.WaitGroup{}
+	for _, from := range []*member{all[0], all[len(all)-1]} { // crossPairs: first on node 1, last on node 2
+		var rcpts []codec.UserID
+		for _, m := range all {
+			if m != from {
+				rcpts = append(rcpts, m.id)
+			}
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := 0; ; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				sendRetrying(t, l, from, 0, gid, rcpts, fmt.Sprintf("%s>group#%d", from.name, j))
+				time.Sleep(20 * time.Millisecond)
 			}
 		}()
 	}
@@ -245,7 +287,8 @@ func waitSent(t *testing.T, sent *atomic.Int64, more int64) {
 	})
 }
 
-// traffic is members on two nodes sending to each other until finish.
+// traffic is members on two nodes sending to each other, and to a group of
+// all of them, until finish.
 type traffic struct {
 	t      *testing.T
 	l      *ledger
@@ -255,6 +298,7 @@ type traffic struct {
 	cancel context.CancelFunc
 	recv   *sync.WaitGroup
 	sends  *sync.WaitGroup
+	gsends *sync.WaitGroup
 }
 
 func startTraffic(t *testing.T, c *cluster) *traffic {
@@ -263,6 +307,7 @@ func startTraffic(t *testing.T, c *cluster) *traffic {
 	var ctx context.Context
 	ctx, tr.cancel = context.WithCancel(context.Background())
 	tr.recv = receiveAll(t, ctx, tr.l, all)
+	tr.gsends = groupLoop(t, tr.l, all, tr.stop)
 	tr.sends = sendLoop(t, tr.l, pairs, tr.stop, &tr.sent)
 	return tr
 }
@@ -275,6 +320,7 @@ func (tr *traffic) waitSent(more int64) { waitSent(tr.t, &tr.sent, more) }
 func (tr *traffic) finish() {
 	close(tr.stop)
 	tr.sends.Wait()
+	tr.gsends.Wait()
 	tr.l.verify(tr.t, 30*time.Second)
 	stopReceivers(tr.cancel, tr.recv, tr.all)
 }
