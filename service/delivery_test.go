@@ -35,13 +35,18 @@ func (f *fakeStore) Ack(_ context.Context, acks map[AckKey]codec.Seq) error {
 func (f *fakeStore) GroupLog(_ context.Context, gid codec.GroupID, after codec.Seq, limit int) ([]codec.Delivery, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	return page(f.log[gid], func(d codec.Delivery) codec.Seq { return d.GSeq }, after, limit), nil
+}
+
+// page returns up to limit entries of list whose position is after after.
+func page(list []codec.Delivery, pos func(codec.Delivery) codec.Seq, after codec.Seq, limit int) []codec.Delivery {
 	var out []codec.Delivery
-	for _, d := range f.log[gid] {
-		if d.GSeq > after && len(out) < limit {
+	for _, d := range list {
+		if pos(d) > after && len(out) < limit {
 			out = append(out, d)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // addGroup appends a message from user from to group gid's log.
@@ -56,13 +61,7 @@ func (f *fakeStore) addGroup(gid codec.GroupID, from codec.UserID) codec.Deliver
 func (f *fakeStore) Inbox(_ context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	var out []codec.Delivery
-	for _, d := range f.inbox[uid] {
-		if d.Seq > after && len(out) < limit {
-			out = append(out, d)
-		}
-	}
-	return out, nil
+	return page(f.inbox[uid], func(d codec.Delivery) codec.Seq { return d.Seq }, after, limit), nil
 }
 
 func (f *fakeStore) add(uid codec.UserID, seq codec.Seq) codec.Delivery {

@@ -604,7 +604,7 @@ func (n *Node) groupMembers(ctx context.Context, gid codec.GroupID) ([]codec.Use
 	if size == 0 {
 		return nil, ErrNotFound // every group has its creator
 	}
-	if ids := n.members.get(gid); len(ids) == size {
+	if ids, ok := n.members.get(gid); ok && len(ids) == size {
 		return ids, nil
 	}
 	members, err := n.store.GroupMembers(ctx, gid)

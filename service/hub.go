@@ -87,78 +87,54 @@ func (h *hub) each(fn func(*Session)) {
 }
 
 // nameCache remembers user names (which never change) so that one-to-one
-// sends need no store read to check the recipient exists. Bounded: a full
-// shard is emptied.
-type nameCache struct {
-	shards [hubShards]struct {
-		sync.RWMutex
-		m map[codec.UserID]string
-	}
-	perShard int
-}
+// sends need no store read to check the recipient exists.
+type nameCache = boundedCache[codec.UserID, string]
 
-func newNameCache(perShard int) *nameCache {
-	c := &nameCache{perShard: perShard}
-	for i := range c.shards {
-		c.shards[i].m = map[codec.UserID]string{}
-	}
-	return c
-}
-
-func (c *nameCache) get(uid codec.UserID) (string, bool) {
-	sh := &c.shards[uint64(uid)%hubShards]
-	sh.RLock()
-	name, ok := sh.m[uid]
-	sh.RUnlock()
-	return name, ok
-}
-
-func (c *nameCache) put(uid codec.UserID, name string) {
-	sh := &c.shards[uint64(uid)%hubShards]
-	sh.Lock()
-	if len(sh.m) >= c.perShard {
-		clear(sh.m)
-	}
-	sh.m[uid] = name
-	sh.Unlock()
-}
+func newNameCache(perShard int) *nameCache { return newBoundedCache[codec.UserID, string](perShard) }
 
 // memberCache remembers the member ids of groups so that a group send needs
 // no member list read. Members never leave a group, so a cached list is
 // current exactly while the group's member count (one cheap read per send)
-// is unchanged; a join on any node is seen by the next send. Bounded: a
-// full shard is emptied. Safe for concurrent use.
-type memberCache struct {
+// is unchanged; a join on any node is seen by the next send. The cached
+// slices must not be changed.
+type memberCache = boundedCache[codec.GroupID, []codec.UserID]
+
+func newMemberCache(perShard int) *memberCache {
+	return newBoundedCache[codec.GroupID, []codec.UserID](perShard)
+}
+
+// boundedCache is a map sharded like the hub and bounded: a full shard is
+// emptied. Safe for concurrent use.
+type boundedCache[K ~int64, V any] struct {
 	shards [hubShards]struct {
 		sync.RWMutex
-		m map[codec.GroupID][]codec.UserID
+		m map[K]V
 	}
 	perShard int
 }
 
-func newMemberCache(perShard int) *memberCache {
-	c := &memberCache{perShard: perShard}
+func newBoundedCache[K ~int64, V any](perShard int) *boundedCache[K, V] {
+	c := &boundedCache[K, V]{perShard: perShard}
 	for i := range c.shards {
-		c.shards[i].m = map[codec.GroupID][]codec.UserID{}
+		c.shards[i].m = map[K]V{}
 	}
 	return c
 }
 
-// get returns the cached member ids of gid; the slice must not be changed.
-func (c *memberCache) get(gid codec.GroupID) []codec.UserID {
-	sh := &c.shards[uint64(gid)%hubShards]
+func (c *boundedCache[K, V]) get(k K) (V, bool) {
+	sh := &c.shards[uint64(k)%hubShards]
 	sh.RLock()
-	ids := sh.m[gid]
+	v, ok := sh.m[k]
 	sh.RUnlock()
-	return ids
+	return v, ok
 }
 
-func (c *memberCache) put(gid codec.GroupID, ids []codec.UserID) {
-	sh := &c.shards[uint64(gid)%hubShards]
+func (c *boundedCache[K, V]) put(k K, v V) {
+	sh := &c.shards[uint64(k)%hubShards]
 	sh.Lock()
 	if len(sh.m) >= c.perShard {
 		clear(sh.m)
 	}
-	sh.m[gid] = ids
+	sh.m[k] = v
 	sh.Unlock()
 }

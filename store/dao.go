@@ -317,12 +317,17 @@ func (r inboxRow) delivery() codec.Delivery {
 
 // Inbox implements service.Store.
 func (s *Store) Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error) {
+	return selectDeliveries[inboxRow](ctx, s,
+		"SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
+}
+
+// selectDeliveries runs a query for rows of type R and returns the
+// delivery of each.
+func selectDeliveries[R interface{ delivery() codec.Delivery }](ctx context.Context, s *Store, query string, args ...any) ([]codec.Delivery, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	var rows []inboxRow
-	err := s.db.SelectContext(ctx, &rows,
-		"SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
-	if err != nil {
+	var rows []R
+	if err := s.db.SelectContext(ctx, &rows, query, args...); err != nil {
 		return nil, unavailable(err)
 	}
 	out := make([]codec.Delivery, len(rows))
@@ -352,19 +357,8 @@ func (r groupLogRow) delivery() codec.Delivery {
 
 // GroupLog implements service.Store.
 func (s *Store) GroupLog(ctx context.Context, gid codec.GroupID, after codec.Seq, limit int) ([]codec.Delivery, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	var rows []groupLogRow
-	err := s.db.SelectContext(ctx, &rows,
+	return selectDeliveries[groupLogRow](ctx, s,
 		"SELECT groupid, seq, fromid, fromname, body, created_ms FROM group_log WHERE groupid = ? AND seq > ? ORDER BY seq LIMIT ?", gid, after, limit)
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	out := make([]codec.Delivery, len(rows))
-	for i, r := range rows {
-		out[i] = r.delivery()
-	}
-	return out, nil
 }
 
 // InboxState implements service.Store.
