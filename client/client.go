@@ -299,12 +299,12 @@ func (c *Client) GroupSeqs() map[codec.GroupID]codec.Seq {
 // GroupSeqs; with ManualAck, pass the highest gseq the application has
 // processed in each group.
 //
-// The server sends a group's unacknowledged backlog after LOGIN_ACK, so an
-// AckGroup made right after logging in can be clamped by the server to
-// what it has sent so far. The client therefore acknowledges every dropped
-// duplicate itself (with ManualAck, only those at or below what SetGroupSeqs
-// or AckGroup declared processed). Calling it while deliveries are arriving
-// is safe but makes the dedup point racy. Safe for concurrent use.
+// The server re-sends a group's unacknowledged backlog after LOGIN_ACK; the
+// client acknowledges every duplicate it drops (with ManualAck, only those
+// at or below what SetGroupSeqs or AckGroup declared processed), so the
+// server learns of messages processed on an earlier connection whose
+// acknowledgement was lost. Calling it while deliveries are arriving is
+// safe but makes the dedup point racy. Safe for concurrent use.
 func (c *Client) SetGroupSeqs(seqs map[codec.GroupID]codec.Seq) {
 	c.gmu.Lock()
 	defer c.gmu.Unlock()

@@ -17,10 +17,29 @@ type fakeStore struct {
 	inbox map[codec.UserID][]codec.Delivery
 	log   map[codec.GroupID][]codec.Delivery
 	acks  []map[AckKey]codec.Seq
+	// members of each group, for GroupSize and GroupMembers
+	members map[codec.GroupID][]codec.UserID
+}
+
+func (f *fakeStore) GroupSize(_ context.Context, gid codec.GroupID) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.members[gid]), nil
+}
+
+func (f *fakeStore) GroupMembers(_ context.Context, gid codec.GroupID) ([]Member, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []Member
+	for _, id := range f.members[gid] {
+		out = append(out, Member{ID: id})
+	}
+	return out, nil
 }
 
 func newFakeStore() *fakeStore {
-	return &fakeStore{inbox: map[codec.UserID][]codec.Delivery{}, log: map[codec.GroupID][]codec.Delivery{}}
+	return &fakeStore{inbox: map[codec.UserID][]codec.Delivery{}, log: map[codec.GroupID][]codec.Delivery{},
+		members: map[codec.GroupID][]codec.UserID{}}
 }
 
 func (f *fakeStore) Secret(context.Context) ([]byte, error) { return []byte("k"), nil }
@@ -304,5 +323,89 @@ func TestGroupDeliveryDuringLogin(t *testing.T) {
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{st.addGroup(5, 9)}}})
 	if got := waitWritten(t, rec, 2); len(got) != 2 {
 		t.Fatalf("written %v: a group the session does not follow was delivered", got)
+	}
+}
+
+// A member who joined while a message to the group was on its way to the
+// commit (its recipients were read before the join, it was stored after)
+// is notified all the same: the commit hook finds the group bigger than
+// the message's entries and reads the members again.
+func TestLateMemberOfGroupSend(t *testing.T) {
+	st := newFakeStore()
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	const alice, bob, carol, gid = codec.UserID(1), codec.UserID(2), codec.UserID(3), codec.GroupID(1)
+	st.members[gid] = []codec.UserID{alice, bob}
+	// alice sends: the recipients are read now (bob only).
+	sr, rerr := n.groupChat(context.Background(), &codec.Request{MsgID: codec.MsgGroupChat, GroupID: ptr(int64(gid)), Msg: ptr("hi")}, alice, "alice")
+	if rerr != nil || len(sr.To) != 1 || sr.To[0] != bob {
+		t.Fatalf("recipients %v, %v; want [bob]", sr.To, rerr)
+	}
+	// carol joins at start 0 before the message is committed.
+	st.mu.Lock()
+	st.members[gid] = append(st.members[gid], carol)
+	st.mu.Unlock()
+	rec := &recorder{}
+	s := n.Open(rec)
+	s.mu.Lock()
+	s.uid, s.name = carol, "carol"
+	s.setGroupLocked(gid, 0, 0)
+	s.mu.Unlock()
+	n.hub.swap(carol, s)
+	// The commit: gseq 1, entries for the recipients read before and the sender.
+	d := st.addGroup(gid, alice)
+	n.committed([]Entry{{To: bob, Delivery: d}, {To: alice, Delivery: d}})
+	if got := waitWritten(t, rec, 1); !equalSeqs(got, []codec.Seq{1001}) {
+		t.Fatalf("carol got %v, want [1001]", got)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// joinStore is a fakeStore whose JoinGroup reports the user already a
+// member (a retried ADD_GROUP whose first answer was lost).
+type joinStore struct {
+	*fakeStore
+	groups []Group
+}
+
+func (j *joinStore) JoinGroup(context.Context, codec.GroupID, codec.UserID) (codec.Seq, error) {
+	return 0, ErrConflict
+}
+
+func (j *joinStore) UserGroups(context.Context, codec.UserID) ([]Group, error) { return j.groups, nil }
+
+// A join retried after its answer was lost gets errno 7, and the session
+// follows the group from the member's stored position all the same.
+func TestRetriedJoinFollowsGroup(t *testing.T) {
+	st := &joinStore{fakeStore: newFakeStore()}
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	const carol, gid = codec.UserID(3), codec.GroupID(2)
+	st.addGroup(gid, 1)
+	st.addGroup(gid, 1)
+	st.groups = []Group{{ID: gid, Last: 2, Acked: 1}} // joined at 0, acknowledged 1 on the lost connection
+	rec := &recorder{}
+	s := n.Open(rec)
+	s.mu.Lock()
+	s.uid, s.name = carol, "carol"
+	s.mu.Unlock()
+	n.hub.swap(carol, s)
+	rerr := n.addGroup(context.Background(), s, &codec.Request{MsgID: codec.MsgAddGroup, GroupID: ptr(int64(gid))}, carol)
+	if rerr == nil || rerr.errno != codec.ErrnoConflict {
+		t.Fatalf("retried join: %v, want errno %d", rerr, codec.ErrnoConflict)
+	}
+	if got := rec.got(); !equalSeqs(got, []codec.Seq{2002}) {
+		t.Fatalf("written %v, want [2002] (the backlog after the stored position)", got)
+	}
+	n.deliver([]pubsub.Notice{{To: carol, Deliveries: []codec.Delivery{st.addGroup(gid, 1)}}})
+	if got := waitWritten(t, rec, 2); !equalSeqs(got, []codec.Seq{2002, 2003}) {
+		t.Fatalf("written %v, want [2002 2003]: the session follows the group", got)
 	}
 }

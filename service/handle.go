@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 	"unicode"
 
@@ -287,11 +288,10 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 			pumps = append(pumps, g.ID)
 		}
 	}
+	var unlisted []codec.GroupID // joined (by another session) after the groups were read
 	for g := range s.groups {
 		if !listed[g] {
-			// A group joined (by another session of the user) after the
-			// groups were read: its messages wait for the next login.
-			delete(s.groups, g)
+			unlisted = append(unlisted, g)
 		}
 	}
 	s.mu.Unlock()
@@ -299,6 +299,45 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	// Send the rest of the backlogs and anything that arrived meanwhile.
 	for _, key := range pumps {
 		n.pump(s, gen, key)
+	}
+	if len(unlisted) > 0 {
+		n.followGroups(ctx, s, gen, uid, unlisted)
+	}
+}
+
+// followGroups makes s follow groups of its user from the user's stored
+// position in each, when the session missed the join: a join by another
+// session during the login, or an ADD_GROUP whose answer was lost and that
+// is retried (errno 7). A group the user is not in (or whose position
+// cannot be read now) is dropped; its messages wait for the next login.
+func (n *Node) followGroups(ctx context.Context, s *Session, gen uint32, uid codec.UserID, gids []codec.GroupID) {
+	groups, err := n.store.UserGroups(ctx, uid)
+	if err != nil {
+		n.log.Warn("reading the user's groups", "user", uid, "err", err)
+	}
+	acked := make([]codec.Seq, len(groups))
+	for i, g := range groups {
+		acked[i] = min(max(g.Acked, n.pendingAck(AckKey{User: uid, Group: g.ID})), g.Last)
+	}
+	var pumps []codec.GroupID
+	s.mu.Lock()
+	if s.gen != gen || s.uid != uid {
+		s.mu.Unlock()
+		return
+	}
+	for _, gid := range gids {
+		i := slices.IndexFunc(groups, func(g Group) bool { return g.ID == gid })
+		if i < 0 {
+			delete(s.groups, gid)
+			continue
+		}
+		if s.setGroupLocked(gid, acked[i], groups[i].Last) {
+			pumps = append(pumps, gid)
+		}
+	}
+	s.mu.Unlock()
+	for _, gid := range pumps {
+		n.pump(s, gen, gid)
 	}
 }
 
@@ -588,9 +627,14 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	ack.GroupID = gid
 	s.mu.Lock()
 	if s.uid == uid {
-		s.setGroupLocked(gid, 0, 0) // a new log: nothing to read
+		s.setGroupLocked(gid, 0, 0) // a new log
 	}
 	s.mu.Unlock()
+	// A message from a member who joined at once may have been offered
+	// before the session followed the group: read the log once.
+	if gen, ok := s.claimPump(gid); ok {
+		n.pump(s, gen, gid)
+	}
 	return nil
 }
 
@@ -637,17 +681,26 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 	s.mu.Unlock()
 	start, err := n.store.JoinGroup(ctx, gid, uid)
 	s.mu.Lock()
-	pump := false
+	pump, follow := false, false
 	if s.gen == gen && s.uid == uid {
-		if err == nil {
+		switch {
+		case err == nil:
 			pump = s.setGroupLocked(gid, start, start)
-		} else if !had {
+		case !had && !errors.Is(err, ErrNotFound):
+			// Already a member (a retried join whose answer was lost), or
+			// the join's outcome is unknown: follow from the stored
+			// position, if any.
+			follow = true
+		case !had:
 			delete(s.groups, gid)
 		}
 	}
 	s.mu.Unlock()
 	if pump {
 		n.pump(s, gen, gid)
+	}
+	if follow {
+		n.followGroups(ctx, s, gen, uid, []codec.GroupID{gid})
 	}
 	switch {
 	case errors.Is(err, ErrNotFound):

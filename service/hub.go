@@ -94,9 +94,10 @@ func newNameCache(perShard int) *nameCache { return newBoundedCache[codec.UserID
 
 // memberCache remembers the member ids of groups so that a group send needs
 // no member list read. Members never leave a group, so a cached list is
-// current exactly while the group's member count (one cheap read per send)
-// is unchanged; a join on any node is seen by the next send. The cached
-// slices must not be changed.
+// current exactly while the group's member count (one cheap read per send,
+// Store.GroupSize) is unchanged: a join on any node is seen by the next
+// send, and one that races a send is caught after its commit
+// (Node.lateMembers). The cached slices must not be changed.
 type memberCache = boundedCache[codec.GroupID, []codec.UserID]
 
 func newMemberCache(perShard int) *memberCache {

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -207,6 +208,9 @@ func (n *Node) committed(entries []Entry) {
 			}
 		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+	defer cancel()
+	entries = append(entries, n.lateMembers(ctx, entries)...)
 	for _, e := range entries {
 		if i, ok := index[e.To]; ok {
 			notices[i].Deliveries = append(notices[i].Deliveries, e.Delivery)
@@ -215,13 +219,56 @@ func (n *Node) committed(entries []Entry) {
 		index[e.To] = len(notices)
 		notices = append(notices, pubsub.Notice{To: e.To, Deliveries: []codec.Delivery{e.Delivery}})
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
-	defer cancel()
 	if err := n.bus.Publish(ctx, notices); err != nil {
 		// The entries are stored; recipients get them at the next resync
 		// or login.
 		n.log.Warn("publish failed", "notices", len(notices), "err", err)
 	}
+}
+
+// lateMembers returns the entries for members who joined a group while a
+// message to it was on its way to the commit: its recipients were read
+// before the join, but it was stored after it, so it is in their backlog.
+// Such a group has more members now than the message has entries (its
+// recipients and its sender). A member who joined after the commit gets
+// an entry too, and drops it: the message is not above its start.
+func (n *Node) lateMembers(ctx context.Context, entries []Entry) []Entry {
+	var extra []Entry
+	sizes := map[codec.GroupID]int{}
+	for i := 0; i < len(entries); {
+		d := entries[i].Delivery
+		j := i + 1
+		for j < len(entries) && d.GSeq > 0 && entries[j].Delivery.GSeq == d.GSeq && entries[j].Delivery.GroupID == d.GroupID {
+			j++
+		}
+		run := entries[i:j]
+		i = j
+		if d.GSeq == 0 {
+			continue
+		}
+		size, ok := sizes[d.GroupID]
+		if !ok {
+			var err error
+			if size, err = n.store.GroupSize(ctx, d.GroupID); err != nil {
+				n.log.Warn("group size after commit", "group", d.GroupID, "err", err)
+			}
+			sizes[d.GroupID] = size
+		}
+		if size <= len(run) {
+			continue
+		}
+		ids, err := n.groupMembers(ctx, d.GroupID)
+		if err != nil {
+			n.log.Warn("group members after commit", "group", d.GroupID, "err", err)
+			continue
+		}
+		for _, id := range ids {
+			if !slices.ContainsFunc(run, func(e Entry) bool { return e.To == id }) {
+				extra = append(extra, Entry{To: id, Delivery: d})
+			}
+		}
+	}
+	return extra
 }
 
 // busHandler is the node's pubsub.Handler.
@@ -270,12 +317,15 @@ func (n *Node) resyncAll() {
 		count := 0
 		n.hub.each(func(s *Session) {
 			for _, key := range s.streamKeys() {
+				// A slot first: a claimed stream holds its live
+				// deliveries back until its pump runs.
+				sem <- struct{}{}
 				gen, ok := s.claimPump(key)
 				if !ok {
+					<-sem
 					continue
 				}
 				count++
-				sem <- struct{}{}
 				go func() {
 					defer func() { <-sem }()
 					n.pump(s, gen, key)

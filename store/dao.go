@@ -186,11 +186,17 @@ func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, des
 }
 
 // JoinGroup implements service.Store. The member's position starts at the
-// log's last gseq as this transaction reads it: a message committed
-// concurrently is either before it or delivered to the new member.
+// log's last gseq as this transaction reads it (a locking read: on MySQL a
+// plain one would see the transaction's older snapshot). A message stored
+// after that, whose recipients were read before the join, is in the
+// member's backlog, and the service notifies late members after each
+// commit (Node.lateMembers).
 func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) (codec.Seq, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
+	if s.sizes != nil {
+		defer s.sizes.join(gid)()
+	}
 	var start int64
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
 		ok, err := groupExists(ctx, tx, gid)
@@ -203,15 +209,12 @@ func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.User
 		if _, err = tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, uid, codec.RoleNormal, nowMilli()); err != nil {
 			return err
 		}
-		if err := tx.GetContext(ctx, &start, "SELECT COALESCE(MAX(last_seq), 0) FROM group_state WHERE groupid = ?", gid); err != nil {
+		if err := tx.GetContext(ctx, &start, "SELECT COALESCE(MAX(last_seq), 0) FROM group_state WHERE groupid = ?"+s.dialect.forUpdate, gid); err != nil {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, fmt.Sprintf(s.dialect.ackGroup, "(?, ?, ?)"), uid, gid, start)
 		return err
 	})
-	if s.sizes != nil {
-		s.sizes.forget(gid) // after the commit (or failure): the next read counts again
-	}
 	if isConflict(err) {
 		return 0, service.ErrConflict
 	}

@@ -124,7 +124,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		s.writer, s.closeWriter = pw, pw.close
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
-		s.sizes = &sizeCache{m: map[codec.GroupID]int{}}
+		s.sizes = &sizeCache{m: map[codec.GroupID]int{}, joining: map[codec.GroupID]int{}}
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
 	}
@@ -226,6 +226,9 @@ type dialect struct {
 	// ackGroup upserts member_state, never lowering acked_seq; "%s" takes
 	// the (userid, groupid, acked_seq) rows.
 	ackGroup string
+	// forUpdate makes a SELECT a locking read (MySQL); SQLite transactions
+	// are serialised anyway.
+	forUpdate string
 }
 
 var (
@@ -248,6 +251,7 @@ var (
 			"ON DUPLICATE KEY UPDATE last_seq = last_seq + VALUES(last_seq)",
 		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
 			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
+		forUpdate: " FOR UPDATE",
 	}
 )
 
@@ -328,13 +332,15 @@ func (s *Store) Secret(ctx context.Context) ([]byte, error) {
 	return got, nil
 }
 
-// sizeCache remembers group member counts. A count read while a join
-// commits is not kept (gen moved), so a cached count is never stale. Safe
-// for concurrent use.
+// sizeCache remembers group member counts. While a join of a group is
+// being stored, the group's count is neither served nor kept, and a count
+// read from the database while a join ran is not kept (gen moved): a
+// cached count is never stale. Safe for concurrent use.
 type sizeCache struct {
-	mu  sync.Mutex
-	m   map[codec.GroupID]int
-	gen uint64 // bumped by every forget
+	mu      sync.Mutex
+	m       map[codec.GroupID]int
+	joining map[codec.GroupID]int // joins being stored, per group
+	gen     uint64                // bumped by every join
 }
 
 // get returns gid's cached count, or the generation to pass to set after
@@ -343,7 +349,7 @@ func (c *sizeCache) get(gid codec.GroupID) (n int, ok bool, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n, ok = c.m[gid]
-	return n, ok, c.gen
+	return n, ok && c.joining[gid] == 0, c.gen
 }
 
 // set caches a count read since get returned gen; a count of 0 (no such
@@ -351,7 +357,7 @@ func (c *sizeCache) get(gid codec.GroupID) (n int, ok bool, gen uint64) {
 func (c *sizeCache) set(gid codec.GroupID, n int, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.gen != gen || n == 0 {
+	if c.gen != gen || n == 0 || c.joining[gid] > 0 {
 		return
 	}
 	if len(c.m) >= 1<<16 {
@@ -360,10 +366,21 @@ func (c *sizeCache) set(gid codec.GroupID, n int, gen uint64) {
 	c.m[gid] = n
 }
 
-// forget drops gid's count: its membership changed.
-func (c *sizeCache) forget(gid codec.GroupID) {
+// join marks a join of gid as being stored until the returned func runs
+// (after the commit, or the failure).
+func (c *sizeCache) join(gid codec.GroupID) (done func()) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.m, gid)
+	c.joining[gid]++
 	c.gen++
+	return func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.joining[gid]--; c.joining[gid] == 0 {
+			delete(c.joining, gid)
+		}
+		delete(c.m, gid)
+		c.gen++
+	}
 }
