@@ -91,6 +91,28 @@ func (f *fakeStore) add(uid codec.UserID, seq codec.Seq) codec.Delivery {
 	return d
 }
 
+// loggedIn starts a Node on st and opens a session logged in as uid, in
+// the hub, writing to the returned recorder; setup (if any) runs on the
+// session with its lock held.
+func loggedIn(t *testing.T, st Store, uid codec.UserID, setup func(s *Session)) (*Node, *Session, *recorder) {
+	t.Helper()
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	rec := &recorder{}
+	s := n.Open(rec)
+	s.mu.Lock()
+	s.uid, s.name = uid, "u"
+	if setup != nil {
+		setup(s)
+	}
+	s.mu.Unlock()
+	n.hub.swap(uid, s)
+	return n, s, rec
+}
+
 // recorder is a Transport that decodes what is written: the seq of each
 // inbox delivery, and 1000*groupid + gseq of each group delivery.
 type recorder struct {
@@ -129,19 +151,8 @@ func (r *recorder) got() []codec.Seq {
 // because a gap makes the session read the inbox.
 func TestDeliveryOrderWithLateNotices(t *testing.T) {
 	st := newFakeStore()
-	bus := pubsub.NewMemory()
-	n, err := New(context.Background(), Config{Store: st, Bus: bus})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	rec := &recorder{}
-	s := n.Open(rec)
 	const uid = codec.UserID(7)
-	s.mu.Lock()
-	s.uid, s.name = uid, "u"
-	s.mu.Unlock()
-	n.hub.swap(uid, s)
+	n, _, rec := loggedIn(t, st, uid, nil)
 
 	d1, d2, d3 := st.add(uid, 1), st.add(uid, 2), st.add(uid, 3)
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{d1}}}) // in order
@@ -173,19 +184,11 @@ func TestDeliveryOrderWithLateNotices(t *testing.T) {
 // is written. Without the resync, a complete login needs no pump.
 func TestResyncDuringLoginRead(t *testing.T) {
 	st := newFakeStore()
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	rec := &recorder{}
-	s := n.Open(rec)
 	const uid = codec.UserID(8)
-	s.mu.Lock()
-	s.uid, s.name, s.inbox.pumping = uid, "u", true // a login is reading the (empty) inbox
+	n, s, rec := loggedIn(t, st, uid, func(s *Session) {
+		s.inbox.pumping = true // a login is reading the (empty) inbox
+	})
 	gen := s.gen
-	s.mu.Unlock()
-	n.hub.swap(uid, s)
 
 	s.mu.Lock()
 	if s.needsPumpLocked(true) {
@@ -237,19 +240,8 @@ func equalSeqs(a, b []codec.Seq) bool {
 // not disturbed.
 func TestGroupStreamDelivery(t *testing.T) {
 	st := newFakeStore()
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	rec := &recorder{}
-	s := n.Open(rec)
 	const uid, gid = codec.UserID(7), codec.GroupID(3)
-	s.mu.Lock()
-	s.uid, s.name = uid, "u"
-	s.setGroupLocked(gid, 0, 0)
-	s.mu.Unlock()
-	n.hub.swap(uid, s)
+	n, s, rec := loggedIn(t, st, uid, func(s *Session) { s.setGroupLocked(gid, 0, 0) })
 	note := func(ds ...codec.Delivery) { n.deliver([]pubsub.Notice{{To: uid, Deliveries: ds}}) }
 
 	g1, own2 := st.addGroup(gid, 9), st.addGroup(gid, uid)
@@ -288,19 +280,9 @@ func TestGroupStreamDelivery(t *testing.T) {
 // after the login.
 func TestGroupDeliveryDuringLogin(t *testing.T) {
 	st := newFakeStore()
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
-	rec := &recorder{}
-	s := n.Open(rec)
 	const uid, gid = codec.UserID(7), codec.GroupID(4)
-	s.mu.Lock()
-	s.uid, s.name, s.inbox.pumping, s.loggingIn = uid, "u", true, true
+	n, s, rec := loggedIn(t, st, uid, func(s *Session) { s.inbox.pumping, s.loggingIn = true, true })
 	gen := s.gen
-	s.mu.Unlock()
-	n.hub.swap(uid, s)
 
 	g1, g2 := st.addGroup(gid, 9), st.addGroup(gid, 9)
 	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{g2}}}) // committed after the login read the groups
@@ -332,12 +314,9 @@ func TestGroupDeliveryDuringLogin(t *testing.T) {
 // the message's entries and reads the members again.
 func TestLateMemberOfGroupSend(t *testing.T) {
 	st := newFakeStore()
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
 	const alice, bob, carol, gid = codec.UserID(1), codec.UserID(2), codec.UserID(3), codec.GroupID(1)
+	// carol's session, following the group from the start she will join at.
+	n, _, rec := loggedIn(t, st, carol, func(s *Session) { s.setGroupLocked(gid, 0, 0) })
 	st.members[gid] = []codec.UserID{alice, bob}
 	// alice sends: the recipients are read now (bob only).
 	sr, rerr := n.groupChat(context.Background(), &codec.Request{MsgID: codec.MsgGroupChat, GroupID: ptr(int64(gid)), Msg: ptr("hi")}, alice, "alice")
@@ -348,13 +327,6 @@ func TestLateMemberOfGroupSend(t *testing.T) {
 	st.mu.Lock()
 	st.members[gid] = append(st.members[gid], carol)
 	st.mu.Unlock()
-	rec := &recorder{}
-	s := n.Open(rec)
-	s.mu.Lock()
-	s.uid, s.name = carol, "carol"
-	s.setGroupLocked(gid, 0, 0)
-	s.mu.Unlock()
-	n.hub.swap(carol, s)
 	// The commit: gseq 1, entries for the recipients read before and the sender.
 	d := st.addGroup(gid, alice)
 	n.committed([]Entry{{To: bob, Delivery: d}, {To: alice, Delivery: d}})
@@ -382,21 +354,11 @@ func (j *joinStore) UserGroups(context.Context, codec.UserID) ([]Group, error) {
 // follows the group from the member's stored position all the same.
 func TestRetriedJoinFollowsGroup(t *testing.T) {
 	st := &joinStore{fakeStore: newFakeStore()}
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close()
 	const carol, gid = codec.UserID(3), codec.GroupID(2)
+	n, s, rec := loggedIn(t, st, carol, nil)
 	st.addGroup(gid, 1)
 	st.addGroup(gid, 1)
 	st.groups = []Group{{ID: gid, Last: 2, Acked: 1}} // joined at 0, acknowledged 1 on the lost connection
-	rec := &recorder{}
-	s := n.Open(rec)
-	s.mu.Lock()
-	s.uid, s.name = carol, "carol"
-	s.mu.Unlock()
-	n.hub.swap(carol, s)
 	rerr := n.addGroup(context.Background(), s, &codec.Request{MsgID: codec.MsgAddGroup, GroupID: ptr(int64(gid))}, carol)
 	if rerr == nil || rerr.errno != codec.ErrnoConflict {
 		t.Fatalf("retried join: %v, want errno %d", rerr, codec.ErrnoConflict)
