@@ -172,8 +172,8 @@ func (b *batcher) run() {
 	}
 }
 
-// drain adds queued ops to batch until it holds maxBatch inbox rows (a
-// group message to 100 members counts 100) or the queue is empty.
+// drain adds queued ops to batch until its weight (see rows) reaches
+// maxBatch or the queue is empty.
 func (b *batcher) drain(batch *[]*sendOp) {
 	rows := 0
 	for _, op := range *batch {
@@ -190,9 +190,10 @@ func (b *batcher) drain(batch *[]*sendOp) {
 	}
 }
 
-// rows is the op's weight in a batch: its inbox rows, at least 1. A group
-// message is one log row, but one entry per member for the commit hook, so
-// it weighs 1 plus an eighth of its recipients.
+// rows is the op's weight in a batch: a one-to-one message's inbox rows
+// (at least 1). A group message is one log row, but one entry per member
+// for the commit hook, so it weighs 1 plus an eighth of its recipients (a
+// 100-member group: 13).
 func (op *sendOp) rows() int {
 	if op.req.Group != 0 {
 		return 1 + len(op.req.To)/8
