@@ -17,14 +17,20 @@ type fakeStore struct {
 	inbox map[codec.UserID][]codec.Delivery
 	log   map[codec.GroupID][]codec.Delivery
 	acks  []map[AckKey]codec.Seq
-	// members of each group, for GroupSize and GroupMembers
+	// members of each group, for GroupSizes and GroupMembers
 	members map[codec.GroupID][]codec.UserID
 }
 
-func (f *fakeStore) GroupSize(_ context.Context, gid codec.GroupID) (int, error) {
+func (f *fakeStore) GroupSizes(_ context.Context, gids []codec.GroupID) (map[codec.GroupID]int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return len(f.members[gid]), nil
+	out := map[codec.GroupID]int{}
+	for _, gid := range gids {
+		if n := len(f.members[gid]); n > 0 {
+			out[gid] = n
+		}
+	}
+	return out, nil
 }
 
 func (f *fakeStore) GroupMembers(_ context.Context, gid codec.GroupID) ([]Member, error) {

@@ -559,7 +559,7 @@ func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.User
 	if rerr != nil {
 		return SendRequest{}, rerr
 	}
-	ids, err := n.groupMembers(ctx, codec.GroupID(gid))
+	ids, err := n.groupMembers(ctx, codec.GroupID(gid), uid)
 	if errors.Is(err, ErrNotFound) {
 		return SendRequest{}, fail(codec.ErrnoNotFound, "no group %d", gid)
 	}
@@ -638,19 +638,21 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	return nil
 }
 
-// groupMembers returns the member ids of gid: from the cache while the
-// group's member count is unchanged, else read from the store.
-func (n *Node) groupMembers(ctx context.Context, gid codec.GroupID) ([]codec.UserID, error) {
-	size, err := n.store.GroupSize(ctx, gid)
-	if err != nil {
-		return nil, err
-	}
-	if size == 0 {
-		return nil, ErrNotFound // every group has its creator
-	}
-	if ids, ok := n.members.get(gid); ok && len(ids) == size {
+// groupMembers returns the member ids of gid for a send by sender, from
+// the cache when it holds the sender. Members never leave a group, so a
+// cached list lacks at most members who joined since: a list without the
+// sender (who may just have joined) is read again, and members missing
+// from a message's recipients are found after its commit (groupEntries).
+func (n *Node) groupMembers(ctx context.Context, gid codec.GroupID, sender codec.UserID) ([]codec.UserID, error) {
+	if ids, ok := n.members.get(gid); ok && slices.Contains(ids, sender) {
 		return ids, nil
 	}
+	return n.loadMembers(ctx, gid)
+}
+
+// loadMembers reads the member ids of gid and caches them; ErrNotFound
+// when there is no such group.
+func (n *Node) loadMembers(ctx context.Context, gid codec.GroupID) ([]codec.UserID, error) {
 	members, err := n.store.GroupMembers(ctx, gid)
 	if err != nil {
 		return nil, err

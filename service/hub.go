@@ -93,11 +93,10 @@ type nameCache = boundedCache[codec.UserID, string]
 func newNameCache(perShard int) *nameCache { return newBoundedCache[codec.UserID, string](perShard) }
 
 // memberCache remembers the member ids of groups so that a group send needs
-// no member list read. Members never leave a group, so a cached list is
-// current exactly while the group's member count (one cheap read per send,
-// Store.GroupSize) is unchanged: a join on any node is seen by the next
-// send, and one that races a send is caught after its commit
-// (Node.lateMembers). The cached slices must not be changed.
+// no store read. Members never leave a group, so a cached list lacks at
+// most members who joined since; each commit counts its groups' members
+// and reads the list again when it grew (Node.groupEntries). The cached
+// slices must not be changed.
 type memberCache = boundedCache[codec.GroupID, []codec.UserID]
 
 func newMemberCache(perShard int) *memberCache {

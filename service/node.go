@@ -197,20 +197,9 @@ func (n *Node) leave(uid codec.UserID, s *Session) {
 func (n *Node) committed(entries []Entry) {
 	notices := make([]pubsub.Notice, 0, len(entries))
 	index := make(map[codec.UserID]int, len(entries))
-	for i := range entries {
-		// A group message's entries are adjacent and equal but for To:
-		// encode its frame once for all its recipients.
-		if d := &entries[i].Delivery; d.GSeq > 0 {
-			if i > 0 && entries[i-1].Delivery.GSeq == d.GSeq && entries[i-1].Delivery.GroupID == d.GroupID {
-				*d = entries[i-1].Delivery
-			} else {
-				d.Encode()
-			}
-		}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
 	defer cancel()
-	entries = append(entries, n.lateMembers(ctx, entries)...)
+	entries = append(entries, n.groupEntries(ctx, entries)...)
 	for _, e := range entries {
 		if i, ok := index[e.To]; ok {
 			notices[i].Deliveries = append(notices[i].Deliveries, e.Delivery)
@@ -226,44 +215,60 @@ func (n *Node) committed(entries []Entry) {
 	}
 }
 
-// lateMembers returns the entries for members who joined a group while a
-// message to it was on its way to the commit: its recipients were read
-// before the join, but it was stored after it, so it is in their backlog.
-// Such a group has more members now than the message has entries (its
-// recipients and its sender). A member who joined after the commit gets
-// an entry too, and drops it: the message is not above its start.
-func (n *Node) lateMembers(ctx context.Context, entries []Entry) []Entry {
-	var extra []Entry
-	sizes := map[codec.GroupID]int{}
+// groupEntries prepares the group messages of a commit. A message's
+// entries are adjacent and equal but for To: they share one encoded frame.
+// And it returns entries for members who joined a group while a message
+// to it was on its way to the commit: its recipients were read before the
+// join (or from a cached list), but it was stored after it, so it is in
+// their backlog. Such a group has more members now than the message has
+// entries (its recipients and its sender): one count per commit finds
+// them. A member who joined after the commit gets an entry too, and drops
+// it: the message is not above its start.
+func (n *Node) groupEntries(ctx context.Context, entries []Entry) []Entry {
+	type run struct{ lo, hi int }
+	var runs []run
+	var gids []codec.GroupID
 	for i := 0; i < len(entries); {
-		d := entries[i].Delivery
+		d := &entries[i].Delivery
 		j := i + 1
-		for j < len(entries) && d.GSeq > 0 && entries[j].Delivery.GSeq == d.GSeq && entries[j].Delivery.GroupID == d.GroupID {
-			j++
-		}
-		run := entries[i:j]
-		i = j
-		if d.GSeq == 0 {
-			continue
-		}
-		size, ok := sizes[d.GroupID]
-		if !ok {
-			var err error
-			if size, err = n.store.GroupSize(ctx, d.GroupID); err != nil {
-				n.log.Warn("group size after commit", "group", d.GroupID, "err", err)
+		if d.GSeq > 0 {
+			d.Encode()
+			for ; j < len(entries) && entries[j].Delivery.GSeq == d.GSeq && entries[j].Delivery.GroupID == d.GroupID; j++ {
+				entries[j].Delivery = *d
 			}
-			sizes[d.GroupID] = size
+			runs = append(runs, run{i, j})
+			if !slices.Contains(gids, d.GroupID) {
+				gids = append(gids, d.GroupID)
+			}
 		}
-		if size <= len(run) {
+		i = j
+	}
+	if len(runs) == 0 {
+		return nil
+	}
+	sizes, err := n.store.GroupSizes(ctx, gids)
+	if err != nil {
+		n.log.Warn("group sizes after commit", "groups", len(gids), "err", err)
+		return nil
+	}
+	var extra []Entry
+	fresh := map[codec.GroupID][]codec.UserID{} // member lists read by this commit
+	for _, r := range runs {
+		msg := entries[r.lo:r.hi]
+		d := msg[0].Delivery
+		if sizes[d.GroupID] <= len(msg) {
 			continue
 		}
-		ids, err := n.groupMembers(ctx, d.GroupID)
-		if err != nil {
-			n.log.Warn("group members after commit", "group", d.GroupID, "err", err)
-			continue
+		ids, ok := fresh[d.GroupID]
+		if !ok {
+			if ids, err = n.loadMembers(ctx, d.GroupID); err != nil {
+				n.log.Warn("group members after commit", "group", d.GroupID, "err", err)
+				continue
+			}
+			fresh[d.GroupID] = ids
 		}
 		for _, id := range ids {
-			if !slices.ContainsFunc(run, func(e Entry) bool { return e.To == id }) {
+			if !slices.ContainsFunc(msg, func(e Entry) bool { return e.To == id }) {
 				extra = append(extra, Entry{To: id, Delivery: d})
 			}
 		}

@@ -112,9 +112,9 @@ type Store interface {
 	// GroupMembers lists a group's members; ErrNotFound when there is no
 	// such group.
 	GroupMembers(ctx context.Context, gid codec.GroupID) ([]Member, error)
-	// GroupSize returns the number of members of the group (0: no such
-	// group).
-	GroupSize(ctx context.Context, gid codec.GroupID) (int, error)
+	// GroupSizes returns the number of members of each of the groups (a
+	// group that does not exist is absent).
+	GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID]int, error)
 	// UserGroups lists the groups the user belongs to, with their members
 	// and the user's position in each group's log.
 	UserGroups(ctx context.Context, uid codec.UserID) ([]Group, error)

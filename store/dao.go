@@ -190,13 +190,10 @@ func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, des
 // plain one would see the transaction's older snapshot). A message stored
 // after that, whose recipients were read before the join, is in the
 // member's backlog, and the service notifies late members after each
-// commit (Node.lateMembers).
+// commit (Node.groupEntries).
 func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) (codec.Seq, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	if s.sizes != nil {
-		defer s.sizes.join(gid)()
-	}
 	var start int64
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
 		ok, err := groupExists(ctx, tx, gid)
@@ -233,24 +230,27 @@ func (s *Store) GroupMembers(ctx context.Context, gid codec.GroupID) ([]service.
 	return m, unavailable(err)
 }
 
-// GroupSize implements service.Store.
-func (s *Store) GroupSize(ctx context.Context, gid codec.GroupID) (int, error) {
+// GroupSizes implements service.Store: one query for all of gids.
+func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID]int, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	var gen uint64
-	if s.sizes != nil {
-		n, ok, g := s.sizes.get(gid)
-		if ok {
-			return n, nil
-		}
-		gen = g
+	out := make(map[codec.GroupID]int, len(gids))
+	if len(gids) == 0 {
+		return out, nil
 	}
-	var n int
-	err := s.db.GetContext(ctx, &n, "SELECT COUNT(*) FROM group_members WHERE groupid = ?", gid)
-	if err == nil && s.sizes != nil {
-		s.sizes.set(gid, n, gen)
+	q, args, err := sqlx.In("SELECT groupid, COUNT(*) FROM group_members WHERE groupid IN (?) GROUP BY groupid", gids)
+	if err != nil {
+		return nil, err
 	}
-	return n, unavailable(err)
+	rows, err := s.db.QueryxContext(ctx, q, args...)
+	err = scanRows(rows, err, func(rows *sqlx.Rows) error {
+		var gid codec.GroupID
+		var n int
+		err := rows.Scan(&gid, &n)
+		out[gid] = n
+		return err
+	})
+	return out, unavailable(err)
 }
 
 type groupRow struct {

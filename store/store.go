@@ -14,14 +14,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
-	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
 )
 
@@ -66,11 +64,7 @@ type Store struct {
 	log     *slog.Logger
 	batcher *batcher
 	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
-	ckpt *checkpointer
-	// sizes caches group member counts (SQLite only, where this process is
-	// the only writer: joins go through JoinGroup); nil on MySQL, where
-	// other nodes add members.
-	sizes  *sizeCache
+	ckpt   *checkpointer
 	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
@@ -124,7 +118,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 		s.writer, s.closeWriter = pw, pw.close
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
-		s.sizes = &sizeCache{m: map[codec.GroupID]int{}, joining: map[codec.GroupID]int{}}
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
 	}
@@ -330,57 +323,4 @@ func (s *Store) Secret(ctx context.Context) ([]byte, error) {
 		return nil, unavailable(err)
 	}
 	return got, nil
-}
-
-// sizeCache remembers group member counts. While a join of a group is
-// being stored, the group's count is neither served nor kept, and a count
-// read from the database while a join ran is not kept (gen moved): a
-// cached count is never stale. Safe for concurrent use.
-type sizeCache struct {
-	mu      sync.Mutex
-	m       map[codec.GroupID]int
-	joining map[codec.GroupID]int // joins being stored, per group
-	gen     uint64                // bumped by every join
-}
-
-// get returns gid's cached count, or the generation to pass to set after
-// reading it from the database.
-func (c *sizeCache) get(gid codec.GroupID) (n int, ok bool, gen uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	n, ok = c.m[gid]
-	return n, ok && c.joining[gid] == 0, c.gen
-}
-
-// set caches a count read since get returned gen; a count of 0 (no such
-// group yet) is not kept.
-func (c *sizeCache) set(gid codec.GroupID, n int, gen uint64) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.gen != gen || n == 0 || c.joining[gid] > 0 {
-		return
-	}
-	if len(c.m) >= 1<<16 {
-		clear(c.m)
-	}
-	c.m[gid] = n
-}
-
-// join marks a join of gid as being stored until the returned func runs
-// (after the commit, or the failure).
-func (c *sizeCache) join(gid codec.GroupID) (done func()) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.m, gid)
-	c.joining[gid]++
-	c.gen++
-	return func() {
-		c.mu.Lock()
-		defer c.mu.Unlock()
-		if c.joining[gid]--; c.joining[gid] == 0 {
-			delete(c.joining, gid)
-		}
-		delete(c.m, gid)
-		c.gen++
-	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -175,19 +176,36 @@ func TestFriendsAndGroups(t *testing.T) {
 	})
 }
 
+// hookEntries records what the store hands its commit hook.
+type hookEntries struct {
+	mu  sync.Mutex
+	got []service.Entry
+}
+
+func recordHook(s *Store) *hookEntries {
+	h := &hookEntries{}
+	s.SetCommitHook(func(e []service.Entry) {
+		h.mu.Lock()
+		h.got = append(h.got, e...)
+		h.mu.Unlock()
+	})
+	return h
+}
+
+// entries returns a copy of what the hook got so far.
+func (h *hookEntries) entries() []service.Entry {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.got)
+}
+
 func TestSendSeqAndDedup(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		const senders, perSender = 8, 40
 		to := mustUser(t, s, "rcpt")
 		other := mustUser(t, s, "other")
-		var hookMu sync.Mutex
-		var hooked []service.Entry
-		s.SetCommitHook(func(e []service.Entry) {
-			hookMu.Lock()
-			hooked = append(hooked, e...)
-			hookMu.Unlock()
-		})
+		hook := recordHook(s)
 		var wg sync.WaitGroup
 		errs := make(chan error, senders*perSender)
 		for i := 0; i < senders; i++ {
@@ -230,7 +248,7 @@ func TestSendSeqAndDedup(t *testing.T) {
 			}
 		}
 		// The hook saw every entry once, in seq order per recipient.
-		hookMu.Lock()
+		hooked := hook.entries()
 		seen := map[codec.UserID]codec.Seq{}
 		for _, e := range hooked {
 			if e.Delivery.Seq != seen[e.To]+1 {
@@ -238,7 +256,6 @@ func TestSendSeqAndDedup(t *testing.T) {
 			}
 			seen[e.To] = e.Delivery.Seq
 		}
-		hookMu.Unlock()
 		if len(hooked) != 2*senders*perSender {
 			t.Fatalf("hook saw %d entries", len(hooked))
 		}
@@ -285,13 +302,7 @@ func TestGroupLog(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
-		var hookMu sync.Mutex
-		var hooked []service.Entry
-		s.SetCommitHook(func(e []service.Entry) {
-			hookMu.Lock()
-			hooked = append(hooked, e...)
-			hookMu.Unlock()
-		})
+		hook := recordHook(s)
 		g, err := s.CreateGroup(ctx, a, "g", "")
 		if err != nil {
 			t.Fatal(err)
@@ -348,23 +359,19 @@ func TestGroupLog(t *testing.T) {
 			}
 		}
 		// The hook: each message once to its recipient and once to its sender.
-		hookMu.Lock()
 		per := map[codec.UserID]int{}
-		for _, e := range hooked {
+		for _, e := range hook.entries() {
 			if e.Delivery.GSeq == 0 || e.Delivery.GroupID != g {
 				t.Fatalf("hook entry %+v", e)
 			}
 			per[e.To]++
 		}
-		hookMu.Unlock()
 		if per[a] != n || per[b] != n {
 			t.Fatalf("hook entries per user %v, want %d each", per, n)
 		}
 		// Positions: c joins at the log's end; acknowledgements never lower.
-		// (The size read before the join is cached on SQLite; the join must
-		// drop it.)
-		if size, err := s.GroupSize(ctx, g); err != nil || size != 2 {
-			t.Fatalf("group size %d, %v; want 2", size, err)
+		if sizes, err := s.GroupSizes(ctx, []codec.GroupID{g}); err != nil || !maps.Equal(sizes, map[codec.GroupID]int{g: 2}) {
+			t.Fatalf("group sizes %v, %v; want %d: 2", sizes, err, g)
 		}
 		if start, err := s.JoinGroup(ctx, g, c); err != nil || start != n {
 			t.Fatalf("join c: start %d, %v", start, err)
@@ -377,11 +384,8 @@ func TestGroupLog(t *testing.T) {
 			}
 			return gs[0].Last, gs[0].Acked
 		}
-		if size, err := s.GroupSize(ctx, g); err != nil || size != 3 {
-			t.Fatalf("group size %d, %v; want 3", size, err)
-		}
-		if size, err := s.GroupSize(ctx, 999); err != nil || size != 0 {
-			t.Fatalf("size of a missing group %d, %v; want 0", size, err)
+		if sizes, err := s.GroupSizes(ctx, []codec.GroupID{g, 999}); err != nil || !maps.Equal(sizes, map[codec.GroupID]int{g: 3}) {
+			t.Fatalf("group sizes %v, %v; want %d: 3 and no entry for a missing group", sizes, err, g)
 		}
 		if last, acked := pos(c); last != n || acked != n {
 			t.Fatalf("c: last %d acked %d, want %d %d", last, acked, n, n)
