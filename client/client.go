@@ -879,9 +879,9 @@ func (c *Client) pushGroup(d codec.Delivery) error {
 	c.gmu.Lock()
 	prev := c.gseqs[gid]
 	if d.GSeq <= prev {
-		// Sent again, so the server has not stored an acknowledgement for
-		// it, even if one was sent (it may have been clamped: see
-		// SetGroupSeqs). Acknowledge it again if it was processed.
+		// Sent again, so the server has no acknowledgement stored for it
+		// (an earlier one was lost with a connection). Acknowledge it
+		// again if it was processed.
 		queued := false
 		if !c.opts.ManualAck || d.GSeq <= c.gdone[gid] {
 			queued = c.wantGroupAckLocked(gid, d.GSeq, true)

@@ -685,9 +685,16 @@ func TestCloseWhileWaiting(t *testing.T) {
 	})
 }
 
-func TestCloseUnblocksFullDeliveries(t *testing.T) {
+// closeWhenFull dials with room for one delivery, sends ds (the reader
+// blocks on the second), and closes the client once the buffer is full.
+func closeWhenFull(t *testing.T, ds ...codec.Delivery) *Client {
+	t.Helper()
 	c, p := dial(t, Options{DeliveryBuffer: 1})
-	p.send(delivery(1), delivery(2), delivery(3)) // reader blocks on seq 2
+	vs := make([]any, len(ds))
+	for i, d := range ds {
+		vs[i] = d
+	}
+	p.send(vs...) // one write
 	checkFor(t, testTimeout, func() error {
 		if len(c.Deliveries()) != 1 {
 			return errors.New("delivery buffer not full yet")
@@ -697,6 +704,11 @@ func TestCloseUnblocksFullDeliveries(t *testing.T) {
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
+	return c
+}
+
+func TestCloseUnblocksFullDeliveries(t *testing.T) {
+	c := closeWhenFull(t, delivery(1), delivery(2), delivery(3)) // reader blocks on seq 2
 	expectSeqs(t, c, 1)
 	waitClosed(t, c.Deliveries(), "Deliveries()")
 	if c.LastSeq() != 1 { // seq 2 was never handed out
@@ -1114,17 +1126,7 @@ func TestGroupSeqsResetForAnotherUser(t *testing.T) {
 }
 
 func TestCloseUnblocksFullGroupDeliveries(t *testing.T) {
-	c, p := dial(t, Options{DeliveryBuffer: 1})
-	p.send(groupDelivery(1, 1), groupDelivery(1, 2), groupDelivery(1, 3)) // reader blocks on gseq 2
-	checkFor(t, testTimeout, func() error {
-		if len(c.Deliveries()) != 1 {
-			return errors.New("delivery buffer not full yet")
-		}
-		return nil
-	})
-	if err := c.Close(); err != nil {
-		t.Fatal(err)
-	}
+	c := closeWhenFull(t, groupDelivery(1, 1), groupDelivery(1, 2), groupDelivery(1, 3)) // reader blocks on gseq 2
 	expectGroup(t, c, groupKey{1, 1})
 	waitClosed(t, c.Deliveries(), "Deliveries()")
 	if got, want := c.GroupSeqs(), map[codec.GroupID]codec.Seq{1: 1}; !maps.Equal(got, want) { // gseq 2 was never handed out

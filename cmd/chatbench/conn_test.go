@@ -73,12 +73,7 @@ func (s *fakeServer) recv() string {
 func TestConnGroupDeliveriesAndAcks(t *testing.T) {
 	cli, srv := net.Pipe()
 	s := &fakeServer{t: t, nc: srv, br: bufio.NewReader(srv)}
-	w := newWorker(Config{Scenario: "group", AckInterval: time.Hour})
-	w.ledger.SetWindow(1, 0)
-	c := newConn(cli)
-	w.receiveHooks(c)
-	c.onAck = w.onAck
-	c.group(7, 1)
+	w, c := groupMember(cli, time.Hour)
 	c.start()
 	defer c.Close()
 
@@ -170,11 +165,7 @@ func waitFor(t *testing.T, cond func() bool) {
 func BenchmarkHandleDelivery(b *testing.B) {
 	for _, kind := range []string{"inbox", "group"} {
 		b.Run(kind, func(b *testing.B) {
-			w := newWorker(Config{Scenario: "group", AckInterval: time.Second})
-			w.ledger.SetWindow(1, 0)
-			c := newConn(nil)
-			w.receiveHooks(c)
-			c.group(7, 1)
+			w, c := groupMember(nil, time.Second)
 			// Fixed-width zero-padded numbers (both scanners take them),
 			// rewritten in place per delivery.
 			body := fmt.Appendf(nil, "t=%d;s=3;c=0000000000;", nowNanos())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -258,16 +259,24 @@ func TestLossAccountingGroup(t *testing.T) {
 	}
 }
 
+// groupMember is a group-scenario worker measuring from the start, and one
+// connection of it (on nc, nil for none), a member of group 7 as user 1,
+// whose own ACKs are tracked.
+func groupMember(nc net.Conn, ackInterval time.Duration) (*worker, *bconn) {
+	w := newWorker(Config{Scenario: "group", AckInterval: ackInterval})
+	w.ledger.SetWindow(1, 0)
+	c := newConn(nc)
+	w.receiveHooks(c)
+	c.onAck = w.onAck
+	c.group(7, 1)
+	return w, c
+}
+
 // TestGroupDeliveryAllocs: the whole per-delivery path of a group member
 // (scan, group lookup, gseq check, duplicate check, latency) allocates
 // nothing in steady state, own ACKs included.
 func TestGroupDeliveryAllocs(t *testing.T) {
-	w := newWorker(Config{Scenario: "group", AckInterval: time.Second})
-	w.ledger.SetWindow(1, 0)
-	c := newConn(nil)
-	w.receiveHooks(c)
-	c.onAck = w.onAck
-	c.group(7, 1)
+	w, c := groupMember(nil, time.Second)
 	const runs = 2000
 	frames := make([][]byte, 0, runs+1)
 	var lastDelivered int64

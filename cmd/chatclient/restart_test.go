@@ -157,20 +157,10 @@ func TestReconnectAfterDrop(t *testing.T) {
 	px := startProxy(t, ts.Addr)
 	alice := ts.newUser("alice")
 	bob := ts.newUser("bob")
-	alice.c.Close()
-	p := startProc(t, append(alice.loginArgs(), px.addr())...)
-	p.waitOut("current login user")
-
-	px.dropUp.Store(true)
-	for i := 1; i <= 2; i++ {
-		if _, err := bob.c.Chat(ctxT(t), alice.id, fmt.Sprintf("unacknowledged %d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.waitOut("bob said: unacknowledged 2\n")
-	px.dropUp.Store(false)
-	px.cut()
-	p.waitErr("connection lost; reconnecting…\n")
+	p := dropAcksAndCut(t, alice, px, func(body string) error {
+		_, err := bob.c.Chat(ctxT(t), alice.id, body)
+		return err
+	})
 	p.waitErr(fmt.Sprintf("reconnected to %s as alice (resuming after message #2)\n", px.addr()))
 	if _, err := bob.c.Chat(ctxT(t), alice.id, "after the drop"); err != nil {
 		t.Fatal(err)
@@ -193,12 +183,33 @@ func TestReconnectAfterDrop(t *testing.T) {
 	}
 }
 
+// dropAcksAndCut starts chatclient as u through px, has send deliver
+// "unacknowledged 1" and "unacknowledged 2" to u (printed as from bob)
+// while px drops everything chatclient sends (its acknowledgements), then
+// resets the connection and waits for chatclient to notice.
+func dropAcksAndCut(t *testing.T, u *user, px *proxy, send func(body string) error) *proc {
+	t.Helper()
+	u.c.Close()
+	p := startProc(t, append(u.loginArgs(), px.addr())...)
+	p.waitOut("current login user")
+	px.dropUp.Store(true)
+	for i := 1; i <= 2; i++ {
+		if err := send(fmt.Sprintf("unacknowledged %d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.waitOut("bob said: unacknowledged 2\n")
+	px.dropUp.Store(false)
+	px.cut()
+	p.waitErr("connection lost; reconnecting…\n")
+	return p
+}
+
 // TestReconnectAfterDropGroup is TestReconnectAfterDrop for group messages,
 // which are numbered in the group's log and whose backlog follows
 // LOGIN_ACK: after the reconnect the server sends them again, chatclient
-// drops them and acknowledges them (an acknowledgement sent right after
-// the login can come too early for the server), so each is printed once
-// and the next login has no backlog.
+// drops them and acknowledges them (their first acknowledgements were
+// lost), so each is printed once and the next login has no backlog.
 func TestReconnectAfterDropGroup(t *testing.T) {
 	ts := startServer(t)
 	px := startProxy(t, ts.Addr)
@@ -211,20 +222,10 @@ func TestReconnectAfterDropGroup(t *testing.T) {
 	if err := alice.c.AddGroup(ctxT(t), gid); err != nil {
 		t.Fatal(err)
 	}
-	alice.c.Close()
-	p := startProc(t, append(alice.loginArgs(), px.addr())...)
-	p.waitOut("current login user")
-
-	px.dropUp.Store(true)
-	for i := 1; i <= 2; i++ {
-		if _, err := bob.c.GroupChat(ctxT(t), gid, fmt.Sprintf("unacknowledged %d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.waitOut("bob said: unacknowledged 2\n")
-	px.dropUp.Store(false)
-	px.cut()
-	p.waitErr("connection lost; reconnecting…\n")
+	p := dropAcksAndCut(t, alice, px, func(body string) error {
+		_, err := bob.c.GroupChat(ctxT(t), gid, body)
+		return err
+	})
 	p.waitErr(fmt.Sprintf("reconnected to %s as alice (", px.addr()))
 	p.stdin.Close()
 	if code := p.exit(); code != 0 {
