@@ -203,7 +203,14 @@ func (op *sendOp) rows() int {
 
 // commit stores a batch in one transaction and reports to every op.
 func (b *batcher) commit(batch []*sendOp) {
-	ctx, cancel := context.WithTimeout(context.Background(), b.s.cfg.QueryTimeout)
+	// On SQLite a commit runs without a deadline: the driver would watch a
+	// cancellable context with a goroutine per statement, and interrupting a
+	// local commit only fails every send in it (a locked database waits
+	// busy_timeout anyway).
+	ctx, cancel := context.Background(), context.CancelFunc(func() {})
+	if b.s.ckpt == nil {
+		ctx, cancel = context.WithTimeout(ctx, b.s.cfg.QueryTimeout)
+	}
 	defer cancel()
 	var (
 		results []service.SendResult
@@ -222,6 +229,7 @@ func (b *batcher) commit(batch []*sendOp) {
 		// dedup query now sees it.
 		err = b.s.inTx(ctx, store)
 	}
+	b.s.writer.committed(err == nil)
 	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {
 		b.s.log.Warn("group commit failed", "sends", len(batch), "err", err)
@@ -266,6 +274,7 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
 	// 1. Which clientmsgids were stored before, or repeat within the batch?
 	var sent []sentRow
+	newKeys := 0 // keys to record
 	first := map[dedupKey]int{}
 	acks := map[codec.UserID]codec.Seq{}
 	gacks := map[service.AckKey]codec.Seq{}
@@ -303,6 +312,7 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 			dup[i] = -2
 			results[i] = service.SendResult{UnixMilli: ms, Duplicate: true}
 		}
+		newKeys = len(sent) - len(stored)
 	}
 	// 2. Count inbox rows per recipient and log rows per group, and
 	// allocate seqs.
@@ -384,6 +394,9 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 		}
 	}
 	if err := insertGroupLog(ctx, tx, logRows); err != nil {
+		return nil, nil, err
+	}
+	if err := s.writer.merge(ctx, tx, len(inbox), newKeys); err != nil {
 		return nil, nil, err
 	}
 	return results, entries, nil
@@ -476,6 +489,12 @@ type sendWriter interface {
 	// last_seq).
 	allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error)
 	insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error
+	// merge runs last in each commit, told how many inbox rows and dedup
+	// keys the commit wrote.
+	merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error
+	// committed reports whether the commit's transaction (its last
+	// attempt) committed.
+	committed(ok bool)
 }
 
 // multiRowWriter is the MySQL sendWriter.
@@ -535,6 +554,12 @@ func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) 
 	}
 	return out, nil
 }
+
+// merge implements sendWriter: MySQL writes inbox and sent directly
+// (InnoDB does not write a page per dirty leaf at commit).
+func (multiRowWriter) merge(context.Context, *sqlx.Tx, int, int) error { return nil }
+
+func (multiRowWriter) committed(bool) {}
 
 func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
 	return insertInbox(ctx, tx, entries, created)

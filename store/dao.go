@@ -319,9 +319,16 @@ func (r inboxRow) delivery() codec.Delivery {
 }
 
 // Inbox implements service.Store.
+// On SQLite it reads inbox and both inbox logs together (one snapshot); a row in
+// both is the same row, and UNION keeps it once.
 func (s *Store) Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error) {
-	return selectDeliveries[inboxRow](ctx, s,
-		"SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
+	const cols = "SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM "
+	if s.dialect.name == "sqlite" {
+		return selectDeliveries[inboxRow](ctx, s, cols+"inbox WHERE userid = ? AND seq > ? UNION "+
+			cols+"inbox_log0 WHERE userid = ? AND seq > ? UNION "+
+			cols+"inbox_log1 WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, uid, after, uid, after, limit)
+	}
+	return selectDeliveries[inboxRow](ctx, s, cols+"inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
 }
 
 // selectDeliveries runs a query for rows of type R and returns the

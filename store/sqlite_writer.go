@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jmoiron/sqlx"
 
@@ -15,30 +16,56 @@ const inboxRows = 64
 
 // preparedWriter is the SQLite sendWriter: statements prepared once and
 // reused by every commit (database/sql re-binds them to the commit's
-// connection), so no commit parses SQL.
+// connection), so no commit parses SQL. New rows go to the logs
+// (sqlite_log.go); each commit merges a share of them into inbox and sent.
 type preparedWriter struct {
-	sentIns, sentMany, sentSel, seqBump, seqBumpMany, ack, inboxOne, inboxMany *sqlx.Stmt
+	sentLook, sentLookOne, seqBump, seqBumpMany, ack *sqlx.Stmt
+	// per log table (sqlite_log.go): single- and multi-row inserts
+	sentIns, sentMany, inboxOne, inboxMany [2]*sqlx.Stmt
+	inbox, sent                            *logMerger
+	// mergeRows and mergeEvery: a log is frozen and merged once it holds
+	// mergeRows rows, or any row mergeEvery after the last switch.
+	mergeRows  int64
+	mergeEvery time.Duration
 }
 
-func newPreparedWriter(ctx context.Context, db *sqlx.DB) (*preparedWriter, error) {
-	w := &preparedWriter{}
-	inbox := "INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES "
-	row := "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-	for _, p := range []struct {
+func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
+	w := &preparedWriter{mergeRows: mergeRows, mergeEvery: mergeEvery}
+	// A key sent before is in sent, in a sent log, or in both.
+	look := func(n int) string {
+		q := "WITH v (senderid, clientmsgid) AS (VALUES " + placeholders(n, "(?, ?)") + ") "
+		for i, t := range []string{"sent", sentLog.name(0), sentLog.name(1)} {
+			if i > 0 {
+				q += " UNION ALL "
+			}
+			q += "SELECT t.senderid, t.clientmsgid, t.created_ms FROM v CROSS JOIN " + t +
+				" AS t ON t.senderid = v.senderid AND t.clientmsgid = v.clientmsgid"
+		}
+		return q
+	}
+	type prep struct {
 		dst   **sqlx.Stmt
 		query string
-	}{
-		{&w.sentIns, "INSERT OR IGNORE INTO sent (senderid, clientmsgid, created_ms) VALUES (?, ?, ?)"},
-		{&w.sentMany, "INSERT OR IGNORE INTO sent (senderid, clientmsgid, created_ms) VALUES " +
-			placeholders(inboxRows, "(?, ?, ?)") + " RETURNING senderid, clientmsgid"},
-		{&w.sentSel, "SELECT created_ms FROM sent WHERE senderid = ? AND clientmsgid = ?"},
+	}
+	preps := []prep{
+		{&w.sentLook, look(inboxRows)},
+		{&w.sentLookOne, look(1)},
 		{&w.seqBump, "UPDATE inbox_state SET last_seq = last_seq + ? WHERE userid = ? RETURNING last_seq"},
 		{&w.seqBumpMany, "UPDATE inbox_state SET last_seq = last_seq + v.column2 FROM (VALUES " +
 			placeholders(inboxRows, "(?, ?)") + ") AS v WHERE inbox_state.userid = v.column1 RETURNING userid, last_seq"},
 		{&w.ack, "UPDATE inbox_state SET acked_seq = ? WHERE userid = ? AND acked_seq < ? AND last_seq >= ?"},
-		{&w.inboxOne, inbox + row},
-		{&w.inboxMany, inbox + placeholders(inboxRows, row)},
-	} {
+	}
+	for i := range 2 {
+		inbox := "INSERT INTO " + inboxLog.name(i) + " (" + inboxLog.cols + ") VALUES "
+		sent := "INSERT INTO " + sentLog.name(i) + " (" + sentLog.cols + ") VALUES "
+		row := "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
+		preps = append(preps,
+			prep{&w.sentIns[i], sent + "(?, ?, ?)"},
+			prep{&w.sentMany[i], sent + placeholders(inboxRows, "(?, ?, ?)")},
+			prep{&w.inboxOne[i], inbox + row},
+			prep{&w.inboxMany[i], inbox + placeholders(inboxRows, row)})
+	}
+	for _, p := range preps {
 		st, err := db.PreparexContext(ctx, p.query)
 		if err != nil {
 			w.close()
@@ -46,14 +73,51 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB) (*preparedWriter, error
 		}
 		*p.dst = st
 	}
+	var err error
+	if w.inbox, err = newLogMerger(ctx, db, inboxLog); err == nil {
+		w.sent, err = newLogMerger(ctx, db, sentLog)
+	}
+	if err != nil {
+		w.close()
+		return nil, err
+	}
 	return w, nil
 }
 
 func (w *preparedWriter) close() {
-	for _, st := range []*sqlx.Stmt{w.sentIns, w.sentMany, w.sentSel, w.seqBump, w.seqBumpMany, w.ack, w.inboxOne, w.inboxMany} {
+	sts := []*sqlx.Stmt{w.sentLook, w.sentLookOne, w.seqBump, w.seqBumpMany, w.ack}
+	for i := range 2 {
+		sts = append(sts, w.sentIns[i], w.sentMany[i], w.inboxOne[i], w.inboxMany[i])
+	}
+	for _, st := range sts {
 		if st != nil {
 			st.Close()
 		}
+	}
+	for _, m := range []*logMerger{w.inbox, w.sent} {
+		if m != nil {
+			m.close()
+		}
+	}
+}
+
+// merge does this commit's share of moving log rows into inbox and sent:
+// a little more than the commit appended, so a frozen log is merged before
+// its twin fills up.
+func (w *preparedWriter) merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error {
+	now := time.Now()
+	in, sent := int64(inboxRows), int64(sentRows)
+	if err := w.inbox.step(ctx, tx, in, in*5/4+256, w.mergeRows, w.mergeEvery, now); err != nil {
+		return err
+	}
+	return w.sent.step(ctx, tx, sent, sent*5/4+256, w.mergeRows, w.mergeEvery, now)
+}
+
+// committed makes the merge steps of the last attempt current if its
+// transaction committed.
+func (w *preparedWriter) committed(ok bool) {
+	if ok {
+		w.inbox.cur, w.sent.cur = w.inbox.next, w.sent.next
 	}
 }
 
@@ -74,49 +138,51 @@ func inChunks(n int, fn func(lo, hi int) error) error {
 	return nil
 }
 
-// dedup records each new key with INSERT OR IGNORE, inboxRows keys per
-// statement (RETURNING names the rows it inserted) and the rest one by one:
-// a key that inserts nothing was sent before, and its stored time is read
-// back.
+// dedup looks the keys up in sent and both sent logs, inboxRows keys per
+// statement and the rest one by one, and appends the new ones to the
+// active sent log.
 func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow) (map[dedupKey]int64, error) {
-	many, one := tx.StmtxContext(ctx, w.sentMany), tx.StmtxContext(ctx, w.sentIns)
+	look, lookOne := tx.StmtxContext(ctx, w.sentLook), tx.StmtxContext(ctx, w.sentLookOne)
 	args := make([]any, 0, 3*inboxRows)
-	inserted := make(map[dedupKey]bool, len(sent))
+	out := map[dedupKey]int64{}
 	err := inChunks(len(sent), func(lo, hi int) error {
-		args = sentArgs(args[:0], sent[lo:hi])
-		if hi-lo == 1 {
-			res, err := one.ExecContext(ctx, args...)
-			if err != nil {
-				return err
-			}
-			n, err := res.RowsAffected()
-			inserted[sent[lo].key] = n == 1
-			return err
+		args = args[:0]
+		for _, r := range sent[lo:hi] {
+			args = append(args, r.key.sender, r.key.cmid)
 		}
-		rows, err := many.QueryxContext(ctx, args...)
+		st := lookOne
+		if hi-lo > 1 {
+			st = look
+		}
+		rows, err := st.QueryxContext(ctx, args...)
 		return scanRows(rows, err, func(rows *sqlx.Rows) error {
 			var k dedupKey
-			err := rows.Scan(&k.sender, &k.cmid)
-			inserted[k] = true
+			var ms int64
+			err := rows.Scan(&k.sender, &k.cmid, &ms)
+			out[k] = ms
 			return err
 		})
 	})
 	if err != nil {
 		return nil, err
 	}
-	out := map[dedupKey]int64{}
-	sel := tx.StmtxContext(ctx, w.sentSel)
+	fresh := make([]sentRow, 0, len(sent)-len(out))
 	for _, r := range sent {
-		if inserted[r.key] {
-			continue
+		if _, ok := out[r.key]; !ok {
+			fresh = append(fresh, r)
 		}
-		var ms int64
-		if err := sel.GetContext(ctx, &ms, r.key.sender, r.key.cmid); err != nil {
-			return nil, err
-		}
-		out[r.key] = ms
 	}
-	return out, nil
+	a := w.sent.cur.active
+	many, one := tx.StmtxContext(ctx, w.sentMany[a]), tx.StmtxContext(ctx, w.sentIns[a])
+	err = inChunks(len(fresh), func(lo, hi int) error {
+		st := one
+		if hi-lo > 1 {
+			st = many
+		}
+		_, err := st.ExecContext(ctx, sentArgs(args[:0], fresh[lo:hi])...)
+		return err
+	})
+	return out, err
 }
 
 func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
@@ -158,7 +224,8 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 }
 
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
-	many, one := tx.StmtxContext(ctx, w.inboxMany), tx.StmtxContext(ctx, w.inboxOne)
+	a := w.inbox.cur.active
+	many, one := tx.StmtxContext(ctx, w.inboxMany[a]), tx.StmtxContext(ctx, w.inboxOne[a])
 	args := make([]any, 0, 9*inboxRows)
 	return inChunks(len(entries), func(lo, hi int) error {
 		args = args[:0]

@@ -52,6 +52,14 @@ type Config struct {
 	// CheckpointInterval (SQLite) is how often a background goroutine
 	// copies the write-ahead log into the database file; default 1 s.
 	CheckpointInterval time.Duration
+	// MergeRows (SQLite) is how many one-to-one messages (and dedup keys)
+	// collect in the append-only logs before they are merged into the
+	// per-user tables, a key range per commit; default 32768. More rows
+	// per user per merge dirty fewer pages per message.
+	MergeRows int
+	// MergeInterval (SQLite) merges the logs at least this often when they
+	// hold fewer than MergeRows rows; default 5 s.
+	MergeInterval time.Duration
 	// Logger receives store events; default slog.Default().
 	Logger *slog.Logger
 }
@@ -87,6 +95,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.CheckpointInterval <= 0 {
 		cfg.CheckpointInterval = time.Second
 	}
+	if cfg.MergeRows <= 0 {
+		cfg.MergeRows = 32768
+	}
+	if cfg.MergeInterval <= 0 {
+		cfg.MergeInterval = 5 * time.Second
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -111,7 +125,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if d.name == "sqlite" {
-		pw, err := newPreparedWriter(ctx, db)
+		// Rows a stopped store left in the logs go to their tables first.
+		if err := s.flushLogs(ctx); err != nil {
+			db.Close()
+			return nil, err
+		}
+		pw, err := newPreparedWriter(ctx, db, int64(cfg.MergeRows), cfg.MergeInterval)
 		if err != nil {
 			db.Close()
 			return nil, err
@@ -129,6 +148,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // closes the database.
 func (s *Store) Close() error {
 	s.batcher.close()
+	if s.dialect.name == "sqlite" {
+		ctx, cancel := context.WithTimeout(context.Background(), s.cfg.QueryTimeout)
+		if err := s.flushLogs(ctx); err != nil {
+			s.log.Warn("log flush failed; the next open retries it", "err", err)
+		}
+		cancel()
+	}
 	if s.ckpt != nil {
 		s.ckpt.close()
 	}

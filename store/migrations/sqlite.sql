@@ -78,3 +78,45 @@ CREATE TABLE IF NOT EXISTS member_state (
   acked_seq INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (userid, groupid)
 ) WITHOUT ROWID;
+-- migration 3
+-- One-to-one messages and dedup keys are appended to a log table first
+-- (rowid order: a commit dirties few pages); a full log is frozen, merged
+-- into inbox or sent a key range per commit, then emptied, while its twin
+-- takes the new rows. See store/sqlite_log.go. A row can be in a log and in
+-- its table for a while; readers take the union.
+CREATE TABLE IF NOT EXISTS inbox_log0 (
+  userid     INTEGER NOT NULL,
+  seq        INTEGER NOT NULL,
+  kind       INTEGER NOT NULL,
+  fromid     INTEGER NOT NULL,
+  fromname   TEXT    NOT NULL,
+  toid       INTEGER NOT NULL,
+  groupid    INTEGER NOT NULL,
+  body       TEXT    NOT NULL,
+  created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_log0_user ON inbox_log0 (userid, seq);
+CREATE TABLE IF NOT EXISTS inbox_log1 (
+  userid     INTEGER NOT NULL,
+  seq        INTEGER NOT NULL,
+  kind       INTEGER NOT NULL,
+  fromid     INTEGER NOT NULL,
+  fromname   TEXT    NOT NULL,
+  toid       INTEGER NOT NULL,
+  groupid    INTEGER NOT NULL,
+  body       TEXT    NOT NULL,
+  created_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_log1_user ON inbox_log1 (userid, seq);
+CREATE TABLE IF NOT EXISTS sent_log0 (
+  senderid    INTEGER NOT NULL,
+  clientmsgid TEXT    NOT NULL,
+  created_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_log0_key ON sent_log0 (senderid, clientmsgid);
+CREATE TABLE IF NOT EXISTS sent_log1 (
+  senderid    INTEGER NOT NULL,
+  clientmsgid TEXT    NOT NULL,
+  created_ms  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sent_log1_key ON sent_log1 (senderid, clientmsgid);

@@ -1,0 +1,170 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// logRows counts the rows in both logs of l.
+func logRows(t *testing.T, s *Store, l logSpec) int {
+	t.Helper()
+	var n int
+	if err := s.DB().Get(&n, "SELECT (SELECT COUNT(*) FROM "+l.name(0)+") + (SELECT COUNT(*) FROM "+l.name(1)+")"); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// checkInboxes asserts that each user's inbox reads back as seqs 1..n in
+// order, each once, with the body sent at that seq, whole and in pages
+// that cross from the merged table into the logs.
+func checkInboxes(t *testing.T, s *Store, bodies map[codec.UserID][]string) {
+	t.Helper()
+	ctx := context.Background()
+	for uid, want := range bodies {
+		got, err := s.Inbox(ctx, uid, 0, 10000)
+		if err != nil || len(got) != len(want) {
+			t.Fatalf("inbox of %d: %d entries, want %d (%v)", uid, len(got), len(want), err)
+		}
+		for i, d := range got {
+			if d.Seq != codec.Seq(i+1) || d.Msg != want[i] {
+				t.Fatalf("inbox of %d entry %d: seq %d %q, want %d %q", uid, i, d.Seq, d.Msg, i+1, want[i])
+			}
+		}
+		if last, _, err := s.InboxState(ctx, uid); err != nil || last != codec.Seq(len(want)) {
+			t.Fatalf("last seq of %d: %d (%v), want %d", uid, last, err, len(want))
+		}
+		if len(want) > 6 {
+			page, err := s.Inbox(ctx, uid, 3, 3)
+			if err != nil || len(page) != 3 || page[0].Seq != 4 || page[2].Seq != 6 {
+				t.Fatalf("inbox page of %d after 3: %+v (%v)", uid, page, err)
+			}
+		}
+	}
+}
+
+// TestSQLiteLogMerge sends through many small commits with a tiny merge
+// threshold, so rows sit in the logs, in a frozen log being merged, in the
+// tables, and in both: every read in between must see each message once,
+// dedup must find keys wherever they are, and a reopened store must have
+// moved everything out of the logs.
+func TestSQLiteLogMerge(t *testing.T) {
+	ctx := context.Background()
+	dsn := "sqlite:" + filepath.Join(t.TempDir(), "chat.db")
+	cfg := Config{DSN: dsn, MergeRows: 16, MergeInterval: time.Hour}
+	s, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users []codec.UserID
+	for i := range 7 {
+		users = append(users, mustUser(t, s, fmt.Sprintf("u%d", i)))
+	}
+	bodies := map[codec.UserID][]string{}
+	sentAt := map[string]int64{}
+	send := func(i int) {
+		from, to := users[i%len(users)], users[(i*3+1)%len(users)]
+		cmid := fmt.Sprintf("c%d", i)
+		res, err := s.Send(ctx, service.SendRequest{From: from, FromName: "u", To: []codec.UserID{to}, ToUser: to,
+			Body: fmt.Sprintf("m%d", i), ClientMsgID: cmid, UnixMilli: int64(1000 + i)})
+		if err != nil || res.Duplicate {
+			t.Fatalf("send %d: %+v %v", i, res, err)
+		}
+		bodies[to] = append(bodies[to], fmt.Sprintf("m%d", i))
+		sentAt[cmid] = res.UnixMilli
+	}
+	merged := false
+	for i := range 300 {
+		send(i)
+		if i%10 == 9 {
+			checkInboxes(t, s, bodies)
+		}
+		var n int
+		if err := s.DB().Get(&n, "SELECT COUNT(*) FROM inbox"); err != nil {
+			t.Fatal(err)
+		}
+		merged = merged || n > 0
+	}
+	if !merged {
+		t.Fatal("no row was ever merged into inbox")
+	}
+	if n := logRows(t, s, inboxLog); n >= 300 {
+		t.Fatalf("inbox logs hold %d rows: never emptied", n)
+	}
+	// A retry finds its key merged long ago, or still in a log; a batch
+	// of retries (one commit) finds them all.
+	var wg sync.WaitGroup
+	for _, i := range []int{0, 1, 150, 298, 299} {
+		wg.Add(1)
+		cmid := fmt.Sprintf("c%d", i)
+		s.SendAsync(ctx, service.SendRequest{From: users[i%len(users)], FromName: "u", To: []codec.UserID{users[0]},
+			ToUser: users[0], Body: "retry", ClientMsgID: cmid, UnixMilli: 99999}, func(res service.SendResult, err error) {
+			defer wg.Done()
+			if err != nil || !res.Duplicate || res.UnixMilli != sentAt[cmid] {
+				t.Errorf("retry of %s: %+v %v, want duplicate at %d", cmid, res, err, sentAt[cmid])
+			}
+		})
+	}
+	wg.Wait()
+	checkInboxes(t, s, bodies)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Reopened: everything is in the tables, nothing in the logs.
+	if s, err = Open(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if a, b := logRows(t, s, inboxLog), logRows(t, s, sentLog); a != 0 || b != 0 {
+		t.Fatalf("after reopen the logs hold %d inbox and %d sent rows", a, b)
+	}
+	var n int
+	if err := s.DB().Get(&n, "SELECT COUNT(*) FROM inbox"); err != nil || n != 300 {
+		t.Fatalf("inbox rows after reopen: %d (%v)", n, err)
+	}
+	checkInboxes(t, s, bodies)
+	if res, err := s.Send(ctx, service.SendRequest{From: users[0], FromName: "u", To: []codec.UserID{users[1]},
+		ToUser: users[1], Body: "again", ClientMsgID: "c0", UnixMilli: 5}); err != nil || !res.Duplicate || res.UnixMilli != sentAt["c0"] {
+		t.Fatalf("retry after reopen: %+v %v", res, err)
+	}
+}
+
+// TestSQLiteLogMergeInterval: below MergeRows, rows are still merged once
+// MergeInterval has passed since the logs last swapped.
+func TestSQLiteLogMergeInterval(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeInterval: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+	bodies := map[codec.UserID][]string{}
+	deadline := time.Now().Add(10 * time.Second)
+	for i := 0; ; i++ {
+		if _, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+			Body: fmt.Sprint(i), ClientMsgID: fmt.Sprint(i), UnixMilli: 1}); err != nil {
+			t.Fatal(err)
+		}
+		bodies[b] = append(bodies[b], fmt.Sprint(i))
+		var n int
+		if err := s.DB().Get(&n, "SELECT COUNT(*) FROM inbox"); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d messages, none merged after 10 s", i+1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	checkInboxes(t, s, bodies)
+}
