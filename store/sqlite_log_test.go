@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jmoiron/sqlx"
+
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
 )
@@ -167,4 +169,62 @@ func TestSQLiteLogMergeInterval(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	checkInboxes(t, s, bodies)
+}
+
+// TestSQLiteLogCrashLeftovers: rows a crashed store left in the logs (its
+// memory gone) are in the tables once the store opens again: readable in
+// the inbox, and found by dedup.
+func TestSQLiteLogCrashLeftovers(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "chat.db")
+	s, err := Open(ctx, Config{DSN: "sqlite:" + path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+	if _, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+		Body: "one", ClientMsgID: "k1", UnixMilli: 7}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// What a crash leaves: two more messages and their keys, in both
+	// pairs of logs (an active log, and a frozen one not copied yet), and
+	// the seqs they were given.
+	raw, err := sqlx.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []struct {
+		query string
+		args  []any
+	}{
+		{"INSERT INTO inbox_log1 (" + inboxLog.cols + ") VALUES (?, 2, 5, ?, 'a', ?, 0, 'two', 8)", []any{b, a, b}},
+		{"INSERT INTO inbox_log0 (" + inboxLog.cols + ") VALUES (?, 3, 5, ?, 'a', ?, 0, 'three', 9)", []any{b, a, b}},
+		{"INSERT INTO sent_log0 (" + sentLog.cols + ") VALUES (?, 'k2', 8)", []any{a}},
+		{"INSERT INTO sent_log1 (" + sentLog.cols + ") VALUES (?, 'k3', 9)", []any{a}},
+		{"UPDATE inbox_state SET last_seq = 3 WHERE userid = ?", []any{b}},
+	} {
+		if _, err := raw.Exec(q.query, q.args...); err != nil {
+			t.Fatalf("%s: %v", q.query, err)
+		}
+	}
+	raw.Close()
+	s, err = Open(ctx, Config{DSN: "sqlite:" + path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := logRows(t, s, inboxLog) + logRows(t, s, sentLog); n != 0 {
+		t.Fatalf("logs hold %d rows after open", n)
+	}
+	checkInboxes(t, s, map[codec.UserID][]string{b: {"one", "two", "three"}})
+	for _, k := range []string{"k1", "k2", "k3"} {
+		res, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+			Body: "retry", ClientMsgID: k, UnixMilli: 100})
+		if err != nil || !res.Duplicate {
+			t.Fatalf("retry of %s: %+v %v", k, res, err)
+		}
+	}
 }
