@@ -379,7 +379,7 @@ func (s *Store) InboxState(ctx context.Context, uid codec.UserID) (last, acked c
 		Last  int64 `db:"last_seq"`
 		Acked int64 `db:"acked_seq"`
 	}
-	err = s.db.GetContext(ctx, &row, "SELECT last_seq, acked_seq FROM inbox_state WHERE userid = ?", uid)
+	err = s.db.GetContext(ctx, &row, s.dialect.inboxState, uid)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, 0, nil
 	}

@@ -138,7 +138,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.writer, s.closeWriter = pw, pw.close
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
 	} else {
-		s.writer = multiRowWriter{bumpSeq: d.bumpSeq}
+		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox}
 	}
 	s.batcher = newBatcher(s, cfg.MaxBatch)
 	return s, nil
@@ -248,6 +248,11 @@ type dialect struct {
 	// forUpdate makes a SELECT a locking read (MySQL); SQLite transactions
 	// are serialised anyway.
 	forUpdate string
+	// ackInbox (MySQL) upserts inbox_ack, never lowering acked_seq; "%s"
+	// takes the (userid, acked_seq) rows.
+	ackInbox string
+	// inboxState reads (last_seq, acked_seq) of one user.
+	inboxState string
 }
 
 var (
@@ -259,6 +264,7 @@ var (
 			"ON CONFLICT (groupid) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
 		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
 			"ON CONFLICT (userid, groupid) DO UPDATE SET acked_seq = max(acked_seq, excluded.acked_seq)",
+		inboxState: "SELECT last_seq, acked_seq FROM inbox_state WHERE userid = ?",
 	}
 	mysqlDialect = dialect{
 		name:         "mysql",
@@ -271,6 +277,10 @@ var (
 		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
 			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
 		forUpdate: " FOR UPDATE",
+		ackInbox: "INSERT INTO inbox_ack (userid, acked_seq) VALUES %s " +
+			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
+		inboxState: "SELECT s.last_seq, GREATEST(s.acked_seq, COALESCE(a.acked_seq, 0)) AS acked_seq " +
+			"FROM inbox_state AS s LEFT JOIN inbox_ack AS a ON a.userid = s.userid WHERE s.userid = ?",
 	}
 )
 

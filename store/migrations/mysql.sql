@@ -80,3 +80,12 @@ CREATE TABLE IF NOT EXISTS member_state (
   acked_seq BIGINT NOT NULL DEFAULT 0,
   PRIMARY KEY (userid, groupid)
 ) ENGINE=InnoDB;
+-- migration 3
+-- Inbox acknowledgements, apart from inbox_state: a group commit holds the
+-- row locks of its recipients' inbox_state rows until it commits, and an
+-- acknowledgement of the same users used to wait for them (and they for
+-- it). inbox_state.acked_seq keeps what was acknowledged before.
+CREATE TABLE IF NOT EXISTS inbox_ack (
+  userid    BIGINT NOT NULL PRIMARY KEY,
+  acked_seq BIGINT NOT NULL DEFAULT 0
+) ENGINE=InnoDB;
