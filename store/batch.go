@@ -209,7 +209,7 @@ func (b *batcher) commit(batch []*sendOp) {
 	// local commit only fails every send in it (a locked database waits
 	// busy_timeout anyway).
 	ctx, cancel := context.Background(), context.CancelFunc(func() {})
-	if b.s.ckpt == nil {
+	if b.s.dialect.name != "sqlite" {
 		ctx, cancel = context.WithTimeout(ctx, b.s.cfg.QueryTimeout)
 	}
 	defer cancel()
@@ -230,7 +230,6 @@ func (b *batcher) commit(batch []*sendOp) {
 		// dedup query now sees it.
 		err = b.s.inTx(ctx, store)
 	}
-	b.s.writer.committed(err == nil)
 	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {
 		b.s.log.Warn("group commit failed", "sends", len(batch), "err", err)
@@ -271,6 +270,9 @@ type sentRow struct {
 // rows and group log rows. It returns one result per op and the new entries
 // in op order (so per recipient in seq order, per group in gseq order).
 func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([]service.SendResult, []service.Entry, error) {
+	if err := s.writer.begin(ctx, tx); err != nil {
+		return nil, nil, err
+	}
 	results := make([]service.SendResult, len(batch))
 	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
 	// 1. Which clientmsgids were stored before, or repeat within the batch?
@@ -493,9 +495,9 @@ type sendWriter interface {
 	// merge runs last in each commit, told how many inbox rows and dedup
 	// keys the commit wrote.
 	merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error
-	// committed reports whether the commit's transaction (its last
-	// attempt) committed.
-	committed(ok bool)
+	// begin starts each attempt, inside its transaction, before the calls
+	// above.
+	begin(ctx context.Context, tx *sqlx.Tx) error
 }
 
 // multiRowWriter is the MySQL sendWriter.
@@ -560,7 +562,7 @@ func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) 
 // (InnoDB does not write a page per dirty leaf at commit).
 func (multiRowWriter) merge(context.Context, *sqlx.Tx, int, int) error { return nil }
 
-func (multiRowWriter) committed(bool) {}
+func (multiRowWriter) begin(context.Context, *sqlx.Tx) error { return nil }
 
 func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
 	return insertInbox(ctx, tx, entries, created)

@@ -49,105 +49,120 @@ var (
 func (l logSpec) name(i int) string { return l.log + strconv.Itoa(i) }
 
 // logMerger moves one log pair's rows into its table. Only the writer
-// goroutine uses it; step works on next, which becomes cur once the commit
-// succeeded (a rolled-back commit leaves cur as it was).
+// goroutine uses it. Where the pair is (mergeState) is a row of log_state,
+// read at the start of each commit (load) and written by step in the same
+// transaction: a failed commit leaves it as it was, and another process
+// on the same file (which BEGIN IMMEDIATE serialises with this one) sees
+// the same state.
 type logMerger struct {
 	table string
-	// per log table: the next range's upper key, the range's merge, and
-	// the emptying
-	boundary, merge, clear [2]*sqlx.Stmt
-	cur, next              mergeState
+	st    mergeState // as of the running attempt (load)
+	// the state's read and write; per log table: the next range's upper
+	// key, the range's copy (to a key, or to the end), and the emptying
+	get, put                          *sqlx.Stmt
+	boundary, merge, mergeRest, clear [2]*sqlx.Stmt
+	close                             func() // closes the statements
 }
 
-// mergeState is where a logMerger is.
+// mergeState is where a log pair is (a log_state row).
 type mergeState struct {
-	active   int       // the log commits append to
-	rows     int64     // rows appended to it since it became active
-	merging  bool      // the other log is frozen and being merged
-	from     int64     // the next key range of the frozen log starts here
-	switched time.Time // when the logs last swapped roles
+	Active     int   `db:"active"`      // the log commits append to
+	Rows       int64 `db:"rows"`        // rows appended to it since it became active
+	Merging    bool  `db:"merging"`     // the other log is frozen and being copied
+	From       int64 `db:"from_key"`    // the next key range of the frozen log starts here
+	SwitchedMS int64 `db:"switched_ms"` // when the logs last swapped roles (or the store opened)
 }
 
 func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec) (*logMerger, error) {
 	m := &logMerger{table: l.table}
+	preps := []prepStmt{
+		{&m.get, "SELECT active, rows, merging, from_key, switched_ms FROM log_state WHERE name = '" + l.log + "'"},
+		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, switched_ms = ? WHERE name = '" + l.log + "'"},
+	}
 	for i := range 2 {
 		log := l.name(i)
-		for _, p := range []struct {
-			dst   **sqlx.Stmt
-			query string
-		}{
+		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log + " WHERE " + l.key + " >= ?"
+		preps = append(preps,
 			// The key of the row after the next quota rows, walking the
 			// index (left to itself the planner sorts the whole table).
-			{&m.boundary[i], "SELECT " + l.key + " FROM " + log + " INDEXED BY " + log + "_" + l.idx +
+			prepStmt{&m.boundary[i], "SELECT " + l.key + " FROM " + log + " INDEXED BY " + log + "_" + l.idx +
 				" WHERE " + l.key + " >= ? ORDER BY " + l.key + " LIMIT 1 OFFSET ?"},
-			// OR IGNORE: flushLogs may have merged a row already.
-			{&m.merge[i], "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log +
-				" WHERE " + l.key + " >= ? AND " + l.key + " < ? ORDER BY " + l.order},
-			{&m.clear[i], "DELETE FROM " + log},
-		} {
-			st, err := db.PreparexContext(ctx, p.query)
-			if err != nil {
-				m.close()
-				return nil, fmt.Errorf("store: prepare: %w", err)
-			}
-			*p.dst = st
-		}
+			// OR IGNORE: a copied row may be copied again only by flushLogs.
+			prepStmt{&m.merge[i], copyFrom + " AND " + l.key + " < ? ORDER BY " + l.order},
+			prepStmt{&m.mergeRest[i], copyFrom + " ORDER BY " + l.order},
+			prepStmt{&m.clear[i], "DELETE FROM " + log})
 	}
+	for _, p := range preps {
+		st, err := db.PreparexContext(ctx, p.query)
+		if err != nil {
+			closeStmts(preps)
+			return nil, fmt.Errorf("store: prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	m.close = func() { closeStmts(preps) }
 	return m, nil
 }
 
-func (m *logMerger) close() {
-	for i := range 2 {
-		for _, st := range []*sqlx.Stmt{m.boundary[i], m.merge[i], m.clear[i]} {
-			if st != nil {
-				st.Close()
-			}
-		}
+// load reads the pair's state at the start of an attempt, inside its
+// transaction.
+func (m *logMerger) load(ctx context.Context, tx *sqlx.Tx) error {
+	if err := tx.StmtxContext(ctx, m.get).GetContext(ctx, &m.st); err != nil {
+		return fmt.Errorf("store: %s log state: %w", m.table, err)
 	}
+	return nil
 }
 
 // step does one commit's share inside tx, after the commit appended
 // appended rows to the active log: it freezes the active log once it holds
-// target rows (or any row, every interval) and no log is being merged,
-// then merges the next key range of about quota rows of the frozen log,
-// and empties the frozen log once all of it is merged.
+// target rows (or any row, every interval) and no log is being copied,
+// then copies the next key range of about quota rows of the frozen log,
+// and empties the frozen log once all of it is copied.
 func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended, quota, target int64, every time.Duration, now time.Time) error {
-	st := m.cur
-	st.rows += appended
-	if !st.merging && (st.rows >= target || (st.rows > 0 && now.Sub(st.switched) >= every)) {
-		st = mergeState{active: 1 - st.active, merging: true, from: math.MinInt64, switched: now}
+	st := m.st
+	st.Rows += appended
+	if !st.Merging && (st.Rows >= target || (st.Rows > 0 && now.UnixMilli()-st.SwitchedMS >= every.Milliseconds())) {
+		st = mergeState{Active: 1 - st.Active, Merging: true, From: math.MinInt64, SwitchedMS: now.UnixMilli()}
 	}
-	if st.merging {
-		frozen := 1 - st.active
+	if st.Merging {
+		frozen := 1 - st.Active
 		var b int64
-		err := tx.StmtxContext(ctx, m.boundary[frozen]).GetContext(ctx, &b, st.from, quota)
-		to, done := b, errors.Is(err, sql.ErrNoRows)
+		err := tx.StmtxContext(ctx, m.boundary[frozen]).GetContext(ctx, &b, st.From, quota)
+		done := errors.Is(err, sql.ErrNoRows) || (err == nil && b == st.From && b == math.MaxInt64)
 		switch {
 		case done:
-			to = math.MaxInt64
+			_, err = tx.StmtxContext(ctx, m.mergeRest[frozen]).ExecContext(ctx, st.From)
 		case err != nil:
-			return fmt.Errorf("store: %s merge range: %w", m.table, err)
-		case b == st.from: // one key holds more than quota rows: take it whole
-			to = b + 1
+			return fmt.Errorf("store: %s copy range: %w", m.table, err)
+		default:
+			if b == st.From { // one key holds more than quota rows: take it whole
+				b++
+			}
+			_, err = tx.StmtxContext(ctx, m.merge[frozen]).ExecContext(ctx, st.From, b)
+			st.From = b
 		}
-		if _, err := tx.StmtxContext(ctx, m.merge[frozen]).ExecContext(ctx, st.from, to); err != nil {
-			return fmt.Errorf("store: %s merge: %w", m.table, err)
+		if err != nil {
+			return fmt.Errorf("store: %s copy: %w", m.table, err)
 		}
-		st.from = to
 		if done {
 			if _, err := tx.StmtxContext(ctx, m.clear[frozen]).ExecContext(ctx); err != nil {
 				return fmt.Errorf("store: %s log clear: %w", m.table, err)
 			}
-			st.merging = false
+			st.Merging, st.From = false, 0
 		}
 	}
-	m.next = st
+	if st != m.st {
+		if _, err := tx.StmtxContext(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS); err != nil {
+			return fmt.Errorf("store: %s log state: %w", m.table, err)
+		}
+	}
 	return nil
 }
 
-// flushLogs moves every log row into its table and empties the logs, in one
-// transaction. Open and Close call it, outside the writer goroutine, so the
-// logs hold only what a running store has not merged yet.
+// flushLogs copies every log row into its table, empties the logs and
+// resets their state, in one transaction. Open and Close call it, outside
+// the writer goroutine: after a crash the logs are copied at the next
+// open, and after a clean stop the tables alone hold everything.
 func (s *Store) flushLogs(ctx context.Context) error {
 	return s.inTx(ctx, func(tx *sqlx.Tx) error {
 		for _, l := range []logSpec{inboxLog, sentLog} {
@@ -159,6 +174,10 @@ func (s *Store) flushLogs(ctx context.Context) error {
 				if _, err := tx.ExecContext(ctx, "DELETE FROM "+l.name(i)); err != nil {
 					return fmt.Errorf("store: flush %s: %w", l.name(i), err)
 				}
+			}
+			if _, err := tx.ExecContext(ctx, "UPDATE log_state SET active = 0, rows = 0, merging = 0, from_key = 0, switched_ms = ? WHERE name = ?",
+				time.Now().UnixMilli(), l.log); err != nil {
+				return fmt.Errorf("store: flush %s: %w", l.log, err)
 			}
 		}
 		return nil

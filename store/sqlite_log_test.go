@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"math"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -72,7 +73,12 @@ func TestSQLiteLogMerge(t *testing.T) {
 	bodies := map[codec.UserID][]string{}
 	sentAt := map[string]int64{}
 	send := func(i int) {
+		// Half the messages go to users[1]: it holds more rows in a
+		// frozen log than one commit's share, and is copied whole.
 		from, to := users[i%len(users)], users[(i*3+1)%len(users)]
+		if i%2 == 0 {
+			to = users[1]
+		}
 		cmid := fmt.Sprintf("c%d", i)
 		res, err := s.Send(ctx, service.SendRequest{From: from, FromName: "u", To: []codec.UserID{to}, ToUser: to,
 			Body: fmt.Sprintf("m%d", i), ClientMsgID: cmid, UnixMilli: int64(1000 + i)})
@@ -82,20 +88,35 @@ func TestSQLiteLogMerge(t *testing.T) {
 		bodies[to] = append(bodies[to], fmt.Sprintf("m%d", i))
 		sentAt[cmid] = res.UnixMilli
 	}
-	merged := false
+	// Every read must see each message once, also while a frozen log is
+	// copied range by range (some rows in a log and in inbox at once).
+	var midCopy, inBoth int
 	for i := range 300 {
 		send(i)
-		if i%10 == 9 {
-			checkInboxes(t, s, bodies)
+		var st struct {
+			Merging bool  `db:"merging"`
+			From    int64 `db:"from_key"`
 		}
-		var n int
-		if err := s.DB().Get(&n, "SELECT COUNT(*) FROM inbox"); err != nil {
+		if err := s.DB().Get(&st, "SELECT merging, from_key FROM log_state WHERE name = 'inbox_log'"); err != nil {
 			t.Fatal(err)
 		}
-		merged = merged || n > 0
+		var both int
+		if err := s.DB().Get(&both, "SELECT (SELECT COUNT(*) FROM inbox_log0 JOIN inbox USING (userid, seq)) + "+
+			"(SELECT COUNT(*) FROM inbox_log1 JOIN inbox USING (userid, seq))"); err != nil {
+			t.Fatal(err)
+		}
+		if st.Merging && st.From > math.MinInt64 {
+			midCopy++
+		}
+		if both > 0 {
+			inBoth++
+		}
+		if i%10 == 9 || st.Merging || both > 0 {
+			checkInboxes(t, s, bodies)
+		}
 	}
-	if !merged {
-		t.Fatal("no row was ever merged into inbox")
+	if midCopy == 0 || inBoth == 0 {
+		t.Fatalf("reads never happened mid-copy (%d) or with rows in a log and in inbox (%d)", midCopy, inBoth)
 	}
 	if n := logRows(t, s, inboxLog); n >= 300 {
 		t.Fatalf("inbox logs hold %d rows: never emptied", n)
@@ -138,35 +159,42 @@ func TestSQLiteLogMerge(t *testing.T) {
 	}
 }
 
-// TestSQLiteLogMergeInterval: below MergeRows, rows are still merged once
-// MergeInterval has passed since the logs last swapped.
+// TestSQLiteLogMergeInterval: below MergeRows, rows stay in the log until
+// MergeInterval has passed since the store opened (or the logs last
+// swapped), and are copied then.
 func TestSQLiteLogMergeInterval(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeInterval: 50 * time.Millisecond})
+	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeInterval: 2 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	opened := time.Now()
 	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
-	bodies := map[codec.UserID][]string{}
-	deadline := time.Now().Add(10 * time.Second)
-	for i := 0; ; i++ {
-		if _, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
-			Body: fmt.Sprint(i), ClientMsgID: fmt.Sprint(i), UnixMilli: 1}); err != nil {
-			t.Fatal(err)
-		}
-		bodies[b] = append(bodies[b], fmt.Sprint(i))
+	inboxRows := func() int {
 		var n int
 		if err := s.DB().Get(&n, "SELECT COUNT(*) FROM inbox"); err != nil {
 			t.Fatal(err)
 		}
-		if n > 0 {
-			break
+		return n
+	}
+	bodies := map[codec.UserID][]string{}
+	send := func(body string) {
+		if _, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+			Body: body, ClientMsgID: body, UnixMilli: 1}); err != nil {
+			t.Fatal(err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d messages, none merged after 10 s", i+1)
-		}
-		time.Sleep(10 * time.Millisecond)
+		bodies[b] = append(bodies[b], body)
+	}
+	send("early")
+	if n := inboxRows(); n != 0 && time.Since(opened) < 2*time.Second {
+		t.Fatalf("%d rows copied before the interval", n)
+	}
+	checkInboxes(t, s, bodies)
+	time.Sleep(time.Until(opened.Add(2100 * time.Millisecond)))
+	send("late")
+	if n := inboxRows(); n != 2 {
+		t.Fatalf("%d rows copied after the interval, want 2", n)
 	}
 	checkInboxes(t, s, bodies)
 }
@@ -220,11 +248,11 @@ func TestSQLiteLogCrashLeftovers(t *testing.T) {
 		t.Fatalf("logs hold %d rows after open", n)
 	}
 	checkInboxes(t, s, map[codec.UserID][]string{b: {"one", "two", "three"}})
-	for _, k := range []string{"k1", "k2", "k3"} {
+	for k, ms := range map[string]int64{"k1": 7, "k2": 8, "k3": 9} {
 		res, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
 			Body: "retry", ClientMsgID: k, UnixMilli: 100})
-		if err != nil || !res.Duplicate {
-			t.Fatalf("retry of %s: %+v %v", k, res, err)
+		if err != nil || !res.Duplicate || res.UnixMilli != ms {
+			t.Fatalf("retry of %s: %+v %v, want a duplicate of the send at %d", k, res, err, ms)
 		}
 	}
 }

@@ -27,6 +27,7 @@ type preparedWriter struct {
 	// mergeRows rows, or any row mergeEvery after the last switch.
 	mergeRows  int64
 	mergeEvery time.Duration
+	closeOwn   func() // closes the statements above
 }
 
 func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
@@ -43,11 +44,7 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 		}
 		return q
 	}
-	type prep struct {
-		dst   **sqlx.Stmt
-		query string
-	}
-	preps := []prep{
+	preps := []prepStmt{
 		{&w.sentLook, look(inboxRows)},
 		{&w.sentLookOne, look(1)},
 		{&w.seqBump, "UPDATE inbox_state SET last_seq = last_seq + ? WHERE userid = ? RETURNING last_seq"},
@@ -60,19 +57,20 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 		sent := "INSERT INTO " + sentLog.name(i) + " (" + sentLog.cols + ") VALUES "
 		row := "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
 		preps = append(preps,
-			prep{&w.sentIns[i], sent + "(?, ?, ?)"},
-			prep{&w.sentMany[i], sent + placeholders(inboxRows, "(?, ?, ?)")},
-			prep{&w.inboxOne[i], inbox + row},
-			prep{&w.inboxMany[i], inbox + placeholders(inboxRows, row)})
+			prepStmt{&w.sentIns[i], sent + "(?, ?, ?)"},
+			prepStmt{&w.sentMany[i], sent + placeholders(inboxRows, "(?, ?, ?)")},
+			prepStmt{&w.inboxOne[i], inbox + row},
+			prepStmt{&w.inboxMany[i], inbox + placeholders(inboxRows, row)})
 	}
 	for _, p := range preps {
 		st, err := db.PreparexContext(ctx, p.query)
 		if err != nil {
-			w.close()
+			closeStmts(preps)
 			return nil, fmt.Errorf("store: prepare: %w", err)
 		}
 		*p.dst = st
 	}
+	w.closeOwn = func() { closeStmts(preps) }
 	var err error
 	if w.inbox, err = newLogMerger(ctx, db, inboxLog); err == nil {
 		w.sent, err = newLogMerger(ctx, db, sentLog)
@@ -84,16 +82,23 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 	return w, nil
 }
 
-func (w *preparedWriter) close() {
-	sts := []*sqlx.Stmt{w.sentLook, w.sentLookOne, w.seqBump, w.seqBumpMany, w.ack}
-	for i := range 2 {
-		sts = append(sts, w.sentIns[i], w.sentMany[i], w.inboxOne[i], w.inboxMany[i])
-	}
-	for _, st := range sts {
-		if st != nil {
-			st.Close()
+// prepStmt is a statement to prepare into dst.
+type prepStmt struct {
+	dst   **sqlx.Stmt
+	query string
+}
+
+// closeStmts closes the prepared statements of preps.
+func closeStmts(preps []prepStmt) {
+	for _, p := range preps {
+		if *p.dst != nil {
+			(*p.dst).Close()
 		}
 	}
+}
+
+func (w *preparedWriter) close() {
+	w.closeOwn()
 	for _, m := range []*logMerger{w.inbox, w.sent} {
 		if m != nil {
 			m.close()
@@ -107,18 +112,21 @@ func (w *preparedWriter) close() {
 func (w *preparedWriter) merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error {
 	now := time.Now()
 	in, sent := int64(inboxRows), int64(sentRows)
-	if err := w.inbox.step(ctx, tx, in, in*5/4+256, w.mergeRows, w.mergeEvery, now); err != nil {
+	// At least floor rows per commit, so a frozen log is copied soon even
+	// when commits are small.
+	floor := min(256, max(1, w.mergeRows/8))
+	if err := w.inbox.step(ctx, tx, in, in*5/4+floor, w.mergeRows, w.mergeEvery, now); err != nil {
 		return err
 	}
-	return w.sent.step(ctx, tx, sent, sent*5/4+256, w.mergeRows, w.mergeEvery, now)
+	return w.sent.step(ctx, tx, sent, sent*5/4+floor, w.mergeRows, w.mergeEvery, now)
 }
 
-// committed makes the merge steps of the last attempt current if its
-// transaction committed.
-func (w *preparedWriter) committed(ok bool) {
-	if ok {
-		w.inbox.cur, w.sent.cur = w.inbox.next, w.sent.next
+// begin implements sendWriter: where the logs are, as of this attempt.
+func (w *preparedWriter) begin(ctx context.Context, tx *sqlx.Tx) error {
+	if err := w.inbox.load(ctx, tx); err != nil {
+		return err
 	}
+	return w.sent.load(ctx, tx)
 }
 
 // inChunks calls fn for consecutive ranges [lo, hi) of n items: whole
@@ -172,7 +180,7 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow)
 			fresh = append(fresh, r)
 		}
 	}
-	a := w.sent.cur.active
+	a := w.sent.st.Active
 	many, one := tx.StmtxContext(ctx, w.sentMany[a]), tx.StmtxContext(ctx, w.sentIns[a])
 	err = inChunks(len(fresh), func(lo, hi int) error {
 		st := one
@@ -224,7 +232,7 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 }
 
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
-	a := w.inbox.cur.active
+	a := w.inbox.st.Active
 	many, one := tx.StmtxContext(ctx, w.inboxMany[a]), tx.StmtxContext(ctx, w.inboxOne[a])
 	args := make([]any, 0, 9*inboxRows)
 	return inChunks(len(entries), func(lo, hi int) error {

@@ -120,3 +120,15 @@ CREATE TABLE IF NOT EXISTS sent_log1 (
   created_ms  INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sent_log1_key ON sent_log1 (senderid, clientmsgid);
+-- Where each log pair is (store/sqlite_log.go mergeState), changed only
+-- inside the commits' transactions.
+CREATE TABLE IF NOT EXISTS log_state (
+  name        TEXT    PRIMARY KEY,
+  active      INTEGER NOT NULL DEFAULT 0,
+  rows        INTEGER NOT NULL DEFAULT 0,
+  merging     INTEGER NOT NULL DEFAULT 0,
+  from_key    INTEGER NOT NULL DEFAULT 0,
+  switched_ms INTEGER NOT NULL DEFAULT 0
+);
+INSERT OR IGNORE INTO log_state (name) VALUES ('inbox_log');
+INSERT OR IGNORE INTO log_state (name) VALUES ('sent_log');
