@@ -695,18 +695,18 @@ func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.User
 	if err != nil {
 		return err
 	}
-	args = args[:0]
+	vals := make([]any, 0, 2*len(ids))
 	for _, id := range ids {
 		if acks[id] <= last[id] {
-			args = append(args, id, acks[id])
+			vals = append(vals, id, acks[id])
 		}
 	}
-	if len(args) == 0 {
+	if len(vals) == 0 {
 		return nil
 	}
-	stmt := fmt.Sprintf(w.ackInbox, placeholders(len(args)/2, "(?, ?)"))
+	stmt := fmt.Sprintf(w.ackInbox, placeholders(len(vals)/2, "(?, ?)"))
 	for attempt := 0; ; attempt++ {
-		_, err = s.db.ExecContext(ctx, stmt, args...)
+		_, err = s.db.ExecContext(ctx, stmt, vals...)
 		if err == nil || !isRetryable(err) || ctx.Err() != nil || attempt == 4 {
 			return err
 		}

@@ -92,15 +92,10 @@ func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec) (*logMerger, erro
 			prepStmt{&m.mergeRest[i], copyFrom + " ORDER BY " + l.order},
 			prepStmt{&m.clear[i], "DELETE FROM " + log})
 	}
-	for _, p := range preps {
-		st, err := db.PreparexContext(ctx, p.query)
-		if err != nil {
-			closeStmts(preps)
-			return nil, fmt.Errorf("store: prepare: %w", err)
-		}
-		*p.dst = st
+	var err error
+	if m.close, err = prepareAll(ctx, db, preps); err != nil {
+		return nil, err
 	}
-	m.close = func() { closeStmts(preps) }
 	return m, nil
 }
 

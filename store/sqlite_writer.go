@@ -62,16 +62,10 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 			prepStmt{&w.inboxOne[i], inbox + row},
 			prepStmt{&w.inboxMany[i], inbox + placeholders(inboxRows, row)})
 	}
-	for _, p := range preps {
-		st, err := db.PreparexContext(ctx, p.query)
-		if err != nil {
-			closeStmts(preps)
-			return nil, fmt.Errorf("store: prepare: %w", err)
-		}
-		*p.dst = st
-	}
-	w.closeOwn = func() { closeStmts(preps) }
 	var err error
+	if w.closeOwn, err = prepareAll(ctx, db, preps); err != nil {
+		return nil, err
+	}
 	if w.inbox, err = newLogMerger(ctx, db, inboxLog); err == nil {
 		w.sent, err = newLogMerger(ctx, db, sentLog)
 	}
@@ -88,13 +82,25 @@ type prepStmt struct {
 	query string
 }
 
-// closeStmts closes the prepared statements of preps.
-func closeStmts(preps []prepStmt) {
-	for _, p := range preps {
-		if *p.dst != nil {
-			(*p.dst).Close()
+// prepareAll prepares every statement of preps and returns what closes
+// them; on an error it closes those it prepared.
+func prepareAll(ctx context.Context, db *sqlx.DB, preps []prepStmt) (func(), error) {
+	closeAll := func() {
+		for _, p := range preps {
+			if *p.dst != nil {
+				(*p.dst).Close()
+			}
 		}
 	}
+	for _, p := range preps {
+		st, err := db.PreparexContext(ctx, p.query)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("store: prepare: %w", err)
+		}
+		*p.dst = st
+	}
+	return closeAll, nil
 }
 
 func (w *preparedWriter) close() {
