@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -57,11 +58,12 @@ func (l logSpec) name(i int) string { return l.log + strconv.Itoa(i) }
 type logMerger struct {
 	table string
 	st    mergeState // as of the running attempt (load)
-	// the state's read and write; per log table: the next range's upper
-	// key, the range's copy (to a key, or to the end), and the emptying
-	get, put                          *sqlx.Stmt
-	boundary, merge, mergeRest, clear [2]*sqlx.Stmt
-	close                             func() // closes the statements
+	// the state's read and write; per log table: one- and inboxRows-row
+	// appends, the next range's upper key, the range's copy (to a key, or
+	// to the end), and the emptying
+	get, put                                     *sqlx.Stmt
+	one, many, boundary, merge, mergeRest, clear [2]*sqlx.Stmt
+	close                                        func() // closes the statements
 }
 
 // mergeState is where a log pair is (a log_state row).
@@ -79,15 +81,19 @@ func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec) (*logMerger, erro
 		{&m.get, "SELECT active, rows, merging, from_key, switched_ms FROM log_state WHERE name = '" + l.log + "'"},
 		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, switched_ms = ? WHERE name = '" + l.log + "'"},
 	}
+	row := "(" + strings.Repeat("?, ", strings.Count(l.cols, ",")) + "?)"
 	for i := range 2 {
 		log := l.name(i)
 		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log + " WHERE " + l.key + " >= ?"
+		insert := "INSERT INTO " + log + " (" + l.cols + ") VALUES "
 		preps = append(preps,
+			prepStmt{&m.one[i], insert + row},
+			prepStmt{&m.many[i], insert + placeholders(inboxRows, row)},
 			// The key of the row after the next quota rows, walking the
 			// index (left to itself the planner sorts the whole table).
 			prepStmt{&m.boundary[i], "SELECT " + l.key + " FROM " + log + " INDEXED BY " + log + "_" + l.idx +
 				" WHERE " + l.key + " >= ? ORDER BY " + l.key + " LIMIT 1 OFFSET ?"},
-			// OR IGNORE: a copied row may be copied again only by flushLogs.
+			// OR IGNORE only as a guard: each row is copied once.
 			prepStmt{&m.merge[i], copyFrom + " AND " + l.key + " < ? ORDER BY " + l.order},
 			prepStmt{&m.mergeRest[i], copyFrom + " ORDER BY " + l.order},
 			prepStmt{&m.clear[i], "DELETE FROM " + log})
@@ -97,6 +103,20 @@ func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec) (*logMerger, erro
 		return nil, err
 	}
 	return m, nil
+}
+
+// append adds n rows to the active log inside tx, inboxRows per statement
+// and the rest one by one; args(lo, hi) gives the values of rows [lo, hi).
+func (m *logMerger) append(ctx context.Context, tx *sqlx.Tx, n int, args func(lo, hi int) []any) error {
+	one, many := tx.StmtxContext(ctx, m.one[m.st.Active]), tx.StmtxContext(ctx, m.many[m.st.Active])
+	return inChunks(n, func(lo, hi int) error {
+		st := one
+		if hi-lo > 1 {
+			st = many
+		}
+		_, err := st.ExecContext(ctx, args(lo, hi)...)
+		return err
+	})
 }
 
 // load reads the pair's state at the start of an attempt, inside its

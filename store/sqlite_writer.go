@@ -16,13 +16,12 @@ const inboxRows = 64
 
 // preparedWriter is the SQLite sendWriter: statements prepared once and
 // reused by every commit (database/sql re-binds them to the commit's
-// connection), so no commit parses SQL. New rows go to the logs
-// (sqlite_log.go); each commit merges a share of them into inbox and sent.
+// connection), so no commit parses SQL. One-to-one rows and dedup keys go
+// to the logs (sqlite_log.go); each commit copies a share of them into
+// inbox and sent.
 type preparedWriter struct {
 	sentLook, sentLookOne, seqBump, seqBumpMany, ack *sqlx.Stmt
-	// per log table (sqlite_log.go): single- and multi-row inserts
-	sentIns, sentMany, inboxOne, inboxMany [2]*sqlx.Stmt
-	inbox, sent                            *logMerger
+	inbox, sent                                      *logMerger
 	// mergeRows and mergeEvery: a log is frozen and merged once it holds
 	// mergeRows rows, or any row mergeEvery after the last switch.
 	mergeRows  int64
@@ -51,16 +50,6 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 		{&w.seqBumpMany, "UPDATE inbox_state SET last_seq = last_seq + v.column2 FROM (VALUES " +
 			placeholders(inboxRows, "(?, ?)") + ") AS v WHERE inbox_state.userid = v.column1 RETURNING userid, last_seq"},
 		{&w.ack, "UPDATE inbox_state SET acked_seq = ? WHERE userid = ? AND acked_seq < ? AND last_seq >= ?"},
-	}
-	for i := range 2 {
-		inbox := "INSERT INTO " + inboxLog.name(i) + " (" + inboxLog.cols + ") VALUES "
-		sent := "INSERT INTO " + sentLog.name(i) + " (" + sentLog.cols + ") VALUES "
-		row := "(?, ?, ?, ?, ?, ?, ?, ?, ?)"
-		preps = append(preps,
-			prepStmt{&w.sentIns[i], sent + "(?, ?, ?)"},
-			prepStmt{&w.sentMany[i], sent + placeholders(inboxRows, "(?, ?, ?)")},
-			prepStmt{&w.inboxOne[i], inbox + row},
-			prepStmt{&w.inboxMany[i], inbox + placeholders(inboxRows, row)})
 	}
 	var err error
 	if w.closeOwn, err = prepareAll(ctx, db, preps); err != nil {
@@ -186,17 +175,7 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow)
 			fresh = append(fresh, r)
 		}
 	}
-	a := w.sent.st.Active
-	many, one := tx.StmtxContext(ctx, w.sentMany[a]), tx.StmtxContext(ctx, w.sentIns[a])
-	err = inChunks(len(fresh), func(lo, hi int) error {
-		st := one
-		if hi-lo > 1 {
-			st = many
-		}
-		_, err := st.ExecContext(ctx, sentArgs(args[:0], fresh[lo:hi])...)
-		return err
-	})
-	return out, err
+	return out, w.sent.append(ctx, tx, len(fresh), func(lo, hi int) []any { return sentArgs(args[:0], fresh[lo:hi]) })
 }
 
 func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
@@ -238,20 +217,13 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 }
 
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
-	a := w.inbox.st.Active
-	many, one := tx.StmtxContext(ctx, w.inboxMany[a]), tx.StmtxContext(ctx, w.inboxOne[a])
 	args := make([]any, 0, 9*inboxRows)
-	return inChunks(len(entries), func(lo, hi int) error {
+	return w.inbox.append(ctx, tx, len(entries), func(lo, hi int) []any {
 		args = args[:0]
 		for i := lo; i < hi; i++ {
 			d := entries[i].Delivery
 			args = append(args, entries[i].To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[i])
 		}
-		st := one
-		if hi-lo > 1 {
-			st = many
-		}
-		_, err := st.ExecContext(ctx, args...)
-		return err
+		return args
 	})
 }
