@@ -318,17 +318,18 @@ func (r inboxRow) delivery() codec.Delivery {
 	}
 }
 
-// Inbox implements service.Store.
-// On SQLite it reads inbox and both inbox logs together (one snapshot); a row in
-// both is the same row, and UNION keeps it once.
+// Inbox implements service.Store. On SQLite it reads inbox and both inbox
+// logs together (one snapshot); a row in both is the same row, and UNION
+// keeps it once.
 func (s *Store) Inbox(ctx context.Context, uid codec.UserID, after codec.Seq, limit int) ([]codec.Delivery, error) {
-	const cols = "SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM "
-	if s.dialect.name == "sqlite" {
-		return selectDeliveries[inboxRow](ctx, s, cols+"inbox WHERE userid = ? AND seq > ? UNION "+
-			cols+"inbox_log0 WHERE userid = ? AND seq > ? UNION "+
-			cols+"inbox_log1 WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, uid, after, uid, after, limit)
+	from := func(table string) string {
+		return "SELECT seq, kind, fromid, fromname, toid, groupid, body, created_ms FROM " + table + " WHERE userid = ? AND seq > ?"
 	}
-	return selectDeliveries[inboxRow](ctx, s, cols+"inbox WHERE userid = ? AND seq > ? ORDER BY seq LIMIT ?", uid, after, limit)
+	if s.dialect.name == "sqlite" {
+		return selectDeliveries[inboxRow](ctx, s, from("inbox")+" UNION "+from(inboxLog.name(0))+" UNION "+
+			from(inboxLog.name(1))+" ORDER BY seq LIMIT ?", uid, after, uid, after, uid, after, limit)
+	}
+	return selectDeliveries[inboxRow](ctx, s, from("inbox")+" ORDER BY seq LIMIT ?", uid, after, limit)
 }
 
 // selectDeliveries runs a query for rows of type R and returns the

@@ -58,6 +58,10 @@ func (l logSpec) name(i int) string { return l.log + strconv.Itoa(i) }
 type logMerger struct {
 	table string
 	st    mergeState // as of the running attempt (load)
+	// A log is frozen once it holds target rows, or any row every after
+	// the last switch.
+	target int64
+	every  time.Duration
 	// the state's read and write; per log table: one- and inboxRows-row
 	// appends, the next range's upper key, the range's copy (to a key, or
 	// to the end), and the emptying
@@ -75,8 +79,8 @@ type mergeState struct {
 	SwitchedMS int64 `db:"switched_ms"` // when the logs last swapped roles (or the store opened)
 }
 
-func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec) (*logMerger, error) {
-	m := &logMerger{table: l.table}
+func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, every time.Duration) (*logMerger, error) {
+	m := &logMerger{table: l.table, target: target, every: every}
 	preps := []prepStmt{
 		{&m.get, "SELECT active, rows, merging, from_key, switched_ms FROM log_state WHERE name = '" + l.log + "'"},
 		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, switched_ms = ? WHERE name = '" + l.log + "'"},
@@ -131,12 +135,15 @@ func (m *logMerger) load(ctx context.Context, tx *sqlx.Tx) error {
 // step does one commit's share inside tx, after the commit appended
 // appended rows to the active log: it freezes the active log once it holds
 // target rows (or any row, every interval) and no log is being copied,
-// then copies the next key range of about quota rows of the frozen log,
-// and empties the frozen log once all of it is copied.
-func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended, quota, target int64, every time.Duration, now time.Time) error {
+// then copies the next key range of the frozen log, and empties the frozen
+// log once all of it is copied. A range holds about 1¼ times the rows the
+// commit appended, so a frozen log is copied before its twin fills up,
+// and at least a floor, so small commits still make progress.
+func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended int64, now time.Time) error {
+	quota := appended*5/4 + min(256, max(1, m.target/8))
 	st := m.st
 	st.Rows += appended
-	if !st.Merging && (st.Rows >= target || (st.Rows > 0 && now.UnixMilli()-st.SwitchedMS >= every.Milliseconds())) {
+	if !st.Merging && (st.Rows >= m.target || (st.Rows > 0 && now.UnixMilli()-st.SwitchedMS >= m.every.Milliseconds())) {
 		st = mergeState{Active: 1 - st.Active, Merging: true, From: math.MinInt64, SwitchedMS: now.UnixMilli()}
 	}
 	if st.Merging {

@@ -22,15 +22,11 @@ const inboxRows = 64
 type preparedWriter struct {
 	sentLook, sentLookOne, seqBump, seqBumpMany, ack *sqlx.Stmt
 	inbox, sent                                      *logMerger
-	// mergeRows and mergeEvery: a log is frozen and merged once it holds
-	// mergeRows rows, or any row mergeEvery after the last switch.
-	mergeRows  int64
-	mergeEvery time.Duration
-	closeOwn   func() // closes the statements above
+	closeOwn                                         func() // closes the statements above
 }
 
 func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
-	w := &preparedWriter{mergeRows: mergeRows, mergeEvery: mergeEvery}
+	w := &preparedWriter{}
 	// A key sent before is in sent, in a sent log, or in both.
 	look := func(n int) string {
 		q := "WITH v (senderid, clientmsgid) AS (VALUES " + placeholders(n, "(?, ?)") + ") "
@@ -55,8 +51,8 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 	if w.closeOwn, err = prepareAll(ctx, db, preps); err != nil {
 		return nil, err
 	}
-	if w.inbox, err = newLogMerger(ctx, db, inboxLog); err == nil {
-		w.sent, err = newLogMerger(ctx, db, sentLog)
+	if w.inbox, err = newLogMerger(ctx, db, inboxLog, mergeRows, mergeEvery); err == nil {
+		w.sent, err = newLogMerger(ctx, db, sentLog, mergeRows, mergeEvery)
 	}
 	if err != nil {
 		w.close()
@@ -101,19 +97,14 @@ func (w *preparedWriter) close() {
 	}
 }
 
-// merge does this commit's share of moving log rows into inbox and sent:
-// a little more than the commit appended, so a frozen log is merged before
-// its twin fills up.
+// merge does this commit's share of copying log rows into inbox and sent
+// (logMerger.step).
 func (w *preparedWriter) merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error {
 	now := time.Now()
-	in, sent := int64(inboxRows), int64(sentRows)
-	// At least floor rows per commit, so a frozen log is copied soon even
-	// when commits are small.
-	floor := min(256, max(1, w.mergeRows/8))
-	if err := w.inbox.step(ctx, tx, in, in*5/4+floor, w.mergeRows, w.mergeEvery, now); err != nil {
+	if err := w.inbox.step(ctx, tx, int64(inboxRows), now); err != nil {
 		return err
 	}
-	return w.sent.step(ctx, tx, sent, sent*5/4+floor, w.mergeRows, w.mergeEvery, now)
+	return w.sent.step(ctx, tx, int64(sentRows), now)
 }
 
 // begin implements sendWriter: where the logs are, as of this attempt.
