@@ -51,16 +51,7 @@ func TestReconnectAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitOut("bob said: after restart\n")
-	p.stdin.Close()
-	if code := p.exit(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
-	out := p.out.String()
-	for _, msg := range []string{"before restart 1", "before restart 2", "before restart 3", "after restart"} {
-		if n := strings.Count(out, "said: "+msg+"\n"); n != 1 {
-			t.Errorf("%q printed %d times", msg, n)
-		}
-	}
+	quitPrintedOnce(t, p, "before restart 1", "before restart 2", "before restart 3", "after restart")
 	if n := strings.Count(p.err.String(), "\n"); n != 2 {
 		t.Errorf("want exactly the two connection lines on stderr, got:\n%s", p.err)
 	}
@@ -166,19 +157,33 @@ func TestReconnectAfterDrop(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.waitOut("bob said: after the drop\n")
+	quitPrintedOnce(t, p, "unacknowledged 1", "unacknowledged 2", "after the drop")
+	// Everything printed was acknowledged: the next login has no backlog.
+	waitAllAcked(t, ts, alice.id)
+	noBacklog(t, ts, alice)
+}
+
+// quitPrintedOnce ends chatclient p (end of input), expects exit status 0,
+// and expects each of msgs printed exactly once ("said: MSG").
+func quitPrintedOnce(t *testing.T, p *proc, msgs ...string) {
+	t.Helper()
 	p.stdin.Close()
 	if code := p.exit(); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
 	out := p.out.String()
-	for _, msg := range []string{"unacknowledged 1", "unacknowledged 2", "after the drop"} {
+	for _, msg := range msgs {
 		if n := strings.Count(out, "said: "+msg+"\n"); n != 1 {
 			t.Errorf("%q printed %d times", msg, n)
 		}
 	}
-	// Everything printed was acknowledged: the next login has no backlog.
-	waitAllAcked(t, ts, alice.id)
-	if r := runCC(t, "", append(alice.loginArgs(), ts.Addr)...); r.code != 0 || strings.Contains(r.stdout, "said:") {
+}
+
+// noBacklog logs u in again with a fresh chatclient and expects no
+// message printed.
+func noBacklog(t *testing.T, ts *testServer, u *user) {
+	t.Helper()
+	if r := runCC(t, "", append(u.loginArgs(), ts.Addr)...); r.code != 0 || strings.Contains(r.stdout, "said:") {
 		t.Fatalf("messages delivered again: %+v", r)
 	}
 }
@@ -227,22 +232,12 @@ func TestReconnectAfterDropGroup(t *testing.T) {
 		return err
 	})
 	p.waitErr(fmt.Sprintf("reconnected to %s as alice (", px.addr()))
-	p.stdin.Close()
-	if code := p.exit(); code != 0 {
-		t.Fatalf("exit %d", code)
-	}
+	quitPrintedOnce(t, p, "unacknowledged 1", "unacknowledged 2")
 	line := regexp.MustCompile(fmt.Sprintf(`(?m)^group \[%d\] \d{4}-\d\d-\d\d \d\d:\d\d:\d\d \[%d\]bob said: unacknowledged \d$`, gid, bob.id))
 	if n := len(line.FindAllString(p.out.String(), -1)); n != 2 {
 		t.Errorf("%d group lines printed, want 2:\n%s", n, p.out)
 	}
-	for _, msg := range []string{"unacknowledged 1", "unacknowledged 2"} {
-		if n := strings.Count(p.out.String(), "said: "+msg+"\n"); n != 1 {
-			t.Errorf("%q printed %d times", msg, n)
-		}
-	}
 	// Everything printed was acknowledged: the next login has no backlog.
 	waitGroupAcked(t, ts, alice.id, gid, 2)
-	if r := runCC(t, "", append(alice.loginArgs(), ts.Addr)...); r.code != 0 || strings.Contains(r.stdout, "said:") {
-		t.Fatalf("messages delivered again: %+v", r)
-	}
+	noBacklog(t, ts, alice)
 }
