@@ -62,12 +62,13 @@ type logMerger struct {
 	// the last switch.
 	target int64
 	every  time.Duration
-	// the state's read and write; per log table: one- and inboxRows-row
-	// appends, the next range's upper key, the range's copy (to a key, or
-	// to the end), and the emptying
-	get, put                                     *sqlx.Stmt
-	one, many, boundary, merge, mergeRest, clear [2]*sqlx.Stmt
-	close                                        func() // closes the statements
+	// the state's read and write; per log table: the appends (one per
+	// chunk size), the next range's upper key, the range's copy (to a key,
+	// or to the end), and the emptying
+	get, put                          *sqlx.Stmt
+	appends                           [2]sizedStmt
+	boundary, merge, mergeRest, clear [2]*sqlx.Stmt
+	close                             func() // closes the statements
 }
 
 // mergeState is where a log pair is (a log_state row).
@@ -90,9 +91,8 @@ func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, eve
 		log := l.name(i)
 		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log + " WHERE " + l.key + " >= ?"
 		insert := "INSERT INTO " + log + " (" + l.cols + ") VALUES "
+		preps = append(preps, m.appends[i].preps(func(n int) string { return insert + placeholders(n, row) })...)
 		preps = append(preps,
-			prepStmt{&m.one[i], insert + row},
-			prepStmt{&m.many[i], insert + placeholders(inboxRows, row)},
 			// The key of the row after the next quota rows, walking the
 			// index (left to itself the planner sorts the whole table).
 			prepStmt{&m.boundary[i], "SELECT " + l.key + " FROM " + log + " INDEXED BY " + log + "_" + l.idx +
@@ -109,15 +109,10 @@ func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, eve
 	return m, nil
 }
 
-// append adds n rows to the active log inside tx, inboxRows per statement
-// and the rest one by one; args(lo, hi) gives the values of rows [lo, hi).
+// append adds n rows to the active log inside tx, a chunk per statement;
+// args(lo, hi) gives the values of rows [lo, hi).
 func (m *logMerger) append(ctx context.Context, tx *sqlx.Tx, n int, args func(lo, hi int) []any) error {
-	one, many := tx.StmtxContext(ctx, m.one[m.st.Active]), tx.StmtxContext(ctx, m.many[m.st.Active])
-	return inChunks(n, func(lo, hi int) error {
-		st := one
-		if hi-lo > 1 {
-			st = many
-		}
+	return m.appends[m.st.Active].inChunks(ctx, tx, n, func(st *sqlx.Stmt, lo, hi int) error {
 		_, err := st.ExecContext(ctx, args(lo, hi)...)
 		return err
 	})

@@ -11,8 +11,51 @@ import (
 	"github.com/chatcluster/chatcluster/service"
 )
 
-// inboxRows is the row count of the prepared multi-row inbox insert.
-const inboxRows = 64
+// chunkSizes are the row counts of the prepared multi-row statements,
+// largest first. A commit's n rows take n/64 statements of 64 rows, then
+// one statement for each bit set in the rest (23 rows: 16, 4, 2 and 1), so
+// a small commit costs a few statements per kind, not one per row (with
+// only 64- and 1-row statements, a commit of 16 messages ran 64 single-row
+// statements: dedup lookup, sent log, seq bump and inbox log).
+var chunkSizes = [...]int{64, 32, 16, 8, 4, 2, 1}
+
+// sizedStmt is one statement prepared for each of chunkSizes.
+type sizedStmt [len(chunkSizes)]*sqlx.Stmt
+
+// preps lists the statements to prepare into s; query(n) is the one for n
+// rows.
+func (s *sizedStmt) preps(query func(n int) string) []prepStmt {
+	out := make([]prepStmt, len(chunkSizes))
+	for i, n := range chunkSizes {
+		out[i] = prepStmt{&s[i], query(n)}
+	}
+	return out
+}
+
+// chunkFor returns the index in chunkSizes of the largest size not above n
+// (n ≥ 1).
+func chunkFor(n int) int {
+	i := 0
+	for chunkSizes[i] > n {
+		i++
+	}
+	return i
+}
+
+// inChunks calls fn for consecutive ranges [lo, hi) of n rows, each as long
+// as the largest chunk size that fits, with s's statement for that size
+// bound to tx.
+func (s *sizedStmt) inChunks(ctx context.Context, tx *sqlx.Tx, n int, fn func(st *sqlx.Stmt, lo, hi int) error) error {
+	for lo := 0; lo < n; {
+		i := chunkFor(n - lo)
+		hi := lo + chunkSizes[i]
+		if err := fn(tx.StmtxContext(ctx, s[i]), lo, hi); err != nil {
+			return err
+		}
+		lo = hi
+	}
+	return nil
+}
 
 // preparedWriter is the SQLite sendWriter: statements prepared once and
 // reused by every commit (database/sql re-binds them to the commit's
@@ -20,9 +63,9 @@ const inboxRows = 64
 // to the logs (sqlite_log.go); each commit copies a share of them into
 // inbox and sent.
 type preparedWriter struct {
-	sentLook, sentLookOne, seqBump, seqBumpMany, ack *sqlx.Stmt
-	inbox, sent                                      *logMerger
-	closeOwn                                         func() // closes the statements above
+	sentLook, seqBump, ack sizedStmt
+	inbox, sent            *logMerger
+	closeOwn               func() // closes the statements above
 }
 
 func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
@@ -39,14 +82,16 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 		}
 		return q
 	}
-	preps := []prepStmt{
-		{&w.sentLook, look(inboxRows)},
-		{&w.sentLookOne, look(1)},
-		{&w.seqBump, "UPDATE inbox_state SET last_seq = last_seq + ? WHERE userid = ? RETURNING last_seq"},
-		{&w.seqBumpMany, "UPDATE inbox_state SET last_seq = last_seq + v.column2 FROM (VALUES " +
-			placeholders(inboxRows, "(?, ?)") + ") AS v WHERE inbox_state.userid = v.column1 RETURNING userid, last_seq"},
-		{&w.ack, "UPDATE inbox_state SET acked_seq = ? WHERE userid = ? AND acked_seq < ? AND last_seq >= ?"},
-	}
+	preps := w.sentLook.preps(look)
+	preps = append(preps, w.seqBump.preps(func(n int) string {
+		return "UPDATE inbox_state SET last_seq = last_seq + v.column2 FROM (VALUES " + placeholders(n, "(?, ?)") +
+			") AS v WHERE inbox_state.userid = v.column1 RETURNING userid, last_seq"
+	})...)
+	// An ack beyond last_seq is ignored.
+	preps = append(preps, w.ack.preps(func(n int) string {
+		return "UPDATE inbox_state SET acked_seq = v.column2 FROM (VALUES " + placeholders(n, "(?, ?)") +
+			") AS v WHERE inbox_state.userid = v.column1 AND inbox_state.acked_seq < v.column2 AND inbox_state.last_seq >= v.column2"
+	})...)
 	var err error
 	if w.closeOwn, err = prepareAll(ctx, db, preps); err != nil {
 		return nil, err
@@ -115,38 +160,15 @@ func (w *preparedWriter) begin(ctx context.Context, tx *sqlx.Tx) error {
 	return w.sent.load(ctx, tx)
 }
 
-// inChunks calls fn for consecutive ranges [lo, hi) of n items: whole
-// chunks of inboxRows (for the prepared multi-row statements), then single
-// items.
-func inChunks(n int, fn func(lo, hi int) error) error {
-	for lo := 0; lo < n; {
-		hi := lo + 1
-		if n-lo >= inboxRows {
-			hi = lo + inboxRows
-		}
-		if err := fn(lo, hi); err != nil {
-			return err
-		}
-		lo = hi
-	}
-	return nil
-}
-
-// dedup looks the keys up in sent and both sent logs, inboxRows keys per
-// statement and the rest one by one, and appends the new ones to the
-// active sent log.
+// dedup looks the keys up in sent and both sent logs, a chunk of keys per
+// statement, and appends the new ones to the active sent log.
 func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow) (map[dedupKey]int64, error) {
-	look, lookOne := tx.StmtxContext(ctx, w.sentLook), tx.StmtxContext(ctx, w.sentLookOne)
-	args := make([]any, 0, 3*inboxRows)
+	args := make([]any, 0, 3*chunkSizes[0])
 	out := map[dedupKey]int64{}
-	err := inChunks(len(sent), func(lo, hi int) error {
+	err := w.sentLook.inChunks(ctx, tx, len(sent), func(st *sqlx.Stmt, lo, hi int) error {
 		args = args[:0]
 		for _, r := range sent[lo:hi] {
 			args = append(args, r.key.sender, r.key.cmid)
-		}
-		st := lookOne
-		if hi-lo > 1 {
-			st = look
 		}
 		rows, err := st.QueryxContext(ctx, args...)
 		return scanRows(rows, err, func(rows *sqlx.Rows) error {
@@ -170,32 +192,29 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow)
 }
 
 func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
+	args := make([]any, 0, 2*chunkSizes[0])
 	if len(acks) > 0 {
-		ack := tx.StmtxContext(ctx, w.ack)
-		for uid, seq := range acks {
-			if _, err := ack.ExecContext(ctx, seq, uid, seq, seq); err != nil {
-				return nil, err
+		ids := sortedIDs(nil, acks)
+		err := w.ack.inChunks(ctx, tx, len(ids), func(st *sqlx.Stmt, lo, hi int) error {
+			args = args[:0]
+			for _, id := range ids[lo:hi] {
+				args = append(args, id, acks[id])
 			}
+			_, err := st.ExecContext(ctx, args...)
+			return err
+		})
+		if err != nil {
+			return nil, err
 		}
 	}
 	next := make(map[codec.UserID]codec.Seq, len(counts))
 	ids := sortedIDs(counts, nil)
-	many, one := tx.StmtxContext(ctx, w.seqBumpMany), tx.StmtxContext(ctx, w.seqBump)
-	args := make([]any, 0, 2*inboxRows)
-	err := inChunks(len(ids), func(lo, hi int) error {
-		if hi-lo == 1 {
-			var last int64
-			if err := one.QueryRowxContext(ctx, counts[ids[lo]], ids[lo]).Scan(&last); err != nil {
-				return fmt.Errorf("store: seq of user %d: %w", ids[lo], err)
-			}
-			next[ids[lo]] = codec.Seq(last - counts[ids[lo]] + 1)
-			return nil
-		}
+	err := w.seqBump.inChunks(ctx, tx, len(ids), func(st *sqlx.Stmt, lo, hi int) error {
 		args = args[:0]
 		for _, id := range ids[lo:hi] {
 			args = append(args, id, counts[id])
 		}
-		rows, err := many.QueryxContext(ctx, args...)
+		rows, err := st.QueryxContext(ctx, args...)
 		return scanRows(rows, err, scanFirstSeqs(counts, next))
 	})
 	if err != nil {
@@ -208,7 +227,7 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 }
 
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
-	args := make([]any, 0, 9*inboxRows)
+	args := make([]any, 0, 9*chunkSizes[0])
 	return w.inbox.append(ctx, tx, len(entries), func(lo, hi int) []any {
 		args = args[:0]
 		for i := lo; i < hi; i++ {

@@ -482,6 +482,8 @@ func BenchmarkSendBatch(b *testing.B) {
 	}{
 		{"background", "", 0},
 		{"auto", "?_pragma=wal_autocheckpoint(1000)", 0},
+		{"batch16", "", 16},
+		{"batch64", "", 64},
 		{"batch2k", "", 2048},
 		{"batch8k", "", 8192},
 		{"mysql", "", 0},
