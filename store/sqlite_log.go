@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -21,20 +22,22 @@ import (
 // before the cores were busy.
 //
 // So each kind of row has two log tables. Commits append to the active one
-// (rowid order: the same few pages fill up; its index holds small entries,
-// many users per leaf). Once it holds MergeRows rows it is frozen and its
+// (rowid order: the same few pages fill up; the inbox logs' index holds
+// small entries, many users per leaf; the sent logs have none, their keys
+// are in the writer's memory, sqlite_sent.go). Once it holds MergeRows rows it is frozen and its
 // twin becomes active; each commit then merges the next key range of the
 // frozen log (about as many rows as the commit appended) into inbox or
 // sent, sorted, so a user's leaf is dirtied once for all the rows the user
 // got meanwhile. When no key is left the frozen log is emptied at once (a
 // whole-table DELETE frees its pages without touching its index entry by
 // entry). A row is in a log, in its table, or for a while in both: readers
-// take the union (Store.Inbox, preparedWriter.dedup).
+// take the union (Store.Inbox; preparedWriter.dedup with sentMemory).
 
 // logSpec names a log pair (log0 and log1, with indexes log0_idx and
-// log1_idx), its table and their shared columns; key is the column key
-// ranges are cut on, order the table's primary key and the indexes'
-// columns.
+// log1_idx if idx is set), its table and their shared columns; key is the
+// column key ranges are cut on, order the table's primary key and the
+// indexes' columns. The sent logs have no index: the writer keeps their
+// keys in memory (sqlite_sent.go).
 type logSpec struct {
 	log, idx, table, key, order, cols string
 }
@@ -42,7 +45,7 @@ type logSpec struct {
 var (
 	inboxLog = logSpec{log: "inbox_log", idx: "user", table: "inbox", key: "userid", order: "userid, seq",
 		cols: "userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms"}
-	sentLog = logSpec{log: "sent_log", idx: "key", table: "sent", key: "senderid", order: "senderid, clientmsgid",
+	sentLog = logSpec{log: "sent_log", table: "sent", key: "senderid", order: "senderid, clientmsgid",
 		cols: "senderid, clientmsgid, created_ms"}
 )
 
@@ -62,14 +65,58 @@ type logMerger struct {
 	// the last switch.
 	target int64
 	every  time.Duration
+	src    rangeSource // finds and copies the frozen log's key ranges
 	// the state's read and write; per log table: the appends (one per
-	// chunk size), the next range's upper key, the range's copy (to a key,
-	// or to the end), and the emptying
-	get, put                          *sqlx.Stmt
-	appends                           [2]sizedStmt
-	boundary, merge, mergeRest, clear [2]*sqlx.Stmt
-	close                             func() // closes the statements
+	// chunk size) and the emptying
+	get, put *sqlx.Stmt
+	appends  [2]sizedStmt
+	clear    [2]*sqlx.Stmt
+	close    func() // closes the statements
 }
+
+// rangeSource finds and copies key ranges of a pair's frozen log: the
+// inbox logs in SQL through their index (indexedLog), the sent logs from
+// the writer's copy of their keys (sentMemory).
+type rangeSource interface {
+	// boundary returns the key of the row quota rows on from from in
+	// frozen log i, in key order; ok is false when fewer rows are left.
+	boundary(ctx context.Context, tx *sqlx.Tx, i int, from, quota int64) (key int64, ok bool, err error)
+	// copyRange copies frozen log i's rows with keys from from up to (not
+	// including) to into the table, or all from from on when last.
+	copyRange(ctx context.Context, tx *sqlx.Tx, i int, from, to int64, last bool) error
+	// cleared is told that log i was emptied in tx.
+	cleared(i int)
+}
+
+// indexedLog is the rangeSource of a log pair with a key index: per log
+// table, the next range's upper key and the range's copy (to a key, or to
+// the end).
+type indexedLog struct {
+	boundaryStmt, merge, mergeRest [2]*sqlx.Stmt
+}
+
+var _ rangeSource = (*indexedLog)(nil)
+
+func (l *indexedLog) boundary(ctx context.Context, tx *sqlx.Tx, i int, from, quota int64) (int64, bool, error) {
+	var b int64
+	err := tx.StmtxContext(ctx, l.boundaryStmt[i]).GetContext(ctx, &b, from, quota)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return b, err == nil, err
+}
+
+func (l *indexedLog) copyRange(ctx context.Context, tx *sqlx.Tx, i int, from, to int64, last bool) error {
+	var err error
+	if last {
+		_, err = tx.StmtxContext(ctx, l.mergeRest[i]).ExecContext(ctx, from)
+	} else {
+		_, err = tx.StmtxContext(ctx, l.merge[i]).ExecContext(ctx, from, to)
+	}
+	return err
+}
+
+func (*indexedLog) cleared(int) {}
 
 // mergeState is where a log pair is (a log_state row).
 type mergeState struct {
@@ -78,29 +125,44 @@ type mergeState struct {
 	Merging    bool  `db:"merging"`     // the other log is frozen and being copied
 	From       int64 `db:"from_key"`    // the next key range of the frozen log starts here
 	SwitchedMS int64 `db:"switched_ms"` // when the logs last swapped roles (or the store opened)
+	// Gen is a random value drawn anew by every commit that appends to
+	// or empties a log of the pair (and by flushLogs), so that a copy of
+	// the logs kept in memory can tell whether they changed since it
+	// last saw them (sentMemory.verify).
+	Gen int64 `db:"gen"`
 }
 
-func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, every time.Duration) (*logMerger, error) {
-	m := &logMerger{table: l.table, target: target, every: every}
+// newLogMerger prepares the statements of pair l. src is where the frozen
+// log's key ranges come from; nil means l's key index (indexedLog).
+func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, every time.Duration, src rangeSource) (*logMerger, error) {
+	m := &logMerger{table: l.table, target: target, every: every, src: src}
 	preps := []prepStmt{
-		{&m.get, "SELECT active, rows, merging, from_key, switched_ms FROM log_state WHERE name = '" + l.log + "'"},
-		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, switched_ms = ? WHERE name = '" + l.log + "'"},
+		{&m.get, "SELECT active, rows, merging, from_key, switched_ms, gen FROM log_state WHERE name = '" + l.log + "'"},
+		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, switched_ms = ?, gen = ? WHERE name = '" + l.log + "'"},
+	}
+	var idx *indexedLog
+	if src == nil {
+		idx = &indexedLog{}
+		m.src = idx
 	}
 	row := "(" + strings.Repeat("?, ", strings.Count(l.cols, ",")) + "?)"
 	for i := range 2 {
 		log := l.name(i)
-		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log + " WHERE " + l.key + " >= ?"
 		insert := "INSERT INTO " + log + " (" + l.cols + ") VALUES "
 		preps = append(preps, m.appends[i].preps(func(n int) string { return insert + placeholders(n, row) })...)
+		preps = append(preps, prepStmt{&m.clear[i], "DELETE FROM " + log})
+		if idx == nil {
+			continue
+		}
+		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log + " WHERE " + l.key + " >= ?"
 		preps = append(preps,
 			// The key of the row after the next quota rows, walking the
 			// index (left to itself the planner sorts the whole table).
-			prepStmt{&m.boundary[i], "SELECT " + l.key + " FROM " + log + " INDEXED BY " + log + "_" + l.idx +
+			prepStmt{&idx.boundaryStmt[i], "SELECT " + l.key + " FROM " + log + " INDEXED BY " + log + "_" + l.idx +
 				" WHERE " + l.key + " >= ? ORDER BY " + l.key + " LIMIT 1 OFFSET ?"},
 			// OR IGNORE only as a guard: each row is copied once.
-			prepStmt{&m.merge[i], copyFrom + " AND " + l.key + " < ? ORDER BY " + l.order},
-			prepStmt{&m.mergeRest[i], copyFrom + " ORDER BY " + l.order},
-			prepStmt{&m.clear[i], "DELETE FROM " + log})
+			prepStmt{&idx.merge[i], copyFrom + " AND " + l.key + " < ? ORDER BY " + l.order},
+			prepStmt{&idx.mergeRest[i], copyFrom + " ORDER BY " + l.order})
 	}
 	var err error
 	if m.close, err = prepareAll(ctx, db, preps); err != nil {
@@ -143,35 +205,35 @@ func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended int64, now t
 	}
 	if st.Merging {
 		frozen := 1 - st.Active
-		var b int64
-		err := tx.StmtxContext(ctx, m.boundary[frozen]).GetContext(ctx, &b, st.From, quota)
-		done := errors.Is(err, sql.ErrNoRows) || (err == nil && b == st.From && b == math.MaxInt64)
-		switch {
-		case done:
-			_, err = tx.StmtxContext(ctx, m.mergeRest[frozen]).ExecContext(ctx, st.From)
-		case err != nil:
-			return fmt.Errorf("store: %s copy range: %w", m.table, err)
-		default:
-			if b == st.From { // one key holds more than quota rows: take it whole
-				b++
-			}
-			_, err = tx.StmtxContext(ctx, m.merge[frozen]).ExecContext(ctx, st.From, b)
-			st.From = b
-		}
+		b, ok, err := m.src.boundary(ctx, tx, frozen, st.From, quota)
 		if err != nil {
+			return fmt.Errorf("store: %s copy range: %w", m.table, err)
+		}
+		done := !ok || (b == st.From && b == math.MaxInt64)
+		if !done && b == st.From { // one key holds more than quota rows: take it whole
+			b++
+		}
+		if err := m.src.copyRange(ctx, tx, frozen, st.From, b, done); err != nil {
 			return fmt.Errorf("store: %s copy: %w", m.table, err)
 		}
+		st.From = b
 		if done {
 			if _, err := tx.StmtxContext(ctx, m.clear[frozen]).ExecContext(ctx); err != nil {
 				return fmt.Errorf("store: %s log clear: %w", m.table, err)
 			}
+			m.src.cleared(frozen)
 			st.Merging, st.From = false, 0
+			st.Gen = rand.Int64()
 		}
 	}
+	if appended > 0 {
+		st.Gen = rand.Int64()
+	}
 	if st != m.st {
-		if _, err := tx.StmtxContext(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS); err != nil {
+		if _, err := tx.StmtxContext(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS, st.Gen); err != nil {
 			return fmt.Errorf("store: %s log state: %w", m.table, err)
 		}
+		m.st = st // as this attempt leaves it
 	}
 	return nil
 }
@@ -192,8 +254,8 @@ func (s *Store) flushLogs(ctx context.Context) error {
 					return fmt.Errorf("store: flush %s: %w", l.name(i), err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, "UPDATE log_state SET active = 0, rows = 0, merging = 0, from_key = 0, switched_ms = ? WHERE name = ?",
-				time.Now().UnixMilli(), l.log); err != nil {
+			if _, err := tx.ExecContext(ctx, "UPDATE log_state SET active = 0, rows = 0, merging = 0, from_key = 0, switched_ms = ?, gen = ? WHERE name = ?",
+				time.Now().UnixMilli(), rand.Int64(), l.log); err != nil {
 				return fmt.Errorf("store: flush %s: %w", l.log, err)
 			}
 		}

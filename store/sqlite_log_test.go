@@ -121,6 +121,10 @@ func TestSQLiteLogMerge(t *testing.T) {
 	if n := logRows(t, s, inboxLog); n >= 300 {
 		t.Fatalf("inbox logs hold %d rows: never emptied", n)
 	}
+	var copied int
+	if err := s.DB().Get(&copied, "SELECT COUNT(*) FROM sent"); err != nil || copied == 0 || logRows(t, s, sentLog)+copied < 300 {
+		t.Fatalf("%d keys copied into sent (%v), %d in the logs: want all 300, some copied", copied, err, logRows(t, s, sentLog))
+	}
 	// A retry finds its key merged long ago, or still in a log; a batch
 	// of retries (one commit) finds them all.
 	var wg sync.WaitGroup

@@ -65,24 +65,19 @@ func (s *sizedStmt) inChunks(ctx context.Context, tx *sqlx.Tx, n int, fn func(st
 type preparedWriter struct {
 	sentLook, seqBump, ack sizedStmt
 	inbox, sent            *logMerger
-	closeOwn               func() // closes the statements above
+	mem                    *sentMemory // the keys in the sent logs
+	closeOwn               func()      // closes the statements above and mem's
 }
 
 func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
-	w := &preparedWriter{}
-	// A key sent before is in sent, in a sent log, or in both.
-	look := func(n int) string {
-		q := "WITH v (senderid, clientmsgid) AS (VALUES " + placeholders(n, "(?, ?)") + ") "
-		for i, t := range []string{"sent", sentLog.name(0), sentLog.name(1)} {
-			if i > 0 {
-				q += " UNION ALL "
-			}
-			q += "SELECT t.senderid, t.clientmsgid, t.created_ms FROM v CROSS JOIN " + t +
-				" AS t ON t.senderid = v.senderid AND t.clientmsgid = v.clientmsgid"
-		}
-		return q
-	}
-	preps := w.sentLook.preps(look)
+	w := &preparedWriter{mem: newSentMemory()}
+	// A key sent before is in sent, or in a sent log (mem).
+	preps := w.sentLook.preps(func(n int) string {
+		return "WITH v (senderid, clientmsgid) AS (VALUES " + placeholders(n, "(?, ?)") + ") " +
+			"SELECT t.senderid, t.clientmsgid, t.created_ms FROM v CROSS JOIN sent AS t " +
+			"ON t.senderid = v.senderid AND t.clientmsgid = v.clientmsgid"
+	})
+	preps = append(preps, w.mem.preps()...)
 	preps = append(preps, w.seqBump.preps(func(n int) string {
 		return "UPDATE inbox_state SET last_seq = last_seq + v.column2 FROM (VALUES " + placeholders(n, "(?, ?)") +
 			") AS v WHERE inbox_state.userid = v.column1 RETURNING userid, last_seq"
@@ -96,8 +91,8 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 	if w.closeOwn, err = prepareAll(ctx, db, preps); err != nil {
 		return nil, err
 	}
-	if w.inbox, err = newLogMerger(ctx, db, inboxLog, mergeRows, mergeEvery); err == nil {
-		w.sent, err = newLogMerger(ctx, db, sentLog, mergeRows, mergeEvery)
+	if w.inbox, err = newLogMerger(ctx, db, inboxLog, mergeRows, mergeEvery, nil); err == nil {
+		w.sent, err = newLogMerger(ctx, db, sentLog, mergeRows, mergeEvery, w.mem)
 	}
 	if err != nil {
 		w.close()
@@ -149,25 +144,42 @@ func (w *preparedWriter) merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sent
 	if err := w.inbox.step(ctx, tx, int64(inboxRows), now); err != nil {
 		return err
 	}
-	return w.sent.step(ctx, tx, int64(sentRows), now)
+	if err := w.sent.step(ctx, tx, int64(sentRows), now); err != nil {
+		return err
+	}
+	w.mem.gen = w.sent.st.Gen // the copy now goes with this commit's changes
+	return nil
 }
 
-// begin implements sendWriter: where the logs are, as of this attempt.
+// begin implements sendWriter: where the logs are, and which keys the
+// sent logs hold, as of this attempt.
 func (w *preparedWriter) begin(ctx context.Context, tx *sqlx.Tx) error {
 	if err := w.inbox.load(ctx, tx); err != nil {
 		return err
 	}
-	return w.sent.load(ctx, tx)
+	if err := w.sent.load(ctx, tx); err != nil {
+		return err
+	}
+	return w.mem.verify(ctx, tx, w.sent.st.Gen)
 }
 
-// dedup looks the keys up in sent and both sent logs, a chunk of keys per
-// statement, and appends the new ones to the active sent log.
+// dedup looks the keys up in the sent logs (w.mem), then the others in
+// sent, a chunk of keys per statement, and appends the new ones to the
+// active sent log.
 func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow) (map[dedupKey]int64, error) {
-	args := make([]any, 0, 3*chunkSizes[0])
 	out := map[dedupKey]int64{}
-	err := w.sentLook.inChunks(ctx, tx, len(sent), func(st *sqlx.Stmt, lo, hi int) error {
+	ask := make([]sentRow, 0, len(sent))
+	for _, r := range sent {
+		if ms, ok := w.mem.lookup(r.key); ok {
+			out[r.key] = ms
+		} else {
+			ask = append(ask, r)
+		}
+	}
+	args := make([]any, 0, 3*chunkSizes[0])
+	err := w.sentLook.inChunks(ctx, tx, len(ask), func(st *sqlx.Stmt, lo, hi int) error {
 		args = args[:0]
-		for _, r := range sent[lo:hi] {
+		for _, r := range ask[lo:hi] {
 			args = append(args, r.key.sender, r.key.cmid)
 		}
 		rows, err := st.QueryxContext(ctx, args...)
@@ -188,7 +200,11 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow)
 			fresh = append(fresh, r)
 		}
 	}
-	return out, w.sent.append(ctx, tx, len(fresh), func(lo, hi int) []any { return sentArgs(args[:0], fresh[lo:hi]) })
+	if err := w.sent.append(ctx, tx, len(fresh), func(lo, hi int) []any { return sentArgs(args[:0], fresh[lo:hi]) }); err != nil {
+		return nil, err
+	}
+	w.mem.appended(w.sent.st.Active, fresh)
+	return out, nil
 }
 
 func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {

@@ -132,3 +132,11 @@ CREATE TABLE IF NOT EXISTS log_state (
 );
 INSERT OR IGNORE INTO log_state (name) VALUES ('inbox_log');
 INSERT OR IGNORE INTO log_state (name) VALUES ('sent_log');
+-- migration 4
+-- The sent logs lose their key index: the writer keeps their keys in
+-- memory (store/sqlite_sent.go), and an index took a random leaf page per
+-- appended key. log_state.gen changes with every change to a pair's logs,
+-- so the writer can tell whether its copy is still theirs.
+DROP INDEX IF EXISTS sent_log0_key;
+DROP INDEX IF EXISTS sent_log1_key;
+ALTER TABLE log_state ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;

@@ -1,0 +1,143 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jmoiron/sqlx"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// TestSentMemoryFailedCommit: the keys of a commit that failed were in the
+// writer's copy of the sent logs before the commit did; the next commit
+// must not take them for sends stored earlier.
+func TestSentMemoryFailedCommit(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+	send := func(cmid string, to codec.UserID, ms int64) (service.SendResult, error) {
+		return s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{to}, ToUser: to,
+			Body: cmid, ClientMsgID: cmid, UnixMilli: ms})
+	}
+	if _, err := send("stored", b, 1); err != nil {
+		t.Fatal(err)
+	}
+	// One commit: a send to a user with no inbox fails it, and with it a
+	// new key sent beside. Another connection holds the write lock while
+	// a first send keeps the writer waiting, so both queue behind it and
+	// go into the next batch together.
+	path := strings.TrimPrefix(s.cfg.DSN, "sqlite:")
+	raw, err := sqlx.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	lock, err := raw.BeginTx(ctx, nil)
+	if err == nil {
+		_, err = lock.Exec("INSERT INTO settings (name, value) VALUES ('lock', x'00')")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var errs [3]error
+	wg.Add(3)
+	sendAsync := func(i int, cmid string, to codec.UserID) {
+		s.SendAsync(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{to}, ToUser: to,
+			Body: cmid, ClientMsgID: cmid, UnixMilli: 2}, func(_ service.SendResult, err error) { errs[i] = err; wg.Done() })
+	}
+	waitFor := func(what string, ok func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	sendAsync(0, "first", b)
+	waitFor("the writer to wait for the lock", func() bool { return len(s.batcher.ops) == 0 && s.db.Stats().InUse > 0 })
+	sendAsync(1, "lost", b)
+	sendAsync(2, "nobody", 999999)
+	waitFor("two sends queued", func() bool { return len(s.batcher.ops) == 2 })
+	if err := lock.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] == nil || errs[2] == nil {
+		t.Fatalf("send errors %v: want the first stored, the other two failed together", errs)
+	}
+	res, err := send("lost", b, 3)
+	if err != nil || res.Duplicate {
+		t.Fatalf("resend of a key whose commit failed: %+v %v, want stored as new", res, err)
+	}
+	if res, err := send("stored", b, 4); err != nil || !res.Duplicate || res.UnixMilli != 1 {
+		t.Fatalf("resend of a stored key: %+v %v, want a duplicate of the send at 1", res, err)
+	}
+	checkInboxes(t, s, map[codec.UserID][]string{b: {"stored", "first", "lost"}})
+}
+
+// TestSentMemorySecondWriter: a second store on the same file (another
+// process) appends keys to the sent logs and empties them; the first
+// store's writer must see both.
+func TestSentMemorySecondWriter(t *testing.T) {
+	ctx := context.Background()
+	cfg := Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeRows: 4}
+	s1, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	a, b := mustUser(t, s1, "a"), mustUser(t, s1, "b")
+	send := func(s *Store, cmid string, ms int64) service.SendResult {
+		t.Helper()
+		res, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+			Body: cmid, ClientMsgID: cmid, UnixMilli: ms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	send(s1, "one", 1)
+	s2, err := Open(ctx, cfg) // copies and empties the logs s1 appended to
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	send(s2, "two", 2) // into a log s1 last saw empty
+	for _, k := range []struct {
+		cmid string
+		ms   int64
+	}{{"one", 1}, {"two", 2}} {
+		if res := send(s1, k.cmid, 10); !res.Duplicate || res.UnixMilli != k.ms {
+			t.Fatalf("resend of %s through the first store: %+v, want a duplicate of the send at %d", k.cmid, res, k.ms)
+		}
+	}
+	// Enough sends through both to freeze, copy and empty logs.
+	for i := range 12 {
+		s := s1
+		if i%2 == 1 {
+			s = s2
+		}
+		if res := send(s, string(rune('A'+i)), int64(100+i)); res.Duplicate {
+			t.Fatalf("send %d: a new key taken for a duplicate", i)
+		}
+	}
+	for i := range 12 {
+		if res := send(s1, string(rune('A'+i)), 500); !res.Duplicate || res.UnixMilli != int64(100+i) {
+			t.Fatalf("resend %d: %+v, want a duplicate of the send at %d", i, res, 100+i)
+		}
+	}
+	if n := logRows(t, s1, sentLog); n >= 14 {
+		t.Fatalf("sent logs hold %d rows: never copied", n)
+	}
+}
