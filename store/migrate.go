@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 )
 
 //go:embed migrations/sqlite.sql
@@ -53,8 +54,12 @@ func parseMigrations(src string) ([]migration, error) {
 }
 
 // migrate applies every migration newer than the recorded version. It is
-// idempotent, and on MySQL serialised across nodes by a named lock.
-func (s *Store) migrate(ctx context.Context) error {
+// idempotent, and serialised across processes: on MySQL by a named lock,
+// on SQLite by running in one BEGIN IMMEDIATE transaction (SQLite's DDL is
+// transactional), so two processes starting on a new file (a server and
+// `chatbench -bulk-db`, say) apply each migration once; SQLite migration 4
+// adds a column, which cannot be done twice.
+func (s *Store) migrate(ctx context.Context) (err error) {
 	src := sqliteSchema
 	if s.dialect.name == "mysql" {
 		src = mysqlSchema
@@ -64,6 +69,12 @@ func (s *Store) migrate(ctx context.Context) error {
 		return err
 	}
 	conn, err := s.db.Connx(ctx)
+	// A connection to a new SQLite file sets journal_mode(WAL), which
+	// fails at once (no busy wait) while another process creates the file.
+	for try := 0; err != nil && isRetryable(err) && try < 50 && ctx.Err() == nil; try++ {
+		time.Sleep(20 * time.Millisecond)
+		conn, err = s.db.Connx(ctx)
+	}
 	if err != nil {
 		return fmt.Errorf("store: connect: %w", err)
 	}
@@ -74,6 +85,19 @@ func (s *Store) migrate(ctx context.Context) error {
 			return fmt.Errorf("store: migration lock: %v (got %d)", err, got)
 		}
 		defer conn.ExecContext(context.WithoutCancel(ctx), "SELECT RELEASE_LOCK('chatcluster_migrate')")
+	} else {
+		if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+			return fmt.Errorf("store: migration lock: %w", err)
+		}
+		defer func() {
+			end := "COMMIT"
+			if err != nil {
+				end = "ROLLBACK"
+			}
+			if _, cerr := conn.ExecContext(context.WithoutCancel(ctx), end); cerr != nil && err == nil {
+				err = fmt.Errorf("store: commit migrations: %w", cerr)
+			}
+		}()
 	}
 	if _, err := conn.ExecContext(ctx, "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER NOT NULL PRIMARY KEY, applied_ms BIGINT NOT NULL)"); err != nil {
 		return fmt.Errorf("store: create schema_migrations: %w", err)

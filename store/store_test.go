@@ -456,6 +456,36 @@ func TestMigrationsIdempotent(t *testing.T) {
 	}
 }
 
+// TestMigrationsConcurrentSQLite: processes starting together on a new
+// SQLite file (a server and chatbench -bulk-db) each open it; every one
+// must start, with each migration applied once.
+func TestMigrationsConcurrentSQLite(t *testing.T) {
+	dsn := "sqlite:" + filepath.Join(t.TempDir(), "new.db")
+	const n = 4
+	stores := make([]*Store, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			stores[i], errs[i] = Open(context.Background(), Config{DSN: dsn})
+		}()
+	}
+	wg.Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("open %d: %v", i, errs[i])
+		}
+		defer stores[i].Close()
+	}
+	var versions []int
+	if err := stores[0].DB().Select(&versions, "SELECT version FROM schema_migrations ORDER BY version"); err != nil ||
+		!slices.Equal(versions, []int{1, 2, 3, 4}) {
+		t.Fatalf("recorded migrations %v (%v), want 1 to 4 once each", versions, err)
+	}
+}
+
 func TestParseDSN(t *testing.T) {
 	for _, bad := range []string{"", "chat.db", "postgres:x", "sqlite:", "mysql:%%%"} {
 		if _, _, _, err := parseDSN(bad); !errors.Is(err, ErrBadDSN) {
