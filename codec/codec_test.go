@@ -3,8 +3,11 @@ package codec
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
+	"unicode/utf8"
 )
 
 func frame(body string) []byte { return AppendFrame(nil, []byte(body)) }
@@ -215,5 +218,60 @@ func TestDeliveryEncodeOnce(t *testing.T) {
 	}
 	if c != d {
 		t.Fatal("a copy is not equal to its original")
+	}
+}
+
+// FuzzParseFast: whatever parseFast accepts, json.Unmarshal accepts too
+// and decodes to the same Request.
+func FuzzParseFast(f *testing.F) {
+	for _, s := range []string{
+		`{"msgid":6,"toid":12345,"msg":"hello","clientmsgid":"c-1","reqid":99}`,
+		` { "msgid" : 1 , "id" : -9223372036854775808 , "password" : "p" } `,
+		`{"msgid":7,"seq":9223372036854775807,"gseq":0,"x":"y","z":-1}`,
+		`{"MSGID":1}`, `{"msgid":1.0}`, `{"msgid":01}`, `{"msg":"a\nb"}`, `{"msg":null}`, `{}`, `{"msgid":1}x`,
+		`{"reqid":"r","clientmsgid":5,"name":"é","groupname":"g","groupdesc":"d","friendid":3,"groupid":4,"token":"t"}`,
+		"{\"\u212asgid\":1}", `{"id":9223372036854775808}`, `{"a":{"b":1}}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var fast Request
+		if !utf8.Valid(body) || !parseFast(body, &fast) {
+			return
+		}
+		var slow Request
+		if err := json.Unmarshal(body, &slow); err != nil {
+			t.Fatalf("parseFast accepted %q; json.Unmarshal: %v", body, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q: parseFast %+v, json.Unmarshal %+v", body, fast, slow)
+		}
+	})
+}
+
+// TestParseFastShapes: the frames clients send most take the fast path,
+// the unusual ones are left to encoding/json, and both decode alike.
+func TestParseFastShapes(t *testing.T) {
+	for body, fast := range map[string]bool{
+		`{"msgid":6,"toid":12345,"msg":"hello there","clientmsgid":"c-1","reqid":99}`: true,
+		`{"msgid":1,"id":42,"password":"secret","reqid":"a"}`:                         true,
+		`{"msgid":8,"seq":17}`:                         true,
+		`{"msgid":6,"toid":2,"msg":"quote \" inside"}`: false,
+		`{"msgid":6,"toid":2,"msg":null}`:              false,
+		`{"msgid":6.5}`:                                false,
+		`{"MsgID":6}`:                                  false,
+		`{"msgid":6,"extra":[1,2]}`:                    false,
+		`{"msgid":6} {}`:                               false,
+	} {
+		var r Request
+		if got := parseFast([]byte(body), &r); got != fast {
+			t.Errorf("%s: fast path %v, want %v", body, got, fast)
+		}
+		req, err := ParseRequest([]byte(body))
+		var want Request
+		werr := json.Unmarshal([]byte(body), &want)
+		if (err == nil) != (werr == nil) || (err == nil && !reflect.DeepEqual(*req, want)) {
+			t.Errorf("%s: ParseRequest %+v, %v; json.Unmarshal %+v, %v", body, req, err, want, werr)
+		}
 	}
 }

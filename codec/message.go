@@ -127,6 +127,9 @@ func ParseRequest(body []byte) (*Request, error) {
 	if !utf8.Valid(body) {
 		return req, badRequest("frame is not valid UTF-8")
 	}
+	if parseFast(body, req) {
+		return req, nil // its reqid is a number or a string
+	}
 	err := json.Unmarshal(body, req)
 	if !validReqID(req.ReqID) {
 		req.ReqID = nil

