@@ -125,10 +125,11 @@ type mergeState struct {
 	Merging    bool  `db:"merging"`     // the other log is frozen and being copied
 	From       int64 `db:"from_key"`    // the next key range of the frozen log starts here
 	SwitchedMS int64 `db:"switched_ms"` // when the logs last swapped roles (or the store opened)
-	// Gen is a random value drawn anew by every commit that appends to
-	// or empties a log of the pair (and by flushLogs), so that a copy of
-	// the logs kept in memory can tell whether they changed since it
-	// last saw them (sentMemory.verify).
+	// Gen is a random value drawn anew at every write of the row (every
+	// commit that appends to, freezes, copies or empties a log of the
+	// pair, and flushLogs), so that a copy of the logs kept in memory can
+	// tell whether they changed since it last saw them
+	// (sentMemory.verify).
 	Gen int64 `db:"gen"`
 }
 
@@ -223,13 +224,12 @@ func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended int64, now t
 			}
 			m.src.cleared(frozen)
 			st.Merging, st.From = false, 0
-			st.Gen = rand.Int64()
 		}
 	}
-	if appended > 0 {
-		st.Gen = rand.Int64()
-	}
 	if st != m.st {
+		// Every write of the state draws a new gen, whatever changed: a
+		// gen written twice could match a stale copy (sentMemory.verify).
+		st.Gen = rand.Int64()
 		if _, err := tx.StmtxContext(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS, st.Gen); err != nil {
 			return fmt.Errorf("store: %s log state: %w", m.table, err)
 		}

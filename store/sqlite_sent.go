@@ -21,9 +21,9 @@ import (
 // log's last page.
 //
 // Only the writer goroutine uses it, and it changes as the commit's
-// statements run, before the commit is known to succeed. Every commit that
-// changes a sent log draws a new random log_state.gen for the pair, and
-// the copy remembers the one its changes go with. At the start of every
+// statements run, before the commit is known to succeed. Every write of
+// the pair's log_state row draws a new random gen, and the copy remembers
+// the one its changes go with. At the start of every
 // commit, verify compares it with the gen just read, and reloads both logs
 // if they differ: after a failed commit (its appends and emptying undone)
 // or another process's writes to the file.

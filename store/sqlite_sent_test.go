@@ -141,3 +141,54 @@ func TestSentMemorySecondWriter(t *testing.T) {
 		t.Fatalf("sent logs hold %d rows: never copied", n)
 	}
 }
+
+// TestSentMemoryFreezeWithoutKeys: a commit that only freezes a log (its
+// sends all resends, its copy share not reaching the end of the log)
+// writes the log state too, and must draw a new gen like any other: with
+// two stores on the file, a gen written twice would let one of them keep a
+// stale copy and take a key in a frozen log for a new one.
+func TestSentMemoryFreezeWithoutKeys(t *testing.T) {
+	ctx := context.Background()
+	// MergeRows 8: a copy share of 1 row past what the commit appended.
+	cfg := Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeRows: 8, MergeInterval: 50 * time.Millisecond}
+	s1, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s1.Close()
+	s2, err := Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	a, b := mustUser(t, s1, "a"), mustUser(t, s1, "b")
+	send := func(s *Store, cmid string, ms int64) service.SendResult {
+		t.Helper()
+		res, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+			Body: cmid, ClientMsgID: cmid, UnixMilli: ms})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	send(s1, "k1a", 1)
+	send(s1, "k1b", 1)
+	time.Sleep(60 * time.Millisecond)
+	if res := send(s1, "k1a", 2); !res.Duplicate { // no new key: freezes k1's log, copies none of it
+		t.Fatalf("resend of k1a: %+v", res)
+	}
+	send(s2, "k2a", 3) // copies and empties k1's log, appends to the other
+	send(s2, "k2b", 3)
+	time.Sleep(60 * time.Millisecond)
+	if res := send(s2, "k2a", 4); !res.Duplicate { // no new key: freezes k2's log
+		t.Fatalf("resend of k2a through the second store: %+v", res)
+	}
+	if n := logRows(t, s1, sentLog); n != 2 {
+		t.Fatalf("sent logs hold %d keys, want k2a and k2b, frozen", n)
+	}
+	for _, k := range []string{"k2a", "k2b"} {
+		if res := send(s1, k, 5); !res.Duplicate || res.UnixMilli != 3 {
+			t.Fatalf("resend of %s through the first store: %+v, want a duplicate of the send at 3", k, res)
+		}
+	}
+}
