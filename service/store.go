@@ -127,8 +127,8 @@ type Store interface {
 	Send(ctx context.Context, req SendRequest) (SendResult, error)
 	// SendAsync is Send without waiting: done runs exactly once, with the
 	// outcome, on the store's post-commit goroutine (so it must not block), in
-	// the order the SendAsync calls were made. SendAsync itself blocks only
-	// while the commit queue is full.
+	// the order the SendAsync calls with the same sender (From) were made.
+	// SendAsync itself blocks only while the commit queue is full.
 	SendAsync(ctx context.Context, req SendRequest, done func(SendResult, error))
 	// SetCommitHook sets the function that receives committed entries. Call
 	// it once, before the first Send; fn must not block.

@@ -26,15 +26,28 @@ type sendOp struct {
 	done func(service.SendResult, error)
 }
 
-// batcher is the group-commit writer: one goroutine takes every queued send
-// and commits them in one transaction.
+// batcher is the group-commit writer: a goroutine per lane takes every send
+// queued on its lane and commits them in one transaction. SQLite has one
+// lane (one writer at a time). MySQL has Config.Writers lanes, each
+// committing on its own connection, so one lane's round trips overlap
+// another's; a sender's sends always take the same lane (laneOf), so they
+// commit in the order sent and their ACKs come back in that order. Lanes
+// may allocate seqs for the same recipient; the row lock orders them, and
+// a delivery that overtakes an earlier seq from the other lane is caught
+// by the session's gap check (service.Session), which reads the inbox.
 type batcher struct {
 	s        *Store
 	maxBatch int
-	ops      chan *sendOp
+	lanes    []chan *sendOp
 	post     chan func() // post-commit work, in commit order
+	// commitMu is held from each COMMIT until its post-commit work is
+	// queued, so post is in commit order across lanes: a lane that waited
+	// for another's row lock (the same recipient) commits, and posts,
+	// after it.
+	commitMu sync.Mutex
 	quit     chan struct{}
-	stopped  chan struct{} // closed when the last post-commit work is done
+	writers  sync.WaitGroup // the lanes' goroutines
+	stopped  chan struct{}  // closed when the last post-commit work is done
 	hookMu   sync.RWMutex
 	hook     func([]service.Entry)
 	// closeMu makes enqueueing and closing exclusive, so that no op is
@@ -43,18 +56,34 @@ type batcher struct {
 	closed  bool
 }
 
-func newBatcher(s *Store, maxBatch int) *batcher {
+func newBatcher(s *Store, maxBatch, lanes int) *batcher {
 	b := &batcher{
 		s:        s,
 		maxBatch: maxBatch,
-		ops:      make(chan *sendOp, 4*maxBatch),
+		lanes:    make([]chan *sendOp, lanes),
 		post:     make(chan func(), 8),
 		quit:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
-	go b.run()
+	for i := range b.lanes {
+		b.lanes[i] = make(chan *sendOp, 4*maxBatch)
+		b.writers.Add(1)
+		go b.run(b.lanes[i])
+	}
+	go func() {
+		b.writers.Wait()
+		close(b.post)
+	}()
 	go b.postLoop()
 	return b
+}
+
+// laneOf is the lane of op: its sender's (acknowledgements: the first).
+func (b *batcher) laneOf(op *sendOp) chan *sendOp {
+	if op.acks != nil || len(b.lanes) == 1 {
+		return b.lanes[0]
+	}
+	return b.lanes[uint64(op.req.From)%uint64(len(b.lanes))]
 }
 
 // postLoop runs, in commit order, what follows each commit: the commit hook
@@ -140,7 +169,7 @@ func (s *Store) enqueue(ctx context.Context, op *sendOp) {
 		return
 	}
 	select {
-	case b.ops <- op:
+	case b.laneOf(op) <- op:
 		b.closeMu.RUnlock()
 	case <-ctx.Done():
 		b.closeMu.RUnlock()
@@ -148,41 +177,42 @@ func (s *Store) enqueue(ctx context.Context, op *sendOp) {
 	}
 }
 
-func (b *batcher) run() {
-	defer close(b.post)
+// run commits the sends queued on lane ops until close.
+func (b *batcher) run(ops chan *sendOp) {
+	defer b.writers.Done()
 	batch := make([]*sendOp, 0, 1024)
 	for {
 		select {
-		case op := <-b.ops:
+		case op := <-ops:
 			batch = append(batch[:0], op)
 		case <-b.quit:
 			// Commit what is still queued, then stop.
 			for {
 				select {
-				case op := <-b.ops:
+				case op := <-ops:
 					batch = append(batch[:0], op)
-					b.drain(&batch)
+					b.drain(ops, &batch)
 					b.commit(batch)
 				default:
 					return
 				}
 			}
 		}
-		b.drain(&batch)
+		b.drain(ops, &batch)
 		b.commit(batch)
 	}
 }
 
-// drain adds queued ops to batch until its weight (see rows) reaches
-// maxBatch or the queue is empty.
-func (b *batcher) drain(batch *[]*sendOp) {
+// drain adds ops queued on the lane to batch until its weight (see rows)
+// reaches maxBatch or the lane is empty.
+func (b *batcher) drain(ops chan *sendOp, batch *[]*sendOp) {
 	rows := 0
 	for _, op := range *batch {
 		rows += op.rows()
 	}
 	for rows < b.maxBatch {
 		select {
-		case op := <-b.ops:
+		case op := <-ops:
 			*batch = append(*batch, op)
 			rows += op.rows()
 		default:
@@ -223,12 +253,12 @@ func (b *batcher) commit(batch []*sendOp) {
 		return err
 	}
 	t0 := time.Now()
-	err := b.s.inTx(ctx, store)
+	err := b.s.inTxLocked(ctx, store, &b.commitMu)
 	b.s.log.Debug("group commit", "ops", len(batch), "took", time.Since(t0))
 	if err != nil && isConflict(err) {
 		// A clientmsgid committed meanwhile by another node: the retry's
 		// dedup query now sees it.
-		err = b.s.inTx(ctx, store)
+		err = b.s.inTxLocked(ctx, store, &b.commitMu)
 	}
 	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {
@@ -252,6 +282,7 @@ func (b *batcher) commit(batch []*sendOp) {
 			op.done(results[i], nil)
 		}
 	}
+	b.commitMu.Unlock()
 }
 
 type dedupKey struct {

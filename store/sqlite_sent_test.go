@@ -65,10 +65,10 @@ func TestSentMemoryFailedCommit(t *testing.T) {
 		}
 	}
 	sendAsync(0, "first", b)
-	waitFor("the writer to wait for the lock", func() bool { return len(s.batcher.ops) == 0 && s.db.Stats().InUse > 0 })
+	waitFor("the writer to wait for the lock", func() bool { return len(s.batcher.lanes[0]) == 0 && s.db.Stats().InUse > 0 })
 	sendAsync(1, "lost", b)
 	sendAsync(2, "nobody", 999999)
-	waitFor("two sends queued", func() bool { return len(s.batcher.ops) == 2 })
+	waitFor("two sends queued", func() bool { return len(s.batcher.lanes[0]) == 2 })
 	if err := lock.Rollback(); err != nil {
 		t.Fatal(err)
 	}

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -44,6 +45,10 @@ type Config struct {
 	MaxBatch int
 	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
 	MaxOpenConns int
+	// Writers (MySQL) is how many group commits run at once, each on its
+	// own connection, a sender's sends always through the same one;
+	// default 2. SQLite always has one (one writer at a time).
+	Writers int
 	// ConnMaxLifetime recycles pooled connections; default 3 minutes, below
 	// MySQL's wait_timeout.
 	ConnMaxLifetime time.Duration
@@ -111,6 +116,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.MaxOpenConns <= 0 {
 		cfg.MaxOpenConns = d.defaultConns
 	}
+	switch {
+	case d.name == "sqlite":
+		cfg.Writers = 1
+	case cfg.Writers <= 0:
+		cfg.Writers = 2
+	}
 	db, err := sqlx.Open(driver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -140,7 +151,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox}
 	}
-	s.batcher = newBatcher(s, cfg.MaxBatch)
+	s.batcher = newBatcher(s, cfg.MaxBatch, cfg.Writers)
 	return s, nil
 }
 
@@ -320,6 +331,13 @@ func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // inTx runs fn in a transaction, retrying deadlocks a few times.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
+	return s.inTxLocked(ctx, fn, nil)
+}
+
+// inTxLocked is inTx, taking mu (if not nil) before each COMMIT: it
+// returns nil with mu held, for the caller to release once it has done
+// what must follow the commit in commit order, and an error without it.
+func (s *Store) inTxLocked(ctx context.Context, fn func(tx *sqlx.Tx) error, mu sync.Locker) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		var tx *sqlx.Tx
@@ -328,8 +346,14 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
 			return err
 		}
 		if err = fn(tx); err == nil {
+			if mu != nil {
+				mu.Lock()
+			}
 			if err = tx.Commit(); err == nil {
 				return nil
+			}
+			if mu != nil {
+				mu.Unlock()
 			}
 		} else {
 			_ = tx.Rollback()

@@ -799,6 +799,91 @@ func TestAckManyUsers(t *testing.T) {
 // inbox_state row locks until it commits; recording acknowledgements of
 // the same users must not wait for them (they once did, and every ack
 // flush held up the commits behind it).
+// TestWritersInParallel (MySQL): while one lane's commit waits for a row
+// lock, a sender on the other lane still gets its sends committed; and
+// each sender's messages to one recipient take seqs in the order sent,
+// whichever lanes the senders are on.
+func TestWritersInParallel(t *testing.T) {
+	dsn := MySQLTestDSN(t)
+	if dsn == "" {
+		t.Skip("CHAT_TEST_MYSQL_DSN is not set (./build.sh test sets it)")
+	}
+	ctx := context.Background()
+	s, err := Open(ctx, Config{DSN: dsn, Writers: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	// Two senders on different lanes (lanes go by user id), two recipients.
+	a := mustUser(t, s, "a")
+	b := mustUser(t, s, "b")
+	for i := 0; uint64(a)%2 == uint64(b)%2; i++ {
+		b = mustUser(t, s, fmt.Sprintf("b%d", i))
+	}
+	x, y := mustUser(t, s, "x"), mustUser(t, s, "y")
+	send := func(from, to codec.UserID, body string, done func(service.SendResult, error)) {
+		s.SendAsync(ctx, service.SendRequest{From: from, FromName: "u", To: []codec.UserID{to}, ToUser: to,
+			Body: body, ClientMsgID: body, UnixMilli: 1}, done)
+	}
+	// What another node's commit allocating x's next seq holds.
+	tx, err := s.DB().BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback() // on a failure, before Close waits for the lanes
+	if _, err := tx.Exec("UPDATE inbox_state SET last_seq = last_seq WHERE userid = ?", x); err != nil {
+		t.Fatal(err)
+	}
+	blocked := make(chan error, 1)
+	send(a, x, "a-blocked", func(_ service.SendResult, err error) { blocked <- err })
+	free := make(chan error, 1)
+	send(b, y, "b-free", func(_ service.SendResult, err error) { free <- err })
+	select {
+	case err := <-free:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("a send on the other lane waited for the locked lane's commit")
+	}
+	select {
+	case err := <-blocked:
+		t.Fatalf("the send to the locked recipient finished while the lock was held: %v", err)
+	default:
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-blocked; err != nil {
+		t.Fatal(err)
+	}
+	// Both senders, both lanes, one recipient: each sender's order holds.
+	var wg sync.WaitGroup
+	for i := range 200 {
+		for _, from := range []codec.UserID{a, b} {
+			wg.Add(1)
+			send(from, y, fmt.Sprintf("%d-%03d", from, i), func(_ service.SendResult, err error) {
+				if err != nil {
+					t.Error(err)
+				}
+				wg.Done()
+			})
+		}
+	}
+	wg.Wait()
+	got, err := s.Inbox(ctx, y, 1, 1000) // after b-free
+	if err != nil || len(got) != 400 {
+		t.Fatalf("inbox of y: %d entries (%v), want 400", len(got), err)
+	}
+	last := map[codec.UserID]string{}
+	for _, d := range got {
+		if d.Msg <= last[d.ID] {
+			t.Fatalf("from %d: %q after %q", d.ID, d.Msg, last[d.ID])
+		}
+		last[d.ID] = d.Msg
+	}
+}
+
 func TestAckBesideCommitLocks(t *testing.T) {
 	dsn := MySQLTestDSN(t)
 	if dsn == "" {
