@@ -24,11 +24,11 @@ import (
 // So each kind of row has two log tables. Commits append to the active one
 // (rowid order: the same few pages fill up; the inbox logs' index holds
 // small entries, many users per leaf; the sent logs have none, their keys
-// are in the writer's memory, sqlite_sent.go). Once it holds MergeRows rows it is frozen and its
-// twin becomes active; each commit then merges the next key range of the
-// frozen log (about as many rows as the commit appended) into inbox or
-// sent, sorted, so a user's leaf is dirtied once for all the rows the user
-// got meanwhile. When no key is left the frozen log is emptied at once (a
+// are in the writer's memory, sqlite_sent.go). Once it holds MergeRows
+// rows it is frozen and its twin becomes active; each commit then merges
+// the next key range of the frozen log (about as many rows as the commit
+// appended) into inbox or sent, sorted, so a user's leaf is dirtied once
+// for all the rows the user got meanwhile. When no key is left the frozen log is emptied at once (a
 // whole-table DELETE frees its pages without touching its index entry by
 // entry). A row is in a log, in its table, or for a while in both: readers
 // take the union (Store.Inbox; preparedWriter.dedup with sentMemory).

@@ -100,12 +100,7 @@ func TestSentMemorySecondWriter(t *testing.T) {
 	a, b := mustUser(t, s1, "a"), mustUser(t, s1, "b")
 	send := func(s *Store, cmid string, ms int64) service.SendResult {
 		t.Helper()
-		res, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
-			Body: cmid, ClientMsgID: cmid, UnixMilli: ms})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
+		return sendKey(t, s, a, b, cmid, ms)
 	}
 	send(s1, "one", 1)
 	s2, err := Open(ctx, cfg) // copies and empties the logs s1 appended to
@@ -164,12 +159,7 @@ func TestSentMemoryFreezeWithoutKeys(t *testing.T) {
 	a, b := mustUser(t, s1, "a"), mustUser(t, s1, "b")
 	send := func(s *Store, cmid string, ms int64) service.SendResult {
 		t.Helper()
-		res, err := s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
-			Body: cmid, ClientMsgID: cmid, UnixMilli: ms})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return res
+		return sendKey(t, s, a, b, cmid, ms)
 	}
 	send(s1, "k1a", 1)
 	send(s1, "k1b", 1)
@@ -191,4 +181,16 @@ func TestSentMemoryFreezeWithoutKeys(t *testing.T) {
 			t.Fatalf("resend of %s through the first store: %+v, want a duplicate of the send at 3", k, res)
 		}
 	}
+}
+
+// sendKey sends a message from a to b through s, with clientmsgid and
+// body cmid, sent at ms.
+func sendKey(t *testing.T, s *Store, a, b codec.UserID, cmid string, ms int64) service.SendResult {
+	t.Helper()
+	res, err := s.Send(context.Background(), service.SendRequest{From: a, FromName: "a", To: []codec.UserID{b}, ToUser: b,
+		Body: cmid, ClientMsgID: cmid, UnixMilli: ms})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
 }
