@@ -32,19 +32,18 @@ type sendOp struct {
 // committing on its own connection, so one lane's round trips overlap
 // another's; a sender's sends always take the same lane (laneOf), so they
 // commit in the order sent and their ACKs come back in that order. Lanes
-// may allocate seqs for the same recipient; the row lock orders them, and
-// a delivery that overtakes an earlier seq from the other lane is caught
-// by the session's gap check (service.Session), which reads the inbox.
+// may allocate seqs for the same recipient (or gseqs for the same group):
+// the row lock makes the second wait for the first's COMMIT, and each
+// commit's post-commit work runs in the order of tickets taken just before
+// the COMMITs (ticket, postLoop), so deliveries and ACKs follow commit
+// order across lanes.
 type batcher struct {
 	s        *Store
 	maxBatch int
 	lanes    []chan *sendOp
-	post     chan func() // post-commit work, in commit order
-	// commitMu is held from each COMMIT until its post-commit work is
-	// queued, so post is in commit order across lanes: a lane that waited
-	// for another's row lock (the same recipient) commits, and posts,
-	// after it.
-	commitMu sync.Mutex
+	post     chan posted // post-commit work, released in ticket order
+	ticketMu sync.Mutex
+	tickets  uint64 // the next ticket; guarded by ticketMu
 	quit     chan struct{}
 	writers  sync.WaitGroup // the lanes' goroutines
 	stopped  chan struct{}  // closed when the last post-commit work is done
@@ -61,7 +60,7 @@ func newBatcher(s *Store, maxBatch, lanes int) *batcher {
 		s:        s,
 		maxBatch: maxBatch,
 		lanes:    make([]chan *sendOp, lanes),
-		post:     make(chan func(), 8),
+		post:     make(chan posted, 8),
 		quit:     make(chan struct{}),
 		stopped:  make(chan struct{}),
 	}
@@ -91,10 +90,45 @@ func (b *batcher) laneOf(op *sendOp) chan *sendOp {
 // the next transaction starts while this one's results are encoded.
 func (b *batcher) postLoop() {
 	defer close(b.stopped)
-	for fn := range b.post {
-		fn()
+	waiting := map[uint64]func(){} // arrived before an earlier ticket
+	next := uint64(0)
+	for p := range b.post {
+		waiting[p.ticket] = p.fn
+		for {
+			fn, ok := waiting[next]
+			if !ok {
+				break
+			}
+			delete(waiting, next)
+			next++
+			if fn != nil {
+				fn()
+			}
+		}
 	}
 }
+
+// posted is post-commit work with its ticket; fn is nil for a ticket taken
+// by a COMMIT that failed.
+type posted struct {
+	ticket uint64
+	fn     func()
+}
+
+// ticket numbers post-commit work. A lane takes one just before each
+// COMMIT (and for a failed batch's reports): a lane that waited for
+// another's row lock can only take its ticket after the other's COMMIT,
+// so after the other's ticket.
+func (b *batcher) ticket() uint64 {
+	b.ticketMu.Lock()
+	defer b.ticketMu.Unlock()
+	t := b.tickets
+	b.tickets++
+	return t
+}
+
+// skip releases a ticket whose COMMIT failed.
+func (b *batcher) skip(t uint64) { b.post <- posted{t, nil} }
 
 func (b *batcher) close() {
 	b.closeMu.Lock()
@@ -253,36 +287,35 @@ func (b *batcher) commit(batch []*sendOp) {
 		return err
 	}
 	t0 := time.Now()
-	err := b.s.inTxLocked(ctx, store, &b.commitMu)
+	t, err := b.s.inTxTicket(ctx, store, b.ticket, b.skip)
 	b.s.log.Debug("group commit", "ops", len(batch), "took", time.Since(t0))
 	if err != nil && isConflict(err) {
 		// A clientmsgid committed meanwhile by another node: the retry's
 		// dedup query now sees it.
-		err = b.s.inTxLocked(ctx, store, &b.commitMu)
+		t, err = b.s.inTxTicket(ctx, store, b.ticket, b.skip)
 	}
 	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {
 		b.s.log.Warn("group commit failed", "sends", len(batch), "err", err)
 		err = unavailable(err)
-		b.post <- func() {
+		b.post <- posted{b.ticket(), func() {
 			for _, op := range ops {
 				op.done(service.SendResult{}, err)
 			}
-		}
+		}}
 		return
 	}
 	b.hookMu.RLock()
 	hook := b.hook
 	b.hookMu.RUnlock()
-	b.post <- func() {
+	b.post <- posted{t, func() {
 		if len(entries) > 0 && hook != nil {
 			hook(entries)
 		}
 		for i, op := range ops {
 			op.done(results[i], nil)
 		}
-	}
-	b.commitMu.Unlock()
+	}}
 }
 
 type dedupKey struct {

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -122,6 +121,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	case cfg.Writers <= 0:
 		cfg.Writers = 2
 	}
+	cfg.Writers = min(cfg.Writers, cfg.MaxOpenConns)
 	db, err := sqlx.Open(driver, dsn)
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -331,39 +331,41 @@ func (s *Store) ctx(ctx context.Context) (context.Context, context.CancelFunc) {
 
 // inTx runs fn in a transaction, retrying deadlocks a few times.
 func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
-	return s.inTxLocked(ctx, fn, nil)
+	_, err := s.inTxTicket(ctx, fn, nil, nil)
+	return err
 }
 
-// inTxLocked is inTx, taking mu (if not nil) before each COMMIT: it
-// returns nil with mu held, for the caller to release once it has done
-// what must follow the commit in commit order, and an error without it.
-func (s *Store) inTxLocked(ctx context.Context, fn func(tx *sqlx.Tx) error, mu sync.Locker) error {
+// inTxTicket is inTx, calling take (if not nil) just before each COMMIT
+// and returning what it returned when the COMMIT succeeds; skip gets the
+// ticket of a COMMIT that failed.
+func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take func() uint64, skip func(uint64)) (uint64, error) {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
 		var tx *sqlx.Tx
 		tx, err = s.db.BeginTxx(ctx, nil)
 		if err != nil {
-			return err
+			return 0, err
 		}
 		if err = fn(tx); err == nil {
-			if mu != nil {
-				mu.Lock()
+			var t uint64
+			if take != nil {
+				t = take()
 			}
 			if err = tx.Commit(); err == nil {
-				return nil
+				return t, nil
 			}
-			if mu != nil {
-				mu.Unlock()
+			if skip != nil {
+				skip(t)
 			}
 		} else {
 			_ = tx.Rollback()
 		}
 		if !isRetryable(err) || ctx.Err() != nil {
-			return err
+			return 0, err
 		}
 		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
 	}
-	return err
+	return 0, err
 }
 
 // Secret returns the token signing key shared by every node of the cluster,
