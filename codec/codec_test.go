@@ -275,3 +275,18 @@ func TestParseFastShapes(t *testing.T) {
 		}
 	}
 }
+
+// TestParseFastKnowsEveryKey: each of Request's JSON keys has its case in
+// parseFast (a key it does not know is left to encoding/json, correct but
+// slow).
+func TestParseFastKnowsEveryKey(t *testing.T) {
+	if len(requestKeys) != reflect.TypeFor[Request]().NumField() || len(requestKeys) == 0 {
+		t.Fatalf("requestKeys %v", requestKeys)
+	}
+	for _, k := range requestKeys {
+		var r Request
+		if !parseFast([]byte(`{"`+k+`":1}`), &r) && !parseFast([]byte(`{"`+k+`":"v"}`), &r) {
+			t.Errorf("key %q: parseFast has no case for it", k)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package codec
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"unicode/utf8"
 )
@@ -218,6 +219,15 @@ func (p *fastParser) value(r *Request, key []byte) bool {
 	return true
 }
 
-// requestKeys are Request's JSON keys.
-var requestKeys = []string{"msgid", "reqid", "id", "password", "token", "name", "toid", "msg", "clientmsgid",
-	"friendid", "groupname", "groupdesc", "groupid", "seq", "gseq"}
+// requestKeys are Request's JSON keys, read from its field tags: a field
+// added to Request but not to parseFast's switch counts as one of its keys
+// there, so requests carrying it are left to encoding/json.
+var requestKeys = func() []string {
+	t := reflect.TypeFor[Request]()
+	keys := make([]string, 0, t.NumField())
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		keys = append(keys, name)
+	}
+	return keys
+}()
