@@ -79,7 +79,7 @@ func newBatcher(s *Store, maxBatch, lanes int) *batcher {
 
 // laneOf is the lane of op: its sender's (acknowledgements: the first).
 func (b *batcher) laneOf(op *sendOp) chan *sendOp {
-	if op.acks != nil || len(b.lanes) == 1 {
+	if op.acks != nil {
 		return b.lanes[0]
 	}
 	return b.lanes[uint64(op.req.From)%uint64(len(b.lanes))]

@@ -212,11 +212,7 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 	if len(acks) > 0 {
 		ids := sortedIDs(nil, acks)
 		err := w.ack.inChunks(ctx, tx, len(ids), func(st *sqlx.Stmt, lo, hi int) error {
-			args = args[:0]
-			for _, id := range ids[lo:hi] {
-				args = append(args, id, acks[id])
-			}
-			_, err := st.ExecContext(ctx, args...)
+			_, err := st.ExecContext(ctx, idValueArgs(args[:0], ids[lo:hi], acks)...)
 			return err
 		})
 		if err != nil {
@@ -226,11 +222,7 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 	next := make(map[codec.UserID]codec.Seq, len(counts))
 	ids := sortedIDs(counts, nil)
 	err := w.seqBump.inChunks(ctx, tx, len(ids), func(st *sqlx.Stmt, lo, hi int) error {
-		args = args[:0]
-		for _, id := range ids[lo:hi] {
-			args = append(args, id, counts[id])
-		}
-		rows, err := st.QueryxContext(ctx, args...)
+		rows, err := st.QueryxContext(ctx, idValueArgs(args[:0], ids[lo:hi], counts)...)
 		return scanRows(rows, err, scanFirstSeqs(counts, next))
 	})
 	if err != nil {
@@ -240,6 +232,15 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[
 		return nil, fmt.Errorf("store: seq allocation returned %d of %d users", len(next), len(counts))
 	}
 	return next, nil
+}
+
+// idValueArgs appends the (id, values[id]) pairs of ids, the rows of an
+// UPDATE ... FROM (VALUES (?, ?), ...).
+func idValueArgs[V any](args []any, ids []codec.UserID, values map[codec.UserID]V) []any {
+	for _, id := range ids {
+		args = append(args, id, values[id])
+	}
+	return args
 }
 
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
