@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jmoiron/sqlx"
-
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
 )
@@ -224,7 +222,7 @@ func TestSQLiteLogCrashLeftovers(t *testing.T) {
 	// What a crash leaves: two more messages and their keys, in both
 	// pairs of logs (an active log, and a frozen one not copied yet), and
 	// the seqs they were given.
-	raw, err := sqlx.Open("sqlite", path)
+	raw, err := openSQLite("file:" + path)
 	if err != nil {
 		t.Fatal(err)
 	}

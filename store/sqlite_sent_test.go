@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jmoiron/sqlx"
-
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
 )
@@ -37,7 +35,7 @@ func TestSentMemoryFailedCommit(t *testing.T) {
 	// a first send keeps the writer waiting, so both queue behind it and
 	// go into the next batch together.
 	path := strings.TrimPrefix(s.cfg.DSN, "sqlite:")
-	raw, err := sqlx.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)")
+	raw, err := openSQLite("file:" + path + "?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}

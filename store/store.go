@@ -1,5 +1,6 @@
 // Package store keeps users, friends, groups and the durable message inbox in
-// SQLite (embedded default, modernc.org/sqlite, no cgo) or MySQL/MariaDB
+// SQLite (embedded default; SQLite's C library through cgo, or its pure-Go
+// translation in builds without cgo: SQLiteImplementation) or MySQL/MariaDB
 // (go-sql-driver/mysql), through one set of sqlx DAOs with "?" placeholders.
 //
 // A *Store is safe for concurrent use. Sends are group-committed: one writer
@@ -13,12 +14,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
-	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
 	"github.com/chatcluster/chatcluster/service"
 )
@@ -122,7 +123,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.Writers = 2
 	}
 	cfg.Writers = min(cfg.Writers, cfg.MaxOpenConns)
-	db, err := sqlx.Open(driver, dsn)
+	var db *sqlx.DB
+	if d.name == "sqlite" {
+		db, err = openSQLite(dsn)
+	} else {
+		db, err = sqlx.Open(driver, dsn)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
@@ -136,6 +142,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if d.name == "sqlite" {
+		s.log.Info("sqlite store open", "library", SQLiteImplementation)
 		// Rows a stopped store left in the logs go to their tables first.
 		if err := s.flushLogs(ctx); err != nil {
 			db.Close()
@@ -189,6 +196,15 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 	switch kind {
 	case "sqlite":
 		path, query, _ := strings.Cut(rest, "?")
+		opts, err := url.ParseQuery(query)
+		if err != nil {
+			return "", "", d, fmt.Errorf("%w: %v", ErrBadDSN, err)
+		}
+		for _, p := range opts["_pragma"] {
+			if _, _, ok := splitPragma(p); !ok {
+				return "", "", d, fmt.Errorf("%w: _pragma=%s is not NAME(VALUE)", ErrBadDSN, p)
+			}
+		}
 		for _, p := range sqlitePragmas {
 			if !strings.Contains(query, p.name) {
 				query = addParam(query, "_pragma="+p.name+"("+p.value+")")
@@ -225,15 +241,22 @@ func parseDSN(dsn string) (driver, conn string, d dialect, err error) {
 
 // sqlitePragmas are the SQLite settings a DSN gets unless it sets them.
 var sqlitePragmas = []struct{ name, value string }{
+	{"busy_timeout", "10000"},
 	{"journal_mode", "WAL"},
 	{"synchronous", "FULL"},
-	{"busy_timeout", "10000"},
 	{"temp_store", "MEMORY"},
 	{"cache_size", "-65536"}, // 64 MiB
 	// The checkpointer goroutine copies the log beside the commits; a
 	// commit finishes the copy only once the log reaches 32 MiB.
 	{"wal_autocheckpoint", "8192"},
 	{"journal_size_limit", "67108864"},
+}
+
+// splitPragma splits a "_pragma" option, NAME(VALUE).
+func splitPragma(p string) (name, value string, ok bool) {
+	body, closed := strings.CutSuffix(p, ")")
+	name, value, ok = strings.Cut(body, "(")
+	return name, value, ok && closed && name != ""
 }
 
 func addParam(q, p string) string {

@@ -497,6 +497,46 @@ func TestParseDSN(t *testing.T) {
 	}
 }
 
+// TestSQLitePragmas checks, for whichever SQLite library the build uses
+// (SQLiteImplementation), that every pooled connection gets the default
+// pragmas and the DSN's own, and that a malformed one is refused.
+func TestSQLitePragmas(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.db")
+	s, err := Open(context.Background(), Config{DSN: "sqlite:" + path + "?_pragma=wal_autocheckpoint(256)"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t.Log(SQLiteImplementation)
+	ctx := context.Background()
+	// Three connections held at once: three different ones of the pool.
+	var conns []*sql.Conn
+	for range 3 {
+		c, err := s.DB().Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	want := map[string]string{
+		"journal_mode": "wal", "synchronous": "2", "busy_timeout": "10000",
+		"temp_store": "2", "cache_size": "-65536", "wal_autocheckpoint": "256",
+	}
+	for i, c := range conns {
+		for name, v := range want {
+			var got string
+			if err := c.QueryRowContext(ctx, "PRAGMA "+name).Scan(&got); err != nil || got != v {
+				t.Errorf("connection %d: PRAGMA %s = %q (%v), want %q", i, name, got, err, v)
+			}
+		}
+	}
+	if bad, err := Open(ctx, Config{DSN: "sqlite:" + path + "?_pragma=cache_size"}); err == nil {
+		bad.Close()
+		t.Error("a _pragma without (VALUE) was accepted")
+	}
+}
+
 // BenchmarkSendBatch measures the group-commit send path on SQLite: many
 // sends in flight (as the server's pipelined connections produce), each with
 // a clientmsgid and a 100-byte body, between 1,000 users. b.N is the number
