@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"maps"
 	"math/rand/v2"
@@ -287,7 +288,16 @@ func (b *batcher) commit(batch []*sendOp) {
 		return err
 	}
 	t0 := time.Now()
-	t, err := b.s.inTxTicket(ctx, store, b.ticket, b.skip)
+	var (
+		t   uint64
+		err error
+	)
+	if b.s.wdb != nil {
+		t, results, entries, err = b.s.commitMySQL(ctx, batch, b.ticket, b.skip)
+	}
+	if b.s.wdb == nil || errors.Is(err, errKeyStoredBefore) {
+		t, err = b.s.inTxTicket(ctx, store, b.ticket, b.skip)
+	}
 	b.s.log.Debug("group commit", "ops", len(batch), "took", time.Since(t0))
 	if err != nil && isConflict(err) {
 		// A clientmsgid committed meanwhile by another node: the retry's
@@ -337,23 +347,84 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 	if err := s.writer.begin(ctx, tx); err != nil {
 		return nil, nil, err
 	}
-	results := make([]service.SendResult, len(batch))
-	dup := make([]int, len(batch)) // -1: new; i: duplicate of op i (in batch); -2: duplicate stored earlier
 	// 1. Which clientmsgids were stored before, or repeat within the batch?
-	var sent []sentRow
-	newKeys := 0 // keys to record
-	first := map[dedupKey]int{}
-	acks := map[codec.UserID]codec.Seq{}
-	gacks := map[service.AckKey]codec.Seq{}
+	p := newBatchPlan(batch)
+	var stored map[dedupKey]int64
+	if len(p.sent) > 0 {
+		var err error
+		if stored, err = s.writer.dedup(ctx, tx, p.sent); err != nil {
+			return nil, nil, err
+		}
+	}
+	// 2. Count inbox rows per recipient and log rows per group, and
+	// allocate seqs.
+	p.count(stored)
+	if err := s.ackGroupsChunked(ctx, tx, p.gacks); err != nil {
+		return nil, nil, err
+	}
+	var next map[codec.UserID]codec.Seq
+	if len(p.counts) > 0 || len(p.acks) > 0 {
+		var err error
+		if next, err = s.writer.allocSeqs(ctx, tx, p.counts, p.acks); err != nil {
+			return nil, nil, err
+		}
+	}
+	gnext, err := s.allocGroupSeqs(ctx, tx, p.gcounts)
+	if err != nil {
+		return nil, nil, err
+	}
+	// 3. The rows, and the entries for the commit hook.
+	r := p.rows(next, gnext)
+	if len(r.inbox) > 0 {
+		if err := s.writer.insertInbox(ctx, tx, r.inbox, r.created); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := insertGroupLog(ctx, tx, r.log); err != nil {
+		return nil, nil, err
+	}
+	if err := s.writer.merge(ctx, tx, len(r.inbox), p.newKeys); err != nil {
+		return nil, nil, err
+	}
+	return p.results, r.entries, nil
+}
+
+// batchPlan is what a group commit works out between its statements: which
+// ops repeat a clientmsgid, how many seqs each recipient and group needs,
+// and then the rows and results.
+type batchPlan struct {
+	batch   []*sendOp
+	results []service.SendResult
+	// dup[i] is -1 for a new send, j ≥ 0 for a repeat of op j in the batch,
+	// -2 for a repeat of a send stored earlier, -3 for acknowledgements.
+	dup     []int
+	first   map[dedupKey]int // the op that brought each key first
+	sent    []sentRow        // the batch's keys, each once
+	acks    map[codec.UserID]codec.Seq
+	gacks   map[service.AckKey]codec.Seq
+	counts  map[codec.UserID]int64  // inbox rows per recipient (count)
+	gcounts map[codec.GroupID]int64 // log rows per group (count)
+	newKeys int                     // keys to record (count)
+}
+
+func newBatchPlan(batch []*sendOp) *batchPlan {
+	p := &batchPlan{
+		batch:   batch,
+		results: make([]service.SendResult, len(batch)),
+		dup:     make([]int, len(batch)),
+		first:   map[dedupKey]int{},
+		acks:    map[codec.UserID]codec.Seq{},
+		gacks:   map[service.AckKey]codec.Seq{},
+	}
 	for i, op := range batch {
-		dup[i] = -1
+		p.dup[i] = -1
 		if op.acks != nil {
-			dup[i] = -3 // not a send
+			p.dup[i] = -3
 			for k, seq := range op.acks {
 				if k.Group != 0 {
-					gacks[k] = max(gacks[k], seq)
+					p.gacks[k] = max(p.gacks[k], seq)
 				} else {
-					acks[k.User] = max(acks[k.User], seq)
+					p.acks[k.User] = max(p.acks[k.User], seq)
 				}
 			}
 			continue
@@ -362,78 +433,73 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 			continue
 		}
 		k := dedupKey{op.req.From, op.req.ClientMsgID}
-		if j, ok := first[k]; ok {
-			dup[i] = j
+		if j, ok := p.first[k]; ok {
+			p.dup[i] = j
 			continue
 		}
-		first[k] = i
-		sent = append(sent, sentRow{k, op.req.UnixMilli})
+		p.first[k] = i
+		p.sent = append(p.sent, sentRow{k, op.req.UnixMilli})
 	}
-	if len(sent) > 0 {
-		stored, err := s.writer.dedup(ctx, tx, sent)
-		if err != nil {
-			return nil, nil, err
-		}
-		for k, ms := range stored {
-			i := first[k]
-			dup[i] = -2
-			results[i] = service.SendResult{UnixMilli: ms, Duplicate: true}
-		}
-		newKeys = len(sent) - len(stored)
+	return p
+}
+
+// count marks the sends whose key was stored before (stored: the stored
+// time of each), then counts the rows the others need.
+func (p *batchPlan) count(stored map[dedupKey]int64) {
+	for k, ms := range stored {
+		i := p.first[k]
+		p.dup[i] = -2
+		p.results[i] = service.SendResult{UnixMilli: ms, Duplicate: true}
 	}
-	// 2. Count inbox rows per recipient and log rows per group, and
-	// allocate seqs.
-	counts := map[codec.UserID]int64{}
-	gcounts := map[codec.GroupID]int64{}
-	for i, op := range batch {
-		if dup[i] != -1 {
+	p.newKeys = len(p.sent) - len(stored)
+	p.counts = map[codec.UserID]int64{}
+	p.gcounts = map[codec.GroupID]int64{}
+	for i, op := range p.batch {
+		if p.dup[i] != -1 {
 			continue
 		}
-		results[i] = service.SendResult{UnixMilli: op.req.UnixMilli}
+		p.results[i] = service.SendResult{UnixMilli: op.req.UnixMilli}
 		if op.req.Group != 0 {
-			gcounts[op.req.Group]++
+			p.gcounts[op.req.Group]++
 			continue
 		}
 		for _, to := range op.req.To {
-			counts[to]++
+			p.counts[to]++
 		}
 	}
-	if err := s.ackGroupsChunked(ctx, tx, gacks); err != nil {
-		return nil, nil, err
-	}
-	var next map[codec.UserID]codec.Seq
-	if len(counts) > 0 || len(acks) > 0 {
-		var err error
-		if next, err = s.writer.allocSeqs(ctx, tx, counts, acks); err != nil {
-			return nil, nil, err
-		}
-	}
-	gnext, err := s.allocGroupSeqs(ctx, tx, gcounts)
-	if err != nil {
-		return nil, nil, err
-	}
-	// 3. The rows, and the entries for the commit hook.
-	var entries, inbox []service.Entry
-	var created []int64 // created_ms of each inbox entry
-	var logRows []groupLogRow
-	for i, op := range batch {
-		if dup[i] != -1 {
+}
+
+// planRows are the rows a commit inserts, and the entries for the commit
+// hook.
+type planRows struct {
+	entries []service.Entry
+	inbox   []service.Entry
+	created []int64 // created_ms of each inbox entry
+	log     []groupLogRow
+}
+
+// rows gives each new send its seqs (next: each recipient's first; gnext:
+// each group's first gseq) and fills in the results.
+func (p *batchPlan) rows(next map[codec.UserID]codec.Seq, gnext map[codec.GroupID]codec.Seq) planRows {
+	var r planRows
+	for i, op := range p.batch {
+		if p.dup[i] != -1 {
 			continue
 		}
 		tm := codec.FormatTime(time.UnixMilli(op.req.UnixMilli))
 		if g := op.req.Group; g != 0 {
 			gseq := gnext[g]
 			gnext[g]++
-			results[i].GSeq = gseq
-			logRows = append(logRows, groupLogRow{GroupID: int64(g), Seq: int64(gseq), FromID: int64(op.req.From),
+			p.results[i].GSeq = gseq
+			r.log = append(r.log, groupLogRow{GroupID: int64(g), Seq: int64(gseq), FromID: int64(op.req.From),
 				FromName: op.req.FromName, Body: op.req.Body, CreatedMS: op.req.UnixMilli})
 			d := codec.Delivery{MsgID: codec.MsgGroupChat, ID: op.req.From, Name: op.req.FromName,
 				GroupID: g, Msg: op.req.Body, Time: tm, GSeq: gseq}
 			for _, to := range op.req.To {
-				entries = append(entries, service.Entry{To: to, Delivery: d})
+				r.entries = append(r.entries, service.Entry{To: to, Delivery: d})
 			}
 			// The sender's own entry: its session moves past the gseq.
-			entries = append(entries, service.Entry{To: op.req.From, Delivery: d})
+			r.entries = append(r.entries, service.Entry{To: op.req.From, Delivery: d})
 			continue
 		}
 		for _, to := range op.req.To {
@@ -443,30 +509,19 @@ func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([
 				MsgID: codec.MsgOneChat, ID: op.req.From, Name: op.req.FromName, ToID: op.req.ToUser,
 				Msg: op.req.Body, Time: tm, Seq: seq,
 			}}
-			entries = append(entries, e)
-			inbox = append(inbox, e)
-			created = append(created, op.req.UnixMilli)
+			r.entries = append(r.entries, e)
+			r.inbox = append(r.inbox, e)
+			r.created = append(r.created, op.req.UnixMilli)
 		}
 	}
-	for i := range batch {
-		if j := dup[i]; j >= 0 {
-			results[i] = results[j]
-			results[i].Duplicate = true
-			results[i].GSeq = 0
+	for i := range p.batch {
+		if j := p.dup[i]; j >= 0 {
+			p.results[i] = p.results[j]
+			p.results[i].Duplicate = true
+			p.results[i].GSeq = 0
 		}
 	}
-	if len(inbox) > 0 {
-		if err := s.writer.insertInbox(ctx, tx, inbox, created); err != nil {
-			return nil, nil, err
-		}
-	}
-	if err := insertGroupLog(ctx, tx, logRows); err != nil {
-		return nil, nil, err
-	}
-	if err := s.writer.merge(ctx, tx, len(inbox), newKeys); err != nil {
-		return nil, nil, err
-	}
-	return results, entries, nil
+	return r
 }
 
 // allocGroupSeqs reserves counts[g] gseqs in each group's log, groups in id
@@ -491,17 +546,25 @@ func (s *Store) allocGroupSeqs(ctx context.Context, tx *sqlx.Tx, counts map[code
 func insertGroupLog(ctx context.Context, tx sqlx.ExtContext, rows []groupLogRow) error {
 	for start := 0; start < len(rows); start += chunk {
 		part := rows[start:min(start+chunk, len(rows))]
-		args := make([]any, 0, 6*len(part))
-		for _, r := range part {
-			args = append(args, r.GroupID, r.Seq, r.FromID, r.FromName, r.Body, r.CreatedMS)
-		}
-		stmt := "INSERT INTO group_log (groupid, seq, fromid, fromname, body, created_ms) VALUES " +
-			placeholders(len(part), "(?, ?, ?, ?, ?, ?)")
-		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+		if _, err := tx.ExecContext(ctx, insertGroupLogQuery(len(part)), groupLogArgs(nil, part)...); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// insertGroupLogQuery inserts n group log rows (groupLogArgs).
+func insertGroupLogQuery(n int) string {
+	return "INSERT INTO group_log (groupid, seq, fromid, fromname, body, created_ms) VALUES " +
+		placeholders(n, "(?, ?, ?, ?, ?, ?)")
+}
+
+// groupLogArgs appends the values of each of rows.
+func groupLogArgs(args []any, rows []groupLogRow) []any {
+	for _, r := range rows {
+		args = append(args, r.GroupID, r.Seq, r.FromID, r.FromName, r.Body, r.CreatedMS)
+	}
+	return args
 }
 
 // splitAcks separates inbox acknowledgements from group log ones.
@@ -575,13 +638,7 @@ type multiRowWriter struct{ bumpSeq, ackInbox string }
 func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) (map[dedupKey]int64, error) {
 	// Key order is lock order: sorted, two nodes' commits cannot deadlock
 	// on each other's keys.
-	rows = slices.Clone(rows)
-	slices.SortFunc(rows, func(a, b sentRow) int {
-		if c := cmp.Compare(a.key.sender, b.key.sender); c != 0 {
-			return c
-		}
-		return strings.Compare(a.key.cmid, b.key.cmid)
-	})
+	rows = slices.SortedFunc(slices.Values(rows), compareSent)
 	out := map[dedupKey]int64{}
 	for start := 0; start < len(rows); start += chunk {
 		part := rows[start:min(start+chunk, len(rows))]
@@ -632,6 +689,15 @@ func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []
 	return insertInbox(ctx, tx, entries, created)
 }
 
+// compareSent orders dedup keys by sender, then clientmsgid: the order
+// MySQL locks them in.
+func compareSent(a, b sentRow) int {
+	if c := cmp.Compare(a.key.sender, b.key.sender); c != 0 {
+		return c
+	}
+	return strings.Compare(a.key.cmid, b.key.cmid)
+}
+
 // selectSent returns the stored time of each of rows (at most chunk) that
 // was sent before.
 func selectSent(ctx context.Context, q sqlx.QueryerContext, rows []sentRow) (map[dedupKey]int64, error) {
@@ -647,7 +713,7 @@ func selectSent(ctx context.Context, q sqlx.QueryerContext, rows []sentRow) (map
 	}
 	out := map[dedupKey]int64{}
 	res, err := q.QueryxContext(ctx, sb.String(), args...)
-	err = scanRows(res, err, func(res *sqlx.Rows) error {
+	err = scanRows(res, err, func(res rowScanner) error {
 		var k dedupKey
 		var ms int64
 		if err := res.Scan(&k.sender, &k.cmid, &ms); err != nil {
@@ -749,7 +815,7 @@ func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.User
 		return err
 	}
 	rows, err := s.db.QueryxContext(ctx, q, args...)
-	err = scanRows(rows, err, func(rows *sqlx.Rows) error {
+	err = scanRows(rows, err, func(rows rowScanner) error {
 		var id codec.UserID
 		var seq codec.Seq
 		err := rows.Scan(&id, &seq)
@@ -780,7 +846,12 @@ func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.User
 
 // scanRows calls scan for each row of a query's result (rows, err), then
 // closes it and reports the first error.
-func scanRows(rows *sqlx.Rows, err error, scan func(*sqlx.Rows) error) error {
+// rowScanner is a row of *sql.Rows or *sqlx.Rows.
+type rowScanner interface{ Scan(dest ...any) error }
+
+// scanRows calls scan for each row of rows (the result of a query that
+// returned err), then closes them.
+func scanRows(rows *sqlx.Rows, err error, scan func(rowScanner) error) error {
 	if err != nil {
 		return err
 	}
@@ -798,8 +869,8 @@ func scanRows(rows *sqlx.Rows, err error, scan func(*sqlx.Rows) error) error {
 
 // scanFirstSeqs reads (userid, last_seq) rows after counts[userid] seqs were
 // reserved, and records each user's first new seq in next.
-func scanFirstSeqs(counts map[codec.UserID]int64, next map[codec.UserID]codec.Seq) func(*sqlx.Rows) error {
-	return func(rows *sqlx.Rows) error {
+func scanFirstSeqs(counts map[codec.UserID]int64, next map[codec.UserID]codec.Seq) func(rowScanner) error {
+	return func(rows rowScanner) error {
 		var id codec.UserID
 		var last int64
 		if err := rows.Scan(&id, &last); err != nil {
@@ -824,19 +895,28 @@ func placeholders(n int, one string) string {
 
 func insertInbox(ctx context.Context, tx sqlx.ExtContext, entries []service.Entry, created []int64) error {
 	for start := 0; start < len(entries); start += chunk {
-		part := entries[start:min(start+chunk, len(entries))]
-		args := make([]any, 0, 9*len(part))
-		for i, e := range part {
-			d := e.Delivery
-			args = append(args, e.To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[start+i])
-		}
-		stmt := "INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES " +
-			placeholders(len(part), "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
-		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
+		end := min(start+chunk, len(entries))
+		if _, err := tx.ExecContext(ctx, insertInboxQuery(end-start), inboxArgs(nil, entries[start:end], created[start:end])...); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// insertInboxQuery inserts n inbox rows (inboxArgs).
+func insertInboxQuery(n int) string {
+	return "INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES " +
+		placeholders(n, "(?, ?, ?, ?, ?, ?, ?, ?, ?)")
+}
+
+// inboxArgs appends the values of an inbox row for each entry (created:
+// each one's created_ms).
+func inboxArgs(args []any, entries []service.Entry, created []int64) []any {
+	for i, e := range entries {
+		d := e.Delivery
+		args = append(args, e.To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[i])
+	}
+	return args
 }
 
 // insertSentChunk inserts at most chunk rows with one statement; verb is

@@ -243,7 +243,7 @@ func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec
 		return nil, err
 	}
 	rows, err := s.db.QueryxContext(ctx, q, args...)
-	err = scanRows(rows, err, func(rows *sqlx.Rows) error {
+	err = scanRows(rows, err, func(rows rowScanner) error {
 		var gid codec.GroupID
 		var n int
 		err := rows.Scan(&gid, &n)

@@ -85,7 +85,7 @@ func (m *sentMemory) verify(ctx context.Context, tx *sqlx.Tx, gen int64) error {
 	for i := range m.logs {
 		l := newSentLogCopy()
 		rows, err := tx.QueryxContext(ctx, m.reload[i])
-		err = scanRows(rows, err, func(rows *sqlx.Rows) error {
+		err = scanRows(rows, err, func(rows rowScanner) error {
 			var r sentRow
 			err := rows.Scan(&r.key.sender, &r.key.cmid, &r.ms)
 			l.add(r)

@@ -183,7 +183,7 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow)
 			args = append(args, r.key.sender, r.key.cmid)
 		}
 		rows, err := st.QueryxContext(ctx, args...)
-		return scanRows(rows, err, func(rows *sqlx.Rows) error {
+		return scanRows(rows, err, func(rows rowScanner) error {
 			var k dedupKey
 			var ms int64
 			err := rows.Scan(&k.sender, &k.cmid, &ms)
@@ -246,11 +246,7 @@ func idValueArgs[V any](args []any, ids []codec.UserID, values map[codec.UserID]
 func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
 	args := make([]any, 0, 9*chunkSizes[0])
 	return w.inbox.append(ctx, tx, len(entries), func(lo, hi int) []any {
-		args = args[:0]
-		for i := lo; i < hi; i++ {
-			d := entries[i].Delivery
-			args = append(args, entries[i].To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[i])
-		}
+		args = inboxArgs(args[:0], entries[lo:hi], created[lo:hi])
 		return args
 	})
 }

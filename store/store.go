@@ -76,6 +76,9 @@ type Store struct {
 	cfg     Config
 	log     *slog.Logger
 	batcher *batcher
+	// wdb (MySQL) is the group commits' pool, a connection per lane, which
+	// allows multi-statement queries (commitMySQL); nil on SQLite.
+	wdb *sqlx.DB
 	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
 	ckpt   *checkpointer
 	writer sendWriter
@@ -157,9 +160,33 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox}
+		if s.wdb, err = openWriterPool(dsn, cfg); err != nil {
+			db.Close()
+			return nil, err
+		}
 	}
 	s.batcher = newBatcher(s, cfg.MaxBatch, cfg.Writers)
 	return s, nil
+}
+
+// openWriterPool opens the MySQL group commits' pool: dsn with
+// multi-statement queries allowed, cfg.Writers connections. Every value
+// still goes in as an argument, escaped by the driver (interpolateParams).
+func openWriterPool(dsn string, cfg Config) (*sqlx.DB, error) {
+	mc, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadDSN, err)
+	}
+	mc.MultiStatements = true
+	wdb, err := sqlx.Open("mysql", mc.FormatDSN())
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	wdb.SetMaxOpenConns(cfg.Writers)
+	wdb.SetMaxIdleConns(cfg.Writers)
+	wdb.SetConnMaxLifetime(cfg.ConnMaxLifetime)
+	wdb.SetConnMaxIdleTime(cfg.ConnMaxLifetime / 2)
+	return wdb, nil
 }
 
 // Close stops the commit goroutine after it committed what was queued, then
@@ -178,6 +205,9 @@ func (s *Store) Close() error {
 	}
 	if s.closeWriter != nil {
 		s.closeWriter()
+	}
+	if s.wdb != nil {
+		s.wdb.Close()
 	}
 	return s.db.Close()
 }

@@ -1,0 +1,262 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// errKeyStoredBefore: a send of the batch repeats a clientmsgid stored by an
+// earlier commit. The two-round-trip commit leaves such a batch to the
+// statement-by-statement one, which sorts the repeats out.
+var errKeyStoredBefore = errors.New("store: a clientmsgid of the batch was stored before")
+
+// commitMySQL commits a batch of sends on MySQL in two round trips (more
+// when it exceeds maxTripBytes), on a connection of the writers' pool
+// (multi-statement queries), retrying deadlocks as inTxTicket does: the first
+// starts the transaction, records the clientmsgids (INSERT IGNORE; a key
+// that inserts nothing was stored before) and reserves the seqs and gseqs,
+// reading them back; the second inserts the inbox and group log rows and
+// commits. take and skip are inTxTicket's: the ticket is taken just before
+// the second round trip. The statement-by-statement path (storeBatch in a
+// transaction) costs seven round trips for the same batch; it still commits
+// batches that repeat a stored clientmsgid (errKeyStoredBefore) and, on
+// MySQL, nothing else.
+//
+// Every lock is taken in the same order as on that path: sent keys sorted,
+// inbox_state rows by user id, group_state rows by group id.
+func (s *Store) commitMySQL(ctx context.Context, batch []*sendOp, take func() uint64, skip func(uint64)) (uint64, []service.SendResult, []service.Entry, error) {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var (
+			t       uint64
+			results []service.SendResult
+			entries []service.Entry
+		)
+		t, results, entries, err = s.commitMySQLOnce(ctx, batch, take, skip)
+		if err == nil {
+			return t, results, entries, nil
+		}
+		if errors.Is(err, errKeyStoredBefore) || !isRetryable(err) || ctx.Err() != nil {
+			return 0, nil, nil, err
+		}
+		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+	}
+	return 0, nil, nil, err
+}
+
+func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func() uint64, skip func(uint64)) (t uint64, results []service.SendResult, entries []service.Entry, err error) {
+	p := newBatchPlan(batch)
+	if len(p.acks) > 0 || len(p.gacks) > 0 {
+		// MySQL writes acknowledgements beside the commits (Ack).
+		return 0, nil, nil, fmt.Errorf("store: acknowledgements in a MySQL group commit")
+	}
+	p.count(nil)
+	conn, err := s.wdb.Conn(ctx)
+	if err != nil {
+		return 0, nil, nil, err
+	}
+	defer conn.Close()
+	defer func() {
+		if err != nil {
+			abandon(conn) // runs before conn.Close
+		}
+	}()
+
+	// Round trip 1.
+	m := &multiStmt{ctx: ctx, conn: conn}
+	m.exec("START TRANSACTION")
+	stale := false
+	keys := slices.SortedFunc(slices.Values(p.sent), compareSent)
+	for start := 0; start < len(keys); start += chunk {
+		part := keys[start:min(start+chunk, len(keys))]
+		m.exec("INSERT IGNORE INTO sent (senderid, clientmsgid, created_ms) VALUES "+placeholders(len(part), "(?, ?, ?)"), sentArgs(nil, part)...)
+		m.query("SELECT ROW_COUNT()", func(rows rowScanner) error {
+			var n int
+			err := rows.Scan(&n)
+			stale = stale || n != len(part)
+			return err
+		})
+	}
+	ids := sortedIDs(p.counts, nil)
+	next := make(map[codec.UserID]codec.Seq, len(ids))
+	for start := 0; start < len(ids); start += chunk {
+		part := ids[start:min(start+chunk, len(ids))]
+		args := make([]any, 0, 3*len(part))
+		for _, id := range part {
+			args = append(args, id, p.counts[id], 0)
+		}
+		m.exec(fmt.Sprintf(s.dialect.bumpSeq, placeholders(len(part), "(?, ?, ?)")), args...)
+		m.query("SELECT userid, last_seq FROM inbox_state WHERE userid IN ("+placeholders(len(part), "?")+")",
+			scanFirstSeqs(p.counts, next), idArgs(part)...)
+	}
+	gids := slices.Sorted(maps.Keys(p.gcounts))
+	gnext := make(map[codec.GroupID]codec.Seq, len(gids))
+	for _, g := range gids {
+		m.exec(s.dialect.bumpGroup, g, p.gcounts[g])
+		m.query("SELECT last_seq FROM group_state WHERE groupid = ?", func(rows rowScanner) error {
+			var last int64
+			err := rows.Scan(&last)
+			gnext[g] = codec.Seq(last - p.gcounts[g] + 1)
+			return err
+		}, g)
+	}
+	if err = m.flush(); err != nil {
+		return 0, nil, nil, err
+	}
+	if stale {
+		return 0, nil, nil, errKeyStoredBefore
+	}
+	if len(next) != len(ids) || len(gnext) != len(gids) {
+		return 0, nil, nil, fmt.Errorf("store: seq allocation returned %d of %d users, %d of %d groups", len(next), len(ids), len(gnext), len(gids))
+	}
+
+	// Round trip 2.
+	r := p.rows(next, gnext)
+	for start := 0; start < len(r.inbox); start += chunk {
+		end := min(start+chunk, len(r.inbox))
+		m.exec(insertInboxQuery(end-start), inboxArgs(nil, r.inbox[start:end], r.created[start:end])...)
+	}
+	for start := 0; start < len(r.log); start += chunk {
+		part := r.log[start:min(start+chunk, len(r.log))]
+		m.exec(insertGroupLogQuery(len(part)), groupLogArgs(nil, part)...)
+	}
+	m.exec("COMMIT") // may send the rows before it first
+	if err = m.err; err != nil {
+		return 0, nil, nil, err
+	}
+	t = take()
+	if err = m.flush(); err != nil {
+		skip(t)
+		return 0, nil, nil, err
+	}
+	return t, p.results, r.entries, nil
+}
+
+// idArgs returns ids as arguments.
+func idArgs(ids []codec.UserID) []any {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = id
+	}
+	return args
+}
+
+// abandon ends whatever transaction a failed commit left open on conn; if
+// it cannot, the connection is dropped from the pool rather than reused.
+func abandon(conn *sql.Conn) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+}
+
+// maxTripBytes bounds the statements and arguments multiStmt sends in one
+// round trip, well under MariaDB's default max_allowed_packet (16 MiB). A
+// larger batch takes more round trips; a statement larger than this goes
+// alone, as on the statement-by-statement path.
+const maxTripBytes = 4 << 20
+
+// multiStmt sends statements on conn several at a time, as one
+// multi-statement query per round trip (the connection must allow them;
+// the driver interpolates the arguments). A statement added with query
+// returns rows, which are read with its scan function, in order. Statements
+// are sent when they reach maxTripBytes, and at flush; after an error
+// nothing more is sent, and flush returns it. The server stops at the
+// first statement that fails.
+type multiStmt struct {
+	ctx   context.Context
+	conn  *sql.Conn
+	sb    strings.Builder
+	size  int
+	args  []any
+	scans []func(rowScanner) error
+	err   error
+	trips int // round trips made (count)
+}
+
+func (m *multiStmt) exec(query string, args ...any) { m.add(query, nil, args) }
+
+func (m *multiStmt) query(query string, scan func(rowScanner) error, args ...any) {
+	m.add(query, scan, args)
+}
+
+func (m *multiStmt) add(query string, scan func(rowScanner) error, args []any) {
+	n := len(query) + 2
+	for _, a := range args {
+		if s, ok := a.(string); ok {
+			n += 2*len(s) + 2 // escaped, quoted
+		} else {
+			n += 20
+		}
+	}
+	if m.sb.Len() > 0 && m.size+n > maxTripBytes {
+		m.flush()
+	}
+	if m.sb.Len() > 0 {
+		m.sb.WriteString("; ")
+	}
+	m.sb.WriteString(query)
+	m.size += n
+	m.args = append(m.args, args...)
+	if scan != nil {
+		m.scans = append(m.scans, scan)
+	}
+}
+
+// flush sends what is left, and returns the first error.
+func (m *multiStmt) flush() error {
+	if m.err == nil && m.sb.Len() > 0 {
+		m.err = m.send()
+	}
+	m.sb.Reset()
+	m.size, m.args, m.scans = 0, nil, nil
+	return m.err
+}
+
+func (m *multiStmt) send() error {
+	m.trips++
+	if len(m.scans) == 0 {
+		_, err := m.conn.ExecContext(m.ctx, m.sb.String(), m.args...)
+		return err
+	}
+	rows, err := m.conn.QueryContext(m.ctx, m.sb.String(), m.args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	// The driver skips results without columns (OK packets): each result
+	// set is one query's.
+	for i, scan := range m.scans {
+		if i > 0 && !rows.NextResultSet() {
+			if err := rows.Err(); err != nil {
+				return err
+			}
+			return fmt.Errorf("store: %d of %d result sets", i, len(m.scans))
+		}
+		for rows.Next() {
+			if err := scan(rows); err != nil {
+				return err
+			}
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	for rows.NextResultSet() {
+	}
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	return rows.Close()
+}

@@ -1,0 +1,172 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/service"
+)
+
+// openMySQL opens a store on a fresh MariaDB database; it skips without one
+// (MySQLTestDSN fails instead when CHAT_REQUIRE_SERVICES=1).
+func openMySQL(t *testing.T) *Store {
+	t.Helper()
+	dsn := MySQLTestDSN(t)
+	if dsn == "" {
+		t.Skip("CHAT_TEST_MYSQL_DSN is not set")
+	}
+	s, err := Open(context.Background(), Config{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// commitDirect runs the two-round-trip commit on ops, outside the batcher.
+func commitDirect(s *Store, reqs ...service.SendRequest) ([]service.SendResult, []service.Entry, error) {
+	batch := make([]*sendOp, len(reqs))
+	for i, r := range reqs {
+		batch[i] = &sendOp{req: r}
+	}
+	var tickets []uint64
+	take := func() uint64 { tickets = append(tickets, uint64(len(tickets))); return tickets[len(tickets)-1] }
+	skip := func(uint64) {}
+	_, res, entries, err := s.commitMySQL(context.Background(), batch, take, skip)
+	return res, entries, err
+}
+
+// TestCommitMySQL covers the two-round-trip commit itself: new one-to-one
+// and group sends, a batch that repeats a stored clientmsgid (handed back
+// untouched), a batch whose second round trip fails (rolled back, the
+// connection reused), and a batch larger than one round trip takes.
+func TestCommitMySQL(t *testing.T) {
+	s := openMySQL(t)
+	ctx := context.Background()
+	a, b := mustUser(t, s, "ma"), mustUser(t, s, "mb")
+	gid, err := s.CreateGroup(ctx, a, "g", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := func(cmid string, ms int64) service.SendRequest {
+		return service.SendRequest{From: a, FromName: "ma", To: []codec.UserID{b}, ToUser: b, Body: "hi " + cmid, ClientMsgID: cmid, UnixMilli: ms}
+	}
+	group := service.SendRequest{From: a, FromName: "ma", To: []codec.UserID{b}, Group: gid, Body: "all", ClientMsgID: "g1", UnixMilli: 5}
+	state := func() codec.Seq {
+		t.Helper()
+		last, _, err := s.InboxState(ctx, b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return last
+	}
+
+	res, entries, err := commitDirect(s, one("k1", 1), one("k2", 2), one("k1", 3), group)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []service.SendResult{{UnixMilli: 1}, {UnixMilli: 2}, {UnixMilli: 1, Duplicate: true}, {UnixMilli: 5, GSeq: 1}}
+	if fmt.Sprint(res) != fmt.Sprint(want) {
+		t.Fatalf("results %+v, want %+v", res, want)
+	}
+	if len(entries) != 4 || entries[0].Delivery.Seq != 1 || entries[1].Delivery.Seq != 2 || entries[2].Delivery.GSeq != 1 {
+		t.Fatalf("entries %+v", entries)
+	}
+	if last := state(); last != 2 {
+		t.Fatalf("last_seq %d after two new messages", last)
+	}
+	if log, err := s.GroupLog(ctx, gid, 0, 10); err != nil || len(log) != 1 || log[0].Msg != "all" {
+		t.Fatalf("group log %+v (%v)", log, err)
+	}
+
+	// A stored key: nothing of the batch stays, not even its new key.
+	if _, _, err := commitDirect(s, one("k3", 6), one("k2", 7)); !errors.Is(err, errKeyStoredBefore) {
+		t.Fatalf("a stored key: %v", err)
+	}
+	if last := state(); last != 2 {
+		t.Fatalf("last_seq %d after a batch handed back", last)
+	}
+	var n int
+	if err := s.DB().Get(&n, "SELECT COUNT(*) FROM sent WHERE clientmsgid = 'k3'"); err != nil || n != 0 {
+		t.Fatalf("k3 stored %d times (%v) by a batch handed back", n, err)
+	}
+
+	// The second round trip fails: b's next seq is taken already.
+	if _, err := s.DB().Exec("INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES (?, 3, 5, ?, 'x', ?, 0, 'rogue', 0)", b, a, b); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := commitDirect(s, one("k4", 8)); err == nil || !isConflict(err) {
+		t.Fatalf("a taken seq: %v, want a duplicate key error", err)
+	}
+	if _, err := s.DB().Exec("DELETE FROM inbox WHERE userid = ? AND seq = 3", b); err != nil {
+		t.Fatal(err)
+	}
+	// Rolled back: had the transaction stayed open, the next START
+	// TRANSACTION on the connection would have committed k4 and seq 3.
+	res, _, err = commitDirect(s, one("k4", 9))
+	if err != nil || res[0].Duplicate || res[0].UnixMilli != 9 {
+		t.Fatalf("k4 after the failed commit: %+v, %v", res, err)
+	}
+	if last := state(); last != 3 {
+		t.Fatalf("last_seq %d, want 3", last)
+	}
+
+	// Over maxTripBytes: 1,500 messages of 4 KiB, ~12 MiB escaped.
+	body := strings.Repeat("x", 4096)
+	var big []service.SendRequest
+	for i := range 1500 {
+		r := one(fmt.Sprintf("big%d", i), 10)
+		r.Body = body
+		big = append(big, r)
+	}
+	if res, _, err := commitDirect(s, big...); err != nil || len(res) != len(big) {
+		t.Fatalf("large batch: %d results, %v", len(res), err)
+	}
+	if last := state(); last != 3+1500 {
+		t.Fatalf("last_seq %d after the large batch, want %d", last, 3+1500)
+	}
+}
+
+// TestMultiStmtTrips checks that multiStmt reads every result set in order
+// and splits at maxTripBytes.
+func TestMultiStmtTrips(t *testing.T) {
+	s := openMySQL(t)
+	ctx := context.Background()
+	conn, err := s.wdb.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	m := &multiStmt{ctx: ctx, conn: conn}
+	big := strings.Repeat("y", maxTripBytes/8)
+	var got []int
+	for i := range 12 { // 12 arguments of 512 KiB: several round trips
+		m.exec("DO ?", big)
+		m.query("SELECT ?", func(r rowScanner) error {
+			var v int
+			err := r.Scan(&v)
+			got = append(got, v)
+			return err
+		}, i)
+	}
+	if err := m.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if m.trips < 2 || fmt.Sprint(got) != fmt.Sprint([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}) {
+		t.Fatalf("%d round trips, results %v", m.trips, got)
+	}
+	// An error stops the rest and sticks.
+	m.query("SELECT * FROM no_such_table", func(rowScanner) error { return nil })
+	m.query("SELECT 1", func(rowScanner) error { t.Error("a statement after the failed one ran"); return nil })
+	if err := m.flush(); err == nil {
+		t.Fatal("no error from a missing table")
+	}
+	m.exec("DO 1")
+	if err := m.flush(); err == nil {
+		t.Fatal("the error did not stick")
+	}
+}
