@@ -117,7 +117,8 @@ type posted struct {
 }
 
 // ticket numbers post-commit work. A lane takes one just before each
-// COMMIT (and for a failed batch's reports): a lane that waited for
+// COMMIT (on MySQL: before the round trip that carries it; and for a
+// failed batch's reports): a lane that waited for
 // another's row lock can only take its ticket after the other's COMMIT,
 // so after the other's ticket.
 func (b *batcher) ticket() uint64 {
@@ -844,13 +845,11 @@ func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.User
 	}
 }
 
-// scanRows calls scan for each row of a query's result (rows, err), then
-// closes it and reports the first error.
 // rowScanner is a row of *sql.Rows or *sqlx.Rows.
 type rowScanner interface{ Scan(dest ...any) error }
 
-// scanRows calls scan for each row of rows (the result of a query that
-// returned err), then closes them.
+// scanRows calls scan for each row of a query's result (rows, err), then
+// closes it and reports the first error.
 func scanRows(rows *sqlx.Rows, err error, scan func(rowScanner) error) error {
 	if err != nil {
 		return err

@@ -27,7 +27,8 @@ var errKeyStoredBefore = errors.New("store: a clientmsgid of the batch was store
 // that inserts nothing was stored before) and reserves the seqs and gseqs,
 // reading them back; the second inserts the inbox and group log rows and
 // commits. take and skip are inTxTicket's: the ticket is taken just before
-// the second round trip. The statement-by-statement path (storeBatch in a
+// the round trip that carries the COMMIT (the second, unless the rows take
+// more than one), and skipped if that trip fails. The statement-by-statement path (storeBatch in a
 // transaction) costs seven round trips for the same batch; it still commits
 // batches that repeat a stored clientmsgid (errKeyStoredBefore) and, on
 // MySQL, nothing else.
@@ -73,7 +74,7 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 	}()
 
 	// Round trip 1.
-	m := &multiStmt{ctx: ctx, conn: conn}
+	m := &multiStmt{ctx: ctx, conn: conn, max: s.tripBytes}
 	m.exec("START TRANSACTION")
 	stale := false
 	keys := slices.SortedFunc(slices.Values(p.sent), compareSent)
@@ -162,21 +163,24 @@ func abandon(conn *sql.Conn) {
 }
 
 // maxTripBytes bounds the statements and arguments multiStmt sends in one
-// round trip, well under MariaDB's default max_allowed_packet (16 MiB). A
-// larger batch takes more round trips; a statement larger than this goes
-// alone, as on the statement-by-statement path.
+// round trip (an estimate that counts every string escaped twice over),
+// a quarter of MariaDB's default max_allowed_packet (16 MiB); a server with
+// a smaller one gets half of it (openWriterPool). A larger batch takes more
+// round trips; a statement larger than this goes alone, as on the
+// statement-by-statement path.
 const maxTripBytes = 4 << 20
 
 // multiStmt sends statements on conn several at a time, as one
 // multi-statement query per round trip (the connection must allow them;
 // the driver interpolates the arguments). A statement added with query
 // returns rows, which are read with its scan function, in order. Statements
-// are sent when they reach maxTripBytes, and at flush; after an error
-// nothing more is sent, and flush returns it. The server stops at the
-// first statement that fails.
+// are sent when they reach max bytes (0: maxTripBytes), and at flush; after
+// an error nothing more is sent, and flush returns it. The server stops at
+// the first statement that fails.
 type multiStmt struct {
 	ctx   context.Context
 	conn  *sql.Conn
+	max   int
 	sb    strings.Builder
 	size  int
 	args  []any
@@ -200,7 +204,11 @@ func (m *multiStmt) add(query string, scan func(rowScanner) error, args []any) {
 			n += 20
 		}
 	}
-	if m.sb.Len() > 0 && m.size+n > maxTripBytes {
+	limit := m.max
+	if limit <= 0 {
+		limit = maxTripBytes
+	}
+	if m.sb.Len() > 0 && m.size+n > limit {
 		m.flush()
 	}
 	if m.sb.Len() > 0 {

@@ -27,16 +27,45 @@ func openMySQL(t *testing.T) *Store {
 	return s
 }
 
-// commitDirect runs the two-round-trip commit on ops, outside the batcher.
-func commitDirect(s *Store, reqs ...service.SendRequest) ([]service.SendResult, []service.Entry, error) {
+// commitDirect runs the two-round-trip commit on ops, outside the batcher,
+// and checks its tickets: one taken, and skipped exactly when the commit
+// failed after taking it; and that no transaction stays open on the
+// commits' connections.
+func commitDirect(t *testing.T, s *Store, reqs ...service.SendRequest) ([]service.SendResult, []service.Entry, error) {
+	t.Helper()
 	batch := make([]*sendOp, len(reqs))
 	for i, r := range reqs {
 		batch[i] = &sendOp{req: r}
 	}
-	var tickets []uint64
-	take := func() uint64 { tickets = append(tickets, uint64(len(tickets))); return tickets[len(tickets)-1] }
-	skip := func(uint64) {}
+	taken, skipped := 0, 0
+	take := func() uint64 { taken++; return uint64(taken) }
+	skip := func(tk uint64) {
+		if tk != uint64(taken) {
+			t.Errorf("skipped ticket %d, took %d", tk, taken)
+		}
+		skipped++
+	}
 	_, res, entries, err := s.commitMySQL(context.Background(), batch, take, skip)
+	switch {
+	case err == nil && (taken != 1 || skipped != 0):
+		t.Errorf("a commit took %d tickets and skipped %d", taken, skipped)
+	case err != nil && taken != skipped:
+		t.Errorf("a failed commit took %d tickets and skipped %d", taken, skipped)
+	}
+	// Both of the pool's connections at once: neither is inside a
+	// transaction.
+	ctx := context.Background()
+	for range s.cfg.Writers {
+		c, err := s.wdb.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		var in int
+		if err := c.QueryRowContext(ctx, "SELECT @@in_transaction").Scan(&in); err != nil || in != 0 {
+			t.Errorf("@@in_transaction = %d (%v) after a commit", in, err)
+		}
+	}
 	return res, entries, err
 }
 
@@ -65,7 +94,7 @@ func TestCommitMySQL(t *testing.T) {
 		return last
 	}
 
-	res, entries, err := commitDirect(s, one("k1", 1), one("k2", 2), one("k1", 3), group)
+	res, entries, err := commitDirect(t, s, one("k1", 1), one("k2", 2), one("k1", 3), group)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +113,7 @@ func TestCommitMySQL(t *testing.T) {
 	}
 
 	// A stored key: nothing of the batch stays, not even its new key.
-	if _, _, err := commitDirect(s, one("k3", 6), one("k2", 7)); !errors.Is(err, errKeyStoredBefore) {
+	if _, _, err := commitDirect(t, s, one("k3", 6), one("k2", 7)); !errors.Is(err, errKeyStoredBefore) {
 		t.Fatalf("a stored key: %v", err)
 	}
 	if last := state(); last != 2 {
@@ -99,7 +128,7 @@ func TestCommitMySQL(t *testing.T) {
 	if _, err := s.DB().Exec("INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES (?, 3, 5, ?, 'x', ?, 0, 'rogue', 0)", b, a, b); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := commitDirect(s, one("k4", 8)); err == nil || !isConflict(err) {
+	if _, _, err := commitDirect(t, s, one("k4", 8)); err == nil || !isConflict(err) {
 		t.Fatalf("a taken seq: %v, want a duplicate key error", err)
 	}
 	if _, err := s.DB().Exec("DELETE FROM inbox WHERE userid = ? AND seq = 3", b); err != nil {
@@ -107,7 +136,7 @@ func TestCommitMySQL(t *testing.T) {
 	}
 	// Rolled back: had the transaction stayed open, the next START
 	// TRANSACTION on the connection would have committed k4 and seq 3.
-	res, _, err = commitDirect(s, one("k4", 9))
+	res, _, err = commitDirect(t, s, one("k4", 9))
 	if err != nil || res[0].Duplicate || res[0].UnixMilli != 9 {
 		t.Fatalf("k4 after the failed commit: %+v, %v", res, err)
 	}
@@ -123,7 +152,7 @@ func TestCommitMySQL(t *testing.T) {
 		r.Body = body
 		big = append(big, r)
 	}
-	if res, _, err := commitDirect(s, big...); err != nil || len(res) != len(big) {
+	if res, _, err := commitDirect(t, s, big...); err != nil || len(res) != len(big) {
 		t.Fatalf("large batch: %d results, %v", len(res), err)
 	}
 	if last := state(); last != 3+1500 {
@@ -159,14 +188,45 @@ func TestMultiStmtTrips(t *testing.T) {
 	if m.trips < 2 || fmt.Sprint(got) != fmt.Sprint([]int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11}) {
 		t.Fatalf("%d round trips, results %v", m.trips, got)
 	}
-	// An error stops the rest and sticks.
-	m.query("SELECT * FROM no_such_table", func(rowScanner) error { return nil })
-	m.query("SELECT 1", func(rowScanner) error { t.Error("a statement after the failed one ran"); return nil })
-	if err := m.flush(); err == nil {
-		t.Fatal("no error from a missing table")
+	// A failure after a result set was read, in a query trip and in an
+	// exec trip: the error comes back, the statements after it do not run,
+	// and it sticks.
+	if _, err := conn.ExecContext(ctx, "CREATE TEMPORARY TABLE probe (v INT)"); err != nil {
+		t.Fatal(err)
 	}
-	m.exec("DO 1")
+	first := false
+	m = &multiStmt{ctx: ctx, conn: conn}
+	m.query("SELECT 1", func(rowScanner) error { first = true; return nil })
+	m.query("SELECT * FROM no_such_table", func(rowScanner) error { return nil })
+	m.exec("INSERT INTO probe VALUES (1)")
+	if err := m.flush(); err == nil || !first {
+		t.Fatalf("query trip: %v, first result read: %v", err, first)
+	}
+	m = &multiStmt{ctx: ctx, conn: conn}
+	m.exec("INSERT INTO probe VALUES (2)")
+	m.exec("INSERT INTO no_such_table VALUES (3)")
+	m.exec("INSERT INTO probe VALUES (4)")
+	if err := m.flush(); err == nil {
+		t.Fatal("exec trip: no error from a missing table")
+	}
+	m.exec("INSERT INTO probe VALUES (5)")
 	if err := m.flush(); err == nil {
 		t.Fatal("the error did not stick")
+	}
+	var vals []int
+	rows, err := conn.QueryContext(ctx, "SELECT v FROM probe ORDER BY v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		vals = append(vals, v)
+	}
+	rows.Close()
+	if fmt.Sprint(vals) != "[2]" {
+		t.Fatalf("probe holds %v, want [2]: only the statement before the failed one ran", vals)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"database/sql/driver"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/jmoiron/sqlx"
@@ -22,26 +23,36 @@ import (
 const SQLiteImplementation = "github.com/mattn/go-sqlite3 (SQLite's C library, cgo)"
 
 // openSQLite opens dsn, "file:PATH?QUERY" as parseDSN builds it. Each
-// "_pragma=NAME(VALUE)" option becomes a "PRAGMA NAME=VALUE" run on every
-// new connection, busy_timeout first; the other options go to the driver.
+// "_pragma=NAME(VALUE)" option becomes a "PRAGMA NAME(VALUE)" run on every
+// new connection, in modernc.org/sqlite's order (busy_timeout first, the
+// others sorted), so that a DSN means the same to both builds; the other
+// options go to the driver.
 func openSQLite(dsn string) (*sqlx.DB, error) {
 	path, query, _ := strings.Cut(dsn, "?")
 	opts, err := url.ParseQuery(query)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadDSN, err)
 	}
-	c := &sqliteConnector{drv: &sqlite3.SQLiteDriver{}}
-	for _, p := range opts["_pragma"] {
-		name, value, ok := splitPragma(p)
-		if !ok {
+	pragmas := opts["_pragma"]
+	for _, p := range pragmas {
+		if _, _, ok := splitPragma(p); !ok {
 			return nil, fmt.Errorf("%w: _pragma=%s is not NAME(VALUE)", ErrBadDSN, p)
 		}
-		stmt := "PRAGMA " + name + "=" + value
-		if name == "busy_timeout" {
-			c.pragmas = append([]string{stmt}, c.pragmas...)
-		} else {
-			c.pragmas = append(c.pragmas, stmt)
+	}
+	key := func(p string) string { return strings.ToLower(strings.TrimSpace(p)) }
+	slices.SortStableFunc(pragmas, func(a, b string) int {
+		ba, bb := strings.HasPrefix(key(a), "busy_timeout"), strings.HasPrefix(key(b), "busy_timeout")
+		switch {
+		case ba && !bb:
+			return -1
+		case bb && !ba:
+			return 1
 		}
+		return strings.Compare(key(a), key(b))
+	})
+	c := &sqliteConnector{drv: &sqlite3.SQLiteDriver{}}
+	for _, p := range pragmas {
+		c.pragmas = append(c.pragmas, "PRAGMA "+p)
 	}
 	opts.Del("_pragma")
 	c.dsn = path

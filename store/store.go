@@ -43,7 +43,9 @@ type Config struct {
 	// counts 1, a group send 1 plus an eighth of its recipients (the
 	// entries it hands to the commit hook); default 16384.
 	MaxBatch int
-	// MaxOpenConns bounds the connection pool; default 32 (MySQL), 8 (SQLite).
+	// MaxOpenConns bounds the main connection pool; default 32 (MySQL), 8
+	// (SQLite). On MySQL the group commits have Writers connections more,
+	// in a pool of their own.
 	MaxOpenConns int
 	// Writers (MySQL) is how many group commits run at once, each on its
 	// own connection, a sender's sends always through the same one;
@@ -79,6 +81,9 @@ type Store struct {
 	// wdb (MySQL) is the group commits' pool, a connection per lane, which
 	// allows multi-statement queries (commitMySQL); nil on SQLite.
 	wdb *sqlx.DB
+	// tripBytes bounds what one of wdb's round trips sends (maxTripBytes,
+	// or less where the server's max_allowed_packet is small).
+	tripBytes int
 	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
 	ckpt   *checkpointer
 	writer sendWriter
@@ -125,7 +130,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	case cfg.Writers <= 0:
 		cfg.Writers = 2
 	}
-	cfg.Writers = min(cfg.Writers, cfg.MaxOpenConns)
 	var db *sqlx.DB
 	if d.name == "sqlite" {
 		db, err = openSQLite(dsn)
@@ -160,7 +164,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox}
-		if s.wdb, err = openWriterPool(dsn, cfg); err != nil {
+		if s.wdb, s.tripBytes, err = openWriterPool(ctx, dsn, cfg); err != nil {
 			db.Close()
 			return nil, err
 		}
@@ -172,21 +176,34 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // openWriterPool opens the MySQL group commits' pool: dsn with
 // multi-statement queries allowed, cfg.Writers connections. Every value
 // still goes in as an argument, escaped by the driver (interpolateParams).
-func openWriterPool(dsn string, cfg Config) (*sqlx.DB, error) {
+// It also returns how much one round trip may carry: maxTripBytes, or half
+// the server's or the DSN's max_allowed_packet if that is less.
+func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int, error) {
 	mc, err := mysql.ParseDSN(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadDSN, err)
+		return nil, 0, fmt.Errorf("%w: %v", ErrBadDSN, err)
 	}
 	mc.MultiStatements = true
 	wdb, err := sqlx.Open("mysql", mc.FormatDSN())
 	if err != nil {
-		return nil, fmt.Errorf("store: open: %w", err)
+		return nil, 0, fmt.Errorf("store: open: %w", err)
 	}
 	wdb.SetMaxOpenConns(cfg.Writers)
 	wdb.SetMaxIdleConns(cfg.Writers)
 	wdb.SetConnMaxLifetime(cfg.ConnMaxLifetime)
 	wdb.SetConnMaxIdleTime(cfg.ConnMaxLifetime / 2)
-	return wdb, nil
+	ctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
+	defer cancel()
+	var packet int
+	if err := wdb.GetContext(ctx, &packet, "SELECT @@max_allowed_packet"); err != nil {
+		wdb.Close()
+		return nil, 0, fmt.Errorf("store: max_allowed_packet: %w", err)
+	}
+	trip := min(maxTripBytes, packet/2)
+	if mc.MaxAllowedPacket > 0 {
+		trip = min(trip, mc.MaxAllowedPacket/2)
+	}
+	return wdb, trip, nil
 }
 
 // Close stops the commit goroutine after it committed what was queued, then

@@ -531,9 +531,11 @@ func TestSQLitePragmas(t *testing.T) {
 			}
 		}
 	}
-	if bad, err := Open(ctx, Config{DSN: "sqlite:" + path + "?_pragma=cache_size"}); err == nil {
-		bad.Close()
-		t.Error("a _pragma without (VALUE) was accepted")
+	if bad, err := Open(ctx, Config{DSN: "sqlite:" + path + "?_pragma=cache_size"}); !errors.Is(err, ErrBadDSN) {
+		if err == nil {
+			bad.Close()
+		}
+		t.Errorf("a _pragma without (VALUE): %v, want ErrBadDSN", err)
 	}
 }
 
