@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -67,6 +68,24 @@ func TestBinaryDefaultsAndSignals(t *testing.T) {
 		c.Close()
 		if _, err := os.Stat(filepath.Join(dir, "chat.db")); err != nil {
 			t.Fatalf("default database not created: %v", err)
+		}
+	}
+}
+
+func TestMaxProcs(t *testing.T) {
+	for _, c := range []struct {
+		env             string
+		def, loops, out int
+	}{
+		{"", 2, 2, 5}, // a P more per event loop, and one for the reactor
+		{"", 8, 1, 10},
+		{"3", 2, 2, 3}, // GOMAXPROCS set: kept
+		{"x", 2, 2, 5}, // not a number: ignored
+		{"0", 2, 2, 5},
+		{"", 2, 0, 2 + runtime.NumCPU() + 1}, // event loops by default: one per CPU
+	} {
+		if got := maxProcs(c.env, c.def, c.loops); got != c.out {
+			t.Errorf("maxProcs(%q, %d, %d) = %d, want %d", c.env, c.def, c.loops, got, c.out)
 		}
 	}
 }
