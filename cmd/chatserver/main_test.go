@@ -77,12 +77,14 @@ func TestMaxProcs(t *testing.T) {
 		env             string
 		def, loops, out int
 	}{
-		{"", 2, 2, 5}, // a P more per event loop, and one for the reactor
-		{"", 8, 1, 10},
+		{"", 2, 2, 3}, // one P more than the event loops
+		{"", 8, 2, 8}, // more CPUs than loops: the default
+		{"", 2, 1, 2},
 		{"3", 2, 2, 3}, // GOMAXPROCS set: kept
-		{"x", 2, 2, 5}, // not a number: ignored
-		{"0", 2, 2, 5},
-		{"", 2, 0, 2 + runtime.NumCPU() + 1}, // event loops by default: one per CPU
+		{"1", 4, 4, 1},
+		{"x", 2, 2, 3}, // not a number: ignored
+		{"0", 2, 2, 3},
+		{"", 1, 0, max(1, runtime.NumCPU()+1)}, // event loops by default: one per CPU
 	} {
 		if got := maxProcs(c.env, c.def, c.loops); got != c.out {
 			t.Errorf("maxProcs(%q, %d, %d) = %d, want %d", c.env, c.def, c.loops, got, c.out)
