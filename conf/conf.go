@@ -109,7 +109,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", c.MaxPendingBytes, "bytes queued per connection before errno 8")
 	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unsent bytes per connection before it is closed as a slow consumer")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "request handler goroutines")
-	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU)")
+	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU but one, at least one)")
 	fs.DurationVar(&c.MemReleaseIdle, "mem-release-idle", c.MemReleaseIdle, "return free memory to the OS once quiet this long after work (negative: never, 0: the default)")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", c.BcryptCost, "bcrypt cost for new passwords (4..31)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "session token lifetime")

@@ -58,7 +58,7 @@ type Config struct {
 	MaxOutbound int
 	// Workers is the size of the handler pool: default 256.
 	Workers int
-	// EventLoops: default the number of CPUs.
+	// EventLoops: default DefaultEventLoops().
 	EventLoops int
 	// DrainTimeout bounds how long Stop waits for in-flight requests:
 	// default 10 s.
@@ -70,6 +70,17 @@ type Config struct {
 	// Logger: default slog.Default().
 	Logger *slog.Logger
 }
+
+// DefaultEventLoops is the number of gnet event loops a server runs unless
+// told otherwise: one per CPU but one, and at least one. An event loop
+// waits in epoll_wait on its own thread and keeps its Go P while it
+// waits; with a loop per CPU and GOMAXPROCS Ps, the loops could hold every
+// P, and goroutines woken by the runtime's own network poller (answers
+// from MariaDB and Redis) waited for sysmon, up to 10 ms. With 2 CPUs and
+// 2 loops that put a two-node cluster at 1,000 msg/s into stretches where
+// every round trip took up to 10 ms more (p99 53-65 ms); with one loop,
+// p99 17-21 ms, and flat out no slower (BENCHMARKS.md, (c)).
+func DefaultEventLoops() int { return max(1, runtime.NumCPU()-1) }
 
 func (c *Config) setDefaults() {
 	if c.Listen == "" {
@@ -103,7 +114,7 @@ func (c *Config) setDefaults() {
 		c.Workers = 256
 	}
 	if c.EventLoops <= 0 {
-		c.EventLoops = runtime.NumCPU()
+		c.EventLoops = DefaultEventLoops()
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 10 * time.Second

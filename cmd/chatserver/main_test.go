@@ -8,11 +8,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/chatcluster/chatcluster/server"
 )
 
 // TestBinaryDefaultsAndSignals runs the real binary with no configuration
@@ -84,7 +85,7 @@ func TestMaxProcs(t *testing.T) {
 		{"1", 4, 4, 1},
 		{"x", 2, 2, 3}, // not a number: ignored
 		{"0", 2, 2, 3},
-		{"", 1, 0, max(1, runtime.NumCPU()+1)}, // event loops by default: one per CPU
+		{"", 1, 0, server.DefaultEventLoops() + 1}, // event loops by default
 	} {
 		if got := maxProcs(c.env, c.def, c.loops); got != c.out {
 			t.Errorf("maxProcs(%q, %d, %d) = %d, want %d", c.env, c.def, c.loops, got, c.out)
