@@ -72,7 +72,8 @@ type Config struct {
 }
 
 // DefaultEventLoops is the number of gnet event loops a server runs unless
-// told otherwise: one per CPU but one, and at least one. An event loop
+// told otherwise: one per CPU the process may use (GOMAXPROCS, which
+// follows a container's CPU limit) but one, and at least one. An event loop
 // waits in epoll_wait on its own thread and keeps its Go P while it
 // waits; with a loop per CPU and GOMAXPROCS Ps, the loops could hold every
 // P, and goroutines woken by the runtime's own network poller (answers
@@ -80,7 +81,7 @@ type Config struct {
 // 2 loops that put a two-node cluster at 1,000 msg/s into stretches where
 // every round trip took up to 10 ms more (p99 53-65 ms); with one loop,
 // p99 17-21 ms, and flat out no slower (BENCHMARKS.md, (c)).
-func DefaultEventLoops() int { return max(1, runtime.NumCPU()-1) }
+func DefaultEventLoops() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
 func (c *Config) setDefaults() {
 	if c.Listen == "" {
