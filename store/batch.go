@@ -530,17 +530,78 @@ func (p *batchPlan) rows(next map[codec.UserID]codec.Seq, gnext map[codec.GroupI
 func (s *Store) allocGroupSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.GroupID]int64) (map[codec.GroupID]codec.Seq, error) {
 	gids := slices.Sorted(maps.Keys(counts))
 	next := make(map[codec.GroupID]codec.Seq, len(gids))
+	q := &txStmts{ctx: ctx, tx: tx}
 	for _, g := range gids {
-		if _, err := tx.ExecContext(ctx, s.dialect.bumpGroup, g, counts[g]); err != nil {
-			return nil, err
-		}
-		var last int64
-		if err := tx.GetContext(ctx, &last, "SELECT last_seq FROM group_state WHERE groupid = ?", g); err != nil {
-			return nil, fmt.Errorf("store: gseq of group %d: %w", g, err)
-		}
-		next[g] = codec.Seq(last - counts[g] + 1)
+		addGroupSeqStmts(q, s.dialect.bumpGroup, g, counts[g], next)
+	}
+	if q.err != nil {
+		return nil, q.err
+	}
+	if len(next) != len(gids) {
+		return nil, fmt.Errorf("store: gseq allocation returned %d of %d groups", len(next), len(gids))
 	}
 	return next, nil
+}
+
+// addGroupSeqStmts adds the upsert that reserves n gseqs in group g's log
+// (bumpGroup, the dialect's) and the read that records the first in next.
+func addGroupSeqStmts(to stmtSink, bumpGroup string, g codec.GroupID, n int64, next map[codec.GroupID]codec.Seq) {
+	to.exec(bumpGroup, g, n)
+	to.query("SELECT last_seq FROM group_state WHERE groupid = ?", func(rows rowScanner) error {
+		var last int64
+		err := rows.Scan(&last)
+		next[g] = codec.Seq(last - n + 1)
+		return err
+	}, g)
+}
+
+// addSeqStmts adds, for one chunk of users in id order (the lock order),
+// MySQL's upsert that reserves counts[id] seqs for each and raises
+// acked_seq to acks[id] (bumpSeq), and the read that records each one's
+// first new seq in next.
+func addSeqStmts(to stmtSink, bumpSeq string, ids []codec.UserID, counts map[codec.UserID]int64, acks, next map[codec.UserID]codec.Seq) {
+	args := make([]any, 0, 3*len(ids))
+	for _, id := range ids {
+		args = append(args, id, counts[id], acks[id])
+	}
+	to.exec(fmt.Sprintf(bumpSeq, placeholders(len(ids), "(?, ?, ?)")), args...)
+	args = args[:0]
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	to.query("SELECT userid, last_seq FROM inbox_state WHERE userid IN ("+placeholders(len(ids), "?")+")",
+		scanFirstSeqs(counts, next), args...)
+}
+
+// stmtSink runs the statements of a group commit's steps: txStmts one at a
+// time inside a transaction, multiStmt several per round trip. A query's
+// scan function reads each of its rows. After an error the rest are
+// skipped; each implementation reports the first.
+type stmtSink interface {
+	exec(query string, args ...any)
+	query(query string, scan func(rowScanner) error, args ...any)
+}
+
+// txStmts runs each statement at once in tx; err is the first error.
+type txStmts struct {
+	ctx context.Context
+	tx  *sqlx.Tx
+	err error
+}
+
+var _ stmtSink = (*txStmts)(nil)
+
+func (t *txStmts) exec(query string, args ...any) {
+	if t.err == nil {
+		_, t.err = t.tx.ExecContext(t.ctx, query, args...)
+	}
+}
+
+func (t *txStmts) query(query string, scan func(rowScanner) error, args ...any) {
+	if t.err == nil {
+		rows, err := t.tx.QueryxContext(t.ctx, query, args...)
+		t.err = scanRows(rows, err, scan)
+	}
 }
 
 // insertGroupLog inserts group log rows, chunk rows per statement.
@@ -749,24 +810,12 @@ func sortedIDs(counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) [
 func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
 	ids := sortedIDs(counts, acks)
 	next := make(map[codec.UserID]codec.Seq, len(ids))
+	q := &txStmts{ctx: ctx, tx: tx}
 	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		args := make([]any, 0, 3*len(part))
-		for _, id := range part {
-			args = append(args, id, counts[id], acks[id])
-		}
-		stmt := fmt.Sprintf(w.bumpSeq, placeholders(len(part), "(?, ?, ?)"))
-		if _, err := tx.ExecContext(ctx, stmt, args...); err != nil {
-			return nil, err
-		}
-		q, qargs, err := sqlx.In("SELECT userid, last_seq FROM inbox_state WHERE userid IN (?)", part)
-		if err != nil {
-			return nil, err
-		}
-		rows, err := tx.QueryxContext(ctx, q, qargs...)
-		if err := scanRows(rows, err, scanFirstSeqs(counts, next)); err != nil {
-			return nil, err
-		}
+		addSeqStmts(q, w.bumpSeq, ids[start:min(start+chunk, len(ids))], counts, acks, next)
+	}
+	if q.err != nil {
+		return nil, q.err
 	}
 	if len(next) != len(ids) {
 		return nil, fmt.Errorf("store: seq allocation returned %d of %d users", len(next), len(ids))
@@ -836,13 +885,10 @@ func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.User
 		return nil
 	}
 	stmt := fmt.Sprintf(w.ackInbox, placeholders(len(vals)/2, "(?, ?)"))
-	for attempt := 0; ; attempt++ {
-		_, err = s.db.ExecContext(ctx, stmt, vals...)
-		if err == nil || !isRetryable(err) || ctx.Err() != nil || attempt == 4 {
-			return err
-		}
-		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
-	}
+	return retrying(ctx, func() error {
+		_, err := s.db.ExecContext(ctx, stmt, vals...)
+		return err
+	})
 }
 
 // rowScanner is a row of *sql.Rows or *sqlx.Rows.
@@ -921,7 +967,13 @@ func inboxArgs(args []any, entries []service.Entry, created []int64) []any {
 // insertSentChunk inserts at most chunk rows with one statement; verb is
 // "INSERT" or "INSERT IGNORE".
 func insertSentChunk(ctx context.Context, tx sqlx.ExtContext, verb string, rows []sentRow) (sql.Result, error) {
-	return tx.ExecContext(ctx, verb+" INTO sent (senderid, clientmsgid, created_ms) VALUES "+placeholders(len(rows), "(?, ?, ?)"), sentArgs(nil, rows)...)
+	return tx.ExecContext(ctx, insertSentQuery(verb, len(rows)), sentArgs(nil, rows)...)
+}
+
+// insertSentQuery inserts n rows into sent (sentArgs); verb is "INSERT" or
+// "INSERT IGNORE".
+func insertSentQuery(verb string, n int) string {
+	return verb + " INTO sent (senderid, clientmsgid, created_ms) VALUES " + placeholders(n, "(?, ?, ?)")
 }
 
 // sentArgs appends the (senderid, clientmsgid, created_ms) values of rows.

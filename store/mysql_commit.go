@@ -22,37 +22,29 @@ var errKeyStoredBefore = errors.New("store: a clientmsgid of the batch was store
 
 // commitMySQL commits a batch of sends on MySQL in two round trips (more
 // when it exceeds maxTripBytes), on a connection of the writers' pool
-// (multi-statement queries), retrying deadlocks as inTxTicket does: the first
-// starts the transaction, records the clientmsgids (INSERT IGNORE; a key
-// that inserts nothing was stored before) and reserves the seqs and gseqs,
-// reading them back; the second inserts the inbox and group log rows and
-// commits. take and skip are inTxTicket's: the ticket is taken just before
-// the round trip that carries the COMMIT (the second, unless the rows take
-// more than one), and skipped if that trip fails. The statement-by-statement path (storeBatch in a
-// transaction) costs seven round trips for the same batch; it still commits
-// batches that repeat a stored clientmsgid (errKeyStoredBefore) and, on
-// MySQL, nothing else.
+// (multi-statement queries), retrying deadlocks as inTxTicket does: the
+// first starts the transaction, records the clientmsgids (INSERT IGNORE; a
+// key that inserts nothing was stored before) and reserves the seqs and
+// gseqs, reading them back; the second inserts the inbox and group log rows
+// and commits. take and skip are inTxTicket's: the ticket is taken just
+// before the round trip that carries the COMMIT (the second, unless the
+// rows take more than one), and skipped if that trip fails. The
+// statement-by-statement path (storeBatch in a transaction) costs seven
+// round trips for the same batch; it still commits batches that repeat a
+// stored clientmsgid (errKeyStoredBefore) and, on MySQL, nothing else.
 //
 // Every lock is taken in the same order as on that path: sent keys sorted,
 // inbox_state rows by user id, group_state rows by group id.
-func (s *Store) commitMySQL(ctx context.Context, batch []*sendOp, take func() uint64, skip func(uint64)) (uint64, []service.SendResult, []service.Entry, error) {
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		var (
-			t       uint64
-			results []service.SendResult
-			entries []service.Entry
-		)
+func (s *Store) commitMySQL(ctx context.Context, batch []*sendOp, take func() uint64, skip func(uint64)) (t uint64, results []service.SendResult, entries []service.Entry, err error) {
+	err = retrying(ctx, func() error { // errKeyStoredBefore is not retried
+		var err error
 		t, results, entries, err = s.commitMySQLOnce(ctx, batch, take, skip)
-		if err == nil {
-			return t, results, entries, nil
-		}
-		if errors.Is(err, errKeyStoredBefore) || !isRetryable(err) || ctx.Err() != nil {
-			return 0, nil, nil, err
-		}
-		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+		return err
+	})
+	if err != nil {
+		return 0, nil, nil, err
 	}
-	return 0, nil, nil, err
+	return t, results, entries, nil
 }
 
 func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func() uint64, skip func(uint64)) (t uint64, results []service.SendResult, entries []service.Entry, err error) {
@@ -80,7 +72,7 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 	keys := slices.SortedFunc(slices.Values(p.sent), compareSent)
 	for start := 0; start < len(keys); start += chunk {
 		part := keys[start:min(start+chunk, len(keys))]
-		m.exec("INSERT IGNORE INTO sent (senderid, clientmsgid, created_ms) VALUES "+placeholders(len(part), "(?, ?, ?)"), sentArgs(nil, part)...)
+		m.exec(insertSentQuery("INSERT IGNORE", len(part)), sentArgs(nil, part)...)
 		m.query("SELECT ROW_COUNT()", func(rows rowScanner) error {
 			var n int
 			err := rows.Scan(&n)
@@ -91,25 +83,12 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 	ids := sortedIDs(p.counts, nil)
 	next := make(map[codec.UserID]codec.Seq, len(ids))
 	for start := 0; start < len(ids); start += chunk {
-		part := ids[start:min(start+chunk, len(ids))]
-		args := make([]any, 0, 3*len(part))
-		for _, id := range part {
-			args = append(args, id, p.counts[id], 0)
-		}
-		m.exec(fmt.Sprintf(s.dialect.bumpSeq, placeholders(len(part), "(?, ?, ?)")), args...)
-		m.query("SELECT userid, last_seq FROM inbox_state WHERE userid IN ("+placeholders(len(part), "?")+")",
-			scanFirstSeqs(p.counts, next), idArgs(part)...)
+		addSeqStmts(m, s.dialect.bumpSeq, ids[start:min(start+chunk, len(ids))], p.counts, nil, next)
 	}
 	gids := slices.Sorted(maps.Keys(p.gcounts))
 	gnext := make(map[codec.GroupID]codec.Seq, len(gids))
 	for _, g := range gids {
-		m.exec(s.dialect.bumpGroup, g, p.gcounts[g])
-		m.query("SELECT last_seq FROM group_state WHERE groupid = ?", func(rows rowScanner) error {
-			var last int64
-			err := rows.Scan(&last)
-			gnext[g] = codec.Seq(last - p.gcounts[g] + 1)
-			return err
-		}, g)
+		addGroupSeqStmts(m, s.dialect.bumpGroup, g, p.gcounts[g], gnext)
 	}
 	if err = m.flush(); err != nil {
 		return 0, nil, nil, err
@@ -141,15 +120,6 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 		return 0, nil, nil, err
 	}
 	return t, p.results, r.entries, nil
-}
-
-// idArgs returns ids as arguments.
-func idArgs(ids []codec.UserID) []any {
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = id
-	}
-	return args
 }
 
 // abandon ends whatever transaction a failed commit left open on conn; if
@@ -188,6 +158,8 @@ type multiStmt struct {
 	err   error
 	trips int // round trips made (count)
 }
+
+var _ stmtSink = (*multiStmt)(nil)
 
 func (m *multiStmt) exec(query string, args ...any) { m.add(query, nil, args) }
 

@@ -9,6 +9,7 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -139,10 +140,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
 	}
-	db.SetMaxOpenConns(cfg.MaxOpenConns)
-	db.SetMaxIdleConns(cfg.MaxOpenConns)
-	db.SetConnMaxLifetime(cfg.ConnMaxLifetime)
-	db.SetConnMaxIdleTime(cfg.ConnMaxLifetime / 2)
+	sizePool(db, cfg.MaxOpenConns, cfg.ConnMaxLifetime)
 	s := &Store{db: db, dialect: d, cfg: cfg, log: cfg.Logger}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
@@ -188,10 +186,7 @@ func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int,
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: open: %w", err)
 	}
-	wdb.SetMaxOpenConns(cfg.Writers)
-	wdb.SetMaxIdleConns(cfg.Writers)
-	wdb.SetConnMaxLifetime(cfg.ConnMaxLifetime)
-	wdb.SetConnMaxIdleTime(cfg.ConnMaxLifetime / 2)
+	sizePool(wdb, cfg.Writers, cfg.ConnMaxLifetime)
 	ctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
 	defer cancel()
 	var packet int
@@ -204,6 +199,15 @@ func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int,
 		trip = min(trip, mc.MaxAllowedPacket/2)
 	}
 	return wdb, trip, nil
+}
+
+// sizePool keeps up to conns connections in db, idle ones too, each
+// recycled after lifetime (or half that idle).
+func sizePool(db *sqlx.DB, conns int, lifetime time.Duration) {
+	db.SetMaxOpenConns(conns)
+	db.SetMaxIdleConns(conns)
+	db.SetConnMaxLifetime(lifetime)
+	db.SetConnMaxIdleTime(lifetime / 2)
 }
 
 // Close stops the commit goroutine after it committed what was queued, then
@@ -408,34 +412,51 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
 // inTxTicket is inTx, calling take (if not nil) just before each COMMIT
 // and returning what it returned when the COMMIT succeeds; skip gets the
 // ticket of a COMMIT that failed.
-func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take func() uint64, skip func(uint64)) (uint64, error) {
-	var err error
-	for attempt := 0; attempt < 5; attempt++ {
-		var tx *sqlx.Tx
-		tx, err = s.db.BeginTxx(ctx, nil)
+func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take func() uint64, skip func(uint64)) (t uint64, err error) {
+	var beginErr error // not retried: SQLite's busy_timeout has waited already
+	err = retrying(ctx, func() error {
+		tx, err := s.db.BeginTxx(ctx, nil)
 		if err != nil {
-			return 0, err
+			beginErr = err
+			return nil
 		}
-		if err = fn(tx); err == nil {
-			var t uint64
-			if take != nil {
-				t = take()
-			}
-			if err = tx.Commit(); err == nil {
-				return t, nil
-			}
+		if err := fn(tx); err != nil {
+			_ = tx.Rollback()
+			return err
+		}
+		if take != nil {
+			t = take()
+		}
+		if err := tx.Commit(); err != nil {
 			if skip != nil {
 				skip(t)
 			}
-		} else {
-			_ = tx.Rollback()
+			return err
 		}
-		if !isRetryable(err) || ctx.Err() != nil {
-			return 0, err
-		}
-		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+		return nil
+	})
+	if err = cmp.Or(beginErr, err); err != nil {
+		return 0, err
 	}
-	return 0, err
+	return t, nil
+}
+
+// maxAttempts bounds the tries of a statement or transaction that keeps
+// hitting deadlocks or lock timeouts.
+const maxAttempts = 5
+
+// retrying runs fn until it succeeds, fails otherwise than with a deadlock
+// or lock timeout (isRetryable), ctx ends, or maxAttempts tries were made,
+// waiting 5 ms longer before each retry than before the last. It returns
+// fn's last error.
+func retrying(ctx context.Context, fn func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || !isRetryable(err) || ctx.Err() != nil || attempt == maxAttempts {
+			return err
+		}
+		time.Sleep(time.Duration(attempt) * 5 * time.Millisecond)
+	}
 }
 
 // Secret returns the token signing key shared by every node of the cluster,
