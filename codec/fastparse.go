@@ -104,59 +104,53 @@ func (p *fastParser) str() ([]byte, bool) {
 	return nil, false
 }
 
-// integer reads an integer that fits int64 (no fraction, no exponent) and
-// returns its text.
-func (p *fastParser) integer() ([]byte, int64, bool) {
-	start := p.i
+// integer reads an integer that fits int64 (no fraction, no exponent).
+func (p *fastParser) integer() (int64, bool) {
 	neg := p.eat('-')
 	digits := p.i
 	var n uint64
 	for p.i < len(p.b) && p.b[p.i] >= '0' && p.b[p.i] <= '9' {
 		d := uint64(p.b[p.i] - '0')
 		if n > (1<<63)/10 || (n == (1<<63)/10 && d > (1<<63)%10) {
-			return nil, 0, false // beyond int64 either way
+			return 0, false // beyond int64 either way
 		}
 		n = n*10 + d
 		p.i++
 	}
 	switch {
 	case p.i == digits, p.b[digits] == '0' && p.i-digits > 1: // no digits; a leading zero
-		return nil, 0, false
+		return 0, false
 	case p.i < len(p.b) && (p.b[p.i] == '.' || p.b[p.i] == 'e' || p.b[p.i] == 'E'):
-		return nil, 0, false
+		return 0, false
 	case !neg && n > 1<<63-1:
-		return nil, 0, false
+		return 0, false
 	}
 	v := int64(n) // -(1<<63) wraps to itself
 	if neg {
 		v = -v
 	}
-	return p.b[start:p.i], v, true
+	return v, true
 }
 
 // value reads key's value into r: an integer or a string of the field's
 // type, or for an unknown key either one, ignored.
 func (p *fastParser) value(r *Request, key []byte) bool {
 	var (
-		raw  []byte // the value's text
-		s    []byte // a string's contents
-		n    int64
-		isIn bool // an integer, not a string
+		s  []byte // a string's contents
+		n  int64
+		ok bool
 	)
 	start := p.i
-	if p.i < len(p.b) && p.b[p.i] == '"' {
-		var ok bool
-		if s, ok = p.str(); !ok {
-			return false
-		}
+	isIn := p.i >= len(p.b) || p.b[p.i] != '"' // an integer, not a string
+	if isIn {
+		n, ok = p.integer()
 	} else {
-		var ok bool
-		if _, n, ok = p.integer(); !ok {
-			return false
-		}
-		isIn = true
+		s, ok = p.str()
 	}
-	raw = p.b[start:p.i]
+	if !ok {
+		return false
+	}
+	raw := p.b[start:p.i] // the value's text
 	setInt := func(dst **int64) bool {
 		if isIn {
 			*dst = &n
