@@ -19,12 +19,7 @@ func openMySQL(t *testing.T) *Store {
 	if dsn == "" {
 		t.Skip("CHAT_TEST_MYSQL_DSN is not set")
 	}
-	s, err := Open(context.Background(), Config{DSN: dsn})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
+	return openStore(t, Config{DSN: dsn})
 }
 
 // commitDirect runs the two-round-trip commit on ops, outside the batcher,

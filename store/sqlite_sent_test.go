@@ -17,11 +17,7 @@ import (
 // must not take them for sends stored earlier.
 func TestSentMemoryFailedCommit(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db")})
 	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
 	send := func(cmid string, to codec.UserID, ms int64) (service.SendResult, error) {
 		return s.Send(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{to}, ToUser: to,
@@ -88,25 +84,16 @@ func TestSentMemoryFailedCommit(t *testing.T) {
 // process) appends keys to the sent logs and empties them; the first
 // store's writer must see both.
 func TestSentMemorySecondWriter(t *testing.T) {
-	ctx := context.Background()
 	cfg := Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeRows: 4}
-	s1, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s1.Close()
+	s1 := openStore(t, cfg)
 	a, b := mustUser(t, s1, "a"), mustUser(t, s1, "b")
 	send := func(s *Store, cmid string, ms int64) service.SendResult {
 		t.Helper()
 		return sendKey(t, s, a, b, cmid, ms)
 	}
 	send(s1, "one", 1)
-	s2, err := Open(ctx, cfg) // copies and empties the logs s1 appended to
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
-	send(s2, "two", 2) // into a log s1 last saw empty
+	s2 := openStore(t, cfg) // copies and empties the logs s1 appended to
+	send(s2, "two", 2)      // into a log s1 last saw empty
 	for _, k := range []struct {
 		cmid string
 		ms   int64
@@ -141,19 +128,10 @@ func TestSentMemorySecondWriter(t *testing.T) {
 // two stores on the file, a gen written twice would let one of them keep a
 // stale copy and take a key in a frozen log for a new one.
 func TestSentMemoryFreezeWithoutKeys(t *testing.T) {
-	ctx := context.Background()
 	// MergeRows 8: a copy share of 1 row past what the commit appended.
 	cfg := Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeRows: 8, MergeInterval: 50 * time.Millisecond}
-	s1, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s1.Close()
-	s2, err := Open(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s2.Close()
+	s1 := openStore(t, cfg)
+	s2 := openStore(t, cfg)
 	a, b := mustUser(t, s1, "a"), mustUser(t, s1, "b")
 	send := func(s *Store, cmid string, ms int64) service.SendResult {
 		t.Helper()

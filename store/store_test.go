@@ -83,6 +83,17 @@ func forEachBackend(t *testing.T, fn func(t *testing.T, s *Store)) {
 	}
 }
 
+// openStore opens a store on cfg, closed when t ends.
+func openStore(t testing.TB, cfg Config) *Store {
+	t.Helper()
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("open %s: %v", cfg.DSN, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
 func mustUser(t *testing.T, s *Store, name string) codec.UserID {
 	t.Helper()
 	id, err := s.CreateUser(context.Background(), name, []byte("hash-"+name))
@@ -502,11 +513,7 @@ func TestParseDSN(t *testing.T) {
 // pragmas and the DSN's own, and that a malformed one is refused.
 func TestSQLitePragmas(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "p.db")
-	s, err := Open(context.Background(), Config{DSN: "sqlite:" + path + "?_pragma=wal_autocheckpoint(256)"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, Config{DSN: "sqlite:" + path + "?_pragma=wal_autocheckpoint(256)"})
 	t.Log(SQLiteImplementation)
 	ctx := context.Background()
 	// Three connections held at once: three different ones of the pool.
@@ -847,11 +854,7 @@ func TestWritersInParallel(t *testing.T) {
 		t.Skip("CHAT_TEST_MYSQL_DSN is not set (./build.sh test sets it)")
 	}
 	ctx := context.Background()
-	s, err := Open(ctx, Config{DSN: dsn, Writers: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := openStore(t, Config{DSN: dsn, Writers: 2})
 	// Two senders on different lanes (lanes go by user id), two recipients.
 	a := mustUser(t, s, "a")
 	b := mustUser(t, s, "b")
