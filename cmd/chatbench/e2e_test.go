@@ -249,6 +249,39 @@ func TestConnectWithBaseline(t *testing.T) {
 	}
 }
 
+func TestChatWithRelayBaseline(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("chat", ts.addr, 10)
+	cfg.CompareBaseline = true
+	cfg.Rate = 200
+	rep := runOK(t, cfg)
+	checkTraffic(t, rep, 1)
+	rb := rep.Relay
+	if rb == nil || rb.Traffic == nil {
+		t.Fatal("no relay baseline in the report")
+	}
+	// The relay run is checked like ours: every message delivered once, in
+	// seq order, at the same paced rate, with its own server sample.
+	relay := &Report{Scenario: "chat", Traffic: rb.Traffic, Resources: rb.Resources, OK: rb.OK, Errors: rb.Errors}
+	checkTraffic(t, relay, 1)
+	if rb.Resources.Servers[0].PID == os.Getpid() {
+		t.Error("relay CPU sampled from chatbench itself, not the relay process")
+	}
+	if want := rep.Traffic.DeliveredPerSec / rb.Traffic.DeliveredPerSec; rb.DeliveredRatio != want {
+		t.Errorf("delivered ratio %v, want %v", rb.DeliveredRatio, want)
+	}
+	if want := rep.Traffic.Latency.P99 / rb.Traffic.Latency.P99; rb.P99Ratio != want {
+		t.Errorf("p99 ratio %v, want %v", rb.P99Ratio, want)
+	}
+	var buf bytes.Buffer
+	printTable(&buf, rep)
+	for _, row := range []string{"relay baseline", "relay latency", "ratio to relay"} {
+		if !strings.Contains(buf.String(), row) {
+			t.Errorf("table has no %q row", row)
+		}
+	}
+}
+
 func TestLoginStorm(t *testing.T) {
 	ts := startServer(t)
 	rep := runOK(t, testConfig("login", ts.addr, 10))
@@ -270,6 +303,7 @@ func TestParseFlags(t *testing.T) {
 	for _, bad := range [][]string{
 		{"chat", "extra"}, {"nope"}, {"-addr", "10.0.0.1:6000", "chat"}, {"-pid", "abc", "chat"},
 		{"-procs", "0", "chat"}, {"-password", "x", "chat"}, {"-size", "0", "chat"},
+		{"-compare-baseline", "group"}, {"-compare-baseline", "login"},
 	} {
 		if _, err := parseFlags(bad, &out); err == nil {
 			t.Errorf("accepted %q", bad)

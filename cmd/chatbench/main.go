@@ -6,6 +6,7 @@
 //
 //	chatbench [flags] connect|chat|group|login
 //	chatbench baseline-server -listen ADDR
+//	chatbench relay-server -listen ADDR
 //
 // Start the server with benchmark settings, which chatbench assumes and
 // cannot check: chatserver -bcrypt-cost 4 -rate -1 (cheap password hashing
@@ -24,7 +25,10 @@
 //	         recipient, flat out (-inflight requests in flight each) or at
 //	         -rate messages/s in total, for -warmup + -duration; senders use
 //	         -addr, recipients -addr-recv, so a cluster run can make every
-//	         message cross nodes.
+//	         message cross nodes. -compare-baseline then runs the same load
+//	         against a relay-server it starts (goroutine per connection,
+//	         nothing stored: see relay.go) and reports our delivered/s and
+//	         p99 beside its own.
 //	group    -groups groups of -group-size members; -senders-per-group
 //	         members of each group send GROUP_CHAT; every message fans out
 //	         to group-size-1 members.
@@ -83,6 +87,9 @@ func realMain(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "baseline-server" {
 		return baselineMain(args[1:], stdout, stderr)
 	}
+	if len(args) > 0 && args[0] == "relay-server" {
+		return relayMain(args[1:], stdout, stderr)
+	}
 	cfg, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
@@ -120,7 +127,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("chatbench", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.Usage = func() {
-		fmt.Fprintln(out, "usage: chatbench [flags] connect|chat|group|login\n       chatbench baseline-server -listen ADDR\nflags:")
+		fmt.Fprintln(out, "usage: chatbench [flags] connect|chat|group|login\n       chatbench baseline-server -listen ADDR\n       chatbench relay-server -listen ADDR\nflags:")
 		fs.PrintDefaults()
 	}
 	var addr, addrRecv, pids string
@@ -143,7 +150,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&cfg.Prefix, "prefix", "", "user name prefix (default random per run)")
 	fs.StringVar(&cfg.Password, "password", "benchpass", "password of every user")
 	fs.BoolVar(&cfg.Baseline, "baseline", false, "connect: the target is a baseline-server (no login)")
-	fs.BoolVar(&cfg.CompareBaseline, "compare-baseline", false, "connect: also measure a baseline-server started by chatbench, report the ratio")
+	fs.BoolVar(&cfg.CompareBaseline, "compare-baseline", false, "connect: also measure a baseline-server started by chatbench, report the ratio; chat: also run the same load against a relay-server started by chatbench")
 	fs.IntVar(&cfg.KillPID, "kill-pid", 0, "login: SIGKILL this node instead of closing the connections")
 	fs.DurationVar(&cfg.AckInterval, "ack-interval", 100*time.Millisecond, "coalesce DELIVERED acks per connection this often (0: after every read)")
 	fs.BoolVar(&cfg.ClientMsgID, "clientmsgid", true, "send a clientmsgid with every message, as the Go client does")
@@ -211,6 +218,8 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		return cfg, errors.New("-size must be 1..4000 (the server's default max-message is 4096)")
 	case cfg.Rate < 0:
 		return cfg, errors.New("-rate must not be negative")
+	case cfg.CompareBaseline && cfg.Scenario != "connect" && cfg.Scenario != "chat":
+		return cfg, errors.New("-compare-baseline is for the connect and chat scenarios")
 	}
 	return cfg, nil
 }

@@ -85,6 +85,18 @@ func printTable(out io.Writer, r *Report) {
 	if rb := r.Redis; rb != nil {
 		row("redis baseline", "%.0f PUBLISH/s (%s)", rb.PublishPerSec, rb.Command)
 	}
+	if rb := r.Relay; rb != nil && rb.Traffic != nil {
+		t, res := rb.Traffic, rb.Resources
+		row("relay baseline", "delivered/s %.0f (sent/s %.0f); lost %d, duplicates %d, ack errors %d",
+			t.DeliveredPerSec, t.SentPerSec, t.Lost, t.Duplicates, t.AckErrors)
+		row("relay latency", "%s", latLine(t.Latency))
+		row("relay cpu", "relay %.0f%%, chatbench %.0f%%, other processes %.0f%%; machine %.0f%% busy",
+			res.ServerCPUPercent, res.BenchCPUPercent, res.OtherCPUPercent, res.MachineBusyPct)
+		row("ratio to relay", "delivered/s %.3f, p99 %.2f", rb.DeliveredRatio, rb.P99Ratio)
+		for _, e := range rb.Errors {
+			row("relay error", "%s", e)
+		}
+	}
 	for _, e := range r.Errors {
 		row("error", "%s", e)
 	}

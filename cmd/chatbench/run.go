@@ -37,6 +37,7 @@ type Report struct {
 	Login           *LoginReport   `json:"login,omitempty"`
 	Resources       Resources      `json:"resources"`
 	Redis           *RedisBaseline `json:"redis_baseline,omitempty"`
+	Relay           *RelayBaseline `json:"relay_baseline,omitempty"`
 	OK              bool           `json:"ok"` // no loss, no duplicates, no failures
 	Errors          []string       `json:"errors,omitempty"`
 }
@@ -96,6 +97,19 @@ type LoginReport struct {
 	Latency        LatencySummary `json:"latency"`
 }
 
+// RelayBaseline is the same chat load against chatbench's relay-server
+// (-compare-baseline), measured in the same invocation.
+type RelayBaseline struct {
+	Traffic   *TrafficReport `json:"traffic"`
+	Resources Resources      `json:"resources"`
+	// DeliveredRatio is our delivered/s over the relay's; P99Ratio our
+	// end-to-end p99 over the relay's.
+	DeliveredRatio float64  `json:"delivered_ratio"`
+	P99Ratio       float64  `json:"p99_ratio"`
+	OK             bool     `json:"ok"`
+	Errors         []string `json:"errors,omitempty"`
+}
+
 // RedisBaseline is redis-benchmark's PUBLISH figure.
 type RedisBaseline struct {
 	Command       string  `json:"command"`
@@ -137,6 +151,9 @@ func run(ctx context.Context, cfg Config, log io.Writer) (*Report, error) {
 	switch cfg.Scenario {
 	case "chat", "group":
 		err = runTraffic(ctx, cfg, log, rep)
+		if err == nil && cfg.CompareBaseline {
+			err = runRelayCompare(ctx, cfg, log, rep)
+		}
 	case "connect":
 		var c *ConnectReport
 		c, err = runConnect(ctx, cfg, log, rep)
@@ -168,6 +185,9 @@ func (r *Report) ok() bool {
 	}
 	if l := r.Login; l != nil && l.Failed != 0 {
 		return false
+	}
+	if r.Relay != nil && !r.Relay.OK {
+		return false // the baseline's figures would not compare
 	}
 	return true
 }
@@ -415,30 +435,42 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// runBaselineCompare starts the goroutine-per-connection baseline server
-// and measures it exactly like the chat server.
-func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
-	cmd, err := selfCommand("baseline-server", "-listen", "127.0.0.1:0")
+// startBaselineServer starts chatbench's subcommand sub (a baseline server) on a
+// free loopback port and returns its address and process; stop kills it.
+func startBaselineServer(sub string) (addr string, pid int, stop func(), err error) {
+	cmd, err := selfCommand(sub, "-listen", "127.0.0.1:0")
 	if err != nil {
-		return err
+		return "", 0, nil, err
 	}
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return "", 0, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return err
+		return "", 0, nil, err
 	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	stop = func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }
 	line, err := bufio.NewReader(out).ReadString('\n')
 	addr, ok := strings.CutPrefix(strings.TrimSpace(line), "listening ")
 	if err != nil || !ok {
-		return fmt.Errorf("baseline server did not start: %q %v", line, err)
+		stop()
+		return "", 0, nil, fmt.Errorf("%s did not start: %q %v", sub, line, err)
 	}
+	return addr, cmd.Process.Pid, stop, nil
+}
+
+// runBaselineCompare starts the goroutine-per-connection baseline server
+// and measures it exactly like the chat server.
+func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
+	addr, pid, stop, err := startBaselineServer("baseline-server")
+	if err != nil {
+		return err
+	}
+	defer stop()
 	bcfg := cfg
-	bcfg.Baseline, bcfg.Addrs, bcfg.PIDs = true, []string{addr}, []int{cmd.Process.Pid}
+	bcfg.Baseline, bcfg.Addrs, bcfg.PIDs = true, []string{addr}, []int{pid}
 	if !cfg.Quiet {
-		fmt.Fprintf(log, "chatbench: baseline server (goroutine per connection) pid %d on %s\n", cmd.Process.Pid, addr)
+		fmt.Fprintf(log, "chatbench: baseline server (goroutine per connection) pid %d on %s\n", pid, addr)
 	}
 	var brep Report
 	b, err := runConnect(ctx, bcfg, log, &brep)
@@ -449,6 +481,39 @@ func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Rep
 	if b.BytesPerConn > 0 && rep.Connect != nil {
 		rep.RatioToBaseline = rep.Connect.BytesPerConn / b.BytesPerConn
 	}
+	return nil
+}
+
+// runRelayCompare runs the chat load of cfg once more against a
+// relay-server it starts: every user on the relay (it is one process, so
+// -addr-recv does not apply), created with SIGNUP, the same -rate, window
+// and message size. Our figures over the relay's go into rep.Relay.
+func runRelayCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
+	addr, pid, stop, err := startBaselineServer("relay-server")
+	if err != nil {
+		return err
+	}
+	defer stop()
+	bcfg := cfg
+	bcfg.Addrs, bcfg.RecvAddrs, bcfg.PIDs = []string{addr}, nil, []int{pid}
+	bcfg.BulkDB, bcfg.RedisBench, bcfg.CompareBaseline = "", "", false
+	if !cfg.Quiet {
+		fmt.Fprintf(log, "chatbench: relay baseline (goroutine per connection, nothing stored) pid %d on %s\n", pid, addr)
+	}
+	var brep Report
+	if err := runTraffic(ctx, bcfg, log, &brep); err != nil {
+		return fmt.Errorf("relay baseline: %w", err)
+	}
+	rb := &RelayBaseline{Traffic: brep.Traffic, Resources: brep.Resources, OK: brep.ok(), Errors: brep.Errors}
+	if t, b := rep.Traffic, brep.Traffic; t != nil && b != nil {
+		if b.DeliveredPerSec > 0 {
+			rb.DeliveredRatio = t.DeliveredPerSec / b.DeliveredPerSec
+		}
+		if b.Latency.P99 > 0 {
+			rb.P99Ratio = t.Latency.P99 / b.Latency.P99
+		}
+	}
+	rep.Relay = rb
 	return nil
 }
 
