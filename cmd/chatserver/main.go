@@ -28,6 +28,7 @@ func main() {
 	log := cfg.Logger(os.Stderr)
 	raiseFileLimit(log)
 	setMaxProcs(os.Getenv, cfg.EventLoops, log)
+	setGC(os.Getenv, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if cfg.Migrate {

@@ -92,3 +92,35 @@ func TestMaxProcs(t *testing.T) {
 		}
 	}
 }
+
+func TestGCSettings(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	for _, c := range []struct {
+		name    string
+		getenv  func(string) string
+		ram     uint64
+		percent int
+		limit   int64
+	}{
+		{"defaults", env(), 8 << 30, defaultGCPercent, 4 << 30},
+		{"GOGC set", env("GOGC", "100"), 8 << 30, -1, 4 << 30},
+		{"GOGC off", env("GOGC", "off"), 8 << 30, -1, 4 << 30},
+		{"GOMEMLIMIT set", env("GOMEMLIMIT", "1GiB"), 8 << 30, defaultGCPercent, -1},
+		{"both set", env("GOGC", "50", "GOMEMLIMIT", "1GiB"), 8 << 30, -1, -1},
+		{"RAM unknown", env(), 0, defaultGCPercent, -1},
+	} {
+		p, l := gcSettings(c.getenv, c.ram)
+		if p != c.percent || l != c.limit {
+			t.Errorf("%s: gcSettings = %d, %d; want %d, %d", c.name, p, l, c.percent, c.limit)
+		}
+	}
+}
