@@ -50,8 +50,7 @@ func (n *Node) Handle(s *Session, body []byte) {
 		n.reply(s, req, nil, fail(codec.ErrnoBadRequest, "%s", err.Error()))
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
-	defer cancel()
+	ctx := n.deadlines.context(time.Now())
 	switch req.MsgID {
 	case codec.MsgLogin:
 		n.login(ctx, s, req)
@@ -111,7 +110,7 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 			sr, err = n.groupChat(ctx, req, uid, name)
 		}
 		if err == nil {
-			n.sendAsync(s, req, sr)
+			n.sendAsync(ctx, s, req, sr)
 			return
 		}
 		s.sends.Wait() // after the ACKs of earlier sends
@@ -496,14 +495,13 @@ func (n *Node) userExists(ctx context.Context, uid codec.UserID) error {
 
 // sendAsync queues a validated chat message for the group commit; its ACK
 // is written when the commit is done, after the ACKs of earlier sends of
-// the same session.
-func (n *Node) sendAsync(s *Session, req *codec.Request, sr SendRequest) {
+// the same session. ctx (the request's) bounds the wait for room in the
+// commit queue.
+func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr SendRequest) {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
 	s.sends.Add(1)
 	n.sending.Add(1)
 	reqID, msgID, gid := req.ReqID, req.MsgID, sr.Group
-	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
-	defer cancel()
 	n.store.SendAsync(ctx, sr, func(res SendResult, err error) {
 		defer n.sending.Add(-1)
 		defer s.sends.Done()

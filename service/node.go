@@ -72,6 +72,8 @@ type Node struct {
 	tokens tokenSigner
 	hub    *hub
 	names  *nameCache
+	// deadlines bound the store calls of requests (RequestTimeout).
+	deadlines *requestDeadlines
 	// members caches group member ids for group sends.
 	members *memberCache
 
@@ -126,13 +128,14 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	n := &Node{
 		cfg: cfg, store: cfg.Store, bus: cfg.Bus, log: cfg.Logger,
-		tokens:  tokenSigner{key: key, ttl: cfg.TokenTTL},
-		hub:     newHub(),
-		names:   newNameCache(1 << 14),
-		members: newMemberCache(1 << 10),
-		acks:    map[AckKey]codec.Seq{},
-		ackStop: make(chan struct{}),
-		ackDone: make(chan struct{}),
+		tokens:    tokenSigner{key: key, ttl: cfg.TokenTTL},
+		hub:       newHub(),
+		names:     newNameCache(1 << 14),
+		deadlines: newRequestDeadlines(cfg.RequestTimeout),
+		members:   newMemberCache(1 << 10),
+		acks:      map[AckKey]codec.Seq{},
+		ackStop:   make(chan struct{}),
+		ackDone:   make(chan struct{}),
 	}
 	if err := cfg.Bus.Subscribe(busHandler{n}); err != nil {
 		return nil, fmt.Errorf("service: subscribe: %w", err)
