@@ -319,10 +319,7 @@ func AppendFrameOf(out []byte, d *Delivery) []byte {
 	if d.frame != nil {
 		return append(out, *d.frame...)
 	}
-	if out == nil {
-		return MustMarshal(d)
-	}
-	return append(out, MustMarshal(d)...)
+	return appendDeliveryFrame(out, d)
 }
 
 // Pong is the PONG (14) response.
@@ -345,8 +342,23 @@ type Header struct {
 	Seq   Seq             `json:"seq,omitempty"`
 }
 
-// Marshal encodes v as JSON and wraps it in a frame.
+// Marshal encodes v as JSON and wraps it in a frame. ACKs and deliveries
+// take a faster path with the same output (encode.go).
 func Marshal(v any) ([]byte, error) {
+	switch m := v.(type) {
+	case *Ack:
+		if b, ok := appendAckFrame(make([]byte, 0, ackSize(m)), m); ok {
+			return b, nil
+		}
+	case Ack:
+		if b, ok := appendAckFrame(make([]byte, 0, ackSize(&m)), &m); ok {
+			return b, nil
+		}
+	case *Delivery:
+		return appendDeliveryFrame(make([]byte, 0, deliverySize(m)), m), nil
+	case Delivery:
+		return appendDeliveryFrame(make([]byte, 0, deliverySize(&m)), &m), nil
+	}
 	body, err := json.Marshal(v)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,97 @@
+package codec
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+)
+
+// viaJSON is the frame encoding/json gives v: what Marshal must match.
+func viaJSON(t testing.TB, v any) []byte {
+	t.Helper()
+	body, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return AppendFrame(nil, body)
+}
+
+// checkSame checks that Marshal gives what encoding/json gives for v, or
+// fails where it fails (a reqid that is not JSON).
+func checkSame(t testing.TB, v any) {
+	t.Helper()
+	got, err := Marshal(v)
+	if _, jerr := json.Marshal(v); jerr != nil {
+		if err == nil {
+			t.Fatalf("Marshal(%#v) = %q, encoding/json fails: %v", v, got, jerr)
+		}
+		return
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := viaJSON(t, v); !bytes.Equal(got, want) {
+		t.Fatalf("Marshal(%#v)\n got %q\nwant %q", v, got, want)
+	}
+}
+
+var awkward = []string{
+	"", "ok", "plain text", `quote " and \ backslash`, "<b>&amp;</b>", "tab\tnew\nline\rcr\bbs\fff",
+	"\x00\x01\x1f\x7f", "héllo wörld 你好 🙂", "line\u2028sep\u2029para", "bad \xff\xfe utf8 \xc3", "\xed\xa0\x80 surrogate",
+}
+
+func TestEncodeMatchesJSON(t *testing.T) {
+	for _, s := range awkward {
+		for _, reqid := range []string{"", "1", "-7", "123456789012", "0", `"abc"`, "007", "1e3", "1.5", `"<&>"`} {
+			a := &Ack{MsgID: MsgAck, ReqID: json.RawMessage(reqid), Ack: MsgOneChat, Errno: ErrnoUnavailable, ErrMsg: s, GroupID: 7, Time: s, GSeq: 9}
+			checkSame(t, a)
+			checkSame(t, *a)
+			checkSame(t, &Ack{MsgID: MsgAck, ReqID: json.RawMessage(reqid), ErrMsg: s})
+		}
+		for _, d := range []Delivery{
+			{MsgID: MsgOneChat, ID: 3, Name: s, ToID: 4, Msg: s, Time: "2026-11-26 07:00:00", Seq: 12},
+			{MsgID: MsgGroupChat, ID: -3, Name: "n", GroupID: 5, Msg: s, Time: s, GSeq: 1 << 40},
+			{},
+		} {
+			checkSame(t, &d)
+			checkSame(t, d)
+			// A delivery's frame inside a batch, and its cached frame.
+			out := AppendFrameOf([]byte("prefix"), &d)
+			if !bytes.Equal(out, append([]byte("prefix"), viaJSON(t, &d)...)) {
+				t.Fatalf("AppendFrameOf(%#v) = %q", d, out)
+			}
+			d.Encode()
+			if got := AppendFrameOf(nil, &d); !bytes.Equal(got, viaJSON(t, &d)) {
+				t.Fatalf("encoded %#v: %q", d, got)
+			}
+		}
+	}
+}
+
+func FuzzEncodeMatchesJSON(f *testing.F) {
+	for _, s := range awkward {
+		f.Add(s, s, "12", int64(5), int64(-1))
+	}
+	f.Fuzz(func(t *testing.T, a, b, reqid string, n, m int64) {
+		checkSame(t, &Ack{MsgID: MsgID(n), ReqID: json.RawMessage(reqid), Ack: MsgID(m), Errno: Errno(n), ErrMsg: a,
+			GroupID: GroupID(m), Time: b, GSeq: Seq(n)})
+		checkSame(t, &Delivery{MsgID: MsgID(m), ID: UserID(n), Name: a, ToID: UserID(m), GroupID: GroupID(n), Msg: b,
+			Time: a, Seq: Seq(m), GSeq: Seq(n)})
+	})
+}
+
+func BenchmarkDeliveryEncoders(b *testing.B) {
+	d := &Delivery{MsgID: MsgOneChat, ID: 1234, Name: "user1234", ToID: 5678, Msg: "a message of about a hundred bytes, as chatbench sends them: 0123456789abcdef0123456789",
+		Time: "2026-11-26 07:00:00", Seq: 987654}
+	b.Run("fast", func(b *testing.B) {
+		for b.Loop() {
+			_, _ = Marshal(d)
+		}
+	})
+	b.Run("encoding/json", func(b *testing.B) {
+		for b.Loop() {
+			body, _ := json.Marshal(d)
+			_ = AppendFrame(nil, body)
+		}
+	})
+}
