@@ -12,7 +12,8 @@ import (
 // byte what encoding/json writes for the same value (field order,
 // omitempty, HTML-safe string escaping, invalid UTF-8 as \ufffd): a
 // client cannot tell which encoder ran, and FuzzEncodeMatchesJSON checks
-// it. encoding/json took ~5 % of a node's CPU flat out (BENCHMARKS.md,
+// it against encoding/json as Go builds it by default (not the jsonv2
+// experiment's emulation). encoding/json took ~5 % of a node's CPU flat out (BENCHMARKS.md,
 // "Changes in session 7").
 
 // appendAckFrame appends a's frame, and reports false (appending nothing)
@@ -89,16 +90,17 @@ func appendDeliveryFrame(dst []byte, d *Delivery) []byte {
 }
 
 // ackSize and deliverySize are the frame sizes to allocate for a and d:
-// exact unless strings need escapes.
+// room for the field names and typical numbers; strings that need escapes
+// or very long numbers grow the frame once more.
 func ackSize(a *Ack) int { return HeaderLen + 140 + len(a.ReqID) + len(a.ErrMsg) + len(a.Time) }
 
 func deliverySize(d *Delivery) int {
 	return HeaderLen + 160 + len(d.Name) + len(d.Msg) + len(d.Time)
 }
 
-// plainInt reports whether raw is empty or an integer without sign or
-// leading zeros' ambiguity: digits, optionally after a minus, which
-// encoding/json copies as they are.
+// plainInt reports whether raw is empty or a JSON integer: digits without
+// a leading zero (0 itself aside), optionally after a minus. encoding/json
+// copies such a reqid as it is; anything else goes through it.
 func plainInt(raw []byte) bool {
 	if len(raw) == 0 {
 		return true

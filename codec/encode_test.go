@@ -68,6 +68,33 @@ func TestEncodeMatchesJSON(t *testing.T) {
 	}
 }
 
+func TestPlainInt(t *testing.T) {
+	for raw, want := range map[string]bool{
+		"": true, "0": true, "7": true, "-7": true, "-0": true, "1234567890123": true,
+		"-": false, "007": false, "-01": false, "1e3": false, "1.5": false, `"7"`: false, "null": false, " 7": false,
+	} {
+		if got := plainInt([]byte(raw)); got != want {
+			t.Errorf("plainInt(%q) = %v, want %v", raw, got, want)
+		}
+	}
+}
+
+// The fast path is the one taken: a single allocation, the frame, where
+// encoding/json makes several.
+func TestMarshalFastPath(t *testing.T) {
+	a := &Ack{MsgID: MsgAck, ReqID: json.RawMessage("42"), Ack: MsgOneChat, ErrMsg: "ok", Time: "2026-11-26 07:00:00"}
+	d := &Delivery{MsgID: MsgOneChat, ID: 1, Name: "alice", ToID: 2, Msg: "hello", Time: "2026-11-26 07:00:00", Seq: 3}
+	for name, v := range map[string]any{"ack": a, "delivery": d} {
+		if n := testing.AllocsPerRun(100, func() { _, _ = Marshal(v) }); n != 1 {
+			t.Errorf("%s: %v allocations, want 1", name, n)
+		}
+	}
+	var nilAck *Ack
+	var nilDelivery *Delivery
+	checkSame(t, nilAck)
+	checkSame(t, nilDelivery)
+}
+
 func FuzzEncodeMatchesJSON(f *testing.F) {
 	for _, s := range awkward {
 		f.Add(s, s, "12", int64(5), int64(-1))

@@ -347,6 +347,9 @@ type Header struct {
 func Marshal(v any) ([]byte, error) {
 	switch m := v.(type) {
 	case *Ack:
+		if m == nil {
+			break
+		}
 		if b, ok := appendAckFrame(make([]byte, 0, ackSize(m)), m); ok {
 			return b, nil
 		}
@@ -355,6 +358,9 @@ func Marshal(v any) ([]byte, error) {
 			return b, nil
 		}
 	case *Delivery:
+		if m == nil {
+			break
+		}
 		return appendDeliveryFrame(make([]byte, 0, deliverySize(m)), m), nil
 	case Delivery:
 		return appendDeliveryFrame(make([]byte, 0, deliverySize(&m)), &m), nil

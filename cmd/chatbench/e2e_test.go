@@ -263,8 +263,11 @@ func TestChatWithRelayBaseline(t *testing.T) {
 	// The relay run is checked like ours: every message delivered once, in
 	// seq order, at the same paced rate, with its own server sample.
 	relay := &Report{Scenario: "chat", Traffic: rb.Traffic, Resources: rb.Resources, OK: rb.OK, Errors: rb.Errors}
-	checkTraffic(t, relay, 1)
-	if rb.Resources.Servers[0].PID == os.Getpid() {
+	checkTraffic(t, relay, 1) // fails unless exactly one server was sampled
+	if rb.Traffic.TargetRate != cfg.Rate {
+		t.Errorf("relay run at %v msg/s, ours at %v", rb.Traffic.TargetRate, cfg.Rate)
+	}
+	if len(rb.Resources.Servers) == 1 && rb.Resources.Servers[0].PID == os.Getpid() {
 		t.Error("relay CPU sampled from chatbench itself, not the relay process")
 	}
 	if want := rep.Traffic.DeliveredPerSec / rb.Traffic.DeliveredPerSec; rb.DeliveredRatio != want {

@@ -1,10 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"errors"
-	"flag"
-	"fmt"
 	"io"
 	"net"
 	"strconv"
@@ -23,30 +19,10 @@ import (
 // floor any chat server with this traffic stands on. It prints "listening
 // ADDR" on stdout once it accepts connections.
 func relayMain(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("chatbench relay-server", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	listen := fs.String("listen", "127.0.0.1:6200", "TCP listen address")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if !loopback(*listen) {
-		fmt.Fprintln(stderr, "chatbench relay-server: listen on a loopback address")
-		return 2
-	}
-	raiseFileLimit()
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		fmt.Fprintln(stderr, "chatbench relay-server:", err)
-		return 1
-	}
-	fmt.Fprintf(stdout, "listening %s\n", ln.Addr())
-	if f, ok := stdout.(interface{ Sync() error }); ok {
-		_ = f.Sync()
-	}
-	return newRelay().serve(ln, stderr)
+	r := newRelay()
+	return listenMain("relay-server", "127.0.0.1:6200", args, stdout, stderr, func(nc net.Conn) {
+		r.conn(&relayConn{nc: nc})
+	})
 }
 
 // relayShards spreads the relay's user table over this many locks.
@@ -85,62 +61,53 @@ type relayConn struct {
 	user codec.UserID // logged-in user, 0 before LOGIN; owned by the reading goroutine
 }
 
-// write writes one frame (codec.MustMarshal's); a failed write closes the
-// connection (its reading goroutine then ends).
+// write writes one frame (codec.MustMarshal's).
 func (c *relayConn) write(frame []byte) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.writeLocked(frame)
 }
 
-func (c *relayConn) writeLocked(frame []byte) {
+// writeLocked writes one frame and reports whether it was written; a failed
+// write closes the connection (its reading goroutine then ends).
+func (c *relayConn) writeLocked(frame []byte) bool {
 	if _, err := c.nc.Write(frame); err != nil {
 		_ = c.nc.Close()
+		return false
 	}
+	return true
 }
 
-// serve accepts until ln is closed.
-func (r *relay) serve(ln net.Listener, stderr io.Writer) int {
-	for {
-		nc, err := ln.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return 0
-			}
-			fmt.Fprintln(stderr, "chatbench relay-server: accept:", err)
-			continue
-		}
-		go r.conn(&relayConn{nc: nc})
-	}
-}
-
+// conn serves one connection until it closes.
 func (r *relay) conn(c *relayConn) {
 	defer func() {
 		_ = c.nc.Close()
-		if c.user != 0 {
-			sh := r.shardOf(c.user)
-			sh.Lock()
-			if sh.online[c.user] == c {
-				delete(sh.online, c.user)
-			}
-			sh.Unlock()
-		}
+		r.setUser(c, 0)
 	}()
-	br := bufio.NewReaderSize(c.nc, 4096)
-	var hdr [codec.HeaderLen]byte
-	for {
-		if _, err := io.ReadFull(br, hdr[:]); err != nil {
-			return
-		}
-		n := codec.FrameLen(hdr[:])
-		if n <= 0 || n > codec.DefaultMaxFrame {
-			return
-		}
-		body := make([]byte, n)
-		if _, err := io.ReadFull(br, body); err != nil {
-			return
-		}
+	readFrames(c.nc, func(body []byte) bool {
 		r.handle(c, body)
+		return true
+	})
+}
+
+// setUser makes c the connection of user id (0: of nobody), and c's
+// previous user's connection no longer c. Only c's reading goroutine calls
+// it.
+func (r *relay) setUser(c *relayConn, id codec.UserID) {
+	if old := c.user; old != 0 {
+		sh := r.shardOf(old)
+		sh.Lock()
+		if sh.online[old] == c {
+			delete(sh.online, old)
+		}
+		sh.Unlock()
+	}
+	c.user = id
+	if id != 0 {
+		sh := r.shardOf(id)
+		sh.Lock()
+		sh.online[id] = c
+		sh.Unlock()
 	}
 }
 
@@ -172,11 +139,7 @@ func (r *relay) handle(c *relayConn, body []byte) {
 			return
 		}
 		id := codec.UserID(*req.ID)
-		sh := r.shardOf(id)
-		sh.Lock()
-		sh.online[id] = c
-		sh.Unlock()
-		c.user = id
+		r.setUser(c, id)
 		c.write(codec.MustMarshal(codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: req.ReqID, ID: id,
 			Name: strconv.FormatInt(int64(id), 10), Token: "relay", Friends: []codec.Friend{}, Groups: []codec.Group{}, OfflineMsg: []codec.Delivery{}}))
 	case codec.MsgOneChat:
@@ -220,7 +183,7 @@ func (r *relay) lastID() codec.UserID {
 }
 
 // deliver writes msg to to's connection with the next seq of its inbox; it
-// reports false if to is not connected.
+// reports false if to is not connected or the write failed.
 func (r *relay) deliver(from, to codec.UserID, msg string) bool {
 	sh := r.shardOf(to)
 	sh.RLock()
@@ -233,8 +196,10 @@ func (r *relay) deliver(from, to codec.UserID, msg string) bool {
 		ToID: to, Msg: msg, Time: codec.FormatTime(time.Now())}
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
-	rc.seq++
-	d.Seq = rc.seq
-	rc.writeLocked(codec.MustMarshal(&d))
+	d.Seq = rc.seq + 1
+	if !rc.writeLocked(codec.MustMarshal(&d)) {
+		return false
+	}
+	rc.seq = d.Seq
 	return true
 }

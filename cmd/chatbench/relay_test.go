@@ -71,7 +71,10 @@ func TestRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	done := make(chan int)
-	go func() { done <- newRelay().serve(ln, io.Discard) }()
+	r := newRelay()
+	go func() {
+		done <- acceptLoop("relay-server", ln, io.Discard, func(nc net.Conn) { r.conn(&relayConn{nc: nc}) })
+	}()
 	t.Cleanup(func() { _ = ln.Close(); <-done })
 	addr := ln.Addr().String()
 
@@ -95,6 +98,16 @@ func TestRelay(t *testing.T) {
 		wantFields(t, ack, map[string]any{"msgid": 11.0, "ack": 6.0, "errno": 0.0, "reqid": float64(10 * (i + 1))})
 		wantFields(t, b.next(), map[string]any{"msgid": 6.0, "id": 1.0, "toid": 2.0, "msg": msg, "seq": float64(i + 1)})
 	}
+	// A connection that logs in as another user is no longer the first
+	// user's: a message to the first is refused, to the second delivered.
+	c := dialRelay(t, addr)
+	wantFields(t, c.do(`{"msgid":4,"reqid":1,"name":"carol","password":"pw"}`), map[string]any{"errno": 0.0, "id": 3.0})
+	wantFields(t, c.do(`{"msgid":1,"reqid":2,"id":3,"password":"pw"}`), map[string]any{"errno": 0.0, "id": 3.0})
+	wantFields(t, c.do(`{"msgid":1,"reqid":3,"id":1,"password":"pw"}`), map[string]any{"errno": 0.0, "id": 1.0})
+	wantFields(t, b.do(`{"msgid":6,"reqid":3,"toid":3,"msg":"x"}`), map[string]any{"reqid": 3.0, "errno": 10.0})
+	wantFields(t, b.do(`{"msgid":6,"reqid":4,"toid":1,"msg":"to c"}`), map[string]any{"reqid": 4.0, "errno": 0.0})
+	wantFields(t, c.next(), map[string]any{"msgid": 6.0, "id": 2.0, "msg": "to c", "seq": 1.0})
+
 	// DELIVERED has no answer: the next frame is the PING's.
 	if _, err := b.nc.Write(codec.AppendFrame(nil, []byte(`{"msgid":12,"seq":3}`))); err != nil {
 		t.Fatal(err)

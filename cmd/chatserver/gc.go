@@ -3,8 +3,11 @@ package main
 import (
 	"log/slog"
 	"math"
+	"os"
+	"path"
 	"runtime/debug"
-	"syscall"
+	"strconv"
+	"strings"
 )
 
 // defaultGCPercent is the GOGC a node runs with unless the environment sets
@@ -20,31 +23,31 @@ const defaultGCPercent = 400
 
 // gcSettings is the GOGC and the soft memory limit a node runs with. An
 // explicit GOGC (any value, "off" included) or GOMEMLIMIT in the
-// environment wins: the runtime has applied it already, and the result
-// says to leave it (percent < 0 or limit < 0). Otherwise GOGC is
-// defaultGCPercent and the memory limit half the machine's RAM (ramBytes),
-// so that the heap a higher GOGC allows can never crowd the machine: near
-// the limit the runtime collects as often as it must. ramBytes 0 (unknown)
-// sets no limit.
-func gcSettings(getenv func(string) string, ramBytes uint64) (percent int, limit int64) {
+// environment wins over its own default, each on its own: the runtime has
+// applied it already, and the result says to leave it (percent < 0 or
+// limit < 0). Otherwise GOGC is defaultGCPercent and the memory limit half
+// the memory the node may use (memBytes: the RAM, or its cgroup's limit if
+// lower), so that the heap a higher GOGC allows does not crowd it out:
+// near the limit the runtime collects as often as it must. memBytes 0
+// (unknown) sets no limit.
+func gcSettings(getenv func(string) string, memBytes uint64) (percent int, limit int64) {
 	percent, limit = defaultGCPercent, -1
 	if getenv("GOGC") != "" {
 		percent = -1
 	}
-	if getenv("GOMEMLIMIT") == "" && ramBytes > 0 {
-		limit = int64(min(ramBytes/2, math.MaxInt64))
+	if getenv("GOMEMLIMIT") == "" && memBytes > 0 {
+		limit = int64(min(memBytes/2, math.MaxInt64))
 	}
 	return percent, limit
 }
 
 // setGC applies gcSettings.
 func setGC(getenv func(string) string, log *slog.Logger) {
-	var ram uint64
-	var si syscall.Sysinfo_t
-	if syscall.Sysinfo(&si) == nil {
-		ram = uint64(si.Totalram) * uint64(si.Unit)
+	mem := totalRAM()
+	if lim, ok := cgroupLimit(os.ReadFile); ok && (mem == 0 || lim < mem) {
+		mem = lim
 	}
-	percent, limit := gcSettings(getenv, ram)
+	percent, limit := gcSettings(getenv, mem)
 	if percent >= 0 {
 		debug.SetGCPercent(percent)
 	}
@@ -52,4 +55,41 @@ func setGC(getenv func(string) string, log *slog.Logger) {
 		debug.SetMemoryLimit(limit)
 	}
 	log.Debug("garbage collector", "gc_percent", percent, "memory_limit", limit)
+}
+
+// cgroupLimit is the lowest memory limit of this process's cgroup (v2:
+// memory.max of its cgroup and each parent) or, on cgroup v1, its
+// memory.limit_in_bytes; false if there is none or it cannot be read.
+func cgroupLimit(readFile func(string) ([]byte, error)) (uint64, bool) {
+	var (
+		best  uint64
+		found bool
+	)
+	take := func(file string) {
+		b, err := readFile(file)
+		if err != nil {
+			return
+		}
+		v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+		if err != nil { // "max": no limit here
+			return
+		}
+		if !found || v < best {
+			best, found = v, true
+		}
+	}
+	if b, err := readFile("/proc/self/cgroup"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if dir, ok := strings.CutPrefix(line, "0::"); ok {
+				for dir = path.Clean("/" + dir); ; dir = path.Dir(dir) {
+					take(path.Join("/sys/fs/cgroup", dir, "memory.max"))
+					if dir == "/" {
+						break
+					}
+				}
+			}
+		}
+	}
+	take("/sys/fs/cgroup/memory/memory.limit_in_bytes")
+	return best, found
 }

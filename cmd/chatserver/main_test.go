@@ -124,3 +124,38 @@ func TestGCSettings(t *testing.T) {
 		}
 	}
 }
+
+func TestCgroupLimit(t *testing.T) {
+	files := func(m map[string]string) func(string) ([]byte, error) {
+		return func(name string) ([]byte, error) {
+			if v, ok := m[name]; ok {
+				return []byte(v), nil
+			}
+			return nil, os.ErrNotExist
+		}
+	}
+	for _, c := range []struct {
+		name  string
+		fs    map[string]string
+		limit uint64
+		ok    bool
+	}{
+		{"no cgroup files", nil, 0, false},
+		{"v2, no limit", map[string]string{"/proc/self/cgroup": "0::/system.slice/chat.service\n",
+			"/sys/fs/cgroup/system.slice/chat.service/memory.max": "max\n"}, 0, false},
+		{"v2, own limit", map[string]string{"/proc/self/cgroup": "0::/system.slice/chat.service\n",
+			"/sys/fs/cgroup/system.slice/chat.service/memory.max": "1073741824\n",
+			"/sys/fs/cgroup/system.slice/memory.max":              "max\n"}, 1 << 30, true},
+		{"v2, a parent's lower limit", map[string]string{"/proc/self/cgroup": "0::/a/b\n",
+			"/sys/fs/cgroup/a/b/memory.max": "4294967296", "/sys/fs/cgroup/a/memory.max": "2147483648"}, 2 << 30, true},
+		{"v2 in a container (cgroup root)", map[string]string{"/proc/self/cgroup": "0::/\n",
+			"/sys/fs/cgroup/memory.max": "536870912\n"}, 512 << 20, true},
+		{"v1", map[string]string{"/proc/self/cgroup": "12:memory:/docker/x\n",
+			"/sys/fs/cgroup/memory/memory.limit_in_bytes": "268435456\n"}, 256 << 20, true},
+	} {
+		got, ok := cgroupLimit(files(c.fs))
+		if got != c.limit || ok != c.ok {
+			t.Errorf("%s: cgroupLimit = %d, %v; want %d, %v", c.name, got, ok, c.limit, c.ok)
+		}
+	}
+}
