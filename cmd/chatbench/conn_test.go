@@ -54,16 +54,23 @@ func (s *fakeServer) send(format string, args ...any) {
 
 func (s *fakeServer) recv() string {
 	s.t.Helper()
-	_ = s.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	return string(readTestFrame(s.t, s.nc, s.br))
+}
+
+// readTestFrame reads the next frame's body from br, the reader of nc,
+// within 5 s, or fails t.
+func readTestFrame(t testing.TB, nc net.Conn, br *bufio.Reader) []byte {
+	t.Helper()
+	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	var hdr [codec.HeaderLen]byte
-	if _, err := io.ReadFull(s.br, hdr[:]); err != nil {
-		s.t.Fatal(err)
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		t.Fatal(err)
 	}
 	body := make([]byte, codec.FrameLen(hdr[:]))
-	if _, err := io.ReadFull(s.br, body); err != nil {
-		s.t.Fatal(err)
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
 	}
-	return string(body)
+	return body
 }
 
 // TestConnGroupDeliveriesAndAcks runs a member's connection against a fake

@@ -7,7 +7,6 @@ import (
 	"net"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/chatcluster/chatcluster/codec"
 )
@@ -40,15 +39,7 @@ func (c *relayClient) do(body string) map[string]any {
 
 func (c *relayClient) next() map[string]any {
 	c.t.Helper()
-	_ = c.nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var hdr [codec.HeaderLen]byte
-	if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
-		c.t.Fatal(err)
-	}
-	body := make([]byte, codec.FrameLen(hdr[:]))
-	if _, err := io.ReadFull(c.br, body); err != nil {
-		c.t.Fatal(err)
-	}
+	body := readTestFrame(c.t, c.nc, c.br)
 	var m map[string]any
 	if err := json.Unmarshal(body, &m); err != nil {
 		c.t.Fatalf("%v: %s", err, body)
