@@ -413,7 +413,8 @@ func newBatchPlan(batch []*sendOp) *batchPlan {
 		batch:   batch,
 		results: make([]service.SendResult, len(batch)),
 		dup:     make([]int, len(batch)),
-		first:   map[dedupKey]int{},
+		first:   make(map[dedupKey]int, len(batch)),
+		sent:    make([]sentRow, 0, len(batch)),
 		acks:    map[codec.UserID]codec.Seq{},
 		gacks:   map[service.AckKey]codec.Seq{},
 	}
@@ -482,7 +483,26 @@ type planRows struct {
 // rows gives each new send its seqs (next: each recipient's first; gnext:
 // each group's first gseq) and fills in the results.
 func (p *batchPlan) rows(next map[codec.UserID]codec.Seq, gnext map[codec.GroupID]codec.Seq) planRows {
-	var r planRows
+	// Sized up front: a commit carries thousands of entries, and growing
+	// the slices by doubling copied each entry about twice more.
+	var nEntries, nInbox, nLog int
+	for i, op := range p.batch {
+		switch {
+		case p.dup[i] != -1:
+		case op.req.Group != 0:
+			nEntries += len(op.req.To) + 1
+			nLog++
+		default:
+			nEntries += len(op.req.To)
+			nInbox += len(op.req.To)
+		}
+	}
+	r := planRows{
+		entries: make([]service.Entry, 0, nEntries),
+		inbox:   make([]service.Entry, 0, nInbox),
+		created: make([]int64, 0, nInbox),
+		log:     make([]groupLogRow, 0, nLog),
+	}
 	for i, op := range p.batch {
 		if p.dup[i] != -1 {
 			continue
