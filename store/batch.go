@@ -406,6 +406,9 @@ type batchPlan struct {
 	counts  map[codec.UserID]int64  // inbox rows per recipient (count)
 	gcounts map[codec.GroupID]int64 // log rows per group (count)
 	newKeys int                     // keys to record (count)
+	// The sizes of rows' slices (count): inbox rows, log rows, and hook
+	// entries (an inbox row each, and a group message's members and sender).
+	nInbox, nLog, nEntries int
 }
 
 func newBatchPlan(batch []*sendOp) *batchPlan {
@@ -463,11 +466,15 @@ func (p *batchPlan) count(stored map[dedupKey]int64) {
 		p.results[i] = service.SendResult{UnixMilli: op.req.UnixMilli}
 		if op.req.Group != 0 {
 			p.gcounts[op.req.Group]++
+			p.nLog++
+			p.nEntries += len(op.req.To) + 1
 			continue
 		}
 		for _, to := range op.req.To {
 			p.counts[to]++
 		}
+		p.nInbox += len(op.req.To)
+		p.nEntries += len(op.req.To)
 	}
 }
 
@@ -483,25 +490,13 @@ type planRows struct {
 // rows gives each new send its seqs (next: each recipient's first; gnext:
 // each group's first gseq) and fills in the results.
 func (p *batchPlan) rows(next map[codec.UserID]codec.Seq, gnext map[codec.GroupID]codec.Seq) planRows {
-	// Sized up front: a commit carries thousands of entries, and growing
-	// the slices by doubling copied each entry about twice more.
-	var nEntries, nInbox, nLog int
-	for i, op := range p.batch {
-		switch {
-		case p.dup[i] != -1:
-		case op.req.Group != 0:
-			nEntries += len(op.req.To) + 1
-			nLog++
-		default:
-			nEntries += len(op.req.To)
-			nInbox += len(op.req.To)
-		}
-	}
+	// Sized up front (count): a commit carries thousands of entries, and
+	// growing the slices by doubling copied each entry about twice more.
 	r := planRows{
-		entries: make([]service.Entry, 0, nEntries),
-		inbox:   make([]service.Entry, 0, nInbox),
-		created: make([]int64, 0, nInbox),
-		log:     make([]groupLogRow, 0, nLog),
+		entries: make([]service.Entry, 0, p.nEntries),
+		inbox:   make([]service.Entry, 0, p.nInbox),
+		created: make([]int64, 0, p.nInbox),
+		log:     make([]groupLogRow, 0, p.nLog),
 	}
 	for i, op := range p.batch {
 		if p.dup[i] != -1 {
