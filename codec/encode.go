@@ -13,8 +13,8 @@ import (
 // omitempty, HTML-safe string escaping, invalid UTF-8 as \ufffd): a
 // client cannot tell which encoder ran, and FuzzEncodeMatchesJSON checks
 // it against encoding/json as Go builds it by default (not the jsonv2
-// experiment's emulation). encoding/json took ~5 % of a node's CPU flat out (BENCHMARKS.md,
-// "Changes in session 7").
+// experiment's emulation). encoding/json took ~5 % of a node's CPU flat
+// out (BENCHMARKS.md, "Changes in session 7").
 
 // appendAckFrame appends a's frame, and reports false (appending nothing)
 // if a's reqid is not a plain integer, which only encoding/json may
@@ -23,71 +23,66 @@ func appendAckFrame(dst []byte, a *Ack) ([]byte, bool) {
 	if !plainInt(a.ReqID) {
 		return dst, false
 	}
-	start := len(dst)
-	dst = append(dst, 0, 0, 0, 0)
-	dst = append(dst, `{"msgid":`...)
-	dst = strconv.AppendInt(dst, int64(a.MsgID), 10)
+	dst, start := openFrame(dst)
+	dst = intField(dst, `{"msgid":`, int64(a.MsgID))
 	if len(a.ReqID) > 0 {
-		dst = append(dst, `,"reqid":`...)
-		dst = append(dst, a.ReqID...)
+		dst = append(append(dst, `,"reqid":`...), a.ReqID...)
 	}
-	dst = append(dst, `,"ack":`...)
-	dst = strconv.AppendInt(dst, int64(a.Ack), 10)
-	dst = append(dst, `,"errno":`...)
-	dst = strconv.AppendInt(dst, int64(a.Errno), 10)
-	dst = append(dst, `,"errmsg":`...)
-	dst = appendJSONString(dst, a.ErrMsg)
+	dst = intField(dst, `,"ack":`, int64(a.Ack))
+	dst = intField(dst, `,"errno":`, int64(a.Errno))
+	dst = strField(dst, `,"errmsg":`, a.ErrMsg)
 	if a.GroupID != 0 {
-		dst = append(dst, `,"groupid":`...)
-		dst = strconv.AppendInt(dst, int64(a.GroupID), 10)
+		dst = intField(dst, `,"groupid":`, int64(a.GroupID))
 	}
 	if a.Time != "" {
-		dst = append(dst, `,"time":`...)
-		dst = appendJSONString(dst, a.Time)
+		dst = strField(dst, `,"time":`, a.Time)
 	}
 	if a.GSeq != 0 {
-		dst = append(dst, `,"gseq":`...)
-		dst = strconv.AppendInt(dst, int64(a.GSeq), 10)
+		dst = intField(dst, `,"gseq":`, int64(a.GSeq))
 	}
-	dst = append(dst, '}')
-	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-HeaderLen))
-	return dst, true
+	return closeFrame(dst, start), true
 }
 
 // appendDeliveryFrame appends d's frame.
 func appendDeliveryFrame(dst []byte, d *Delivery) []byte {
-	start := len(dst)
-	dst = append(dst, 0, 0, 0, 0)
-	dst = append(dst, `{"msgid":`...)
-	dst = strconv.AppendInt(dst, int64(d.MsgID), 10)
-	dst = append(dst, `,"id":`...)
-	dst = strconv.AppendInt(dst, int64(d.ID), 10)
-	dst = append(dst, `,"name":`...)
-	dst = appendJSONString(dst, d.Name)
+	dst, start := openFrame(dst)
+	dst = intField(dst, `{"msgid":`, int64(d.MsgID))
+	dst = intField(dst, `,"id":`, int64(d.ID))
+	dst = strField(dst, `,"name":`, d.Name)
 	if d.ToID != 0 {
-		dst = append(dst, `,"toid":`...)
-		dst = strconv.AppendInt(dst, int64(d.ToID), 10)
+		dst = intField(dst, `,"toid":`, int64(d.ToID))
 	}
 	if d.GroupID != 0 {
-		dst = append(dst, `,"groupid":`...)
-		dst = strconv.AppendInt(dst, int64(d.GroupID), 10)
+		dst = intField(dst, `,"groupid":`, int64(d.GroupID))
 	}
-	dst = append(dst, `,"msg":`...)
-	dst = appendJSONString(dst, d.Msg)
-	dst = append(dst, `,"time":`...)
-	dst = appendJSONString(dst, d.Time)
+	dst = strField(dst, `,"msg":`, d.Msg)
+	dst = strField(dst, `,"time":`, d.Time)
 	if d.Seq != 0 {
-		dst = append(dst, `,"seq":`...)
-		dst = strconv.AppendInt(dst, int64(d.Seq), 10)
+		dst = intField(dst, `,"seq":`, int64(d.Seq))
 	}
 	if d.GSeq != 0 {
-		dst = append(dst, `,"gseq":`...)
-		dst = strconv.AppendInt(dst, int64(d.GSeq), 10)
+		dst = intField(dst, `,"gseq":`, int64(d.GSeq))
 	}
+	return closeFrame(dst, start)
+}
+
+// openFrame appends room for a frame's length prefix and returns where the
+// frame starts; closeFrame ends the JSON object and fills in the length.
+func openFrame(dst []byte) ([]byte, int) { return append(dst, 0, 0, 0, 0), len(dst) }
+
+func closeFrame(dst []byte, start int) []byte {
 	dst = append(dst, '}')
 	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-HeaderLen))
 	return dst
 }
+
+// intField appends key (with its punctuation, e.g. `,"seq":`) and v;
+// strField appends key and s as a JSON string.
+func intField(dst []byte, key string, v int64) []byte {
+	return strconv.AppendInt(append(dst, key...), v, 10)
+}
+
+func strField(dst []byte, key, s string) []byte { return appendJSONString(append(dst, key...), s) }
 
 // ackSize and deliverySize are the frame sizes to allocate for a and d:
 // room for the field names and typical numbers; strings that need escapes

@@ -343,7 +343,8 @@ type Header struct {
 }
 
 // Marshal encodes v as JSON and wraps it in a frame. ACKs and deliveries
-// take a faster path with the same output (encode.go).
+// (*Ack, *Delivery: what the service sends) take a faster path with the
+// same output (encode.go).
 func Marshal(v any) ([]byte, error) {
 	switch m := v.(type) {
 	case *Ack:
@@ -353,17 +354,11 @@ func Marshal(v any) ([]byte, error) {
 		if b, ok := appendAckFrame(make([]byte, 0, ackSize(m)), m); ok {
 			return b, nil
 		}
-	case Ack:
-		if b, ok := appendAckFrame(make([]byte, 0, ackSize(&m)), &m); ok {
-			return b, nil
-		}
 	case *Delivery:
 		if m == nil {
 			break
 		}
 		return appendDeliveryFrame(make([]byte, 0, deliverySize(m)), m), nil
-	case Delivery:
-		return appendDeliveryFrame(make([]byte, 0, deliverySize(&m)), &m), nil
 	}
 	body, err := json.Marshal(v)
 	if err != nil {
