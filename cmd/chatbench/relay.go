@@ -115,11 +115,11 @@ func (r *relay) setUser(c *relayConn, id codec.UserID) {
 func (r *relay) handle(c *relayConn, body []byte) {
 	req, err := codec.ParseRequest(body)
 	if err != nil {
-		c.write(codec.MustMarshal(codec.Ack{MsgID: codec.MsgAck, Errno: codec.ErrnoBadRequest, ErrMsg: err.Error()}))
+		c.write(codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, Errno: codec.ErrnoBadRequest, ErrMsg: err.Error()}))
 		return
 	}
 	fail := func(e codec.Errno, msg string) {
-		c.write(codec.MustMarshal(codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: req.MsgID, Errno: e, ErrMsg: msg}))
+		c.write(codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: req.MsgID, Errno: e, ErrMsg: msg}))
 	}
 	switch req.MsgID {
 	case codec.MsgSignup:
@@ -129,18 +129,18 @@ func (r *relay) handle(c *relayConn, body []byte) {
 		}
 		id, ok := r.signup(*req.Name)
 		if !ok {
-			c.write(codec.MustMarshal(codec.ErrorResponse{MsgID: codec.MsgSignupAck, ReqID: req.ReqID, Errno: codec.ErrnoConflict, ErrMsg: "name taken"}))
+			c.write(codec.MustMarshal(&codec.ErrorResponse{MsgID: codec.MsgSignupAck, ReqID: req.ReqID, Errno: codec.ErrnoConflict, ErrMsg: "name taken"}))
 			return
 		}
-		c.write(codec.MustMarshal(codec.SignupAck{MsgID: codec.MsgSignupAck, ReqID: req.ReqID, ID: id}))
+		c.write(codec.MustMarshal(&codec.SignupAck{MsgID: codec.MsgSignupAck, ReqID: req.ReqID, ID: id}))
 	case codec.MsgLogin:
 		if req.ID == nil || *req.ID <= 0 || codec.UserID(*req.ID) > r.lastID() {
-			c.write(codec.MustMarshal(codec.ErrorResponse{MsgID: codec.MsgLoginAck, ReqID: req.ReqID, Errno: codec.ErrnoAuth, ErrMsg: "no such user"}))
+			c.write(codec.MustMarshal(&codec.ErrorResponse{MsgID: codec.MsgLoginAck, ReqID: req.ReqID, Errno: codec.ErrnoAuth, ErrMsg: "no such user"}))
 			return
 		}
 		id := codec.UserID(*req.ID)
 		r.setUser(c, id)
-		c.write(codec.MustMarshal(codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: req.ReqID, ID: id,
+		c.write(codec.MustMarshal(&codec.LoginAck{MsgID: codec.MsgLoginAck, ReqID: req.ReqID, ID: id,
 			Name: strconv.FormatInt(int64(id), 10), Token: "relay", Friends: []codec.Friend{}, Groups: []codec.Group{}, OfflineMsg: []codec.Delivery{}}))
 	case codec.MsgOneChat:
 		switch {
@@ -153,12 +153,12 @@ func (r *relay) handle(c *relayConn, body []byte) {
 				fail(codec.ErrnoUnavailable, "recipient not connected (the relay stores nothing)")
 				return
 			}
-			c.write(codec.MustMarshal(codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: codec.MsgOneChat}))
+			c.write(codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: codec.MsgOneChat}))
 		}
 	case codec.MsgDelivered:
 		// Nothing is stored, so there is nothing to acknowledge.
 	case codec.MsgPing:
-		c.write(codec.MustMarshal(codec.Pong{MsgID: codec.MsgPong, ReqID: req.ReqID}))
+		c.write(codec.MustMarshal(&codec.Pong{MsgID: codec.MsgPong, ReqID: req.ReqID}))
 	default:
 		fail(codec.ErrnoBadRequest, "not supported by the relay baseline")
 	}

@@ -435,9 +435,10 @@ func sleepCtx(ctx context.Context, d time.Duration) {
 	}
 }
 
-// startBaselineServer starts chatbench's subcommand sub (a baseline server) on a
-// free loopback port and returns its address and process; stop kills it.
-func startBaselineServer(sub string) (addr string, pid int, stop func(), err error) {
+// startBaselineServer starts chatbench's subcommand sub (a baseline server,
+// described as what on log unless quiet) on a free loopback port and
+// returns its address and process; stop kills it.
+func startBaselineServer(sub, what string, quiet bool, log io.Writer) (addr string, pid int, stop func(), err error) {
 	cmd, err := selfCommand(sub, "-listen", "127.0.0.1:0")
 	if err != nil {
 		return "", 0, nil, err
@@ -456,22 +457,22 @@ func startBaselineServer(sub string) (addr string, pid int, stop func(), err err
 		stop()
 		return "", 0, nil, fmt.Errorf("%s did not start: %q %v", sub, line, err)
 	}
+	if !quiet {
+		fmt.Fprintf(log, "chatbench: %s pid %d on %s\n", what, cmd.Process.Pid, addr)
+	}
 	return addr, cmd.Process.Pid, stop, nil
 }
 
 // runBaselineCompare starts the goroutine-per-connection baseline server
 // and measures it exactly like the chat server.
 func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
-	addr, pid, stop, err := startBaselineServer("baseline-server")
+	addr, pid, stop, err := startBaselineServer("baseline-server", "baseline server (goroutine per connection)", cfg.Quiet, log)
 	if err != nil {
 		return err
 	}
 	defer stop()
 	bcfg := cfg
 	bcfg.Baseline, bcfg.Addrs, bcfg.PIDs = true, []string{addr}, []int{pid}
-	if !cfg.Quiet {
-		fmt.Fprintf(log, "chatbench: baseline server (goroutine per connection) pid %d on %s\n", pid, addr)
-	}
 	var brep Report
 	b, err := runConnect(ctx, bcfg, log, &brep)
 	if err != nil {
@@ -489,7 +490,7 @@ func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Rep
 // -addr-recv does not apply), created with SIGNUP, the same -rate, window
 // and message size. Our figures over the relay's go into rep.Relay.
 func runRelayCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
-	addr, pid, stop, err := startBaselineServer("relay-server")
+	addr, pid, stop, err := startBaselineServer("relay-server", "relay baseline (goroutine per connection, nothing stored)", cfg.Quiet, log)
 	if err != nil {
 		return err
 	}
@@ -497,9 +498,6 @@ func runRelayCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report
 	bcfg := cfg
 	bcfg.Addrs, bcfg.RecvAddrs, bcfg.PIDs = []string{addr}, nil, []int{pid}
 	bcfg.BulkDB, bcfg.RedisBench, bcfg.CompareBaseline = "", "", false
-	if !cfg.Quiet {
-		fmt.Fprintf(log, "chatbench: relay baseline (goroutine per connection, nothing stored) pid %d on %s\n", pid, addr)
-	}
 	var brep Report
 	if err := runTraffic(ctx, bcfg, log, &brep); err != nil {
 		return fmt.Errorf("relay baseline: %w", err)
