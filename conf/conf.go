@@ -48,6 +48,10 @@ type Config struct {
 	// work, free memory goes back to the operating system; negative
 	// disables, 0 means the default.
 	MemReleaseIdle time.Duration
+	// WriterPriority (SQLite, Linux): the group-commit writer's thread runs
+	// this many nice levels above the rest of the node; negative leaves
+	// it alone, 0 means the default (store.Config.WriterPriority).
+	WriterPriority int
 
 	BcryptCost int
 	TokenTTL   time.Duration
@@ -81,6 +85,7 @@ func Default() Config {
 		MaxOutbound:     8 << 20,
 		Workers:         256,
 		MemReleaseIdle:  5 * time.Second,
+		WriterPriority:  10,
 		BcryptCost:      10,
 		TokenTTL:        7 * 24 * time.Hour,
 		OfflineCap:      500,
@@ -111,6 +116,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.Workers, "workers", c.Workers, "request handler goroutines")
 	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU but one, at least one)")
 	fs.DurationVar(&c.MemReleaseIdle, "mem-release-idle", c.MemReleaseIdle, "return free memory to the OS once quiet this long after work (negative: never, 0: the default)")
+	fs.IntVar(&c.WriterPriority, "writer-priority", c.WriterPriority, "nice levels the SQLite writer thread runs above the rest of the node; needs root, CAP_SYS_NICE or RLIMIT_NICE (negative: leave it alone, 0: the default)")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", c.BcryptCost, "bcrypt cost for new passwords (4..31)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "session token lifetime")
 	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK, the rest follow at once (0: the default)")

@@ -20,7 +20,7 @@ func TestPrecedence(t *testing.T) {
 	if c.Listen != "127.0.0.1:7000" || c.MaxFrame != 2000 || c.Workers != 9 || c.IdleTimeout != 30*time.Second {
 		t.Fatalf("got %+v", c)
 	}
-	if c.DB != "sqlite:chat.db" || c.OfflineCap != 500 || c.MemReleaseIdle != 5*time.Second {
+	if c.DB != "sqlite:chat.db" || c.OfflineCap != 500 || c.MemReleaseIdle != 5*time.Second || c.WriterPriority != 10 {
 		t.Fatalf("defaults lost: %+v", c)
 	}
 }
@@ -44,5 +44,19 @@ func TestErrors(t *testing.T) {
 		return ""
 	}, &strings.Builder{}); err == nil {
 		t.Error("bad env accepted")
+	}
+}
+
+// TestWriterPriority: the SQLite writer's priority comes from the
+// environment or a flag like every option, and the flag wins.
+func TestWriterPriority(t *testing.T) {
+	env := map[string]string{"CHAT_WRITER_PRIORITY": "-1"}
+	c, err := Load(nil, func(k string) string { return env[k] }, os.Stderr)
+	if err != nil || c.WriterPriority != -1 {
+		t.Fatalf("from the environment: %d, %v", c.WriterPriority, err)
+	}
+	c, err = Load([]string{"-writer-priority", "5"}, func(k string) string { return env[k] }, os.Stderr)
+	if err != nil || c.WriterPriority != 5 {
+		t.Fatalf("from the flag: %d, %v", c.WriterPriority, err)
 	}
 }

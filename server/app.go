@@ -46,7 +46,7 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	if log == nil {
 		log = slog.Default()
 	}
-	st, err := store.Open(ctx, store.Config{DSN: cfg.DB, Logger: log})
+	st, err := store.Open(ctx, store.Config{DSN: cfg.DB, WriterPriority: cfg.WriterPriority, Logger: log})
 	if err != nil {
 		return nil, err
 	}

@@ -54,16 +54,33 @@ type batcher struct {
 	// queued after the final drain.
 	closeMu sync.RWMutex
 	closed  bool
+	// thread is the SQLite writer's, set before its first commit;
+	// threadSet is closed then (at once on MySQL).
+	thread    writerThread
+	threadSet chan struct{}
+}
+
+// writerThread is the OS thread the SQLite writer runs on: its id, its
+// nice value and why that is not Config.WriterPriority levels above the
+// process's (err). tid is 0 where the writer has no thread of its own
+// (WriterPriority negative, or not Linux).
+type writerThread struct {
+	tid, nice int
+	err       error
 }
 
 func newBatcher(s *Store, maxBatch, lanes int) *batcher {
 	b := &batcher{
-		s:        s,
-		maxBatch: maxBatch,
-		lanes:    make([]chan *sendOp, lanes),
-		post:     make(chan posted, 8),
-		quit:     make(chan struct{}),
-		stopped:  make(chan struct{}),
+		s:         s,
+		maxBatch:  maxBatch,
+		lanes:     make([]chan *sendOp, lanes),
+		post:      make(chan posted, 8),
+		quit:      make(chan struct{}),
+		stopped:   make(chan struct{}),
+		threadSet: make(chan struct{}),
+	}
+	if s.dialect.name != "sqlite" {
+		close(b.threadSet)
 	}
 	for i := range b.lanes {
 		b.lanes[i] = make(chan *sendOp, 4*maxBatch)
@@ -216,6 +233,23 @@ func (s *Store) enqueue(ctx context.Context, op *sendOp) {
 // run commits the sends queued on lane ops until close.
 func (b *batcher) run(ops chan *sendOp) {
 	defer b.writers.Done()
+	if b.s.dialect.name != "sqlite" {
+		b.commitLoop(ops)
+		return
+	}
+	if b.s.cfg.WriterPriority < 0 || !threadPriorities {
+		close(b.threadSet)
+		b.commitLoop(ops)
+		return
+	}
+	runOnOwnThread(func() {
+		b.prioritize()
+		b.commitLoop(ops)
+	})
+}
+
+// commitLoop is run's loop.
+func (b *batcher) commitLoop(ops chan *sendOp) {
 	batch := make([]*sendOp, 0, 1024)
 	for {
 		select {
@@ -237,6 +271,22 @@ func (b *batcher) run(ops chan *sendOp) {
 		b.drain(ops, &batch)
 		b.commit(batch)
 	}
+}
+
+// prioritize raises the priority of the SQLite writer's thread, which it
+// runs on alone (runOnOwnThread), Config.WriterPriority nice levels above
+// the process (see there), and records the outcome in b.thread.
+func (b *batcher) prioritize() {
+	defer close(b.threadSet)
+	levels := b.s.cfg.WriterPriority
+	tid, nice, err := raiseThreadPriority(levels)
+	b.thread = writerThread{tid: tid, nice: nice, err: err}
+	if err != nil {
+		b.s.log.Info("sqlite writer priority not raised as far as asked: that needs root, CAP_SYS_NICE or RLIMIT_NICE (systemd: LimitNICE=)",
+			"levels", levels, "nice", nice, "err", err)
+		return
+	}
+	b.s.log.Debug("sqlite writer priority raised", "levels", levels, "nice", nice)
 }
 
 // drain adds ops queued on the lane to batch until its weight (see rows)

@@ -68,6 +68,16 @@ type Config struct {
 	// MergeInterval (SQLite) merges the logs at least this often when they
 	// hold fewer than MergeRows rows; default 5 s.
 	MergeInterval time.Duration
+	// WriterPriority (SQLite, Linux) is how many nice levels the group
+	// commit's thread runs above the rest of the process. Every send waits
+	// for that one writer, so when the cores are contended it should get
+	// one before per-connection work does: 10 levels gave ×1.09 flat out
+	// on the 2-core benchmark machine (BENCHMARKS.md, session 8).
+	// Lowering a nice value needs root, CAP_SYS_NICE or RLIMIT_NICE
+	// (systemd: LimitNICE=); without them the writer goes as far as
+	// RLIMIT_NICE allows, and Open logs what it got. Default 10; negative
+	// leaves the thread alone.
+	WriterPriority int
 	// Logger receives store events; default slog.Default().
 	Logger *slog.Logger
 }
@@ -114,6 +124,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.MergeInterval <= 0 {
 		cfg.MergeInterval = 5 * time.Second
+	}
+	if cfg.WriterPriority == 0 {
+		cfg.WriterPriority = 10
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
