@@ -45,7 +45,7 @@ func raiseThreadPriority(levels int) (tid, nice int, err error) {
 		return tid, 0, err
 	}
 	cur := 20 - raw
-	want := max(cur-levels, -20)
+	want := max(cur-min(levels, 40), -20) // 40 spans every nice value
 	err = unix.Setpriority(unix.PRIO_PROCESS, tid, want)
 	if errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
 		// RLIMIT_NICE allows nice values down to 20 - its soft limit.
