@@ -54,8 +54,11 @@ type batcher struct {
 	// queued after the final drain.
 	closeMu sync.RWMutex
 	closed  bool
-	// thread is the SQLite writer's, set before its first commit;
-	// threadSet is closed then (at once on MySQL).
+	// ownThread: the lane's writer runs on a thread of its own with a
+	// raised priority (SQLite, WriterPriority not negative, Linux).
+	// thread is that thread, set before the first commit; threadSet is
+	// closed then (at once without ownThread).
+	ownThread bool
 	thread    writerThread
 	threadSet chan struct{}
 }
@@ -77,9 +80,10 @@ func newBatcher(s *Store, maxBatch, lanes int) *batcher {
 		post:      make(chan posted, 8),
 		quit:      make(chan struct{}),
 		stopped:   make(chan struct{}),
+		ownThread: s.dialect.name == "sqlite" && s.cfg.WriterPriority >= 0 && threadPriorities,
 		threadSet: make(chan struct{}),
 	}
-	if s.dialect.name != "sqlite" {
+	if !b.ownThread {
 		close(b.threadSet)
 	}
 	for i := range b.lanes {
@@ -233,12 +237,7 @@ func (s *Store) enqueue(ctx context.Context, op *sendOp) {
 // run commits the sends queued on lane ops until close.
 func (b *batcher) run(ops chan *sendOp) {
 	defer b.writers.Done()
-	if b.s.dialect.name != "sqlite" {
-		b.commitLoop(ops)
-		return
-	}
-	if b.s.cfg.WriterPriority < 0 || !threadPriorities {
-		close(b.threadSet)
+	if !b.ownThread {
 		b.commitLoop(ops)
 		return
 	}
