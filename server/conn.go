@@ -162,8 +162,10 @@ func (s *Server) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	return gnet.None
 }
 
-// OnTraffic implements gnet.EventHandler: decode every whole frame, queue it
-// for a worker, answer framing errors and limits on the spot.
+// OnTraffic implements gnet.EventHandler: decode every whole frame, handle
+// it on the spot when that cannot block (a chat message or a DELIVERED,
+// service.HandleNow) or queue it for a worker, answer framing errors and
+// limits on the spot.
 func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 	c := gc.Context().(*conn)
 	now := time.Now().UnixNano()
@@ -203,8 +205,21 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		frame := make([]byte, len(body)) // the worker must not see gnet's buffer
 		copy(frame, body)
 		_, _ = gc.Discard(n)
+		if admit == admitted && c.idle() && s.node.HandleNow(&c.sess, frame) {
+			continue
+		}
 		s.enqueue(c, queued{frame: frame, limited: admit == rateLimited})
 	}
+}
+
+// idle reports whether none of c's requests is queued or being handled:
+// then the event loop may handle the next one itself (service.HandleNow)
+// without overtaking an earlier one. Only the event loop queues requests,
+// so c stays idle until it queues one.
+func (c *conn) idle() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return !c.running && !c.closed
 }
 
 // Outcomes of admit.

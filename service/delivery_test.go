@@ -325,7 +325,7 @@ func TestLateMemberOfGroupSend(t *testing.T) {
 	n, _, rec := loggedIn(t, st, carol, func(s *Session) { s.setGroupLocked(gid, 0, 0) })
 	st.members[gid] = []codec.UserID{alice, bob}
 	// alice sends: the recipients are read now (bob only).
-	sr, rerr := n.groupChat(context.Background(), &codec.Request{MsgID: codec.MsgGroupChat, GroupID: ptr(int64(gid)), Msg: ptr("hi")}, alice, "alice")
+	sr, rerr := n.groupChat(context.Background(), &codec.Request{MsgID: codec.MsgGroupChat, GroupID: ptr(int64(gid)), Msg: ptr("hi")}, alice, "alice", false)
 	if rerr != nil || len(sr.To) != 1 || sr.To[0] != bob {
 		t.Fatalf("recipients %v, %v; want [bob]", sr.To, rerr)
 	}

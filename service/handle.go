@@ -21,6 +21,14 @@ type reqError struct {
 
 func (e *reqError) Error() string { return e.msg }
 
+// errWouldBlock: the answer needs a store read, and the caller asked for
+// cached data only (HandleNow).
+var errWouldBlock = errors.New("service: needs a store read")
+
+// wouldBlock is errWouldBlock as a handler failure; HandleNow never sends
+// it.
+var wouldBlock = &reqError{errno: codec.ErrnoUnavailable, msg: errWouldBlock.Error()}
+
 func fail(errno codec.Errno, format string, args ...any) *reqError {
 	return &reqError{errno: errno, msg: fmt.Sprintf(format, args...)}
 }
@@ -77,6 +85,45 @@ func Reject(errno codec.Errno, msg string) []byte {
 	return codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, Errno: errno, ErrMsg: msg})
 }
 
+// HandleNow runs one request frame of session s if it can without
+// blocking, and reports whether it did; when it did not, it did nothing,
+// and the caller hands the frame to Handle. It runs a chat message whose
+// recipient (a user, or a group the sender is in) is known without a store
+// read, when the commit queue has room, and a valid DELIVERED: the
+// requests that make up a chat's steady traffic. The server calls it on
+// an event loop, for a session none of whose requests is queued or
+// running, so it saves the hand-off to a worker (BENCHMARKS.md, "Changes
+// in session 9").
+func (n *Node) HandleNow(s *Session, body []byte) bool {
+	req, err := codec.ParseRequest(body)
+	if err != nil {
+		return false
+	}
+	uid, name := s.User()
+	if uid == 0 {
+		return false
+	}
+	var (
+		sr   SendRequest
+		rerr *reqError
+	)
+	switch req.MsgID {
+	case codec.MsgDelivered:
+		if checkDelivered(req) != nil {
+			return false // answered by Handle
+		}
+		n.ackDelivered(s, req, uid)
+		return true
+	case codec.MsgOneChat:
+		sr, rerr = n.oneChat(context.Background(), req, uid, name, true)
+	case codec.MsgGroupChat:
+		sr, rerr = n.groupChat(context.Background(), req, uid, name, true)
+	default:
+		return false
+	}
+	return rerr == nil && n.trySendAsync(s, req, sr)
+}
+
 // reply sends the response for req: ack on success (nil err) or the error.
 // LOGIN and SIGNUP failures use their own ack msgid, everything else ACK.
 func (n *Node) reply(s *Session, req *codec.Request, ack *codec.Ack, err *reqError) {
@@ -105,9 +152,9 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 	case codec.MsgOneChat, codec.MsgGroupChat:
 		var sr SendRequest
 		if req.MsgID == codec.MsgOneChat {
-			sr, err = n.oneChat(ctx, req, uid, name)
+			sr, err = n.oneChat(ctx, req, uid, name, false)
 		} else {
-			sr, err = n.groupChat(ctx, req, uid, name)
+			sr, err = n.groupChat(ctx, req, uid, name, false)
 		}
 		if err == nil {
 			n.sendAsync(ctx, s, req, sr)
@@ -477,13 +524,17 @@ func (n *Node) messageText(req *codec.Request) (string, *reqError) {
 
 // userExists checks that uid is a user: a session on this node proves it
 // (users are never deleted), then the name cache, then the store
-// (ErrNotFound when there is no such user).
-func (n *Node) userExists(ctx context.Context, uid codec.UserID) error {
+// (ErrNotFound when there is no such user), unless cachedOnly
+// (errWouldBlock).
+func (n *Node) userExists(ctx context.Context, uid codec.UserID, cachedOnly bool) error {
 	if n.hub.get(uid) != nil {
 		return nil
 	}
 	if _, ok := n.names.get(uid); ok {
 		return nil
+	}
+	if cachedOnly {
+		return errWouldBlock
 	}
 	u, err := n.store.User(ctx, uid)
 	if err != nil {
@@ -499,10 +550,34 @@ func (n *Node) userExists(ctx context.Context, uid codec.UserID) error {
 // commit queue.
 func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr SendRequest) {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
+	n.startSend(s)
+	n.store.SendAsync(ctx, sr, n.sent(s, req, sr))
+}
+
+// trySendAsync is sendAsync when the commit queue has room; false, having
+// queued nothing, when it has none.
+func (n *Node) trySendAsync(s *Session, req *codec.Request, sr SendRequest) bool {
+	sr.UnixMilli = n.cfg.Now().UnixMilli()
+	n.startSend(s)
+	if n.store.TrySendAsync(sr, n.sent(s, req, sr)) {
+		return true
+	}
+	n.sending.Add(-1)
+	s.sends.Done()
+	return false
+}
+
+// startSend counts a send that waits for its commit.
+func (n *Node) startSend(s *Session) {
 	s.sends.Add(1)
 	n.sending.Add(1)
+}
+
+// sent returns the completion of a send counted by startSend: it writes
+// the send's ACK.
+func (n *Node) sent(s *Session, req *codec.Request, sr SendRequest) func(SendResult, error) {
 	reqID, msgID, gid := req.ReqID, req.MsgID, sr.Group
-	n.store.SendAsync(ctx, sr, func(res SendResult, err error) {
+	return func(res SendResult, err error) {
 		defer n.sending.Add(-1)
 		defer s.sends.Done()
 		if err != nil {
@@ -512,7 +587,7 @@ func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr
 		}
 		s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, ErrMsg: "ok", GroupID: gid,
 			Time: codec.FormatTime(time.UnixMilli(res.UnixMilli)), GSeq: res.GSeq})
-	})
+	}
 }
 
 // Busy reports whether chat sends are still waiting for their commit.
@@ -528,7 +603,9 @@ func clientMsgID(req *codec.Request, sr *SendRequest) *reqError {
 	return nil
 }
 
-func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string) (SendRequest, *reqError) {
+// oneChat validates a one-to-one chat message into a SendRequest. With
+// cachedOnly it reads nothing from the store: wouldBlock if it must.
+func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string, cachedOnly bool) (SendRequest, *reqError) {
 	to, rerr := requireID(req.ToID, "toid")
 	if rerr != nil {
 		return SendRequest{}, rerr
@@ -537,8 +614,11 @@ func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID
 	if rerr != nil {
 		return SendRequest{}, rerr
 	}
-	if err := n.userExists(ctx, codec.UserID(to)); err != nil {
-		if errors.Is(err, ErrNotFound) {
+	if err := n.userExists(ctx, codec.UserID(to), cachedOnly); err != nil {
+		switch {
+		case errors.Is(err, errWouldBlock):
+			return SendRequest{}, wouldBlock
+		case errors.Is(err, ErrNotFound):
 			return SendRequest{}, fail(codec.ErrnoNotFound, "no user %d", to)
 		}
 		return SendRequest{}, n.storeFail("chat", err)
@@ -548,7 +628,9 @@ func (n *Node) oneChat(ctx context.Context, req *codec.Request, uid codec.UserID
 	return sr, clientMsgID(req, &sr)
 }
 
-func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string) (SendRequest, *reqError) {
+// groupChat validates a group chat message into a SendRequest. With
+// cachedOnly it reads nothing from the store: wouldBlock if it must.
+func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.UserID, name string, cachedOnly bool) (SendRequest, *reqError) {
 	gid, rerr := requireID(req.GroupID, "groupid")
 	if rerr != nil {
 		return SendRequest{}, rerr
@@ -557,7 +639,10 @@ func (n *Node) groupChat(ctx context.Context, req *codec.Request, uid codec.User
 	if rerr != nil {
 		return SendRequest{}, rerr
 	}
-	ids, err := n.groupMembers(ctx, codec.GroupID(gid), uid)
+	ids, err := n.groupMembers(ctx, codec.GroupID(gid), uid, cachedOnly)
+	if errors.Is(err, errWouldBlock) {
+		return SendRequest{}, wouldBlock
+	}
 	if errors.Is(err, ErrNotFound) {
 		return SendRequest{}, fail(codec.ErrnoNotFound, "no group %d", gid)
 	}
@@ -641,9 +726,13 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 // cached list lacks at most members who joined since: a list without the
 // sender (who may just have joined) is read again, and members missing
 // from a message's recipients are found after its commit (groupEntries).
-func (n *Node) groupMembers(ctx context.Context, gid codec.GroupID, sender codec.UserID) ([]codec.UserID, error) {
+// With cachedOnly it returns errWouldBlock instead of reading the store.
+func (n *Node) groupMembers(ctx context.Context, gid codec.GroupID, sender codec.UserID, cachedOnly bool) ([]codec.UserID, error) {
 	if ids, ok := n.members.get(gid); ok && slices.Contains(ids, sender) {
 		return ids, nil
+	}
+	if cachedOnly {
+		return nil, errWouldBlock
 	}
 	return n.loadMembers(ctx, gid)
 }
@@ -718,12 +807,26 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 // session was sent is clamped: a client cannot acknowledge what it never
 // got.
 func (n *Node) delivered(s *Session, req *codec.Request, uid codec.UserID) *reqError {
+	if err := checkDelivered(req); err != nil {
+		return err
+	}
+	n.ackDelivered(s, req, uid)
+	return nil
+}
+
+// checkDelivered validates a DELIVERED request.
+func checkDelivered(req *codec.Request) *reqError {
 	if req.Seq == nil && req.GSeq == nil {
 		return fail(codec.ErrnoBadRequest, "missing field \"seq\" (or \"groupid\" and \"gseq\")")
 	}
 	if req.GSeq != nil && req.GroupID == nil {
 		return fail(codec.ErrnoBadRequest, "missing field \"groupid\" (\"gseq\" acknowledges a group's messages)")
 	}
+	return nil
+}
+
+// ackDelivered queues the acknowledgements of a valid DELIVERED request.
+func (n *Node) ackDelivered(s *Session, req *codec.Request, uid codec.UserID) {
 	var seq, gseq codec.Seq
 	var gid codec.GroupID
 	s.mu.Lock()
@@ -743,7 +846,6 @@ func (n *Node) delivered(s *Session, req *codec.Request, uid codec.UserID) *reqE
 	if gseq > 0 {
 		n.queueAck(AckKey{User: uid, Group: gid}, gseq)
 	}
-	return nil
 }
 
 // Refuse answers a request of s without handling it (rate limited), after

@@ -130,6 +130,10 @@ type Store interface {
 	// the order the SendAsync calls with the same sender (From) were made.
 	// SendAsync itself blocks only while the commit queue is full.
 	SendAsync(ctx context.Context, req SendRequest, done func(SendResult, error))
+	// TrySendAsync is SendAsync when the commit queue has room: it never
+	// blocks, and reports whether it queued the send. When it did not (the
+	// queue is full, or the store closed), done is never called.
+	TrySendAsync(req SendRequest, done func(SendResult, error)) bool
 	// SetCommitHook sets the function that receives committed entries. Call
 	// it once, before the first Send; fn must not block.
 	SetCommitHook(fn func([]Entry))

@@ -189,6 +189,22 @@ func (s *Store) SendAsync(ctx context.Context, req service.SendRequest, done fun
 	s.enqueue(ctx, &sendOp{req: req, done: done})
 }
 
+// TrySendAsync implements service.Store.
+func (s *Store) TrySendAsync(req service.SendRequest, done func(service.SendResult, error)) bool {
+	b, op := s.batcher, &sendOp{req: req, done: done}
+	b.closeMu.RLock()
+	defer b.closeMu.RUnlock()
+	if b.closed {
+		return false
+	}
+	select {
+	case b.laneOf(op) <- op:
+		return true
+	default:
+		return false
+	}
+}
+
 // ackChunk is the most users whose acknowledgements one MySQL statement
 // (its own transaction) records.
 const ackChunk = 200
@@ -332,7 +348,7 @@ func (b *batcher) commit(batch []*sendOp) {
 		results []service.SendResult
 		entries []service.Entry
 	)
-	store := func(tx *sqlx.Tx) error {
+	store := func(tx txn) error {
 		var err error
 		results, entries, err = b.s.storeBatch(ctx, tx, batch)
 		return err
@@ -346,13 +362,13 @@ func (b *batcher) commit(batch []*sendOp) {
 		t, results, entries, err = b.s.commitMySQL(ctx, batch, b.ticket, b.skip)
 	}
 	if b.s.wdb == nil || errors.Is(err, errKeyStoredBefore) {
-		t, err = b.s.inTxTicket(ctx, store, b.ticket, b.skip)
+		t, err = b.s.writer.inTx(ctx, b.s, store, b.ticket, b.skip)
 	}
 	b.s.log.Debug("group commit", "ops", len(batch), "took", time.Since(t0))
 	if err != nil && isConflict(err) {
 		// A clientmsgid committed meanwhile by another node: the retry's
 		// dedup query now sees it.
-		t, err = b.s.inTxTicket(ctx, store, b.ticket, b.skip)
+		t, err = b.s.writer.inTx(ctx, b.s, store, b.ticket, b.skip)
 	}
 	ops := slices.Clone(batch) // batch is reused by run
 	if err != nil {
@@ -393,7 +409,7 @@ type sentRow struct {
 // for every recipient of a one-to-one message and for every group, inbox
 // rows and group log rows. It returns one result per op and the new entries
 // in op order (so per recipient in seq order, per group in gseq order).
-func (s *Store) storeBatch(ctx context.Context, tx *sqlx.Tx, batch []*sendOp) ([]service.SendResult, []service.Entry, error) {
+func (s *Store) storeBatch(ctx context.Context, tx txn, batch []*sendOp) ([]service.SendResult, []service.Entry, error) {
 	if err := s.writer.begin(ctx, tx); err != nil {
 		return nil, nil, err
 	}
@@ -591,7 +607,7 @@ func (p *batchPlan) rows(next map[codec.UserID]codec.Seq, gnext map[codec.GroupI
 
 // allocGroupSeqs reserves counts[g] gseqs in each group's log, groups in id
 // order (the lock order of every commit), and returns each group's first.
-func (s *Store) allocGroupSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.GroupID]int64) (map[codec.GroupID]codec.Seq, error) {
+func (s *Store) allocGroupSeqs(ctx context.Context, tx txn, counts map[codec.GroupID]int64) (map[codec.GroupID]codec.Seq, error) {
 	gids := slices.Sorted(maps.Keys(counts))
 	next := make(map[codec.GroupID]codec.Seq, len(gids))
 	q := &txStmts{ctx: ctx, tx: tx}
@@ -649,7 +665,7 @@ type stmtSink interface {
 // txStmts runs each statement at once in tx; err is the first error.
 type txStmts struct {
 	ctx context.Context
-	tx  *sqlx.Tx
+	tx  txn
 	err error
 }
 
@@ -669,7 +685,7 @@ func (t *txStmts) query(query string, scan func(rowScanner) error, args ...any) 
 }
 
 // insertGroupLog inserts group log rows, chunk rows per statement.
-func insertGroupLog(ctx context.Context, tx sqlx.ExtContext, rows []groupLogRow) error {
+func insertGroupLog(ctx context.Context, tx sqlx.ExecerContext, rows []groupLogRow) error {
 	for start := 0; start < len(rows); start += chunk {
 		part := rows[start:min(start+chunk, len(rows))]
 		if _, err := tx.ExecContext(ctx, insertGroupLogQuery(len(part)), groupLogArgs(nil, part)...); err != nil {
@@ -739,18 +755,22 @@ const chunk = 400
 type sendWriter interface {
 	// dedup records the new keys and returns the stored time of each key
 	// sent before.
-	dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) (map[dedupKey]int64, error)
+	dedup(ctx context.Context, tx txn, rows []sentRow) (map[dedupKey]int64, error)
 	// allocSeqs reserves counts[u] seqs for each user and returns the first;
 	// it also raises acked_seq to acks[u] (never lowering it, never past
 	// last_seq).
-	allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error)
-	insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error
+	allocSeqs(ctx context.Context, tx txn, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error)
+	insertInbox(ctx context.Context, tx txn, entries []service.Entry, created []int64) error
 	// merge runs last in each commit, told how many inbox rows and dedup
 	// keys the commit wrote.
-	merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error
+	merge(ctx context.Context, tx txn, inboxRows, sentRows int) error
 	// begin starts each attempt, inside its transaction, before the calls
 	// above.
-	begin(ctx context.Context, tx *sqlx.Tx) error
+	begin(ctx context.Context, tx txn) error
+	// inTx runs fn in a transaction of s (retrying deadlocks and lock
+	// timeouts): take is called just before its COMMIT, skip with take's
+	// ticket if the COMMIT fails.
+	inTx(ctx context.Context, s *Store, fn func(txn) error, take func() uint64, skip func(uint64)) (uint64, error)
 }
 
 // multiRowWriter is the MySQL sendWriter.
@@ -761,7 +781,7 @@ type multiRowWriter struct{ bumpSeq, ackInbox string }
 // the chunk is undone to a savepoint, the keys sent before are read, and
 // only the new ones are inserted. A key committed meanwhile by another node
 // fails that insert with a conflict, and the group commit is retried.
-func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) (map[dedupKey]int64, error) {
+func (w multiRowWriter) dedup(ctx context.Context, tx txn, rows []sentRow) (map[dedupKey]int64, error) {
 	// Key order is lock order: sorted, two nodes' commits cannot deadlock
 	// on each other's keys.
 	rows = slices.SortedFunc(slices.Values(rows), compareSent)
@@ -807,11 +827,16 @@ func (w multiRowWriter) dedup(ctx context.Context, tx *sqlx.Tx, rows []sentRow) 
 
 // merge implements sendWriter: MySQL writes inbox and sent directly
 // (InnoDB does not write a page per dirty leaf at commit).
-func (multiRowWriter) merge(context.Context, *sqlx.Tx, int, int) error { return nil }
+func (multiRowWriter) merge(context.Context, txn, int, int) error { return nil }
 
-func (multiRowWriter) begin(context.Context, *sqlx.Tx) error { return nil }
+func (multiRowWriter) begin(context.Context, txn) error { return nil }
 
-func (w multiRowWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
+// inTx runs fn in a database/sql transaction from s's pool.
+func (multiRowWriter) inTx(ctx context.Context, s *Store, fn func(txn) error, take func() uint64, skip func(uint64)) (uint64, error) {
+	return s.inTxTicket(ctx, func(tx *sqlx.Tx) error { return fn(sqlTx{tx}) }, take, skip)
+}
+
+func (w multiRowWriter) insertInbox(ctx context.Context, tx txn, entries []service.Entry, created []int64) error {
 	return insertInbox(ctx, tx, entries, created)
 }
 
@@ -871,7 +896,7 @@ func sortedIDs(counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) [
 // allocSeqs bumps inbox_state.last_seq and raises acked_seq with one
 // multi-row upsert per chunk (one statement, so one lock order), then reads
 // the new last_seq values back.
-func (w multiRowWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
+func (w multiRowWriter) allocSeqs(ctx context.Context, tx txn, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
 	ids := sortedIDs(counts, acks)
 	next := make(map[codec.UserID]codec.Seq, len(ids))
 	q := &txStmts{ctx: ctx, tx: tx}
@@ -1002,7 +1027,7 @@ func placeholders(n int, one string) string {
 	return sb.String()
 }
 
-func insertInbox(ctx context.Context, tx sqlx.ExtContext, entries []service.Entry, created []int64) error {
+func insertInbox(ctx context.Context, tx sqlx.ExecerContext, entries []service.Entry, created []int64) error {
 	for start := 0; start < len(entries); start += chunk {
 		end := min(start+chunk, len(entries))
 		if _, err := tx.ExecContext(ctx, insertInboxQuery(end-start), inboxArgs(nil, entries[start:end], created[start:end])...); err != nil {
@@ -1030,7 +1055,7 @@ func inboxArgs(args []any, entries []service.Entry, created []int64) []any {
 
 // insertSentChunk inserts at most chunk rows with one statement; verb is
 // "INSERT" or "INSERT IGNORE".
-func insertSentChunk(ctx context.Context, tx sqlx.ExtContext, verb string, rows []sentRow) (sql.Result, error) {
+func insertSentChunk(ctx context.Context, tx sqlx.ExecerContext, verb string, rows []sentRow) (sql.Result, error) {
 	return tx.ExecContext(ctx, insertSentQuery(verb, len(rows)), sentArgs(nil, rows)...)
 }
 

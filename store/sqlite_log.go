@@ -80,10 +80,10 @@ type logMerger struct {
 type rangeSource interface {
 	// boundary returns the key of the row quota rows on from from in
 	// frozen log i, in key order; ok is false when fewer rows are left.
-	boundary(ctx context.Context, tx *sqlx.Tx, i int, from, quota int64) (key int64, ok bool, err error)
+	boundary(ctx context.Context, tx txn, i int, from, quota int64) (key int64, ok bool, err error)
 	// copyRange copies frozen log i's rows with keys from from up to (not
 	// including) to into the table, or all from from on when last.
-	copyRange(ctx context.Context, tx *sqlx.Tx, i int, from, to int64, last bool) error
+	copyRange(ctx context.Context, tx txn, i int, from, to int64, last bool) error
 	// cleared is told that log i was emptied in tx.
 	cleared(i int)
 }
@@ -97,21 +97,21 @@ type indexedLog struct {
 
 var _ rangeSource = (*indexedLog)(nil)
 
-func (l *indexedLog) boundary(ctx context.Context, tx *sqlx.Tx, i int, from, quota int64) (int64, bool, error) {
+func (l *indexedLog) boundary(ctx context.Context, tx txn, i int, from, quota int64) (int64, bool, error) {
 	var b int64
-	err := tx.StmtxContext(ctx, l.boundaryStmt[i]).GetContext(ctx, &b, from, quota)
+	err := tx.stmt(ctx, l.boundaryStmt[i]).GetContext(ctx, &b, from, quota)
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
 	return b, err == nil, err
 }
 
-func (l *indexedLog) copyRange(ctx context.Context, tx *sqlx.Tx, i int, from, to int64, last bool) error {
+func (l *indexedLog) copyRange(ctx context.Context, tx txn, i int, from, to int64, last bool) error {
 	var err error
 	if last {
-		_, err = tx.StmtxContext(ctx, l.mergeRest[i]).ExecContext(ctx, from)
+		_, err = tx.stmt(ctx, l.mergeRest[i]).ExecContext(ctx, from)
 	} else {
-		_, err = tx.StmtxContext(ctx, l.merge[i]).ExecContext(ctx, from, to)
+		_, err = tx.stmt(ctx, l.merge[i]).ExecContext(ctx, from, to)
 	}
 	return err
 }
@@ -135,7 +135,7 @@ type mergeState struct {
 
 // newLogMerger prepares the statements of pair l. src is where the frozen
 // log's key ranges come from; nil means l's key index (indexedLog).
-func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, every time.Duration, src rangeSource) (*logMerger, error) {
+func newLogMerger(ctx context.Context, db preparer, l logSpec, target int64, every time.Duration, src rangeSource) (*logMerger, error) {
 	m := &logMerger{table: l.table, target: target, every: every, src: src}
 	preps := []prepStmt{
 		{&m.get, "SELECT active, rows, merging, from_key, switched_ms, gen FROM log_state WHERE name = '" + l.log + "'"},
@@ -174,7 +174,7 @@ func newLogMerger(ctx context.Context, db *sqlx.DB, l logSpec, target int64, eve
 
 // append adds n rows to the active log inside tx, a chunk per statement;
 // args(lo, hi) gives the values of rows [lo, hi).
-func (m *logMerger) append(ctx context.Context, tx *sqlx.Tx, n int, args func(lo, hi int) []any) error {
+func (m *logMerger) append(ctx context.Context, tx txn, n int, args func(lo, hi int) []any) error {
 	return m.appends[m.st.Active].inChunks(ctx, tx, n, func(st *sqlx.Stmt, lo, hi int) error {
 		_, err := st.ExecContext(ctx, args(lo, hi)...)
 		return err
@@ -183,8 +183,8 @@ func (m *logMerger) append(ctx context.Context, tx *sqlx.Tx, n int, args func(lo
 
 // load reads the pair's state at the start of an attempt, inside its
 // transaction.
-func (m *logMerger) load(ctx context.Context, tx *sqlx.Tx) error {
-	if err := tx.StmtxContext(ctx, m.get).GetContext(ctx, &m.st); err != nil {
+func (m *logMerger) load(ctx context.Context, tx txn) error {
+	if err := tx.stmt(ctx, m.get).GetContext(ctx, &m.st); err != nil {
 		return fmt.Errorf("store: %s log state: %w", m.table, err)
 	}
 	return nil
@@ -197,7 +197,7 @@ func (m *logMerger) load(ctx context.Context, tx *sqlx.Tx) error {
 // log once all of it is copied. A range holds about 1¼ times the rows the
 // commit appended, so a frozen log is copied before its twin fills up,
 // and at least a floor, so small commits still make progress.
-func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended int64, now time.Time) error {
+func (m *logMerger) step(ctx context.Context, tx txn, appended int64, now time.Time) error {
 	quota := appended*5/4 + min(256, max(1, m.target/8))
 	st := m.st
 	st.Rows += appended
@@ -219,7 +219,7 @@ func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended int64, now t
 		}
 		st.From = b
 		if done {
-			if _, err := tx.StmtxContext(ctx, m.clear[frozen]).ExecContext(ctx); err != nil {
+			if _, err := tx.stmt(ctx, m.clear[frozen]).ExecContext(ctx); err != nil {
 				return fmt.Errorf("store: %s log clear: %w", m.table, err)
 			}
 			m.src.cleared(frozen)
@@ -230,7 +230,7 @@ func (m *logMerger) step(ctx context.Context, tx *sqlx.Tx, appended int64, now t
 		// Every write of the state draws a new gen, whatever changed: a
 		// gen written twice could match a stale copy (sentMemory.verify).
 		st.Gen = rand.Int64()
-		if _, err := tx.StmtxContext(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS, st.Gen); err != nil {
+		if _, err := tx.stmt(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS, st.Gen); err != nil {
 			return fmt.Errorf("store: %s log state: %w", m.table, err)
 		}
 		m.st = st // as this attempt leaves it

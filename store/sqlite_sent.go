@@ -78,7 +78,7 @@ func (m *sentMemory) preps() []prepStmt {
 
 // verify reloads both logs inside tx unless gen, the pair's log_state.gen
 // as this commit read it, is the one the copy goes with.
-func (m *sentMemory) verify(ctx context.Context, tx *sqlx.Tx, gen int64) error {
+func (m *sentMemory) verify(ctx context.Context, tx txn, gen int64) error {
 	if gen == m.gen {
 		return nil
 	}
@@ -131,7 +131,7 @@ func (m *sentMemory) sendersFrom(i int, from int64) []codec.UserID {
 	return l.senders[p:]
 }
 
-func (m *sentMemory) boundary(_ context.Context, _ *sqlx.Tx, i int, from, quota int64) (int64, bool, error) {
+func (m *sentMemory) boundary(_ context.Context, _ txn, i int, from, quota int64) (int64, bool, error) {
 	var n int64 // rows before sender id
 	for _, id := range m.sendersFrom(i, from) {
 		if n += int64(len(m.logs[i].keys[id])); n > quota {
@@ -141,7 +141,7 @@ func (m *sentMemory) boundary(_ context.Context, _ *sqlx.Tx, i int, from, quota 
 	return 0, false, nil
 }
 
-func (m *sentMemory) copyRange(ctx context.Context, tx *sqlx.Tx, i int, from, to int64, last bool) error {
+func (m *sentMemory) copyRange(ctx context.Context, tx txn, i int, from, to int64, last bool) error {
 	var rows []sentRow
 	for _, id := range m.sendersFrom(i, from) {
 		if !last && int64(id) >= to {

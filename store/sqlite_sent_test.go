@@ -58,8 +58,9 @@ func TestSentMemoryFailedCommit(t *testing.T) {
 			}
 		}
 	}
+	begins := s.writer.(*preparedWriter).conn.begins.Load()
 	sendAsync(0, "first", b)
-	waitFor("the writer to wait for the lock", func() bool { return len(s.batcher.lanes[0]) == 0 && s.db.Stats().InUse > 0 })
+	waitFor("the writer to wait for the lock", func() bool { return s.writer.(*preparedWriter).conn.begins.Load() > begins })
 	sendAsync(1, "lost", b)
 	sendAsync(2, "nobody", 999999)
 	waitFor("two sends queued", func() bool { return len(s.batcher.lanes[0]) == 2 })

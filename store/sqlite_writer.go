@@ -45,11 +45,11 @@ func chunkFor(n int) int {
 // inChunks calls fn for consecutive ranges [lo, hi) of n rows, each as long
 // as the largest chunk size that fits, with s's statement for that size
 // bound to tx.
-func (s *sizedStmt) inChunks(ctx context.Context, tx *sqlx.Tx, n int, fn func(st *sqlx.Stmt, lo, hi int) error) error {
+func (s *sizedStmt) inChunks(ctx context.Context, tx txn, n int, fn func(st *sqlx.Stmt, lo, hi int) error) error {
 	for lo := 0; lo < n; {
 		i := chunkFor(n - lo)
 		hi := lo + chunkSizes[i]
-		if err := fn(tx.StmtxContext(ctx, s[i]), lo, hi); err != nil {
+		if err := fn(tx.stmt(ctx, s[i]), lo, hi); err != nil {
 			return err
 		}
 		lo = hi
@@ -63,14 +63,26 @@ func (s *sizedStmt) inChunks(ctx context.Context, tx *sqlx.Tx, n int, fn func(st
 // to the logs (sqlite_log.go); each commit copies a share of them into
 // inbox and sent.
 type preparedWriter struct {
+	conn                   *writerConn // the statements below are prepared on it
 	sentLook, seqBump, ack sizedStmt
 	inbox, sent            *logMerger
 	mem                    *sentMemory // the keys in the sent logs
-	closeOwn               func()      // closes the statements above and mem's
+	mergeRows              int64
+	mergeEvery             time.Duration
 }
 
 func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
-	w := &preparedWriter{mem: newSentMemory()}
+	w := &preparedWriter{mem: newSentMemory(), mergeRows: mergeRows, mergeEvery: mergeEvery}
+	var err error
+	if w.conn, err = openWriterConn(ctx, db, w.prepare); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+// prepare prepares every statement of the writer on its connection p and
+// returns what closes them.
+func (w *preparedWriter) prepare(ctx context.Context, p preparer) (func(), error) {
 	// A key sent before is in sent, or in a sent log (mem).
 	preps := w.sentLook.preps(func(n int) string {
 		return "WITH v (senderid, clientmsgid) AS (VALUES " + placeholders(n, "(?, ?)") + ") " +
@@ -87,18 +99,23 @@ func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeE
 		return "UPDATE inbox_state SET acked_seq = v.column2 FROM (VALUES " + placeholders(n, "(?, ?)") +
 			") AS v WHERE inbox_state.userid = v.column1 AND inbox_state.acked_seq < v.column2 AND inbox_state.last_seq >= v.column2"
 	})...)
-	var err error
-	if w.closeOwn, err = prepareAll(ctx, db, preps); err != nil {
-		return nil, err
-	}
-	if w.inbox, err = newLogMerger(ctx, db, inboxLog, mergeRows, mergeEvery, nil); err == nil {
-		w.sent, err = newLogMerger(ctx, db, sentLog, mergeRows, mergeEvery, w.mem)
-	}
+	closeOwn, err := prepareAll(ctx, p, preps)
 	if err != nil {
-		w.close()
 		return nil, err
 	}
-	return w, nil
+	inbox, err := newLogMerger(ctx, p, inboxLog, w.mergeRows, w.mergeEvery, nil)
+	if err != nil {
+		closeOwn()
+		return nil, err
+	}
+	sent, err := newLogMerger(ctx, p, sentLog, w.mergeRows, w.mergeEvery, w.mem)
+	if err != nil {
+		inbox.close()
+		closeOwn()
+		return nil, err
+	}
+	w.inbox, w.sent = inbox, sent
+	return func() { closeOwn(); inbox.close(); sent.close() }, nil
 }
 
 // prepStmt is a statement to prepare into dst.
@@ -109,7 +126,7 @@ type prepStmt struct {
 
 // prepareAll prepares every statement of preps and returns what closes
 // them; on an error it closes those it prepared.
-func prepareAll(ctx context.Context, db *sqlx.DB, preps []prepStmt) (func(), error) {
+func prepareAll(ctx context.Context, db preparer, preps []prepStmt) (func(), error) {
 	closeAll := func() {
 		for _, p := range preps {
 			if *p.dst != nil {
@@ -128,18 +145,16 @@ func prepareAll(ctx context.Context, db *sqlx.DB, preps []prepStmt) (func(), err
 	return closeAll, nil
 }
 
-func (w *preparedWriter) close() {
-	w.closeOwn()
-	for _, m := range []*logMerger{w.inbox, w.sent} {
-		if m != nil {
-			m.close()
-		}
-	}
+func (w *preparedWriter) close() { w.conn.close() }
+
+// inTx runs fn on the writer's own connection (writerConn).
+func (w *preparedWriter) inTx(ctx context.Context, _ *Store, fn func(txn) error, take func() uint64, skip func(uint64)) (uint64, error) {
+	return w.conn.inTx(ctx, fn, take, skip)
 }
 
 // merge does this commit's share of copying log rows into inbox and sent
 // (logMerger.step).
-func (w *preparedWriter) merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sentRows int) error {
+func (w *preparedWriter) merge(ctx context.Context, tx txn, inboxRows, sentRows int) error {
 	now := time.Now()
 	if err := w.inbox.step(ctx, tx, int64(inboxRows), now); err != nil {
 		return err
@@ -153,7 +168,7 @@ func (w *preparedWriter) merge(ctx context.Context, tx *sqlx.Tx, inboxRows, sent
 
 // begin implements sendWriter: where the logs are, and which keys the
 // sent logs hold, as of this attempt.
-func (w *preparedWriter) begin(ctx context.Context, tx *sqlx.Tx) error {
+func (w *preparedWriter) begin(ctx context.Context, tx txn) error {
 	if err := w.inbox.load(ctx, tx); err != nil {
 		return err
 	}
@@ -166,7 +181,7 @@ func (w *preparedWriter) begin(ctx context.Context, tx *sqlx.Tx) error {
 // dedup looks the keys up in the sent logs (w.mem), then the others in
 // sent, a chunk of keys per statement, and appends the new ones to the
 // active sent log.
-func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow) (map[dedupKey]int64, error) {
+func (w *preparedWriter) dedup(ctx context.Context, tx txn, sent []sentRow) (map[dedupKey]int64, error) {
 	out := map[dedupKey]int64{}
 	ask := make([]sentRow, 0, len(sent))
 	for _, r := range sent {
@@ -207,7 +222,7 @@ func (w *preparedWriter) dedup(ctx context.Context, tx *sqlx.Tx, sent []sentRow)
 	return out, nil
 }
 
-func (w *preparedWriter) allocSeqs(ctx context.Context, tx *sqlx.Tx, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
+func (w *preparedWriter) allocSeqs(ctx context.Context, tx txn, counts map[codec.UserID]int64, acks map[codec.UserID]codec.Seq) (map[codec.UserID]codec.Seq, error) {
 	args := make([]any, 0, 2*chunkSizes[0])
 	if len(acks) > 0 {
 		ids := sortedIDs(nil, acks)
@@ -243,7 +258,7 @@ func idValueArgs[V any](args []any, ids []codec.UserID, values map[codec.UserID]
 	return args
 }
 
-func (w *preparedWriter) insertInbox(ctx context.Context, tx *sqlx.Tx, entries []service.Entry, created []int64) error {
+func (w *preparedWriter) insertInbox(ctx context.Context, tx txn, entries []service.Entry, created []int64) error {
 	args := make([]any, 0, 9*chunkSizes[0])
 	return w.inbox.append(ctx, tx, len(entries), func(lo, hi int) []any {
 		args = inboxArgs(args[:0], entries[lo:hi], created[lo:hi])

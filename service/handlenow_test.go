@@ -1,0 +1,104 @@
+package service
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// queueStore is a fakeStore whose commit queue HandleNow fills; it counts
+// the user reads HandleNow must never make.
+type queueStore struct {
+	*fakeStore
+	mu     sync.Mutex
+	full   bool
+	queued []SendRequest
+	reads  int
+}
+
+func (q *queueStore) TrySendAsync(req SendRequest, _ func(SendResult, error)) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.full {
+		return false
+	}
+	q.queued = append(q.queued, req)
+	return true
+}
+
+func (q *queueStore) User(_ context.Context, id codec.UserID) (User, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.reads++
+	return User{ID: id, Name: "someone"}, nil
+}
+
+// countFrames is a Transport that counts what it is sent.
+type countFrames struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countFrames) Send([]byte) { c.mu.Lock(); c.n++; c.mu.Unlock() }
+func (c *countFrames) Close()      {}
+
+// TestHandleNow: the event loop's fast path handles a chat message whose
+// recipient is known without a store read, and a valid DELIVERED, and
+// leaves everything else to Handle untouched: no store read, no send
+// counted, nothing written.
+func TestHandleNow(t *testing.T) {
+	const alice, bob, carol, gid = codec.UserID(1), codec.UserID(2), codec.UserID(3), codec.GroupID(7)
+	st := &queueStore{fakeStore: newFakeStore()}
+	n, _, _ := loggedIn(t, st, alice, nil)
+	out := &countFrames{}
+	s := n.Open(out)
+	s.mu.Lock()
+	s.uid, s.name = alice, "alice"
+	s.inbox.sent = 5
+	s.mu.Unlock()
+	n.members.put(gid, []codec.UserID{alice, bob})
+	n.members.put(gid+1, []codec.UserID{bob, carol})
+
+	// The frames' msgids: 1 LOGIN, 6 ONE_CHAT, 10 GROUP_CHAT, 12 DELIVERED,
+	// 13 PING.
+	for _, c := range []struct {
+		name, frame string
+		want        bool
+	}{
+		{"login", `{"msgid":1,"id":1,"password":"x"}`, false},
+		{"ping", `{"msgid":13}`, false},
+		{"malformed", `{"msgid":6,`, false},
+		{"recipient not cached", `{"msgid":6,"toid":2,"msg":"hi","clientmsgid":"c1"}`, false},
+		{"blank message", `{"msgid":6,"toid":1,"msg":" ","clientmsgid":"c2"}`, false},
+		{"DELIVERED without seq", `{"msgid":12}`, false},
+		{"group whose cached members lack the sender", `{"msgid":10,"groupid":8,"msg":"hi","clientmsgid":"c3"}`, false},
+		{"to an online user", `{"msgid":6,"toid":1,"msg":"hi","clientmsgid":"c4"}`, true},
+		{"to a group", `{"msgid":10,"groupid":7,"msg":"hi","clientmsgid":"c5"}`, true},
+		{"DELIVERED", `{"msgid":12,"seq":3}`, true},
+	} {
+		if got := n.HandleNow(s, []byte(c.frame)); got != c.want {
+			t.Errorf("%s: HandleNow = %v, want %v", c.name, got, c.want)
+		}
+	}
+	if st.reads != 0 {
+		t.Errorf("%d store reads; HandleNow must make none", st.reads)
+	}
+	if out.n != 0 {
+		t.Errorf("%d frames written; HandleNow answers nothing itself", out.n)
+	}
+	if len(st.queued) != 2 || st.queued[0].ToUser != alice || st.queued[1].Group != gid || !n.Busy() {
+		t.Errorf("queued %+v (busy %v), want the chat to alice and the group message", st.queued, n.Busy())
+	}
+	if got := n.pendingAck(AckKey{User: alice}); got != 3 {
+		t.Errorf("pending acknowledgement %d, want 3", got)
+	}
+
+	// A full commit queue: nothing queued, nothing counted.
+	st2 := &queueStore{fakeStore: newFakeStore(), full: true}
+	n2, s2, _ := loggedIn(t, st2, alice, nil)
+	if n2.HandleNow(s2, []byte(`{"msgid":6,"toid":1,"msg":"hi","clientmsgid":"c6"}`)) || n2.Busy() || len(st2.queued) != 0 {
+		t.Errorf("full queue: handled, busy %v, queued %d; want it left to Handle", n2.Busy(), len(st2.queued))
+	}
+}

@@ -1,0 +1,40 @@
+package store
+
+import (
+	"path/filepath"
+	"testing"
+
+	"github.com/chatcluster/chatcluster/codec"
+)
+
+// TestWriterConnReplaced: the SQLite writer runs its commits on a
+// connection of its own (writerConn). When that connection dies, the next
+// commit gets a new one, with the statements prepared on it, and loses
+// nothing.
+func TestWriterConnReplaced(t *testing.T) {
+	s := openStore(t, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeRows: 4})
+	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+	sendKey(t, s, a, b, "before", 1)
+	w := s.writer.(*preparedWriter).conn
+	dead := w.conn
+	if err := dead.Close(); err != nil { // any use now fails with sql.ErrConnDone
+		t.Fatal(err)
+	}
+	// Enough sends to freeze, copy and empty the logs through the new
+	// connection's statements.
+	var want []string
+	for i := range 10 {
+		cmid := string(rune('A' + i))
+		if res := sendKey(t, s, a, b, cmid, int64(10+i)); res.Duplicate {
+			t.Fatalf("send %s taken for a duplicate", cmid)
+		}
+		want = append(want, cmid)
+	}
+	if w.conn == dead {
+		t.Fatal("the writer still has the closed connection")
+	}
+	if res := sendKey(t, s, a, b, "before", 99); !res.Duplicate || res.UnixMilli != 1 {
+		t.Fatalf("resend of a key stored before the connection died: %+v, want a duplicate of the send at 1", res)
+	}
+	checkInboxes(t, s, map[codec.UserID][]string{b: append([]string{"before"}, want...)})
+}
