@@ -46,7 +46,8 @@ type Config struct {
 	MaxBatch int
 	// MaxOpenConns bounds the main connection pool; default 32 (MySQL), 8
 	// (SQLite). On MySQL the group commits have Writers connections more,
-	// in a pool of their own.
+	// in a pool of their own; on SQLite the writer holds one of the pool's
+	// for good, so it is at least 2.
 	MaxOpenConns int
 	// Writers (MySQL) is how many group commits run at once, each on its
 	// own connection, a sender's sends always through the same one;
@@ -140,6 +141,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.MaxOpenConns <= 0 {
 		cfg.MaxOpenConns = d.defaultConns
+	}
+	if d.name == "sqlite" {
+		cfg.MaxOpenConns = max(cfg.MaxOpenConns, 2) // the writer holds one
 	}
 	switch {
 	case d.name == "sqlite":

@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"database/sql/driver"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -43,7 +44,7 @@ var (
 // a Tx watches its context with a goroutine of its own, and every query
 // run in it with one more (database/sql makes a Tx's context cancellable,
 // and watches it even when the caller's is not). At 10,000 msg/s that was
-// ~3,700 goroutines a second, each queued twice on the writer's P, ahead
+// ~3,000 goroutines a second, each queued twice on the writer's P, ahead
 // of the post-commit work (BENCHMARKS.md, "Changes in session 9"). Only
 // the writer goroutine uses it.
 type writerConn struct {
@@ -86,12 +87,20 @@ func (w *writerConn) open(ctx context.Context) error {
 	return nil
 }
 
+// close closes the statements and ends the connection: a broken one is
+// discarded, since it may still be inside a transaction (its ROLLBACK
+// failed), and the pool would hand the same one back; a sound one goes
+// back to the pool.
 func (w *writerConn) close() {
-	if w.conn != nil {
-		w.closeStmts()
-		w.conn.Close()
-		w.conn = nil
+	if w.conn == nil {
+		return
 	}
+	w.closeStmts()
+	if w.broken {
+		_ = w.conn.Raw(func(any) error { return driver.ErrBadConn })
+	}
+	w.conn.Close()
+	w.conn = nil
 }
 
 // inTx runs fn in a transaction on the writer's connection, like
