@@ -95,12 +95,12 @@ func Reject(errno codec.Errno, msg string) []byte {
 // running, so it saves the hand-off to a worker (BENCHMARKS.md, "Changes
 // in session 9").
 func (n *Node) HandleNow(s *Session, body []byte) bool {
-	req, err := codec.ParseRequest(body)
-	if err != nil {
-		return false
-	}
 	uid, name := s.User()
 	if uid == 0 {
+		return false // not parsed here: a worker will
+	}
+	req, err := codec.ParseRequest(body)
+	if err != nil {
 		return false
 	}
 	var (

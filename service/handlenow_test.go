@@ -82,6 +82,9 @@ func TestHandleNow(t *testing.T) {
 			t.Errorf("%s: HandleNow = %v, want %v", c.name, got, c.want)
 		}
 	}
+	if anon := n.Open(out); n.HandleNow(anon, []byte(`{"msgid":6,"toid":1,"msg":"hi","clientmsgid":"c7"}`)) {
+		t.Error("chat from a session not logged in: handled, want it left to Handle")
+	}
 	if st.reads != 0 {
 		t.Errorf("%d store reads; HandleNow must make none", st.reads)
 	}
