@@ -432,22 +432,44 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
 // inTxTicket is inTx, calling take (if not nil) just before each COMMIT
 // and returning what it returned when the COMMIT succeeds; skip gets the
 // ticket of a COMMIT that failed.
-func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take func() uint64, skip func(uint64)) (t uint64, err error) {
-	var beginErr error // not retried: SQLite's busy_timeout has waited already
-	err = retrying(ctx, func() error {
+func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take func() uint64, skip func(uint64)) (uint64, error) {
+	return ticketedTx(ctx, func() (*sqlx.Tx, func(commit bool) error, error) {
 		tx, err := s.db.BeginTxx(ctx, nil)
+		if err != nil {
+			return nil, nil, err
+		}
+		return tx, func(commit bool) error {
+			if commit {
+				return tx.Commit()
+			}
+			return tx.Rollback()
+		}, nil
+	}, fn, take, skip)
+}
+
+// ticketedTx runs fn in a transaction that begin starts, retrying
+// deadlocks and lock timeouts (retrying); begin returns what fn runs in
+// and end, which commits the transaction (true) or rolls it back. take (if
+// not nil) is called just before each COMMIT, and what it returned is
+// returned when the COMMIT succeeds; skip gets the ticket of a COMMIT that
+// failed. A failed begin is not retried: SQLite's busy_timeout has waited
+// already.
+func ticketedTx[T any](ctx context.Context, begin func() (T, func(commit bool) error, error), fn func(T) error, take func() uint64, skip func(uint64)) (t uint64, err error) {
+	var beginErr error
+	err = retrying(ctx, func() error {
+		tx, end, err := begin()
 		if err != nil {
 			beginErr = err
 			return nil
 		}
 		if err := fn(tx); err != nil {
-			_ = tx.Rollback()
+			_ = end(false)
 			return err
 		}
 		if take != nil {
 			t = take()
 		}
-		if err := tx.Commit(); err != nil {
+		if err := end(true); err != nil {
 			if skip != nil {
 				skip(t)
 			}

@@ -1,7 +1,6 @@
 package store
 
 import (
-	"cmp"
 	"context"
 	"database/sql/driver"
 	"fmt"
@@ -104,37 +103,31 @@ func (w *writerConn) close() {
 }
 
 // inTx runs fn in a transaction on the writer's connection, like
-// Store.inTxTicket: take is called just before COMMIT, and skip with its
-// ticket if the COMMIT fails. A connection whose BEGIN or ROLLBACK failed
-// (not for a busy database) is replaced, its statements prepared anew:
-// a failed BEGIN is tried once more on the new one.
-func (w *writerConn) inTx(ctx context.Context, fn func(txn) error, take func() uint64, skip func(uint64)) (t uint64, err error) {
-	var beginErr error // not retried: busy_timeout has waited already
-	err = retrying(ctx, func() error {
+// Store.inTxTicket (ticketedTx). A connection whose BEGIN or ROLLBACK
+// failed (not for a busy database) is replaced, its statements prepared
+// anew: a failed BEGIN is tried once more on the new one.
+func (w *writerConn) inTx(ctx context.Context, fn func(txn) error, take func() uint64, skip func(uint64)) (uint64, error) {
+	return ticketedTx(ctx, func() (txn, func(commit bool) error, error) {
 		if err := w.begin(ctx); err != nil {
-			beginErr = err
+			return nil, nil, err
+		}
+		return connTx{w.conn}, func(commit bool) error { return w.end(ctx, commit) }, nil
+	}, fn, take, skip)
+}
+
+// end commits the transaction begun by begin, or rolls it back; a failed
+// COMMIT is rolled back too (it may leave the transaction open).
+func (w *writerConn) end(ctx context.Context, commit bool) error {
+	if commit {
+		_, err := w.conn.ExecContext(ctx, "COMMIT")
+		if err == nil {
 			return nil
 		}
-		if err := fn(connTx{w.conn}); err != nil {
-			w.rollback(ctx)
-			return err
-		}
-		if take != nil {
-			t = take()
-		}
-		if _, err := w.conn.ExecContext(ctx, "COMMIT"); err != nil {
-			if skip != nil {
-				skip(t)
-			}
-			w.rollback(ctx)
-			return err
-		}
-		return nil
-	})
-	if err = cmp.Or(beginErr, err); err != nil {
-		return 0, err
+		w.rollback(ctx)
+		return err
 	}
-	return t, nil
+	w.rollback(ctx)
+	return nil
 }
 
 // begin runs BEGIN IMMEDIATE, on a new connection if the last one broke
