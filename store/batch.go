@@ -1048,7 +1048,7 @@ func insertInboxQuery(n int) string {
 func inboxArgs(args []any, entries []service.Entry, created []int64) []any {
 	for i, e := range entries {
 		d := e.Delivery
-		args = append(args, e.To, d.Seq, int(d.MsgID), d.ID, d.Name, d.ToID, d.GroupID, d.Msg, created[i])
+		args = append(args, int64(e.To), int64(d.Seq), int64(d.MsgID), int64(d.ID), d.Name, int64(d.ToID), int64(d.GroupID), d.Msg, created[i])
 	}
 	return args
 }
@@ -1068,7 +1068,7 @@ func insertSentQuery(verb string, n int) string {
 // sentArgs appends the (senderid, clientmsgid, created_ms) values of rows.
 func sentArgs(args []any, rows []sentRow) []any {
 	for _, r := range rows {
-		args = append(args, r.key.sender, r.key.cmid, r.ms)
+		args = append(args, int64(r.key.sender), r.key.cmid, r.ms)
 	}
 	return args
 }

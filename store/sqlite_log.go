@@ -107,13 +107,10 @@ func (l *indexedLog) boundary(ctx context.Context, tx txn, i int, from, quota in
 }
 
 func (l *indexedLog) copyRange(ctx context.Context, tx txn, i int, from, to int64, last bool) error {
-	var err error
 	if last {
-		_, err = tx.stmt(ctx, l.mergeRest[i]).ExecContext(ctx, from)
-	} else {
-		_, err = tx.stmt(ctx, l.merge[i]).ExecContext(ctx, from, to)
+		return execRows(ctx, tx.stmt(ctx, l.mergeRest[i]), from)
 	}
-	return err
+	return execRows(ctx, tx.stmt(ctx, l.merge[i]), from, to)
 }
 
 func (*indexedLog) cleared(int) {}
@@ -176,8 +173,7 @@ func newLogMerger(ctx context.Context, db preparer, l logSpec, target int64, eve
 // args(lo, hi) gives the values of rows [lo, hi).
 func (m *logMerger) append(ctx context.Context, tx txn, n int, args func(lo, hi int) []any) error {
 	return m.appends[m.st.Active].inChunks(ctx, tx, n, func(st *sqlx.Stmt, lo, hi int) error {
-		_, err := st.ExecContext(ctx, args(lo, hi)...)
-		return err
+		return execRows(ctx, st, args(lo, hi)...)
 	})
 }
 
@@ -219,7 +215,7 @@ func (m *logMerger) step(ctx context.Context, tx txn, appended int64, now time.T
 		}
 		st.From = b
 		if done {
-			if _, err := tx.stmt(ctx, m.clear[frozen]).ExecContext(ctx); err != nil {
+			if err := execRows(ctx, tx.stmt(ctx, m.clear[frozen])); err != nil {
 				return fmt.Errorf("store: %s log clear: %w", m.table, err)
 			}
 			m.src.cleared(frozen)
@@ -230,7 +226,7 @@ func (m *logMerger) step(ctx context.Context, tx txn, appended int64, now time.T
 		// Every write of the state draws a new gen, whatever changed: a
 		// gen written twice could match a stale copy (sentMemory.verify).
 		st.Gen = rand.Int64()
-		if _, err := tx.stmt(ctx, m.put).ExecContext(ctx, st.Active, st.Rows, st.Merging, st.From, st.SwitchedMS, st.Gen); err != nil {
+		if err := execRows(ctx, tx.stmt(ctx, m.put), int64(st.Active), st.Rows, st.Merging, st.From, st.SwitchedMS, st.Gen); err != nil {
 			return fmt.Errorf("store: %s log state: %w", m.table, err)
 		}
 		m.st = st // as this attempt leaves it

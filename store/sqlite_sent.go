@@ -155,8 +155,7 @@ func (m *sentMemory) copyRange(ctx context.Context, tx txn, i int, from, to int6
 	// OR IGNORE only as a guard: each row is copied once.
 	args := make([]any, 0, 3*chunkSizes[0])
 	return m.insert.inChunks(ctx, tx, len(rows), func(st *sqlx.Stmt, lo, hi int) error {
-		_, err := st.ExecContext(ctx, sentArgs(args[:0], rows[lo:hi])...)
-		return err
+		return execRows(ctx, st, sentArgs(args[:0], rows[lo:hi])...)
 	})
 }
 

@@ -195,7 +195,7 @@ func (w *preparedWriter) dedup(ctx context.Context, tx txn, sent []sentRow) (map
 	err := w.sentLook.inChunks(ctx, tx, len(ask), func(st *sqlx.Stmt, lo, hi int) error {
 		args = args[:0]
 		for _, r := range ask[lo:hi] {
-			args = append(args, r.key.sender, r.key.cmid)
+			args = append(args, int64(r.key.sender), r.key.cmid)
 		}
 		rows, err := st.QueryxContext(ctx, args...)
 		return scanRows(rows, err, func(rows rowScanner) error {
@@ -227,8 +227,7 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx txn, counts map[codec
 	if len(acks) > 0 {
 		ids := sortedIDs(nil, acks)
 		err := w.ack.inChunks(ctx, tx, len(ids), func(st *sqlx.Stmt, lo, hi int) error {
-			_, err := st.ExecContext(ctx, idValueArgs(args[:0], ids[lo:hi], acks)...)
-			return err
+			return execRows(ctx, st, idValueArgs(args[:0], ids[lo:hi], acks)...)
 		})
 		if err != nil {
 			return nil, err
@@ -250,10 +249,10 @@ func (w *preparedWriter) allocSeqs(ctx context.Context, tx txn, counts map[codec
 }
 
 // idValueArgs appends the (id, values[id]) pairs of ids, the rows of an
-// UPDATE ... FROM (VALUES (?, ?), ...).
-func idValueArgs[V any](args []any, ids []codec.UserID, values map[codec.UserID]V) []any {
+// UPDATE ... FROM (VALUES (?, ?), ...), as int64s (argument types).
+func idValueArgs[V ~int64](args []any, ids []codec.UserID, values map[codec.UserID]V) []any {
 	for _, id := range ids {
-		args = append(args, id, values[id])
+		args = append(args, int64(id), int64(values[id]))
 	}
 	return args
 }

@@ -59,7 +59,8 @@ type Config struct {
 	// QueryTimeout bounds each store call that has no deadline; default 5 s.
 	QueryTimeout time.Duration
 	// CheckpointInterval (SQLite) is how often a background goroutine
-	// copies the write-ahead log into the database file; default 1 s.
+	// copies the write-ahead log into the database file; default 100 ms
+	// (checkpoint.go says why).
 	CheckpointInterval time.Duration
 	// MergeRows (SQLite) is how many one-to-one messages (and dedup keys)
 	// collect in the append-only logs before they are merged into the
@@ -121,7 +122,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.QueryTimeout = 5 * time.Second
 	}
 	if cfg.CheckpointInterval <= 0 {
-		cfg.CheckpointInterval = time.Second
+		cfg.CheckpointInterval = 100 * time.Millisecond
 	}
 	if cfg.MergeRows <= 0 {
 		cfg.MergeRows = 32768

@@ -37,6 +37,25 @@ var (
 	_ txn = connTx{}
 )
 
+// execRows runs st, a statement that returns no rows, with args, through
+// Query rather than Exec. mattn's Query binds every argument and takes
+// the first step in one cgo call; its Exec makes one call per argument,
+// nine per inbox row (BENCHMARKS.md, "Changes in session 10"). Draining
+// the rows runs the statement to its end on a driver that steps only in
+// Next (modernc).
+func execRows(ctx context.Context, st *sqlx.Stmt, args ...any) error {
+	rows, err := st.QueryContext(ctx, args...)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+	}
+	if err := rows.Close(); err != nil {
+		return err
+	}
+	return rows.Err()
+}
+
 // writerConn is the SQLite writer's connection, held for the life of the
 // store, with the statements prepared on it. It runs each commit between
 // BEGIN IMMEDIATE and COMMIT itself instead of through a database/sql Tx:

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/chatcluster/chatcluster/codec"
@@ -43,4 +44,41 @@ func TestWriterConnReplaced(t *testing.T) {
 	}
 	sendKey(t, s, a, b, "after", 100) // fails the test if the BEGIN does
 	checkInboxes(t, s, map[codec.UserID][]string{b: append(append([]string{"before"}, want...), "after")})
+}
+
+// TestExecRows: a statement run through Query (execRows) runs exactly
+// once, whichever SQLite driver the build has (mattn steps in Query,
+// modernc in Next), and its error comes back.
+func TestExecRows(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db")})
+	if _, err := s.db.ExecContext(ctx, "CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	ins, err := s.db.PreparexContext(ctx, "INSERT INTO t (k, v) VALUES (?, ?), (?, ?)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ins.Close()
+	if err := execRows(ctx, ins, int64(1), "a", int64(2), "b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := execRows(ctx, ins, int64(3), "c", int64(1), "again"); err == nil {
+		t.Fatal("an insert of an existing key succeeded")
+	}
+	upd, err := s.db.PreparexContext(ctx, "UPDATE t SET v = v || ? WHERE k = ?")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer upd.Close()
+	if err := execRows(ctx, upd, "!", int64(2)); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := s.db.SelectContext(ctx, &got, "SELECT v FROM t ORDER BY k"); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"a", "b!"}; !slices.Equal(got, want) {
+		t.Fatalf("rows %q, want %q (each statement run once; the failed insert left nothing)", got, want)
+	}
 }
