@@ -381,6 +381,13 @@ func (b *batcher) commit(batch []*sendOp) {
 		}}
 		return
 	}
+	if b.s.ckpt != nil {
+		rows := 0
+		for _, op := range ops {
+			rows += op.rows()
+		}
+		b.s.committed.Add(int64(rows))
+	}
 	b.hookMu.RLock()
 	hook := b.hook
 	b.hookMu.RUnlock()
@@ -1044,7 +1051,9 @@ func insertInboxQuery(n int) string {
 }
 
 // inboxArgs appends the values of an inbox row for each entry (created:
-// each one's created_ms).
+// each one's created_ms). Ids and numbers go in as int64s: database/sql
+// passes those to the driver as they are, and converts a named type
+// (codec.UserID) by reflection, one allocation per value.
 func inboxArgs(args []any, entries []service.Entry, created []int64) []any {
 	for i, e := range entries {
 		d := e.Delivery
@@ -1065,7 +1074,8 @@ func insertSentQuery(verb string, n int) string {
 	return verb + " INTO sent (senderid, clientmsgid, created_ms) VALUES " + placeholders(n, "(?, ?, ?)")
 }
 
-// sentArgs appends the (senderid, clientmsgid, created_ms) values of rows.
+// sentArgs appends the (senderid, clientmsgid, created_ms) values of rows,
+// ids as int64s (inboxArgs says why).
 func sentArgs(args []any, rows []sentRow) []any {
 	for _, r := range rows {
 		args = append(args, int64(r.key.sender), r.key.cmid, r.ms)

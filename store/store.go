@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -58,10 +59,16 @@ type Config struct {
 	ConnMaxLifetime time.Duration
 	// QueryTimeout bounds each store call that has no deadline; default 5 s.
 	QueryTimeout time.Duration
-	// CheckpointInterval (SQLite) is how often a background goroutine
-	// copies the write-ahead log into the database file; default 100 ms
-	// (checkpoint.go says why).
+	// CheckpointInterval (SQLite) is the longest a background goroutine
+	// waits between copies of the write-ahead log into the database file;
+	// default 1 s. It copies sooner, as often as every tenth of that (at
+	// most every 100 ms), once the writer has committed CheckpointRows
+	// rows since the last copy (checkpoint.go says why).
 	CheckpointInterval time.Duration
+	// CheckpointRows (SQLite) is that many rows: one-to-one messages,
+	// acknowledgements and group messages, each weighed as in a group
+	// commit; default 4096.
+	CheckpointRows int
 	// MergeRows (SQLite) is how many one-to-one messages (and dedup keys)
 	// collect in the append-only logs before they are merged into the
 	// per-user tables, a key range per commit; default 32768. More rows
@@ -101,8 +108,11 @@ type Store struct {
 	// or less where the server's max_allowed_packet is small).
 	tripBytes int
 	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
-	ckpt   *checkpointer
-	writer sendWriter
+	ckpt *checkpointer
+	// committed counts the rows (sendOp.rows) of the SQLite writer's
+	// commits, for ckpt.
+	committed atomic.Int64
+	writer    sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
 }
@@ -122,7 +132,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		cfg.QueryTimeout = 5 * time.Second
 	}
 	if cfg.CheckpointInterval <= 0 {
-		cfg.CheckpointInterval = 100 * time.Millisecond
+		cfg.CheckpointInterval = time.Second
+	}
+	if cfg.CheckpointRows <= 0 {
+		cfg.CheckpointRows = 4096
 	}
 	if cfg.MergeRows <= 0 {
 		cfg.MergeRows = 32768
@@ -180,7 +193,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 		s.writer, s.closeWriter = pw, pw.close
-		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval)
+		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval, int64(cfg.CheckpointRows))
 	} else {
 		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox}
 		if s.wdb, s.tripBytes, err = openWriterPool(ctx, dsn, cfg); err != nil {

@@ -710,6 +710,37 @@ func TestCheckpointer(t *testing.T) {
 	}
 }
 
+// TestCheckpointerRows: once the writer has committed CheckpointRows rows
+// since the last copy, the checkpointer copies the log without waiting for
+// its interval (here an hour).
+func TestCheckpointerRows(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "rows.db")
+	s, err := Open(context.Background(), Config{DSN: "sqlite:" + path, CheckpointInterval: time.Hour, CheckpointRows: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	before := fileSize(path)
+	ctx := context.Background()
+	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+	body := strings.Repeat("z", 1000)
+	for i := 0; i < 300; i++ {
+		if _, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{b}, ToUser: b, Body: body, UnixMilli: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := s.committed.Load(); got < 300 {
+		t.Fatalf("committed rows %d after 300 sends", got)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for fileSize(path) < before+250_000 {
+		if time.Now().After(deadline) {
+			t.Fatalf("database file %d bytes (was %d): nothing checkpointed after 300 rows with CheckpointRows 100", fileSize(path), before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // Under steady writes the log stays bounded: the background checkpoint alone
 // never completes while the writer appends, so the writer's own checkpoint
 // must finish the copy once the log reaches wal_autocheckpoint pages. Here

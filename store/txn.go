@@ -37,12 +37,14 @@ var (
 	_ txn = connTx{}
 )
 
-// execRows runs st, a statement that returns no rows, with args, through
-// Query rather than Exec. mattn's Query binds every argument and takes
-// the first step in one cgo call; its Exec makes one call per argument,
-// nine per inbox row (BENCHMARKS.md, "Changes in session 10"). Draining
-// the rows runs the statement to its end on a driver that steps only in
-// Next (modernc).
+// execRows runs st, a statement that returns no rows (no RETURNING), with
+// args, through Query rather than Exec. mattn's Query binds every argument
+// and takes the first step in one cgo call; its Exec makes one call per
+// argument, nine per inbox row (BENCHMARKS.md, "Changes in session 10").
+// Both SQLite drivers take that first step in Query, which runs such a
+// statement to its end; draining and closing the rows resets it. It is
+// for the SQLite writer's statements, which only the writer goroutine
+// runs.
 func execRows(ctx context.Context, st *sqlx.Stmt, args ...any) error {
 	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {

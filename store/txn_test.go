@@ -4,6 +4,7 @@ import (
 	"context"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/chatcluster/chatcluster/codec"
@@ -47,8 +48,8 @@ func TestWriterConnReplaced(t *testing.T) {
 }
 
 // TestExecRows: a statement run through Query (execRows) runs exactly
-// once, whichever SQLite driver the build has (mattn steps in Query,
-// modernc in Next), and its error comes back.
+// once, whichever SQLite driver the build has, its error comes back, and
+// inside a BEGIN IMMEDIATE it leaves nothing that stops the COMMIT.
 func TestExecRows(t *testing.T) {
 	ctx := context.Background()
 	s := openStore(t, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db")})
@@ -63,15 +64,26 @@ func TestExecRows(t *testing.T) {
 	if err := execRows(ctx, ins, int64(1), "a", int64(2), "b"); err != nil {
 		t.Fatal(err)
 	}
-	if err := execRows(ctx, ins, int64(3), "c", int64(1), "again"); err == nil {
-		t.Fatal("an insert of an existing key succeeded")
+	if err := execRows(ctx, ins, int64(3), "c", int64(1), "again"); err == nil || !strings.Contains(err.Error(), "UNIQUE constraint failed") {
+		t.Fatalf("insert of an existing key: %v, want a UNIQUE constraint error", err)
 	}
-	upd, err := s.db.PreparexContext(ctx, "UPDATE t SET v = v || ? WHERE k = ?")
+	conn, err := s.db.Connx(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	upd, err := conn.PreparexContext(ctx, "UPDATE t SET v = v || ? WHERE k = ?")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer upd.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
 	if err := execRows(ctx, upd, "!", int64(2)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.ExecContext(ctx, "COMMIT"); err != nil {
 		t.Fatal(err)
 	}
 	var got []string
