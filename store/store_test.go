@@ -678,22 +678,8 @@ func TestCheckpointer(t *testing.T) {
 	if err := s.DB().Get(&auto, "PRAGMA wal_autocheckpoint"); err != nil || auto != 8192 {
 		t.Fatalf("wal_autocheckpoint = %d, %v; want 8192", auto, err)
 	}
-	before := fileSize(path)
 	ctx := context.Background()
-	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
-	body := strings.Repeat("y", 1000)
-	for i := 0; i < 300; i++ {
-		if _, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{b}, ToUser: b, Body: body, UnixMilli: 1}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	deadline := time.Now().Add(5 * time.Second)
-	for fileSize(path) < before+250_000 {
-		if time.Now().After(deadline) {
-			t.Fatalf("database file %d bytes (was %d): nothing checkpointed", fileSize(path), before)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	b := sendUntilCheckpointed(t, s, path)
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -720,25 +706,35 @@ func TestCheckpointerRows(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	sendUntilCheckpointed(t, s, path)
+	if got := s.committed.Load(); got < 300 {
+		t.Fatalf("committed rows %d after 300 sends", got)
+	}
+}
+
+// sendUntilCheckpointed sends 300 messages of 1,000 bytes from a new user
+// to another, and waits (5 s at most) until the database file at path has
+// grown by 250,000 bytes, i.e. a checkpoint copied them. It returns the
+// recipient.
+func sendUntilCheckpointed(t *testing.T, s *Store, path string) codec.UserID {
+	t.Helper()
 	before := fileSize(path)
 	ctx := context.Background()
 	a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
-	body := strings.Repeat("z", 1000)
+	body := strings.Repeat("y", 1000)
 	for i := 0; i < 300; i++ {
 		if _, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{b}, ToUser: b, Body: body, UnixMilli: 1}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if got := s.committed.Load(); got < 300 {
-		t.Fatalf("committed rows %d after 300 sends", got)
-	}
 	deadline := time.Now().Add(5 * time.Second)
 	for fileSize(path) < before+250_000 {
 		if time.Now().After(deadline) {
-			t.Fatalf("database file %d bytes (was %d): nothing checkpointed after 300 rows with CheckpointRows 100", fileSize(path), before)
+			t.Fatalf("database file %d bytes (was %d): nothing checkpointed", fileSize(path), before)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	return b
 }
 
 // Under steady writes the log stays bounded: the background checkpoint alone
