@@ -562,8 +562,7 @@ func (n *Node) trySendAsync(s *Session, req *codec.Request, sr SendRequest) bool
 	if n.store.TrySendAsync(sr, n.sent(s, req, sr)) {
 		return true
 	}
-	n.sending.Add(-1)
-	s.sends.Done()
+	n.endSend(s)
 	return false
 }
 
@@ -573,13 +572,18 @@ func (n *Node) startSend(s *Session) {
 	n.sending.Add(1)
 }
 
+// endSend uncounts a send counted by startSend.
+func (n *Node) endSend(s *Session) {
+	s.sends.Done()
+	n.sending.Add(-1)
+}
+
 // sent returns the completion of a send counted by startSend: it writes
 // the send's ACK.
 func (n *Node) sent(s *Session, req *codec.Request, sr SendRequest) func(SendResult, error) {
 	reqID, msgID, gid := req.ReqID, req.MsgID, sr.Group
 	return func(res SendResult, err error) {
-		defer n.sending.Add(-1)
-		defer s.sends.Done()
+		defer n.endSend(s)
 		if err != nil {
 			rerr := n.storeFail("send", err)
 			s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, Errno: rerr.errno, ErrMsg: rerr.msg})

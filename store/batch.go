@@ -191,18 +191,7 @@ func (s *Store) SendAsync(ctx context.Context, req service.SendRequest, done fun
 
 // TrySendAsync implements service.Store.
 func (s *Store) TrySendAsync(req service.SendRequest, done func(service.SendResult, error)) bool {
-	b, op := s.batcher, &sendOp{req: req, done: done}
-	b.closeMu.RLock()
-	defer b.closeMu.RUnlock()
-	if b.closed {
-		return false
-	}
-	select {
-	case b.laneOf(op) <- op:
-		return true
-	default:
-		return false
-	}
+	return s.batcher.put(context.Background(), &sendOp{req: req, done: done}, false) == nil
 }
 
 // ackChunk is the most users whose acknowledgements one MySQL statement
@@ -234,19 +223,37 @@ func (s *Store) Ack(ctx context.Context, acks map[service.AckKey]codec.Seq) erro
 }
 
 func (s *Store) enqueue(ctx context.Context, op *sendOp) {
-	b, done := s.batcher, op.done
+	if err := s.batcher.put(ctx, op, true); err != nil {
+		op.done(service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, err))
+	}
+}
+
+// errLaneFull: put did not wait for room on a full lane.
+var errLaneFull = errors.New("store: commit queue full")
+
+// put queues op on its lane: ErrClosed after close; on a full lane, with
+// wait it waits for room until ctx is done (ctx's error), without it
+// errLaneFull. Safe to call concurrently.
+func (b *batcher) put(ctx context.Context, op *sendOp, wait bool) error {
 	b.closeMu.RLock()
+	defer b.closeMu.RUnlock()
 	if b.closed {
-		b.closeMu.RUnlock()
-		done(service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ErrClosed))
-		return
+		return ErrClosed
+	}
+	lane := b.laneOf(op)
+	if !wait {
+		select {
+		case lane <- op:
+			return nil
+		default:
+			return errLaneFull
+		}
 	}
 	select {
-	case b.laneOf(op) <- op:
-		b.closeMu.RUnlock()
+	case lane <- op:
+		return nil
 	case <-ctx.Done():
-		b.closeMu.RUnlock()
-		done(service.SendResult{}, fmt.Errorf("%w: %v", service.ErrUnavailable, ctx.Err()))
+		return ctx.Err()
 	}
 }
 
@@ -276,15 +283,13 @@ func (b *batcher) commitLoop(ops chan *sendOp) {
 				select {
 				case op := <-ops:
 					batch = append(batch[:0], op)
-					b.drain(ops, &batch)
-					b.commit(batch)
+					b.commit(batch, b.drain(ops, &batch))
 				default:
 					return
 				}
 			}
 		}
-		b.drain(ops, &batch)
-		b.commit(batch)
+		b.commit(batch, b.drain(ops, &batch))
 	}
 }
 
@@ -305,8 +310,8 @@ func (b *batcher) prioritize() {
 }
 
 // drain adds ops queued on the lane to batch until its weight (see rows)
-// reaches maxBatch or the lane is empty.
-func (b *batcher) drain(ops chan *sendOp, batch *[]*sendOp) {
+// reaches maxBatch or the lane is empty, and returns the weight.
+func (b *batcher) drain(ops chan *sendOp, batch *[]*sendOp) int {
 	rows := 0
 	for _, op := range *batch {
 		rows += op.rows()
@@ -317,9 +322,10 @@ func (b *batcher) drain(ops chan *sendOp, batch *[]*sendOp) {
 			*batch = append(*batch, op)
 			rows += op.rows()
 		default:
-			return
+			return rows
 		}
 	}
+	return rows
 }
 
 // rows is the op's weight in a batch: a one-to-one message's inbox rows
@@ -333,8 +339,9 @@ func (op *sendOp) rows() int {
 	return max(1, len(op.req.To))
 }
 
-// commit stores a batch in one transaction and reports to every op.
-func (b *batcher) commit(batch []*sendOp) {
+// commit stores a batch of weight rows in one transaction and reports to
+// every op.
+func (b *batcher) commit(batch []*sendOp, rows int) {
 	// On SQLite a commit runs without a deadline: the driver would watch a
 	// cancellable context with a goroutine per statement, and interrupting a
 	// local commit only fails every send in it (a locked database waits
@@ -382,11 +389,7 @@ func (b *batcher) commit(batch []*sendOp) {
 		return
 	}
 	if b.s.ckpt != nil {
-		rows := 0
-		for _, op := range ops {
-			rows += op.rows()
-		}
-		b.s.committed.Add(int64(rows))
+		b.s.ckpt.committed.Add(int64(rows))
 	}
 	b.hookMu.RLock()
 	hook := b.hook

@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,12 +30,15 @@ import (
 // hot pages (log state, inbox_state, the logs' tails) ten times a second
 // at low rates; counting rows keeps low rates at one copy an interval.
 type checkpointer struct {
-	s       *Store
-	every   time.Duration // the longest wait between copies
-	rows    int64         // committed rows that start a copy sooner
-	quit    chan struct{}
-	stopped chan struct{}
-	once    sync.Once
+	s     *Store
+	every time.Duration // the longest wait between copies
+	rows  int64         // committed rows that start a copy sooner
+	// committed counts the rows (sendOp.rows) the writer has committed;
+	// the writer adds, run reads.
+	committed atomic.Int64
+	quit      chan struct{}
+	stopped   chan struct{}
+	once      sync.Once
 }
 
 func startCheckpointer(s *Store, every time.Duration, rows int64) *checkpointer {
@@ -49,11 +53,11 @@ func (c *checkpointer) run() {
 	defer close(c.stopped)
 	t := time.NewTicker(min(max(c.every/10, time.Millisecond), 100*time.Millisecond))
 	defer t.Stop()
-	last, lastRows := time.Now(), c.s.committed.Load()
+	last, lastRows := time.Now(), c.committed.Load()
 	for {
 		select {
 		case now := <-t.C:
-			rows := c.s.committed.Load()
+			rows := c.committed.Load()
 			if now.Sub(last) < c.every && rows-lastRows < c.rows {
 				continue
 			}

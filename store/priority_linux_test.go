@@ -90,16 +90,10 @@ func TestRunOnOwnThreadLeavesMainThread(t *testing.T) {
 // 10 s.
 func waitThreadGone(t *testing.T, tid int) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if _, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid)); errors.Is(err, os.ErrNotExist) {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("thread %d outlived its goroutine", tid)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 10*time.Second, fmt.Sprintf("thread %d to end with its goroutine", tid), func() bool {
+		_, err := os.Stat(fmt.Sprintf("/proc/self/task/%d", tid))
+		return errors.Is(err, os.ErrNotExist)
+	})
 }
 
 // TestWriterPriority: the SQLite writer commits on a thread of its own,

@@ -50,20 +50,12 @@ func TestSentMemoryFailedCommit(t *testing.T) {
 		s.SendAsync(ctx, service.SendRequest{From: a, FromName: "a", To: []codec.UserID{to}, ToUser: to,
 			Body: cmid, ClientMsgID: cmid, UnixMilli: 2}, func(_ service.SendResult, err error) { errs[i] = err; wg.Done() })
 	}
-	waitFor := func(what string, ok func() bool) {
-		t.Helper()
-		for deadline := time.Now().Add(5 * time.Second); !ok(); time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("timed out waiting for %s", what)
-			}
-		}
-	}
 	begins := s.writer.(*preparedWriter).conn.begins.Load()
 	sendAsync(0, "first", b)
-	waitFor("the writer to wait for the lock", func() bool { return s.writer.(*preparedWriter).conn.begins.Load() > begins })
+	waitFor(t, 5*time.Second, "the writer to wait for the lock", func() bool { return s.writer.(*preparedWriter).conn.begins.Load() > begins })
 	sendAsync(1, "lost", b)
 	sendAsync(2, "nobody", 999999)
-	waitFor("two sends queued", func() bool { return len(s.batcher.lanes[0]) == 2 })
+	waitFor(t, 5*time.Second, "two sends queued", func() bool { return len(s.batcher.lanes[0]) == 2 })
 	if err := lock.Rollback(); err != nil {
 		t.Fatal(err)
 	}

@@ -17,7 +17,6 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -108,11 +107,8 @@ type Store struct {
 	// or less where the server's max_allowed_packet is small).
 	tripBytes int
 	// ckpt is the SQLite WAL checkpointer; nil on MySQL.
-	ckpt *checkpointer
-	// committed counts the rows (sendOp.rows) of the SQLite writer's
-	// commits, for ckpt.
-	committed atomic.Int64
-	writer    sendWriter
+	ckpt   *checkpointer
+	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
 }

@@ -707,7 +707,7 @@ func TestCheckpointerRows(t *testing.T) {
 	}
 	defer s.Close()
 	sendUntilCheckpointed(t, s, path)
-	if got := s.committed.Load(); got < 300 {
+	if got := s.ckpt.committed.Load(); got < 300 {
 		t.Fatalf("committed rows %d after 300 sends", got)
 	}
 }
@@ -727,14 +727,21 @@ func sendUntilCheckpointed(t *testing.T, s *Store, path string) codec.UserID {
 			t.Fatal(err)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for fileSize(path) < before+250_000 {
-		if time.Now().After(deadline) {
-			t.Fatalf("database file %d bytes (was %d): nothing checkpointed", fileSize(path), before)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitFor(t, 5*time.Second, fmt.Sprintf("a checkpoint: the database file to grow by 250,000 bytes from %d", before), func() bool {
+		return fileSize(path) >= before+250_000
+	})
 	return b
+}
+
+// waitFor polls ok until it holds, and fails t if it does not within
+// timeout; what names what it waits for.
+func waitFor(t *testing.T, timeout time.Duration, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); !ok(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+	}
 }
 
 // Under steady writes the log stays bounded: the background checkpoint alone
