@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -294,6 +295,27 @@ func TestLoginStorm(t *testing.T) {
 	}
 }
 
+// TestLoginStormReconnectAddr: with -reconnect-addr users log back in at
+// those addresses in turn, moving on after a failed attempt: the users
+// that start at an address where nothing listens (as after a node's
+// SIGKILL) come back through the next one.
+func TestLoginStormReconnectAddr(t *testing.T) {
+	ts := startServer(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	cfg := testConfig("login", ts.addr, 10)
+	cfg.ReconnectAddrs = []string{dead, ts.addr}
+	rep := runOK(t, cfg)
+	l := rep.Login
+	if l == nil || l.Reconnecting != 10 || l.Back != 10 || l.Failed != 0 || l.Retries < 5 {
+		t.Fatalf("login %+v (want 10 back, at least 5 retries: users 0, 2, ... start at %s)", l, dead)
+	}
+}
+
 func TestParseFlags(t *testing.T) {
 	var out bytes.Buffer
 	cfg, err := parseFlags([]string{"-addr", "127.0.0.1:1,127.0.0.2:2", "-n", "250", "-group-size", "50", "group"}, &out)
@@ -303,10 +325,14 @@ func TestParseFlags(t *testing.T) {
 	if cfg.Groups != 5 || cfg.N != 250 || len(cfg.Addrs) != 2 || cfg.Prefix == "" || cfg.ChildPassword != "benchpass" {
 		t.Fatalf("%+v", cfg)
 	}
+	if cfg, err := parseFlags([]string{"-addr", "127.0.0.1:1", "-reconnect-addr", "127.0.0.1:2,127.0.0.1:3", "login"}, &out); err != nil || len(cfg.ReconnectAddrs) != 2 {
+		t.Fatalf("-reconnect-addr: %v %+v", err, cfg.ReconnectAddrs)
+	}
 	for _, bad := range [][]string{
 		{"chat", "extra"}, {"nope"}, {"-addr", "10.0.0.1:6000", "chat"}, {"-pid", "abc", "chat"},
 		{"-procs", "0", "chat"}, {"-password", "x", "chat"}, {"-size", "0", "chat"},
 		{"-compare-baseline", "group"}, {"-compare-baseline", "login"},
+		{"-reconnect-addr", "10.0.0.1:6000", "login"},
 	} {
 		if _, err := parseFlags(bad, &out); err == nil {
 			t.Errorf("accepted %q", bad)

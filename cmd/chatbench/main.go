@@ -34,7 +34,11 @@
 //	         to group-size-1 members.
 //	login    log N users in, then drop every connection at once (or, with
 //	         -kill-pid, SIGKILL that node and wait for the connections it
-//	         broke) and log them all back in with their tokens at once.
+//	         broke) and log them all back in with their tokens at once: at
+//	         their own address, or at -reconnect-addr (user i starts at the
+//	         (i mod len)th and moves to the next after a failed attempt).
+//	         With -addr on one node and -reconnect-addr on another, every
+//	         user of a killed node fails over without nginx.
 //
 // Every message carries its send time, sender and counter; chatbench
 // records the end-to-end latency of each delivery in a log-linear histogram
@@ -69,6 +73,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -130,7 +135,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		fmt.Fprintln(out, "usage: chatbench [flags] connect|chat|group|login\n       chatbench baseline-server -listen ADDR\n       chatbench relay-server -listen ADDR\nflags:")
 		fs.PrintDefaults()
 	}
-	var addr, addrRecv, pids string
+	var addr, addrRecv, addrReconnect, pids string
 	fs.StringVar(&addr, "addr", "127.0.0.1:6000", "target address(es), comma-separated: a node or nginx")
 	fs.StringVar(&addrRecv, "addr-recv", "", "chat: recipients' address(es) (default -addr), e.g. another node")
 	fs.IntVar(&cfg.N, "n", 1000, "users (chat: half send, half receive)")
@@ -152,6 +157,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&cfg.Baseline, "baseline", false, "connect: the target is a baseline-server (no login)")
 	fs.BoolVar(&cfg.CompareBaseline, "compare-baseline", false, "connect: also measure a baseline-server started by chatbench, report the ratio; chat: also run the same load against a relay-server started by chatbench")
 	fs.IntVar(&cfg.KillPID, "kill-pid", 0, "login: SIGKILL this node instead of closing the connections")
+	fs.StringVar(&addrReconnect, "reconnect-addr", "", "login: address(es) users log back in at (default each user's own), tried in turn after a failed attempt, e.g. the surviving node")
 	fs.DurationVar(&cfg.AckInterval, "ack-interval", 100*time.Millisecond, "coalesce DELIVERED acks per connection this often (0: after every read)")
 	fs.BoolVar(&cfg.ClientMsgID, "clientmsgid", true, "send a clientmsgid with every message, as the Go client does")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "parallel sign-ups and logins during setup")
@@ -172,10 +178,11 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	}
 	cfg.Addrs = splitList(addr)
 	cfg.RecvAddrs = splitList(addrRecv)
+	cfg.ReconnectAddrs = splitList(addrReconnect)
 	if len(cfg.Addrs) == 0 {
 		return cfg, errors.New("-addr is required")
 	}
-	for _, a := range append(append([]string{}, cfg.Addrs...), cfg.RecvAddrs...) {
+	for _, a := range slices.Concat(cfg.Addrs, cfg.RecvAddrs, cfg.ReconnectAddrs) {
 		if !loopback(a) {
 			return cfg, fmt.Errorf("address %q: chatbench only targets loopback addresses", a)
 		}

@@ -17,6 +17,9 @@ func printTable(out io.Writer, r *Report) {
 	if len(c.RecvAddrs) > 0 {
 		row("recipients' target", "%s", strings.Join(c.RecvAddrs, ","))
 	}
+	if len(c.ReconnectAddrs) > 0 {
+		row("reconnect target", "%s", strings.Join(c.ReconnectAddrs, ","))
+	}
 	row("server assumed", "%s", r.ServerAssumed)
 	row("user creation", "%s", r.UserCreation)
 	row("users / procs / source IPs", "%d / %d / %d (open-file limit %d)", r.Users, c.Procs, c.SourceIPs, r.FileLimit)

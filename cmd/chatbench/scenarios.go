@@ -162,7 +162,6 @@ func (w *worker) storm(ctx context.Context) error {
 				}
 			}
 			stormed.Add(1)
-			addr := w.cfg.Addrs[i%len(w.cfg.Addrs)]
 			backoff := 20 * time.Millisecond
 			for attempt := 0; ; attempt++ {
 				if attempt > 0 {
@@ -175,7 +174,7 @@ func (w *worker) storm(ctx context.Context) error {
 					time.Sleep(sleep)
 					backoff = min(2*backoff, time.Second)
 				}
-				c, err := w.tokenLogin(ctx, u, addr, deadline)
+				c, err := w.tokenLogin(ctx, u, w.reconnectAddr(i, attempt), deadline)
 				if err != nil {
 					if attempt == 0 || errors.Is(err, context.DeadlineExceeded) {
 						w.noteErr("reconnect %s: %v", u.name, err)
@@ -205,6 +204,16 @@ func (w *worker) storm(ctx context.Context) error {
 	w.res.AllBackNanos = lastBack.Load()
 	w.res.Reconnect = hist.Snapshot()
 	return nil
+}
+
+// reconnectAddr is where user i logs back in at its attempt'th try: its own
+// address, or with -reconnect-addr the (i+attempt mod len)th of those, so
+// a failed attempt moves on to the next.
+func (w *worker) reconnectAddr(i, attempt int) string {
+	if r := w.cfg.ReconnectAddrs; len(r) > 0 {
+		return r[(i+attempt)%len(r)]
+	}
+	return w.cfg.Addrs[i%len(w.cfg.Addrs)]
 }
 
 func (w *worker) tokenLogin(ctx context.Context, u *user, addr string, deadline time.Time) (*bconn, error) {

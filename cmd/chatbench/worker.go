@@ -17,6 +17,7 @@ type Config struct {
 	Scenario        string        `json:"scenario"`
 	Addrs           []string      `json:"addrs"`
 	RecvAddrs       []string      `json:"recv_addrs,omitempty"`
+	ReconnectAddrs  []string      `json:"reconnect_addrs,omitempty"`
 	N               int           `json:"n"`
 	Duration        time.Duration `json:"duration"`
 	Warmup          time.Duration `json:"warmup"`
