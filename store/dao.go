@@ -275,6 +275,9 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 	if err != nil {
 		return nil, unavailable(err)
 	}
+	if len(rows) == 0 {
+		return []service.Group{}, nil // in no group: no members to read
+	}
 	// The members of all those groups in one query, not one per group.
 	var members []struct {
 		GroupID int64 `db:"groupid"`

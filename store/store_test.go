@@ -184,6 +184,10 @@ func TestFriendsAndGroups(t *testing.T) {
 		if err != nil || len(gs) != 1 || gs[0].Name != "g1" || gs[0].Desc != "first" || len(gs[0].Members) != 2 {
 			t.Fatalf("groups %+v %v", gs, err)
 		}
+		// A user in no group: an empty list, as the LOGIN_ACK's "groups": [].
+		if gs, err := s.UserGroups(ctx, b); err != nil || gs == nil || len(gs) != 0 {
+			t.Fatalf("groups of a user in none: %#v %v", gs, err)
+		}
 	})
 }
 
