@@ -561,10 +561,12 @@ func (r *Redis) reassertPresence() error {
 }
 
 // SetOnline implements Bus. The previous session of uid, if it lives on
-// another live node, is kicked and the kick confirmed (or KickTimeout
-// passes) before SetOnline returns. A kick that no subscriber received (the
-// old node died, or lost Redis and will drop the session when it
-// re-asserts presence) is not waited for.
+// another node, is kicked; when that node is live (its lease fresh, and no
+// kick to it went unconfirmed lately), SetOnline returns once it confirms
+// (or KickTimeout passes). A kick that no subscriber received (the old
+// node died, or lost Redis and will drop the session when it re-asserts
+// presence) is not waited for. A re-login costs one Redis round trip, or
+// two when it kicks.
 func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
 	cctx, cancel := r.cmdCtx(ctx)
 	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), session+"@"+r.cfg.NodeID, redis.SetArgs{Get: true}).Result()
@@ -584,26 +586,13 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	if node == r.cfg.NodeID || node == "" {
 		return nil // a local session: the node's hub already replaced it
 	}
-	cctx, cancel = r.cmdCtx(ctx)
-	renewed, err := r.rdb.Get(cctx, r.leaseKey(node)).Int64()
-	cancel()
-	if errors.Is(err, redis.Nil) {
-		return nil // that node is dead; its connections are gone
-	}
-	if err != nil {
-		return fmt.Errorf("pubsub: lease: %w", err)
-	}
-	// A node that missed a renewal, or that let a kick go unconfirmed
-	// lately, is probably dead: kick it anyway, but do not wait for it.
-	wait := time.Since(time.UnixMilli(renewed)) < r.cfg.Lease/2
-	r.suspectMu.Lock()
-	if until, ok := r.suspect[node]; ok && time.Now().Before(until) {
-		wait = false
-	}
-	r.suspectMu.Unlock()
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	id := hex.EncodeToString(b[:])
+	payload, err := json.Marshal(envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID})
+	if err != nil {
+		return err
+	}
 	done := make(chan struct{})
 	r.waitMu.Lock()
 	r.waiters[id] = done
@@ -613,7 +602,15 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		delete(r.waiters, id)
 		r.waitMu.Unlock()
 	}()
-	receivers, err := r.send(ctx, r.channel(node), envelope{T: "k", UID: uid, Session: prevSession, ID: id, From: r.cfg.NodeID})
+	// The kick and the old node's lease in one round trip (a storm of
+	// re-logins after a node died makes one each).
+	cctx, cancel = r.cmdCtx(ctx)
+	pipe := r.rdb.Pipeline()
+	kick := pipe.Publish(cctx, r.channel(node), payload)
+	lease := pipe.Get(cctx, r.leaseKey(node))
+	_, _ = pipe.Exec(cctx) // each command's own error is read below
+	cancel()
+	receivers, err := kick.Result()
 	if err != nil {
 		return fmt.Errorf("pubsub: kick: %w", err)
 	}
@@ -627,6 +624,21 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		r.suspectMu.Unlock()
 		return nil
 	}
+	renewed, err := lease.Int64()
+	if errors.Is(err, redis.Nil) {
+		return nil // its lease ran out: it is dead or about to drop the session
+	}
+	if err != nil {
+		return fmt.Errorf("pubsub: lease: %w", err)
+	}
+	// A node that missed a renewal, or that let a kick go unconfirmed
+	// lately, is probably dead: it got the kick, but is not waited for.
+	wait := time.Since(time.UnixMilli(renewed)) < r.cfg.Lease/2
+	r.suspectMu.Lock()
+	if until, ok := r.suspect[node]; ok && time.Now().Before(until) {
+		wait = false
+	}
+	r.suspectMu.Unlock()
 	if !wait {
 		return nil
 	}

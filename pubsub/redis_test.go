@@ -245,6 +245,33 @@ func TestRedisKickToUnsubscribedNode(t *testing.T) {
 	}
 }
 
+// A node still subscribed whose lease ran out (it failed to renew) gets
+// the kick all the same, so the superseded session goes at once; it is not
+// waited for.
+func TestRedisKickToNodeWithoutLease(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	a, _ := newTestBus(t, addr, prefix, "a", 30*time.Second)
+	b, hb := newTestBus(t, addr, prefix, "b", 30*time.Second) // renews every 10 s
+	hb.login(t, b, 12, "first")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	if err := rdb.Del(ctx, prefix+"lease:b").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetOnline(ctx, 12, "second"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case s := <-hb.kicks:
+		if s != "first" {
+			t.Fatalf("kicked %q", s)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the node without a lease was not kicked")
+	}
+}
+
 // A node that lost its subscription misses kicks: when it re-subscribes it
 // drops the sessions whose users logged in elsewhere meanwhile, and keeps
 // (re-asserting) the others.
