@@ -2,8 +2,6 @@ package store
 
 import (
 	"context"
-	"database/sql"
-	"errors"
 	"fmt"
 	"time"
 
@@ -33,25 +31,6 @@ func insertUser(ctx context.Context, q sqlx.ExtContext, name string, hash []byte
 	return codec.UserID(id), nil
 }
 
-type userRow struct {
-	ID           int64  `db:"id"`
-	Name         string `db:"name"`
-	Password     []byte `db:"password"`
-	TokenVersion int64  `db:"token_version"`
-}
-
-func selectUser(ctx context.Context, q sqlx.QueryerContext, id codec.UserID) (User, error) {
-	var r userRow
-	err := sqlx.GetContext(ctx, q, &r, "SELECT id, name, password, token_version FROM users WHERE id = ?", id)
-	if errors.Is(err, sql.ErrNoRows) {
-		return User{}, service.ErrNotFound
-	}
-	if err != nil {
-		return User{}, err
-	}
-	return User{ID: codec.UserID(r.ID), Name: r.Name, PasswordHash: r.Password, TokenVersion: r.TokenVersion}, nil
-}
-
 // User is service.User, named here for the DAO signatures.
 type User = service.User
 
@@ -67,13 +46,6 @@ func toMembers(rows []memberRow) []service.Member {
 		out[i] = service.Member{ID: codec.UserID(r.ID), Name: r.Name, Role: r.Role}
 	}
 	return out
-}
-
-func selectFriends(ctx context.Context, q sqlx.QueryerContext, id codec.UserID) ([]service.Member, error) {
-	var rows []memberRow
-	err := sqlx.SelectContext(ctx, q, &rows,
-		"SELECT u.id, u.name, '' AS role FROM friends f JOIN users u ON u.id = f.friendid WHERE f.userid = ? ORDER BY u.id", id)
-	return toMembers(rows), err
 }
 
 func selectMembers(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID) ([]service.Member, error) {
@@ -113,10 +85,35 @@ func (s *Store) CreateUser(ctx context.Context, name string, hash []byte) (codec
 
 // User implements service.Store.
 func (s *Store) User(ctx context.Context, id codec.UserID) (User, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	u, err := selectUser(ctx, s.db, id)
+	u, found, err := s.users.get(ctx, id)
+	if err == nil && !found {
+		return User{}, service.ErrNotFound
+	}
 	return u, unavailable(err)
+}
+
+// fetchUsers is the users' readBatcher fetch.
+func (s *Store) fetchUsers(ctx context.Context, ids []codec.UserID) (map[codec.UserID]User, error) {
+	out := make(map[codec.UserID]User, len(ids))
+	rows, err := s.db.QueryxContext(ctx, "SELECT id, name, password, token_version FROM users WHERE id IN ("+placeholders(len(ids), "?")+")", idArgs(ids)...)
+	err = scanRows(rows, err, func(rows rowScanner) error {
+		var u User
+		if err := rows.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TokenVersion); err != nil {
+			return err
+		}
+		out[u.ID] = u
+		return nil
+	})
+	return out, err
+}
+
+// idArgs is ids as query arguments.
+func idArgs(ids []codec.UserID) []any {
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		args[i] = int64(id)
+	}
+	return args
 }
 
 // BumpTokenVersion implements service.Store.
@@ -154,10 +151,31 @@ func (s *Store) AddFriend(ctx context.Context, a, b codec.UserID) error {
 
 // Friends implements service.Store.
 func (s *Store) Friends(ctx context.Context, id codec.UserID) ([]service.Member, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	m, err := selectFriends(ctx, s.db, id)
-	return m, unavailable(err)
+	m, _, err := s.friends.get(ctx, id)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if m == nil {
+		m = []service.Member{} // no friends
+	}
+	return m, nil
+}
+
+// fetchFriends is the friend lists' readBatcher fetch.
+func (s *Store) fetchFriends(ctx context.Context, ids []codec.UserID) (map[codec.UserID][]service.Member, error) {
+	out := make(map[codec.UserID][]service.Member, len(ids))
+	rows, err := s.db.QueryxContext(ctx, "SELECT f.userid, u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid "+
+		"WHERE f.userid IN ("+placeholders(len(ids), "?")+") ORDER BY f.userid, u.id", idArgs(ids)...)
+	err = scanRows(rows, err, func(rows rowScanner) error {
+		var owner codec.UserID
+		var m service.Member
+		if err := rows.Scan(&owner, &m.ID, &m.Name); err != nil {
+			return err
+		}
+		out[owner] = append(out[owner], m)
+		return nil
+	})
+	return out, err
 }
 
 // CreateGroup implements service.Store.
@@ -377,15 +395,23 @@ func (s *Store) GroupLog(ctx context.Context, gid codec.GroupID, after codec.Seq
 
 // InboxState implements service.Store.
 func (s *Store) InboxState(ctx context.Context, uid codec.UserID) (last, acked codec.Seq, err error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	var row struct {
-		Last  int64 `db:"last_seq"`
-		Acked int64 `db:"acked_seq"`
-	}
-	err = s.db.GetContext(ctx, &row, s.dialect.inboxState, uid)
-	if errors.Is(err, sql.ErrNoRows) {
-		return 0, 0, nil
-	}
-	return codec.Seq(row.Last), codec.Seq(row.Acked), unavailable(err)
+	st, _, err := s.inboxStates.get(ctx, uid) // no row: 0, 0
+	return st[0], st[1], unavailable(err)
+}
+
+// fetchInboxStates is the inbox states' readBatcher fetch: last and acked
+// seq per user.
+func (s *Store) fetchInboxStates(ctx context.Context, ids []codec.UserID) (map[codec.UserID][2]codec.Seq, error) {
+	out := make(map[codec.UserID][2]codec.Seq, len(ids))
+	rows, err := s.db.QueryxContext(ctx, fmt.Sprintf(s.dialect.inboxStates, placeholders(len(ids), "?")), idArgs(ids)...)
+	err = scanRows(rows, err, func(rows rowScanner) error {
+		var id codec.UserID
+		var st [2]codec.Seq
+		if err := rows.Scan(&id, &st[0], &st[1]); err != nil {
+			return err
+		}
+		out[id] = st
+		return nil
+	})
+	return out, err
 }

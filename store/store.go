@@ -22,6 +22,7 @@ import (
 	"github.com/go-sql-driver/mysql"
 	"github.com/jmoiron/sqlx"
 
+	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
 )
 
@@ -111,6 +112,11 @@ type Store struct {
 	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
+	// users, inboxStates and friends batch the reads a login makes
+	// (readBatcher).
+	users       *readBatcher[codec.UserID, User]
+	inboxStates *readBatcher[codec.UserID, [2]codec.Seq]
+	friends     *readBatcher[codec.UserID, []service.Member]
 }
 
 var _ service.Store = (*Store)(nil)
@@ -172,6 +178,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	sizePool(db, cfg.MaxOpenConns, cfg.ConnMaxLifetime)
 	s := &Store{db: db, dialect: d, cfg: cfg, log: cfg.Logger}
+	readCtx := func() (context.Context, context.CancelFunc) { return s.ctx(context.Background()) }
+	s.users = &readBatcher[codec.UserID, User]{fetch: s.fetchUsers, ctx: readCtx}
+	s.inboxStates = &readBatcher[codec.UserID, [2]codec.Seq]{fetch: s.fetchInboxStates, ctx: readCtx}
+	s.friends = &readBatcher[codec.UserID, []service.Member]{fetch: s.fetchFriends, ctx: readCtx}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -366,8 +376,9 @@ type dialect struct {
 	// ackInbox (MySQL) upserts inbox_ack, never lowering acked_seq; "%s"
 	// takes the (userid, acked_seq) rows.
 	ackInbox string
-	// inboxState reads (last_seq, acked_seq) of one user.
-	inboxState string
+	// inboxStates reads (userid, last_seq, acked_seq) of the users whose
+	// placeholders replace %s.
+	inboxStates string
 }
 
 var (
@@ -379,7 +390,7 @@ var (
 			"ON CONFLICT (groupid) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
 		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
 			"ON CONFLICT (userid, groupid) DO UPDATE SET acked_seq = max(acked_seq, excluded.acked_seq)",
-		inboxState: "SELECT last_seq, acked_seq FROM inbox_state WHERE userid = ?",
+		inboxStates: "SELECT userid, last_seq, acked_seq FROM inbox_state WHERE userid IN (%s)",
 	}
 	mysqlDialect = dialect{
 		name:         "mysql",
@@ -394,8 +405,8 @@ var (
 		forUpdate: " FOR UPDATE",
 		ackInbox: "INSERT INTO inbox_ack (userid, acked_seq) VALUES %s " +
 			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
-		inboxState: "SELECT s.last_seq, GREATEST(s.acked_seq, COALESCE(a.acked_seq, 0)) AS acked_seq " +
-			"FROM inbox_state AS s LEFT JOIN inbox_ack AS a ON a.userid = s.userid WHERE s.userid = ?",
+		inboxStates: "SELECT s.userid, s.last_seq, GREATEST(s.acked_seq, COALESCE(a.acked_seq, 0)) AS acked_seq " +
+			"FROM inbox_state AS s LEFT JOIN inbox_ack AS a ON a.userid = s.userid WHERE s.userid IN (%s)",
 	}
 )
 

@@ -1,0 +1,108 @@
+package store
+
+import (
+	"context"
+	"sync"
+)
+
+// maxReadBatch is the most keys one batched read asks for.
+const maxReadBatch = 512
+
+// readBatcher coalesces concurrent reads of one kind (a user, an inbox
+// state, a friend list) into one query for many keys, as the group commit
+// does for writes: a read that arrives while another of its kind is being
+// fetched waits for that query to end and goes into the next one, with
+// every read that queued meanwhile. A lone read is fetched at once by its
+// own caller. Every read is answered by a query that starts after the read
+// was asked for, so a caller reads its own earlier writes. A login storm
+// then costs a few queries per batch instead of several per user: on MySQL
+// each query costs more to parse, plan and carry than its few rows do.
+// Safe for concurrent use.
+type readBatcher[K comparable, V any] struct {
+	// fetch reads keys (distinct, at most maxReadBatch); a key without a
+	// row is left out of the map.
+	fetch func(ctx context.Context, keys []K) (map[K]V, error)
+	// ctx bounds one fetch (the store's query timeout); a fetch serves
+	// many callers, so it does not run under any one caller's context.
+	ctx func() (context.Context, context.CancelFunc)
+
+	mu      sync.Mutex
+	queue   []*readCall[K, V]
+	running bool // a goroutine is fetching; it takes the queue next
+}
+
+// readCall is one read waiting for its batch.
+type readCall[K comparable, V any] struct {
+	key   K
+	val   V
+	found bool
+	err   error
+	done  chan struct{}
+}
+
+// get reads key: its value and whether it has a row. It returns early,
+// with ctx's error, if ctx ends first.
+func (b *readBatcher[K, V]) get(ctx context.Context, key K) (V, bool, error) {
+	c := &readCall[K, V]{key: key, done: make(chan struct{})}
+	b.mu.Lock()
+	b.queue = append(b.queue, c)
+	lead := !b.running
+	b.running = true
+	b.mu.Unlock()
+	if lead {
+		// Fetch the queue as it is (this read and any that came since),
+		// then leave whatever queued meanwhile to a goroutine.
+		if b.fetchQueued() {
+			go b.drain()
+		}
+	}
+	select {
+	case <-c.done:
+		return c.val, c.found, c.err
+	case <-ctx.Done():
+		var zero V
+		return zero, false, ctx.Err()
+	}
+}
+
+// drain fetches batches until the queue is empty.
+func (b *readBatcher[K, V]) drain() {
+	for b.fetchQueued() {
+	}
+}
+
+// fetchQueued fetches up to maxReadBatch queued reads and answers them. It
+// reports whether more are queued; if none are, the fetching stops (the
+// next read fetches itself).
+func (b *readBatcher[K, V]) fetchQueued() (more bool) {
+	b.mu.Lock()
+	n := min(len(b.queue), maxReadBatch)
+	calls := b.queue[:n:n]
+	b.queue = append([]*readCall[K, V](nil), b.queue[n:]...)
+	b.mu.Unlock()
+
+	keys := make([]K, 0, len(calls))
+	seen := make(map[K]bool, len(calls))
+	for _, c := range calls {
+		if !seen[c.key] {
+			seen[c.key] = true
+			keys = append(keys, c.key)
+		}
+	}
+	ctx, cancel := b.ctx()
+	vals, err := b.fetch(ctx, keys)
+	cancel()
+	for _, c := range calls {
+		c.val, c.found = vals[c.key]
+		c.err = err
+		close(c.done)
+	}
+
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.queue) == 0 {
+		b.running = false
+		return false
+	}
+	return true
+}

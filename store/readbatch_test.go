@@ -1,0 +1,137 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+)
+
+// gatedFetch is a readBatcher fetch that records each call's keys and
+// holds the first call until gate is closed.
+type gatedFetch struct {
+	mu    sync.Mutex
+	calls [][]int
+	gate  chan struct{}
+	err   error
+}
+
+func (f *gatedFetch) fetch(_ context.Context, keys []int) (map[int]int, error) {
+	f.mu.Lock()
+	f.calls = append(f.calls, append([]int(nil), keys...))
+	first := len(f.calls) == 1
+	f.mu.Unlock()
+	if first {
+		<-f.gate
+	}
+	out := map[int]int{}
+	for _, k := range keys {
+		if k >= 0 { // negative keys have no row
+			out[k] = 2 * k
+		}
+	}
+	return out, f.err
+}
+
+func (f *gatedFetch) callKeys() [][]int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([][]int(nil), f.calls...)
+}
+
+func newGated() (*gatedFetch, *readBatcher[int, int]) {
+	f := &gatedFetch{gate: make(chan struct{})}
+	return f, &readBatcher[int, int]{fetch: f.fetch, ctx: func() (context.Context, context.CancelFunc) {
+		return context.WithTimeout(context.Background(), 10*time.Second)
+	}}
+}
+
+// TestReadBatcherCoalesces: reads that arrive while a fetch is in flight
+// are not answered by it (it started before they were asked) but all
+// together by the next, split at maxReadBatch; a key asked twice is
+// fetched once, and a key without a row reads as not found.
+func TestReadBatcherCoalesces(t *testing.T) {
+	f, b := newGated()
+	ctx := context.Background()
+	type res struct {
+		key, val int
+		found    bool
+		err      error
+	}
+	results := make(chan res, 2*maxReadBatch)
+	get := func(k int) {
+		v, found, err := b.get(ctx, k)
+		results <- res{k, v, found, err}
+	}
+	go get(1) // the first read fetches at once, and blocks on the gate
+	waitFor(t, 5*time.Second, "first fetch", func() bool { return len(f.callKeys()) == 1 })
+	const queued = maxReadBatch + 10
+	for k := 2; k < 2+queued; k++ {
+		go get(k)
+	}
+	go get(-1)
+	go get(2) // again
+	waitFor(t, 5*time.Second, "reads queued", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.queue) == queued+2
+	})
+	close(f.gate)
+	for i := 0; i < queued+3; i++ {
+		r := <-results
+		if r.err != nil || r.found != (r.key >= 0) || (r.found && r.val != 2*r.key) {
+			t.Fatalf("read %d: %+v", r.key, r)
+		}
+	}
+	calls := f.callKeys()
+	if len(calls) != 3 || len(calls[0]) != 1 || calls[0][0] != 1 {
+		t.Fatalf("fetch calls %d, first %v; want 3, the first only [1]", len(calls), calls[0])
+	}
+	// maxReadBatch reads in the second, the rest in the third; a key read
+	// twice in one batch is fetched once.
+	distinct := map[int]bool{}
+	for _, c := range calls[1:] {
+		inCall := map[int]bool{}
+		for _, k := range c {
+			if inCall[k] {
+				t.Fatalf("key %d twice in one fetch %v", k, c)
+			}
+			inCall[k], distinct[k] = true, true
+		}
+	}
+	if len(calls[1]) > maxReadBatch || len(distinct) != queued+1 || len(calls[1])+len(calls[2]) > queued+2 {
+		t.Fatalf("second and third fetch: %d and %d keys (%d distinct); want at most %d in one, %d distinct", len(calls[1]), len(calls[2]), len(distinct), maxReadBatch, queued+1)
+	}
+	b.mu.Lock()
+	running := b.running
+	b.mu.Unlock()
+	if running {
+		t.Fatal("still fetching with nothing queued")
+	}
+	// A lone read afterwards fetches again, at once.
+	if v, found, err := b.get(ctx, 7); err != nil || !found || v != 14 {
+		t.Fatalf("lone read: %d %v %v", v, found, err)
+	}
+}
+
+// TestReadBatcherCallerGivesUp: a caller whose context ends stops waiting;
+// the batch still answers the others. A fetch error reaches every read in
+// its batch.
+func TestReadBatcherCallerGivesUp(t *testing.T) {
+	f, b := newGated()
+	f.err = errors.New("boom")
+	done := make(chan error, 1)
+	go func() { _, _, err := b.get(context.Background(), 1); done <- err }()
+	waitFor(t, 5*time.Second, "first fetch", func() bool { return len(f.callKeys()) == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, _, err := b.get(ctx, 2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("caller that gave up: %v", err)
+	}
+	close(f.gate)
+	if err := <-done; err == nil || err.Error() != "boom" {
+		t.Fatalf("fetch error: %v", err)
+	}
+	waitFor(t, 5*time.Second, "queued read fetched", func() bool { return len(f.callKeys()) == 2 })
+}
