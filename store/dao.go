@@ -155,10 +155,7 @@ func (s *Store) Friends(ctx context.Context, id codec.UserID) ([]service.Member,
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	if m == nil {
-		m = []service.Member{} // no friends
-	}
-	return m, nil
+	return append([]service.Member{}, m...), nil // a copy per caller, as in UserGroups
 }
 
 // fetchFriends is the friend lists' readBatcher fetch.
@@ -271,50 +268,73 @@ func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec
 	return out, unavailable(err)
 }
 
-type groupRow struct {
-	ID    int64  `db:"id"`
-	Name  string `db:"groupname"`
-	Desc  string `db:"groupdesc"`
-	Last  int64  `db:"last_seq"`
-	Acked int64  `db:"acked_seq"`
-}
-
 // UserGroups implements service.Store.
 func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Group, error) {
-	ctx, cancel := s.ctx(ctx)
-	defer cancel()
-	var rows []groupRow
-	err := s.db.SelectContext(ctx, &rows,
-		"SELECT g.id, g.groupname, g.groupdesc, COALESCE(gs.last_seq, 0) AS last_seq, COALESCE(ms.acked_seq, 0) AS acked_seq "+
+	gs, _, err := s.groups.get(ctx, uid)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	// A copy per caller: two reads of one user in a batch share the fetch's
+	// slice, and the caller may change its groups' fields.
+	return append([]service.Group{}, gs...), nil
+}
+
+// fetchUserGroups is the group lists' readBatcher fetch: each user's groups
+// with their members, in two queries for the whole batch (the second only
+// if someone is in a group).
+func (s *Store) fetchUserGroups(ctx context.Context, ids []codec.UserID) (map[codec.UserID][]service.Group, error) {
+	out := make(map[codec.UserID][]service.Group, len(ids))
+	rows, err := s.db.QueryxContext(ctx,
+		"SELECT m.userid, g.id, g.groupname, g.groupdesc, COALESCE(gs.last_seq, 0), COALESCE(ms.acked_seq, 0) "+
 			"FROM group_members m JOIN chat_groups g ON g.id = m.groupid "+
 			"LEFT JOIN group_state gs ON gs.groupid = m.groupid "+
 			"LEFT JOIN member_state ms ON ms.userid = m.userid AND ms.groupid = m.groupid "+
-			"WHERE m.userid = ? ORDER BY g.id", uid)
-	if err != nil {
-		return nil, unavailable(err)
+			"WHERE m.userid IN ("+placeholders(len(ids), "?")+") ORDER BY m.userid, g.id", idArgs(ids)...)
+	var gids []any
+	seen := map[codec.GroupID]bool{}
+	err = scanRows(rows, err, func(rows rowScanner) error {
+		var (
+			uid         codec.UserID
+			g           service.Group
+			last, acked int64
+		)
+		if err := rows.Scan(&uid, &g.ID, &g.Name, &g.Desc, &last, &acked); err != nil {
+			return err
+		}
+		g.Last, g.Acked = codec.Seq(last), codec.Seq(min(acked, last))
+		out[uid] = append(out[uid], g)
+		if !seen[g.ID] {
+			seen[g.ID] = true
+			gids = append(gids, int64(g.ID))
+		}
+		return nil
+	})
+	if err != nil || len(gids) == 0 {
+		return out, err
 	}
-	if len(rows) == 0 {
-		return []service.Group{}, nil // in no group: no members to read
+	// The members of all those groups, a chunk of groups per query.
+	members := make(map[codec.GroupID][]memberRow, len(gids))
+	for start := 0; start < len(gids); start += maxReadBatch {
+		part := gids[start:min(start+maxReadBatch, len(gids))]
+		rows, err := s.db.QueryxContext(ctx, "SELECT m.groupid, u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid "+
+			"WHERE m.groupid IN ("+placeholders(len(part), "?")+") ORDER BY m.groupid, m.joined_ms, u.id", part...)
+		err = scanRows(rows, err, func(rows rowScanner) error {
+			var gid codec.GroupID
+			var m memberRow
+			if err := rows.Scan(&gid, &m.ID, &m.Name, &m.Role); err != nil {
+				return err
+			}
+			members[gid] = append(members[gid], m)
+			return nil
+		})
+		if err != nil {
+			return nil, err
+		}
 	}
-	// The members of all those groups in one query, not one per group.
-	var members []struct {
-		GroupID int64 `db:"groupid"`
-		memberRow
-	}
-	err = s.db.SelectContext(ctx, &members,
-		"SELECT m.groupid, u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid "+
-			"WHERE m.groupid IN (SELECT groupid FROM group_members WHERE userid = ?) ORDER BY m.groupid, m.joined_ms, u.id", uid)
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	byGroup := map[int64][]memberRow{}
-	for _, m := range members {
-		byGroup[m.GroupID] = append(byGroup[m.GroupID], m.memberRow)
-	}
-	out := make([]service.Group, 0, len(rows))
-	for _, r := range rows {
-		out = append(out, service.Group{ID: codec.GroupID(r.ID), Name: r.Name, Desc: r.Desc, Members: toMembers(byGroup[r.ID]),
-			Last: codec.Seq(r.Last), Acked: codec.Seq(min(r.Acked, r.Last))})
+	for _, gs := range out {
+		for i := range gs {
+			gs[i].Members = toMembers(members[gs[i].ID]) // a slice of its own per user
+		}
 	}
 	return out, nil
 }

@@ -112,11 +112,12 @@ type Store struct {
 	writer sendWriter
 	// closeWriter releases the writer's prepared statements, if any.
 	closeWriter func()
-	// users, inboxStates and friends batch the reads a login makes
-	// (readBatcher).
+	// users, inboxStates, friends and groups batch the reads a login
+	// makes (readBatcher).
 	users       *readBatcher[codec.UserID, User]
 	inboxStates *readBatcher[codec.UserID, [2]codec.Seq]
 	friends     *readBatcher[codec.UserID, []service.Member]
+	groups      *readBatcher[codec.UserID, []service.Group]
 }
 
 var _ service.Store = (*Store)(nil)
@@ -182,6 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s.users = &readBatcher[codec.UserID, User]{fetch: s.fetchUsers, ctx: readCtx}
 	s.inboxStates = &readBatcher[codec.UserID, [2]codec.Seq]{fetch: s.fetchInboxStates, ctx: readCtx}
 	s.friends = &readBatcher[codec.UserID, []service.Member]{fetch: s.fetchFriends, ctx: readCtx}
+	s.groups = &readBatcher[codec.UserID, []service.Group]{fetch: s.fetchUserGroups, ctx: readCtx}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err

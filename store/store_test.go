@@ -191,6 +191,122 @@ func TestFriendsAndGroups(t *testing.T) {
 	})
 }
 
+// TestLoginReadsBatched: many users' login reads at once, batched
+// (readBatcher), each get the user's own row, friends, groups (with their
+// members) and inbox state, and a missing user reads as not found.
+func TestLoginReadsBatched(t *testing.T) {
+	forEachBackend(t, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		const n = 40
+		ids := make([]codec.UserID, n)
+		for i := range ids {
+			ids[i] = mustUser(t, s, fmt.Sprintf("u%d", i))
+		}
+		// User i befriends i+1 and i+2; users 0..9 are in group g0 (its
+		// creator 0), users 5..14 in g5; user i has i inbox entries.
+		for i := range ids {
+			for _, j := range []int{i + 1, i + 2} {
+				if j < n {
+					if err := s.AddFriend(ctx, ids[i], ids[j]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		g0, err := s.CreateGroup(ctx, ids[0], "g0", "d0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		g5, err := s.CreateGroup(ctx, ids[5], "g5", "d5")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 1; i < 15; i++ {
+			for _, g := range []struct {
+				id       codec.GroupID
+				from, to int
+			}{{g0, 1, 10}, {g5, 6, 15}} {
+				if i >= g.from && i < g.to {
+					if _, err := s.JoinGroup(ctx, g.id, ids[i]); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		for i := 1; i < 6; i++ {
+			for k := 0; k < i; k++ {
+				if _, err := s.Send(ctx, service.SendRequest{From: ids[0], FromName: "u0", To: []codec.UserID{ids[i]}, ToUser: ids[i], Body: "m", UnixMilli: 1}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		want := func(i int) (friends []codec.UserID, groups []codec.GroupID, last codec.Seq) {
+			for _, j := range []int{i - 2, i - 1, i + 1, i + 2} {
+				if j >= 0 && j < n {
+					friends = append(friends, ids[j])
+				}
+			}
+			if i < 10 {
+				groups = append(groups, g0)
+			}
+			if i >= 5 && i < 15 {
+				groups = append(groups, g5)
+			}
+			if i > 0 && i < 6 {
+				last = codec.Seq(i)
+			}
+			return friends, groups, last
+		}
+		var wg sync.WaitGroup
+		errs := make(chan error, 4*n)
+		for round := 0; round < 3; round++ {
+			for i := range ids {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					wf, wgs, wl := want(i)
+					u, err := s.User(ctx, ids[i])
+					if err != nil || u.ID != ids[i] || u.Name != fmt.Sprintf("u%d", i) || string(u.PasswordHash) != fmt.Sprintf("hash-u%d", i) {
+						errs <- fmt.Errorf("user %d: %+v %v", i, u, err)
+					}
+					fs, err := s.Friends(ctx, ids[i])
+					got := []codec.UserID{}
+					for _, f := range fs {
+						got = append(got, f.ID)
+					}
+					slices.Sort(wf)
+					if err != nil || !slices.Equal(got, wf) {
+						errs <- fmt.Errorf("friends of %d: %v, want %v (%v)", i, got, wf, err)
+					}
+					gs, err := s.UserGroups(ctx, ids[i])
+					var gids []codec.GroupID
+					for _, g := range gs {
+						gids = append(gids, g.ID)
+						if size := map[codec.GroupID]int{g0: 10, g5: 10}[g.ID]; len(g.Members) != size {
+							errs <- fmt.Errorf("group %d of %d: %d members, want %d", g.ID, i, len(g.Members), size)
+						}
+					}
+					if err != nil || gs == nil || !slices.Equal(gids, wgs) {
+						errs <- fmt.Errorf("groups of %d: %v, want %v (%v)", i, gids, wgs, err)
+					}
+					last, acked, err := s.InboxState(ctx, ids[i])
+					if err != nil || last != wl || acked != 0 {
+						errs <- fmt.Errorf("inbox state of %d: %d %d, want %d 0 (%v)", i, last, acked, wl, err)
+					}
+				}()
+			}
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if _, err := s.User(ctx, 1<<40); !errors.Is(err, service.ErrNotFound) {
+			t.Fatalf("missing user: %v", err)
+		}
+	})
+}
+
 // hookEntries records what the store hands its commit hook.
 type hookEntries struct {
 	mu  sync.Mutex
