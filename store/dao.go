@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -89,6 +90,7 @@ func (s *Store) User(ctx context.Context, id codec.UserID) (User, error) {
 	if err == nil && !found {
 		return User{}, service.ErrNotFound
 	}
+	u.PasswordHash = slices.Clone(u.PasswordHash) // a copy per caller (readBatcher)
 	return u, unavailable(err)
 }
 
@@ -275,8 +277,13 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 		return nil, unavailable(err)
 	}
 	// A copy per caller: two reads of one user in a batch share the fetch's
-	// slice, and the caller may change its groups' fields.
-	return append([]service.Group{}, gs...), nil
+	// value, and the caller may change its groups' fields.
+	out := make([]service.Group, len(gs))
+	for i, g := range gs {
+		g.Members = slices.Clone(g.Members)
+		out[i] = g
+	}
+	return out, nil
 }
 
 // fetchUserGroups is the group lists' readBatcher fetch: each user's groups
@@ -333,7 +340,7 @@ func (s *Store) fetchUserGroups(ctx context.Context, ids []codec.UserID) (map[co
 	}
 	for _, gs := range out {
 		for i := range gs {
-			gs[i].Members = toMembers(members[gs[i].ID]) // a slice of its own per user
+			gs[i].Members = toMembers(members[gs[i].ID])
 		}
 	}
 	return out, nil

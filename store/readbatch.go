@@ -12,12 +12,15 @@ const maxReadBatch = 512
 // state, a friend list) into one query for many keys, as the group commit
 // does for writes: a read that arrives while another of its kind is being
 // fetched waits for that query to end and goes into the next one, with
-// every read that queued meanwhile. A lone read is fetched at once by its
-// own caller. Every read is answered by a query that starts after the read
+// every read that queued meanwhile. A lone read is fetched at once. Every read is answered by a query that starts after the read
 // was asked for, so a caller reads its own earlier writes. A login storm
 // then costs a few queries per batch instead of several per user: on MySQL
 // each query costs more to parse, plan and carry than its few rows do.
-// Safe for concurrent use.
+// One fetch per kind runs at a time, so a query that stalls holds up the
+// reads of its kind until the query timeout fails them all, as a stalled
+// database would anyway. Callers of one key in one batch share the value:
+// they must not modify it (the Store's methods hand out copies). Safe for
+// concurrent use.
 type readBatcher[K comparable, V any] struct {
 	// fetch reads keys (distinct, at most maxReadBatch); a key without a
 	// row is left out of the map.
@@ -33,6 +36,7 @@ type readBatcher[K comparable, V any] struct {
 
 // readCall is one read waiting for its batch.
 type readCall[K comparable, V any] struct {
+	ctx   context.Context // the caller's: a read it gave up on is not fetched
 	key   K
 	val   V
 	found bool
@@ -43,18 +47,16 @@ type readCall[K comparable, V any] struct {
 // get reads key: its value and whether it has a row. It returns early,
 // with ctx's error, if ctx ends first.
 func (b *readBatcher[K, V]) get(ctx context.Context, key K) (V, bool, error) {
-	c := &readCall[K, V]{key: key, done: make(chan struct{})}
+	c := &readCall[K, V]{ctx: ctx, key: key, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
-	lead := !b.running
+	start := !b.running
 	b.running = true
 	b.mu.Unlock()
-	if lead {
-		// Fetch the queue as it is (this read and any that came since),
-		// then leave whatever queued meanwhile to a goroutine.
-		if b.fetchQueued() {
-			go b.drain()
-		}
+	if start {
+		// On a goroutine of its own, so that this caller, too, stops
+		// waiting when its ctx ends.
+		go b.drain()
 	}
 	select {
 	case <-c.done:
@@ -71,9 +73,9 @@ func (b *readBatcher[K, V]) drain() {
 	}
 }
 
-// fetchQueued fetches up to maxReadBatch queued reads and answers them. It
-// reports whether more are queued; if none are, the fetching stops (the
-// next read fetches itself).
+// fetchQueued fetches up to maxReadBatch queued reads (those whose caller
+// still waits) and answers them. It reports whether more are queued; if
+// none are, the fetching stops (the next read starts it again).
 func (b *readBatcher[K, V]) fetchQueued() (more bool) {
 	b.mu.Lock()
 	n := min(len(b.queue), maxReadBatch)
@@ -84,17 +86,21 @@ func (b *readBatcher[K, V]) fetchQueued() (more bool) {
 	keys := make([]K, 0, len(calls))
 	seen := make(map[K]bool, len(calls))
 	for _, c := range calls {
-		if !seen[c.key] {
+		if !seen[c.key] && c.ctx.Err() == nil {
 			seen[c.key] = true
 			keys = append(keys, c.key)
 		}
 	}
-	ctx, cancel := b.ctx()
-	vals, err := b.fetch(ctx, keys)
-	cancel()
+	if len(keys) > 0 {
+		ctx, cancel := b.ctx()
+		vals, err := b.fetch(ctx, keys)
+		cancel()
+		for _, c := range calls {
+			c.val, c.found = vals[c.key]
+			c.err = err
+		}
+	}
 	for _, c := range calls {
-		c.val, c.found = vals[c.key]
-		c.err = err
 		close(c.done)
 	}
 

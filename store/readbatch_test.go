@@ -103,35 +103,52 @@ func TestReadBatcherCoalesces(t *testing.T) {
 	if len(calls[1]) > maxReadBatch || len(distinct) != queued+1 || len(calls[1])+len(calls[2]) > queued+2 {
 		t.Fatalf("second and third fetch: %d and %d keys (%d distinct); want at most %d in one, %d distinct", len(calls[1]), len(calls[2]), len(distinct), maxReadBatch, queued+1)
 	}
-	b.mu.Lock()
-	running := b.running
-	b.mu.Unlock()
-	if running {
-		t.Fatal("still fetching with nothing queued")
-	}
+	waitFor(t, 5*time.Second, "fetching to stop with nothing queued", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return !b.running
+	})
 	// A lone read afterwards fetches again, at once.
 	if v, found, err := b.get(ctx, 7); err != nil || !found || v != 14 {
 		t.Fatalf("lone read: %d %v %v", v, found, err)
 	}
 }
 
-// TestReadBatcherCallerGivesUp: a caller whose context ends stops waiting;
-// the batch still answers the others. A fetch error reaches every read in
-// its batch.
+// TestReadBatcherCallerGivesUp: a caller whose context ends stops waiting,
+// the one whose read started the fetch too, and a queued read whose caller
+// gave up is not fetched; the batch still answers the others. A fetch error
+// reaches every read in its batch.
 func TestReadBatcherCallerGivesUp(t *testing.T) {
 	f, b := newGated()
 	f.err = errors.New("boom")
-	done := make(chan error, 1)
-	go func() { _, _, err := b.get(context.Background(), 1); done <- err }()
-	waitFor(t, 5*time.Second, "first fetch", func() bool { return len(f.callKeys()) == 1 })
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	if _, _, err := b.get(ctx, 2); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("caller that gave up: %v", err)
+	short := func() context.Context {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		t.Cleanup(cancel)
+		return ctx
 	}
+	if _, _, err := b.get(short(), 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("caller whose read started the fetch: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, _, err := b.get(context.Background(), 3); done <- err }()
+	if _, _, err := b.get(short(), 2); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued caller that gave up: %v", err)
+	}
+	waitFor(t, 5*time.Second, "reads queued", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return len(b.queue) == 2
+	})
 	close(f.gate)
 	if err := <-done; err == nil || err.Error() != "boom" {
 		t.Fatalf("fetch error: %v", err)
 	}
-	waitFor(t, 5*time.Second, "queued read fetched", func() bool { return len(f.callKeys()) == 2 })
+	waitFor(t, 5*time.Second, "fetching to stop", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return !b.running
+	})
+	if calls := f.callKeys(); len(calls) != 2 || len(calls[1]) != 1 || calls[1][0] != 3 {
+		t.Fatalf("fetches %v: want [1] then [3] (key 2's caller gave up)", calls)
+	}
 }

@@ -258,7 +258,6 @@ func TestLoginReadsBatched(t *testing.T) {
 			return friends, groups, last
 		}
 		var wg sync.WaitGroup
-		errs := make(chan error, 4*n)
 		for round := 0; round < 3; round++ {
 			for i := range ids {
 				wg.Add(1)
@@ -267,7 +266,7 @@ func TestLoginReadsBatched(t *testing.T) {
 					wf, wgs, wl := want(i)
 					u, err := s.User(ctx, ids[i])
 					if err != nil || u.ID != ids[i] || u.Name != fmt.Sprintf("u%d", i) || string(u.PasswordHash) != fmt.Sprintf("hash-u%d", i) {
-						errs <- fmt.Errorf("user %d: %+v %v", i, u, err)
+						t.Errorf("user %d: %+v %v", i, u, err)
 					}
 					fs, err := s.Friends(ctx, ids[i])
 					got := []codec.UserID{}
@@ -276,31 +275,27 @@ func TestLoginReadsBatched(t *testing.T) {
 					}
 					slices.Sort(wf)
 					if err != nil || !slices.Equal(got, wf) {
-						errs <- fmt.Errorf("friends of %d: %v, want %v (%v)", i, got, wf, err)
+						t.Errorf("friends of %d: %v, want %v (%v)", i, got, wf, err)
 					}
 					gs, err := s.UserGroups(ctx, ids[i])
 					var gids []codec.GroupID
 					for _, g := range gs {
 						gids = append(gids, g.ID)
 						if size := map[codec.GroupID]int{g0: 10, g5: 10}[g.ID]; len(g.Members) != size {
-							errs <- fmt.Errorf("group %d of %d: %d members, want %d", g.ID, i, len(g.Members), size)
+							t.Errorf("group %d of %d: %d members, want %d", g.ID, i, len(g.Members), size)
 						}
 					}
 					if err != nil || gs == nil || !slices.Equal(gids, wgs) {
-						errs <- fmt.Errorf("groups of %d: %v, want %v (%v)", i, gids, wgs, err)
+						t.Errorf("groups of %d: %v, want %v (%v)", i, gids, wgs, err)
 					}
 					last, acked, err := s.InboxState(ctx, ids[i])
 					if err != nil || last != wl || acked != 0 {
-						errs <- fmt.Errorf("inbox state of %d: %d %d, want %d 0 (%v)", i, last, acked, wl, err)
+						t.Errorf("inbox state of %d: %d %d, want %d 0 (%v)", i, last, acked, wl, err)
 					}
 				}()
 			}
 		}
 		wg.Wait()
-		close(errs)
-		for err := range errs {
-			t.Error(err)
-		}
 		if _, err := s.User(ctx, 1<<40); !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("missing user: %v", err)
 		}

@@ -332,7 +332,7 @@ func TestParseFlags(t *testing.T) {
 		{"chat", "extra"}, {"nope"}, {"-addr", "10.0.0.1:6000", "chat"}, {"-pid", "abc", "chat"},
 		{"-procs", "0", "chat"}, {"-password", "x", "chat"}, {"-size", "0", "chat"},
 		{"-compare-baseline", "group"}, {"-compare-baseline", "login"},
-		{"-reconnect-addr", "10.0.0.1:6000", "login"},
+		{"-reconnect-addr", "10.0.0.1:6000", "login"}, {"-reconnect-addr", "127.0.0.1:2", "chat"},
 	} {
 		if _, err := parseFlags(bad, &out); err == nil {
 			t.Errorf("accepted %q", bad)

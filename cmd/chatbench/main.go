@@ -227,6 +227,8 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		return cfg, errors.New("-rate must not be negative")
 	case cfg.CompareBaseline && cfg.Scenario != "connect" && cfg.Scenario != "chat":
 		return cfg, errors.New("-compare-baseline is for the connect and chat scenarios")
+	case len(cfg.ReconnectAddrs) > 0 && cfg.Scenario != "login":
+		return cfg, errors.New("-reconnect-addr is for the login scenario")
 	}
 	return cfg, nil
 }
