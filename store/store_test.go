@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -94,7 +95,7 @@ func openStore(t testing.TB, cfg Config) *Store {
 	return s
 }
 
-func mustUser(t *testing.T, s *Store, name string) codec.UserID {
+func mustUser(t testing.TB, s *Store, name string) codec.UserID {
 	t.Helper()
 	id, err := s.CreateUser(context.Background(), name, []byte("hash-"+name))
 	if err != nil {
@@ -737,6 +738,59 @@ func runSends(b *testing.B, s *Store, req func(i int) service.SendRequest) {
 // BenchmarkSendGroup: sends to 100-member groups (10 groups of the 1,000
 // users) on SQLite; a send is one group log row, and deliveries/s counts one
 // per recipient (the entries handed to the commit hook).
+// BenchmarkLoginReads: the four reads a login makes (user, friends,
+// groups, inbox state), from 256 concurrent logins, as in a login storm;
+// the readBatcher batches them. Reports logins/s.
+func BenchmarkLoginReads(b *testing.B) {
+	for _, name := range []string{"sqlite", "mysql"} {
+		b.Run(name, func(b *testing.B) {
+			dsn := "sqlite:" + filepath.Join(b.TempDir(), "bench.db")
+			if name == "mysql" {
+				if dsn = MySQLTestDSN(b); dsn == "" {
+					b.Skip("CHAT_TEST_MYSQL_DSN is not set")
+				}
+			}
+			s, err := Open(context.Background(), Config{DSN: dsn})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer s.Close()
+			ctx := context.Background()
+			ids := make([]codec.UserID, 1000)
+			prefix := fmt.Sprintf("lr%d-", time.Now().UnixNano())
+			for i := range ids {
+				ids[i] = mustUser(b, s, fmt.Sprintf("%s%d", prefix, i))
+			}
+			var next atomic.Int64
+			b.SetParallelism(128) // 256 logins in flight on 2 CPUs
+			b.ResetTimer()
+			start := time.Now()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					id := ids[next.Add(1)%int64(len(ids))]
+					if _, err := s.User(ctx, id); err != nil {
+						b.Error(err)
+						return
+					}
+					if _, err := s.Friends(ctx, id); err != nil {
+						b.Error(err)
+						return
+					}
+					if _, err := s.UserGroups(ctx, id); err != nil {
+						b.Error(err)
+						return
+					}
+					if _, _, err := s.InboxState(ctx, id); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "logins/s")
+		})
+	}
+}
+
 func BenchmarkSendGroup(b *testing.B) {
 	ctx := context.Background()
 	s, err := Open(ctx, Config{DSN: "sqlite:" + filepath.Join(b.TempDir(), "bench.db")})
