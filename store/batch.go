@@ -959,12 +959,7 @@ func (w multiRowWriter) ackChunks(ctx context.Context, s *Store, acks map[codec.
 // does not wait for group commits either; a stale value is only lower).
 func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.UserID, acks map[codec.UserID]codec.Seq) error {
 	last := make(map[codec.UserID]codec.Seq, len(ids))
-	q, args, err := sqlx.In("SELECT userid, last_seq FROM inbox_state WHERE userid IN (?)", ids)
-	if err != nil {
-		return err
-	}
-	rows, err := s.db.QueryxContext(ctx, q, args...)
-	err = scanRows(rows, err, func(rows rowScanner) error {
+	err := queryIn(ctx, s.db, "SELECT userid, last_seq FROM inbox_state WHERE userid IN (?)", ids, func(rows rowScanner) error {
 		var id codec.UserID
 		var seq codec.Seq
 		err := rows.Scan(&id, &seq)

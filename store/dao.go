@@ -3,7 +3,6 @@ package store
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -35,25 +34,38 @@ func insertUser(ctx context.Context, q sqlx.ExtContext, name string, hash []byte
 // User is service.User, named here for the DAO signatures.
 type User = service.User
 
-type memberRow struct {
-	ID   int64  `db:"id"`
-	Name string `db:"name"`
-	Role string `db:"role"`
-}
-
-func toMembers(rows []memberRow) []service.Member {
-	out := make([]service.Member, len(rows))
-	for i, r := range rows {
-		out[i] = service.Member{ID: codec.UserID(r.ID), Name: r.Name, Role: r.Role}
+// queryIn runs query, whose one "IN (?)" takes keys (sqlx.In), and scans
+// each row.
+func queryIn[K any](ctx context.Context, q sqlx.QueryerContext, query string, keys []K, scan func(rowScanner) error) error {
+	query, args, err := sqlx.In(query, keys)
+	if err != nil {
+		return err
 	}
-	return out
+	rows, err := q.QueryxContext(ctx, query, args...)
+	return scanRows(rows, err, scan)
 }
 
-func selectMembers(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID) ([]service.Member, error) {
-	var rows []memberRow
-	err := sqlx.SelectContext(ctx, q, &rows,
-		"SELECT u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid WHERE m.groupid = ? ORDER BY m.joined_ms, u.id", gid)
-	return toMembers(rows), err
+// selectMembers lists the members of each of gids, in (joined_ms, id)
+// order, maxReadBatch groups a query; a group without members is left out.
+func selectMembers(ctx context.Context, q sqlx.QueryerContext, gids []codec.GroupID) (map[codec.GroupID][]service.Member, error) {
+	out := make(map[codec.GroupID][]service.Member, len(gids))
+	for start := 0; start < len(gids); start += maxReadBatch {
+		err := queryIn(ctx, q, "SELECT m.groupid, u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid "+
+			"WHERE m.groupid IN (?) ORDER BY m.groupid, m.joined_ms, u.id", gids[start:min(start+maxReadBatch, len(gids))],
+			func(rows rowScanner) error {
+				var gid codec.GroupID
+				var m service.Member
+				if err := rows.Scan(&gid, &m.ID, &m.Name, &m.Role); err != nil {
+					return err
+				}
+				out[gid] = append(out[gid], m)
+				return nil
+			})
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 func groupExists(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID) (bool, error) {
@@ -90,15 +102,13 @@ func (s *Store) User(ctx context.Context, id codec.UserID) (User, error) {
 	if err == nil && !found {
 		return User{}, service.ErrNotFound
 	}
-	u.PasswordHash = slices.Clone(u.PasswordHash) // a copy per caller (readBatcher)
 	return u, unavailable(err)
 }
 
 // fetchUsers is the users' readBatcher fetch.
 func (s *Store) fetchUsers(ctx context.Context, ids []codec.UserID) (map[codec.UserID]User, error) {
 	out := make(map[codec.UserID]User, len(ids))
-	rows, err := s.db.QueryxContext(ctx, "SELECT id, name, password, token_version FROM users WHERE id IN ("+placeholders(len(ids), "?")+")", idArgs(ids)...)
-	err = scanRows(rows, err, func(rows rowScanner) error {
+	err := queryIn(ctx, s.db, "SELECT id, name, password, token_version FROM users WHERE id IN (?)", ids, func(rows rowScanner) error {
 		var u User
 		if err := rows.Scan(&u.ID, &u.Name, &u.PasswordHash, &u.TokenVersion); err != nil {
 			return err
@@ -107,15 +117,6 @@ func (s *Store) fetchUsers(ctx context.Context, ids []codec.UserID) (map[codec.U
 		return nil
 	})
 	return out, err
-}
-
-// idArgs is ids as query arguments.
-func idArgs(ids []codec.UserID) []any {
-	args := make([]any, len(ids))
-	for i, id := range ids {
-		args[i] = int64(id)
-	}
-	return args
 }
 
 // BumpTokenVersion implements service.Store.
@@ -157,15 +158,14 @@ func (s *Store) Friends(ctx context.Context, id codec.UserID) ([]service.Member,
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	return append([]service.Member{}, m...), nil // a copy per caller, as in UserGroups
+	return m, nil
 }
 
 // fetchFriends is the friend lists' readBatcher fetch.
 func (s *Store) fetchFriends(ctx context.Context, ids []codec.UserID) (map[codec.UserID][]service.Member, error) {
 	out := make(map[codec.UserID][]service.Member, len(ids))
-	rows, err := s.db.QueryxContext(ctx, "SELECT f.userid, u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid "+
-		"WHERE f.userid IN ("+placeholders(len(ids), "?")+") ORDER BY f.userid, u.id", idArgs(ids)...)
-	err = scanRows(rows, err, func(rows rowScanner) error {
+	err := queryIn(ctx, s.db, "SELECT f.userid, u.id, u.name FROM friends f JOIN users u ON u.id = f.friendid "+
+		"WHERE f.userid IN (?) ORDER BY f.userid, u.id", ids, func(rows rowScanner) error {
 		var owner codec.UserID
 		var m service.Member
 		if err := rows.Scan(&owner, &m.ID, &m.Name); err != nil {
@@ -239,7 +239,8 @@ func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.User
 func (s *Store) GroupMembers(ctx context.Context, gid codec.GroupID) ([]service.Member, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
-	m, err := selectMembers(ctx, s.db, gid)
+	byGroup, err := selectMembers(ctx, s.db, []codec.GroupID{gid})
+	m := byGroup[gid]
 	if err == nil && len(m) == 0 {
 		// Every group has its creator as a member, so none means no group.
 		return nil, service.ErrNotFound
@@ -255,12 +256,7 @@ func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec
 	if len(gids) == 0 {
 		return out, nil
 	}
-	q, args, err := sqlx.In("SELECT groupid, COUNT(*) FROM group_members WHERE groupid IN (?) GROUP BY groupid", gids)
-	if err != nil {
-		return nil, err
-	}
-	rows, err := s.db.QueryxContext(ctx, q, args...)
-	err = scanRows(rows, err, func(rows rowScanner) error {
+	err := queryIn(ctx, s.db, "SELECT groupid, COUNT(*) FROM group_members WHERE groupid IN (?) GROUP BY groupid", gids, func(rows rowScanner) error {
 		var gid codec.GroupID
 		var n int
 		err := rows.Scan(&gid, &n)
@@ -276,14 +272,7 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 	if err != nil {
 		return nil, unavailable(err)
 	}
-	// A copy per caller: two reads of one user in a batch share the fetch's
-	// value, and the caller may change its groups' fields.
-	out := make([]service.Group, len(gs))
-	for i, g := range gs {
-		g.Members = slices.Clone(g.Members)
-		out[i] = g
-	}
-	return out, nil
+	return gs, nil
 }
 
 // fetchUserGroups is the group lists' readBatcher fetch: each user's groups
@@ -291,56 +280,40 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 // if someone is in a group).
 func (s *Store) fetchUserGroups(ctx context.Context, ids []codec.UserID) (map[codec.UserID][]service.Group, error) {
 	out := make(map[codec.UserID][]service.Group, len(ids))
-	rows, err := s.db.QueryxContext(ctx,
+	var gids []codec.GroupID
+	seen := map[codec.GroupID]bool{}
+	err := queryIn(ctx, s.db,
 		"SELECT m.userid, g.id, g.groupname, g.groupdesc, COALESCE(gs.last_seq, 0), COALESCE(ms.acked_seq, 0) "+
 			"FROM group_members m JOIN chat_groups g ON g.id = m.groupid "+
 			"LEFT JOIN group_state gs ON gs.groupid = m.groupid "+
 			"LEFT JOIN member_state ms ON ms.userid = m.userid AND ms.groupid = m.groupid "+
-			"WHERE m.userid IN ("+placeholders(len(ids), "?")+") ORDER BY m.userid, g.id", idArgs(ids)...)
-	var gids []any
-	seen := map[codec.GroupID]bool{}
-	err = scanRows(rows, err, func(rows rowScanner) error {
-		var (
-			uid         codec.UserID
-			g           service.Group
-			last, acked int64
-		)
-		if err := rows.Scan(&uid, &g.ID, &g.Name, &g.Desc, &last, &acked); err != nil {
-			return err
-		}
-		g.Last, g.Acked = codec.Seq(last), codec.Seq(min(acked, last))
-		out[uid] = append(out[uid], g)
-		if !seen[g.ID] {
-			seen[g.ID] = true
-			gids = append(gids, int64(g.ID))
-		}
-		return nil
-	})
+			"WHERE m.userid IN (?) ORDER BY m.userid, g.id", ids, func(rows rowScanner) error {
+			var (
+				uid         codec.UserID
+				g           service.Group
+				last, acked int64
+			)
+			if err := rows.Scan(&uid, &g.ID, &g.Name, &g.Desc, &last, &acked); err != nil {
+				return err
+			}
+			g.Last, g.Acked = codec.Seq(last), codec.Seq(min(acked, last))
+			out[uid] = append(out[uid], g)
+			if !seen[g.ID] {
+				seen[g.ID] = true
+				gids = append(gids, g.ID)
+			}
+			return nil
+		})
 	if err != nil || len(gids) == 0 {
 		return out, err
 	}
-	// The members of all those groups, a chunk of groups per query.
-	members := make(map[codec.GroupID][]memberRow, len(gids))
-	for start := 0; start < len(gids); start += maxReadBatch {
-		part := gids[start:min(start+maxReadBatch, len(gids))]
-		rows, err := s.db.QueryxContext(ctx, "SELECT m.groupid, u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid "+
-			"WHERE m.groupid IN ("+placeholders(len(part), "?")+") ORDER BY m.groupid, m.joined_ms, u.id", part...)
-		err = scanRows(rows, err, func(rows rowScanner) error {
-			var gid codec.GroupID
-			var m memberRow
-			if err := rows.Scan(&gid, &m.ID, &m.Name, &m.Role); err != nil {
-				return err
-			}
-			members[gid] = append(members[gid], m)
-			return nil
-		})
-		if err != nil {
-			return nil, err
-		}
+	members, err := selectMembers(ctx, s.db, gids)
+	if err != nil {
+		return nil, err
 	}
 	for _, gs := range out {
 		for i := range gs {
-			gs[i].Members = toMembers(members[gs[i].ID])
+			gs[i].Members = members[gs[i].ID] // the users' clones copy it
 		}
 	}
 	return out, nil
@@ -430,8 +403,7 @@ func (s *Store) InboxState(ctx context.Context, uid codec.UserID) (last, acked c
 // seq per user.
 func (s *Store) fetchInboxStates(ctx context.Context, ids []codec.UserID) (map[codec.UserID][2]codec.Seq, error) {
 	out := make(map[codec.UserID][2]codec.Seq, len(ids))
-	rows, err := s.db.QueryxContext(ctx, fmt.Sprintf(s.dialect.inboxStates, placeholders(len(ids), "?")), idArgs(ids)...)
-	err = scanRows(rows, err, func(rows rowScanner) error {
+	err := queryIn(ctx, s.db, s.dialect.inboxStates, ids, func(rows rowScanner) error {
 		var id codec.UserID
 		var st [2]codec.Seq
 		if err := rows.Scan(&id, &st[0], &st[1]); err != nil {

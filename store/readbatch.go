@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // maxReadBatch is the most keys one batched read asks for.
@@ -12,22 +13,25 @@ const maxReadBatch = 512
 // state, a friend list) into one query for many keys, as the group commit
 // does for writes: a read that arrives while another of its kind is being
 // fetched waits for that query to end and goes into the next one, with
-// every read that queued meanwhile. A lone read is fetched at once. Every read is answered by a query that starts after the read
-// was asked for, so a caller reads its own earlier writes. A login storm
+// every read that queued meanwhile. A lone read is fetched at once. Every
+// read is answered by a query that starts after the read was asked for, so
+// a caller reads its own earlier writes. A login storm
 // then costs a few queries per batch instead of several per user: on MySQL
 // each query costs more to parse, plan and carry than its few rows do.
 // One fetch per kind runs at a time, so a query that stalls holds up the
 // reads of its kind until the query timeout fails them all, as a stalled
-// database would anyway. Callers of one key in one batch share the value:
-// they must not modify it (the Store's methods hand out copies). Safe for
-// concurrent use.
+// database would anyway. Safe for concurrent use.
 type readBatcher[K comparable, V any] struct {
 	// fetch reads keys (distinct, at most maxReadBatch); a key without a
 	// row is left out of the map.
 	fetch func(ctx context.Context, keys []K) (map[K]V, error)
-	// ctx bounds one fetch (the store's query timeout); a fetch serves
+	// clone, if set, copies a value for each caller: callers of one key in
+	// one batch would otherwise share what fetch returned, and a caller
+	// may change what it gets.
+	clone func(V) V
+	// timeout bounds one fetch (the store's query timeout); a fetch serves
 	// many callers, so it does not run under any one caller's context.
-	ctx func() (context.Context, context.CancelFunc)
+	timeout time.Duration
 
 	mu      sync.Mutex
 	queue   []*readCall[K, V]
@@ -60,6 +64,9 @@ func (b *readBatcher[K, V]) get(ctx context.Context, key K) (V, bool, error) {
 	}
 	select {
 	case <-c.done:
+		if b.clone != nil {
+			return b.clone(c.val), c.found, c.err
+		}
 		return c.val, c.found, c.err
 	case <-ctx.Done():
 		var zero V
@@ -92,7 +99,7 @@ func (b *readBatcher[K, V]) fetchQueued() (more bool) {
 		}
 	}
 	if len(keys) > 0 {
-		ctx, cancel := b.ctx()
+		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 		vals, err := b.fetch(ctx, keys)
 		cancel()
 		for _, c := range calls {

@@ -42,9 +42,7 @@ func (f *gatedFetch) callKeys() [][]int {
 
 func newGated() (*gatedFetch, *readBatcher[int, int]) {
 	f := &gatedFetch{gate: make(chan struct{})}
-	return f, &readBatcher[int, int]{fetch: f.fetch, ctx: func() (context.Context, context.CancelFunc) {
-		return context.WithTimeout(context.Background(), 10*time.Second)
-	}}
+	return f, &readBatcher[int, int]{fetch: f.fetch, timeout: 10 * time.Second}
 }
 
 // TestReadBatcherCoalesces: reads that arrive while a fetch is in flight

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -179,11 +180,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	sizePool(db, cfg.MaxOpenConns, cfg.ConnMaxLifetime)
 	s := &Store{db: db, dialect: d, cfg: cfg, log: cfg.Logger}
-	readCtx := func() (context.Context, context.CancelFunc) { return s.ctx(context.Background()) }
-	s.users = &readBatcher[codec.UserID, User]{fetch: s.fetchUsers, ctx: readCtx}
-	s.inboxStates = &readBatcher[codec.UserID, [2]codec.Seq]{fetch: s.fetchInboxStates, ctx: readCtx}
-	s.friends = &readBatcher[codec.UserID, []service.Member]{fetch: s.fetchFriends, ctx: readCtx}
-	s.groups = &readBatcher[codec.UserID, []service.Group]{fetch: s.fetchUserGroups, ctx: readCtx}
+	t := cfg.QueryTimeout
+	s.users = &readBatcher[codec.UserID, User]{fetch: s.fetchUsers, timeout: t, clone: func(u User) User {
+		u.PasswordHash = slices.Clone(u.PasswordHash)
+		return u
+	}}
+	s.inboxStates = &readBatcher[codec.UserID, [2]codec.Seq]{fetch: s.fetchInboxStates, timeout: t}
+	s.friends = &readBatcher[codec.UserID, []service.Member]{fetch: s.fetchFriends, timeout: t, clone: func(m []service.Member) []service.Member {
+		return append([]service.Member{}, m...) // never nil: no friends is an empty list
+	}}
+	s.groups = &readBatcher[codec.UserID, []service.Group]{fetch: s.fetchUserGroups, timeout: t, clone: func(gs []service.Group) []service.Group {
+		out := make([]service.Group, len(gs)) // never nil, as friends
+		for i, g := range gs {
+			g.Members = slices.Clone(g.Members)
+			out[i] = g
+		}
+		return out
+	}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
 		return nil, err
@@ -378,8 +391,8 @@ type dialect struct {
 	// ackInbox (MySQL) upserts inbox_ack, never lowering acked_seq; "%s"
 	// takes the (userid, acked_seq) rows.
 	ackInbox string
-	// inboxStates reads (userid, last_seq, acked_seq) of the users whose
-	// placeholders replace %s.
+	// inboxStates reads (userid, last_seq, acked_seq) of the users in its
+	// IN (?) (sqlx.In).
 	inboxStates string
 }
 
@@ -392,7 +405,7 @@ var (
 			"ON CONFLICT (groupid) DO UPDATE SET last_seq = last_seq + excluded.last_seq",
 		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
 			"ON CONFLICT (userid, groupid) DO UPDATE SET acked_seq = max(acked_seq, excluded.acked_seq)",
-		inboxStates: "SELECT userid, last_seq, acked_seq FROM inbox_state WHERE userid IN (%s)",
+		inboxStates: "SELECT userid, last_seq, acked_seq FROM inbox_state WHERE userid IN (?)",
 	}
 	mysqlDialect = dialect{
 		name:         "mysql",
@@ -408,7 +421,7 @@ var (
 		ackInbox: "INSERT INTO inbox_ack (userid, acked_seq) VALUES %s " +
 			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
 		inboxStates: "SELECT s.userid, s.last_seq, GREATEST(s.acked_seq, COALESCE(a.acked_seq, 0)) AS acked_seq " +
-			"FROM inbox_state AS s LEFT JOIN inbox_ack AS a ON a.userid = s.userid WHERE s.userid IN (%s)",
+			"FROM inbox_state AS s LEFT JOIN inbox_ack AS a ON a.userid = s.userid WHERE s.userid IN (?)",
 	}
 )
 
