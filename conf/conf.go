@@ -25,7 +25,7 @@ type Config struct {
 	Listen string // TCP listen address
 	DB     string // sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB
 	Redis  string // host:port of Redis; empty = single node, in-process bus
-	NodeID string // this node's id in the cluster; default hostname:port
+	NodeID string // this node's id in the cluster, sent to clients in LOGIN_ACK; default hostname:port
 	// RedisPrefix starts every Redis key and channel, so several clusters
 	// can share one Redis.
 	RedisPrefix string
@@ -101,7 +101,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.Listen, "listen", c.Listen, "TCP listen address")
 	fs.StringVar(&c.DB, "db", c.DB, "database: sqlite:PATH or mysql:USER:PASS@tcp(HOST:PORT)/DB")
 	fs.StringVar(&c.Redis, "redis", c.Redis, "Redis host:port for a cluster; empty runs a single node")
-	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node id in the cluster (default hostname:port)")
+	fs.StringVar(&c.NodeID, "node-id", c.NodeID, "node id in the cluster, also sent to clients in LOGIN_ACK (default hostname:port)")
 	fs.StringVar(&c.RedisPrefix, "redis-prefix", c.RedisPrefix, "prefix of every Redis key and channel")
 	fs.DurationVar(&c.PresenceLease, "presence-lease", c.PresenceLease, "a dead node's users read offline after this long")
 	fs.IntVar(&c.MaxFrame, "max-frame", c.MaxFrame, "largest frame body in bytes")

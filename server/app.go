@@ -50,12 +50,12 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	if err != nil {
 		return nil, err
 	}
+	nodeID := cfg.NodeID
+	if nodeID == "" {
+		nodeID = DefaultNodeID(cfg.Listen)
+	}
 	var bus pubsub.Bus = pubsub.NewMemory()
 	if cfg.Redis != "" {
-		nodeID := cfg.NodeID
-		if nodeID == "" {
-			nodeID = DefaultNodeID(cfg.Listen)
-		}
 		log = log.With("node", nodeID)
 		bus, err = pubsub.NewRedis(ctx, pubsub.RedisConfig{
 			Addr: cfg.Redis, NodeID: nodeID, Prefix: cfg.RedisPrefix, Lease: cfg.PresenceLease, Logger: log,
@@ -68,7 +68,7 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	node, err := service.New(ctx, service.Config{
 		Store: st, Bus: bus, Logger: log,
 		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,
-		MaxMessageLen: cfg.MaxMessage,
+		MaxMessageLen: cfg.MaxMessage, NodeName: nodeID,
 	})
 	if err != nil {
 		st.Close()

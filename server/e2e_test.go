@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -58,6 +59,33 @@ func TestSignupAndLoginErrors(t *testing.T) {
 	}
 	if strings.Contains(string(stored), "secret1") || !strings.HasPrefix(string(stored), "$2") {
 		t.Fatalf("stored password is not a bcrypt hash: %q", stored)
+	}
+}
+
+// LOGIN_ACK names the node the session is on: the configured -node-id, or
+// by default the host name and the listen port (random hex for port 0).
+func TestLoginAckNode(t *testing.T) {
+	host, _ := os.Hostname()
+	for _, nodeID := range []string{"chat7", ""} {
+		ts := startServer(t, func(c *conf.Config) { c.NodeID = nodeID })
+		c := ts.dial(client.Options{})
+		ctx := ctxT(t)
+		id, err := c.Signup(ctx, "nodeuser", "secret1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ack, err := c.Login(ctx, id, "secret1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ok := ack.Node == nodeID
+		if nodeID == "" {
+			port, found := strings.CutPrefix(ack.Node, host+":")
+			ok = found && port != ""
+		}
+		if !ok {
+			t.Fatalf("-node-id %q: LOGIN_ACK node %q", nodeID, ack.Node)
+		}
 	}
 }
 

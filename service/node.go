@@ -50,6 +50,9 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Now is the clock: default time.Now.
 	Now func() time.Time
+	// NodeName is reported to clients in LOGIN_ACK as "node" (the node's
+	// -node-id); empty: not reported.
+	NodeName string
 }
 
 // Limits on names and passwords.

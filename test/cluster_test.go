@@ -1,9 +1,13 @@
 package test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os/exec"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -438,5 +442,47 @@ func TestDoubleLoginAcrossNodes(t *testing.T) {
 		for _, cl := range cs {
 			cl.Close()
 		}
+	}
+}
+
+// TestChatbenchCrossNodeThroughNginx runs chatbench through nginx in front
+// of two nodes, as BENCHMARKS.md's case 6 does: LOGIN_ACK names each user's
+// node, -cross-node pairs every sender with a recipient on the other node,
+// and every message arrives once.
+func TestChatbenchCrossNodeThroughNginx(t *testing.T) {
+	c := startCluster(t, 2)
+	cmd := exec.CommandContext(ctxT(t, 2*time.Minute), filepath.Join(binDir, "chatbench"),
+		"-addr", c.nginx.addr, "-cross-node", "-n", "40", "-duration", "2s", "-rate", "200",
+		"-timeout", "20s", "-json", "-quiet", "chat")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("chatbench: %v\n%s\n%s", err, out, stderr.String())
+	}
+	var rep struct {
+		OK         bool           `json:"ok"`
+		Errors     []string       `json:"errors"`
+		Nodes      map[string]int `json:"nodes"`
+		Pairs      int            `json:"pairs"`
+		CrossPairs int            `json:"cross_node_pairs"`
+		Traffic    struct {
+			Sent, Acked, Delivered, Expected, Lost, Duplicates int64
+		} `json:"traffic"`
+	}
+	if err := json.Unmarshal(out, &rep); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	tr := rep.Traffic
+	if !rep.OK || tr.Sent == 0 || tr.Acked != tr.Sent || tr.Delivered != tr.Expected || tr.Expected != tr.Acked || tr.Lost != 0 || tr.Duplicates != 0 {
+		t.Fatalf("report: ok %v, errors %v, traffic %+v", rep.OK, rep.Errors, tr)
+	}
+	// least_conn spreads the 40 connections over both nodes; a pair for
+	// every user of the smaller share, each pair across nodes.
+	if len(rep.Nodes) != 2 || rep.Nodes["node1"]+rep.Nodes["node2"] != 40 {
+		t.Fatalf("users per node %v, want 40 over node1 and node2", rep.Nodes)
+	}
+	if want := min(rep.Nodes["node1"], rep.Nodes["node2"]); rep.Pairs != want || rep.CrossPairs != want {
+		t.Fatalf("pairs %d, across nodes %d, want %d (nodes %v)", rep.Pairs, rep.CrossPairs, want, rep.Nodes)
 	}
 }

@@ -23,7 +23,7 @@ import (
 )
 
 var (
-	binDir   string // holds the chatserver binary built by TestMain
+	binDir   string // holds the chatserver and chatbench binaries built by TestMain
 	mariadb  *service
 	skipWhy  string
 	mysqlDSN string // admin DSN of the private MariaDB (no database)
@@ -50,10 +50,10 @@ func run(m *testing.M) int {
 		return m.Run()
 	}
 	binDir = filepath.Join(dir, "bin")
-	build := exec.Command("go", "build", "-o", binDir+"/", "../cmd/chatserver")
+	build := exec.Command("go", "build", "-o", binDir+"/", "../cmd/chatserver", "../cmd/chatbench")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build chatserver:", err)
+		fmt.Fprintln(os.Stderr, "build chatserver and chatbench:", err)
 		return 1
 	}
 	mariadb, err = startMariaDB(filepath.Join(dir, "mariadb"))

@@ -124,6 +124,7 @@ type callResult struct {
 	ID      int64
 	GroupID int64
 	Token   string
+	Node    string
 	err     error
 }
 
@@ -297,8 +298,9 @@ func (c *bconn) signup(ctx context.Context, name, password string) (int64, error
 }
 
 // login logs in with a password, or with a token when token != "". It
-// returns the session token.
-func (c *bconn) login(ctx context.Context, uid int64, password, token string) (string, error) {
+// returns the session token and the node the session is on (LOGIN_ACK's
+// "node", "" if the server does not say).
+func (c *bconn) login(ctx context.Context, uid int64, password, token string) (tok, node string, err error) {
 	r, err := c.call(ctx, func(b []byte, id uint64) []byte {
 		b = append(b, `{"msgid":1,"reqid":`...)
 		b = strconv.AppendUint(b, id, 10)
@@ -313,7 +315,7 @@ func (c *bconn) login(ctx context.Context, uid int64, password, token string) (s
 		}
 		return append(b, '}')
 	})
-	return r.Token, err
+	return r.Token, r.Node, err
 }
 
 func (c *bconn) createGroup(ctx context.Context, name string) (int64, error) {
@@ -541,7 +543,7 @@ func (c *bconn) handle(body []byte, f *frame) error {
 	}
 	p.ch <- callResult{
 		MsgID: f.MsgID, Errno: f.Errno, ErrMsg: string(f.ErrMsg),
-		ID: f.ID, GroupID: f.GroupID, Token: string(f.Token),
+		ID: f.ID, GroupID: f.GroupID, Token: string(f.Token), Node: string(f.Node),
 	}
 	return nil
 }

@@ -207,7 +207,7 @@ func TestGroupAcksAdvance(t *testing.T) {
 			t.Logf("user %d sent again: group %v seq %d", i, g != nil, seq)
 		}
 		c.start()
-		if _, err := c.login(ctx, u.id, cfg.ChildPassword, ""); err != nil {
+		if _, _, err := c.login(ctx, u.id, cfg.ChildPassword, ""); err != nil {
 			t.Fatal(err)
 		}
 		if err := c.ping(ctx); err != nil {
@@ -229,6 +229,31 @@ func TestChatTwoProcesses(t *testing.T) {
 	checkTraffic(t, rep, 1)
 	if rep.Users != 12 {
 		t.Errorf("users %d over two processes", rep.Users)
+	}
+	// One node: every user on it, as LOGIN_ACK says, and no pair across
+	// nodes (the processes' counts add up).
+	if len(rep.Nodes) != 1 || rep.Pairs != 6 || rep.CrossPairs != 0 {
+		t.Errorf("nodes %v, pairs %d, across nodes %d", rep.Nodes, rep.Pairs, rep.CrossPairs)
+	}
+	for _, n := range rep.Nodes {
+		if n != 12 {
+			t.Errorf("nodes %v: want all 12 users on the one node", rep.Nodes)
+		}
+	}
+}
+
+// With -cross-node, users that all landed on one node cannot be paired
+// across nodes: the run fails at setup and says why. (The cluster tests run
+// it through nginx in front of two nodes.)
+func TestCrossNodeNeedsTwoNodes(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("chat", ts.addr, 8)
+	cfg.CrossNode = true
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := run(ctx, cfg, testLog{t})
+	if err == nil || !strings.Contains(err.Error(), "all 8 users logged in on node") {
+		t.Fatalf("-cross-node on one node: %v", err)
 	}
 }
 
@@ -333,6 +358,7 @@ func TestParseFlags(t *testing.T) {
 		{"-procs", "0", "chat"}, {"-password", "x", "chat"}, {"-size", "0", "chat"},
 		{"-compare-baseline", "group"}, {"-compare-baseline", "login"},
 		{"-reconnect-addr", "10.0.0.1:6000", "login"}, {"-reconnect-addr", "127.0.0.1:2", "chat"},
+		{"-cross-node", "group"}, {"-cross-node", "-addr-recv", "127.0.0.1:2", "chat"},
 	} {
 		if _, err := parseFlags(bad, &out); err == nil {
 			t.Errorf("accepted %q", bad)

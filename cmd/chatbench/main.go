@@ -138,6 +138,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	var addr, addrRecv, addrReconnect, pids string
 	fs.StringVar(&addr, "addr", "127.0.0.1:6000", "target address(es), comma-separated: a node or nginx")
 	fs.StringVar(&addrRecv, "addr-recv", "", "chat: recipients' address(es) (default -addr), e.g. another node")
+	fs.BoolVar(&cfg.CrossNode, "cross-node", false, "chat: pair each sender with a recipient that LOGIN_ACK puts on another node, e.g. with -addr nginx in front of a cluster; users left without one stay idle")
 	fs.IntVar(&cfg.N, "n", 1000, "users (chat: half send, half receive)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measurement window (connect: hold time)")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "chat, group: sending before the window (not measured)")
@@ -229,6 +230,8 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 		return cfg, errors.New("-compare-baseline is for the connect and chat scenarios")
 	case len(cfg.ReconnectAddrs) > 0 && cfg.Scenario != "login":
 		return cfg, errors.New("-reconnect-addr is for the login scenario")
+	case cfg.CrossNode && (cfg.Scenario != "chat" || len(cfg.RecvAddrs) > 0):
+		return cfg, errors.New("-cross-node is for the chat scenario, without -addr-recv")
 	}
 	return cfg, nil
 }

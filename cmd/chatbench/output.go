@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -31,6 +33,20 @@ func printTable(out io.Writer, r *Report) {
 	}
 	if r.GroupSeconds > 0 {
 		row("group setup", "%.2fs", r.GroupSeconds)
+	}
+	if len(r.Nodes) > 0 {
+		var nodes []string
+		for _, n := range slices.Sorted(maps.Keys(r.Nodes)) {
+			nodes = append(nodes, fmt.Sprintf("%s %d", n, r.Nodes[n]))
+		}
+		row("users per node (LOGIN_ACK)", "%s", strings.Join(nodes, ", "))
+	}
+	if r.Pairs > 0 {
+		cross := ""
+		if len(r.Nodes) > 0 {
+			cross = fmt.Sprintf(", %d of them across nodes", r.CrossPairs)
+		}
+		row("sender-recipient pairs", "%d%s", r.Pairs, cross)
 	}
 	if t := r.Traffic; t != nil {
 		rate := "flat out"

@@ -332,6 +332,14 @@ func (m *WorkerResult) merge(r WorkerResult) {
 	m.Connected += r.Connected
 	m.ConnFailed += r.ConnFailed
 	m.Dropped += r.Dropped
+	for n, k := range r.Nodes {
+		if m.Nodes == nil {
+			m.Nodes = map[string]int{}
+		}
+		m.Nodes[n] += k
+	}
+	m.Pairs += r.Pairs
+	m.CrossPairs += r.CrossPairs
 	m.Stormed += r.Stormed
 	m.Back += r.Back
 	m.StormFailed += r.StormFailed

@@ -28,6 +28,11 @@ type Report struct {
 	SignupPerSec  float64 `json:"signups_per_second,omitempty"`
 	LoginSeconds  float64 `json:"login_seconds,omitempty"`
 	GroupSeconds  float64 `json:"group_setup_seconds,omitempty"`
+	// chat: users per node, as LOGIN_ACK named it (none if it did not),
+	// sender-recipient pairs, and the pairs on two different nodes
+	Nodes      map[string]int `json:"nodes,omitempty"`
+	Pairs      int            `json:"pairs,omitempty"`
+	CrossPairs int            `json:"cross_node_pairs,omitempty"`
 
 	Traffic  *TrafficReport `json:"traffic,omitempty"`
 	Connect  *ConnectReport `json:"connect,omitempty"`
@@ -229,6 +234,7 @@ func (r *runner) setupInfo(rep *Report, res WorkerResult) {
 	}
 	rep.LoginSeconds = res.LoginSeconds
 	rep.GroupSeconds = res.GroupSeconds
+	rep.Nodes, rep.Pairs, rep.CrossPairs = res.Nodes, res.Pairs, res.CrossPairs
 	rep.Errors = append(rep.Errors, res.Errors...)
 }
 
@@ -497,7 +503,7 @@ func runRelayCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report
 	defer stop()
 	bcfg := cfg
 	bcfg.Addrs, bcfg.RecvAddrs, bcfg.PIDs = []string{addr}, nil, []int{pid}
-	bcfg.BulkDB, bcfg.RedisBench, bcfg.CompareBaseline = "", "", false
+	bcfg.BulkDB, bcfg.RedisBench, bcfg.CompareBaseline, bcfg.CrossNode = "", "", false, false
 	var brep Report
 	if err := runTraffic(ctx, bcfg, log, &brep); err != nil {
 		return fmt.Errorf("relay baseline: %w", err)

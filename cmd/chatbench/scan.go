@@ -22,6 +22,7 @@ type frame struct {
 	GroupID int64
 	Msg     []byte // raw JSON string contents (escapes kept)
 	Token   []byte
+	Node    []byte // LOGIN_ACK: the node the session is on
 	ErrMsg  []byte
 	Offline []byte // raw JSON array of offlineMsg, nil or "[]" when none
 	msgEsc  bool   // Msg holds backslash escapes
@@ -76,6 +77,8 @@ func scanFrame(b []byte, f *frame) error {
 				f.Msg, f.msgEsc = b[vs:ve], esc
 			case "token":
 				f.Token = b[vs:ve]
+			case "node":
+				f.Node = b[vs:ve]
 			case "errmsg":
 				f.ErrMsg = b[vs:ve]
 			case "reqid":

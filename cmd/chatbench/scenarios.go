@@ -226,7 +226,7 @@ func (w *worker) tokenLogin(ctx context.Context, u *user, addr string, deadline 
 	c := newConn(nc)
 	w.receiveHooks(c)
 	c.start()
-	if _, err := c.login(ctx, u.id, "", u.token); err != nil {
+	if _, _, err := c.login(ctx, u.id, "", u.token); err != nil {
 		c.Close()
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,7 @@ type Config struct {
 	Baseline        bool          `json:"baseline"`
 	CompareBaseline bool          `json:"compare_baseline"`
 	KillPID         int           `json:"kill_pid,omitempty"`
+	CrossNode       bool          `json:"cross_node,omitempty"`
 	AckInterval     time.Duration `json:"ack_interval"`
 	ClientMsgID     bool          `json:"clientmsgid"`
 	Concurrency     int           `json:"concurrency"`
@@ -56,7 +58,8 @@ type user struct {
 	name  string
 	id    int64
 	token string
-	gid   int64 // group scenario: the user's group
+	node  string // the node LOGIN_ACK named ("" if none)
+	gid   int64  // group scenario: the user's group
 	c     *bconn
 }
 
@@ -74,6 +77,11 @@ type WorkerResult struct {
 	Connected     int          `json:"connected"`
 	ConnFailed    int          `json:"conn_failed"`
 	Dropped       int          `json:"dropped"` // open connections that ended by themselves
+	// chat: users per node as LOGIN_ACK named it, the sender-recipient
+	// pairs, and how many of them are on two different nodes
+	Nodes      map[string]int `json:"nodes,omitempty"`
+	Pairs      int            `json:"pairs,omitempty"`
+	CrossPairs int            `json:"cross_node_pairs,omitempty"`
 	// login storm
 	Stormed      int          `json:"stormed"`
 	Back         int          `json:"back"`
@@ -97,6 +105,7 @@ type worker struct {
 	ledger *Ledger
 	dial   *dialer
 	users  []*user
+	pairs  int // chat: users[i] sends to users[pairs+i], for i < pairs
 	res    WorkerResult
 
 	connected atomic.Int64
@@ -264,11 +273,11 @@ func (w *worker) connectUser(ctx context.Context, u *user, addr string, signup b
 func (w *worker) loginUser(ctx context.Context, u *user) error {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 	defer cancel()
-	tok, err := u.c.login(ctx, u.id, w.cfg.ChildPassword, "")
+	tok, node, err := u.c.login(ctx, u.id, w.cfg.ChildPassword, "")
 	if err != nil {
 		return fmt.Errorf("login %s: %w", u.name, hint(err))
 	}
-	u.token = tok
+	u.token, u.node = tok, node
 	w.connected.Add(1)
 	return nil
 }
@@ -329,7 +338,8 @@ func (w *worker) signupAndLogin(ctx context.Context, split int) error {
 	return err
 }
 
-// setupChat: users [0, n/2) send to users [n/2, n), sender i to n/2+i.
+// setupChat: users [0, n/2) send to users [n/2, n), sender i to n/2+i;
+// with CrossNode, each sender to a recipient on another node instead.
 func (w *worker) setupChat(ctx context.Context) error {
 	w.makeUsers(w.cfg.N - w.cfg.N%2)
 	if len(w.users) < 2 {
@@ -338,9 +348,76 @@ func (w *worker) setupChat(ctx context.Context) error {
 	if err := w.signupAndLogin(ctx, len(w.users)/2); err != nil {
 		return err
 	}
+	w.pairs = len(w.users) / 2
+	if w.cfg.CrossNode {
+		var err error
+		if w.users, w.pairs, err = crossNodePairs(w.users); err != nil {
+			return err
+		}
+	}
+	w.res.Nodes = map[string]int{}
+	for _, u := range w.users {
+		if u.node != "" {
+			w.res.Nodes[u.node]++
+		}
+	}
+	w.res.Pairs = w.pairs
+	for i, u := range w.users[:w.pairs] {
+		if r := w.users[w.pairs+i]; u.node != "" && r.node != "" && u.node != r.node {
+			w.res.CrossPairs++
+		}
+	}
 	w.res.Fanout = 1
 	w.startAcker()
 	return nil
+}
+
+// crossNodePairs orders logged-in users for the chat scenario so that, for
+// i < m, users[i] sends to users[m+i] and the two are on different nodes
+// (user.node, from LOGIN_ACK), as many pairs as the nodes' counts allow;
+// users without such a partner follow, idle. Pairs alternate direction, so
+// with two nodes about half the messages go each way.
+func crossNodePairs(users []*user) (ordered []*user, m int, err error) {
+	var order []string
+	byNode := map[string][]*user{}
+	for _, u := range users {
+		if u.node == "" {
+			return nil, 0, errors.New("-cross-node: the server did not name its node in LOGIN_ACK")
+		}
+		if byNode[u.node] == nil {
+			order = append(order, u.node)
+		}
+		byNode[u.node] = append(byNode[u.node], u)
+	}
+	if len(order) < 2 {
+		return nil, 0, fmt.Errorf("-cross-node: all %d users logged in on node %q; connect through nginx in front of the cluster, or list several nodes in -addr", len(users), order[0])
+	}
+	// The largest node first, then the others: a block of one node's users.
+	slices.SortStableFunc(order, func(a, b string) int { return len(byNode[b]) - len(byNode[a]) })
+	l := make([]*user, 0, len(users))
+	for _, n := range order {
+		l = append(l, byNode[n]...)
+	}
+	n, big := len(l), len(byNode[order[0]])
+	// No node has more than half the users: l[i] and l[i+n/2] are n/2
+	// apart, farther than any node's block is long. Otherwise the largest
+	// node's users partner everyone else, and the rest of them stay idle.
+	off := n / 2
+	if 2*big > n {
+		off = big
+	}
+	m = min(n/2, n-big)
+	senders, recipients := make([]*user, m), make([]*user, m)
+	for i := 0; i < m; i++ {
+		a, b := l[i], l[off+i]
+		if i%2 == 1 {
+			a, b = b, a
+		}
+		senders[i], recipients[i] = a, b
+	}
+	ordered = append(append(senders, recipients...), l[m:off]...)
+	ordered = append(ordered, l[off+m:]...)
+	return ordered, m, nil
 }
 
 // setupGroup: groups of GroupSize consecutive users; the first creates the
@@ -435,9 +512,8 @@ type sender struct {
 func (w *worker) senders() []*sender {
 	var ss []*sender
 	if w.cfg.Scenario == "chat" {
-		half := len(w.users) / 2
-		for i := 0; i < half; i++ {
-			ss = append(ss, &sender{c: w.users[i].c, to: w.users[half+i].id})
+		for i := 0; i < w.pairs; i++ {
+			ss = append(ss, &sender{c: w.users[i].c, to: w.users[w.pairs+i].id})
 		}
 	} else {
 		size := w.cfg.GroupSize
