@@ -66,6 +66,9 @@ func TestSignupAndLoginErrors(t *testing.T) {
 // by default the host name and the listen port (random hex for port 0).
 func TestLoginAckNode(t *testing.T) {
 	host, _ := os.Hostname()
+	if host == "" {
+		host = "node" // DefaultNodeID's stand-in
+	}
 	for _, nodeID := range []string{"chat7", ""} {
 		ts := startServer(t, func(c *conf.Config) { c.NodeID = nodeID })
 		c := ts.dial(client.Options{})

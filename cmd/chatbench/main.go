@@ -25,7 +25,9 @@
 //	         recipient, flat out (-inflight requests in flight each) or at
 //	         -rate messages/s in total, for -warmup + -duration; senders use
 //	         -addr, recipients -addr-recv, so a cluster run can make every
-//	         message cross nodes. -compare-baseline then runs the same load
+//	         message cross nodes. Through nginx, -cross-node does that
+//	         instead: it pairs each sender with a recipient that LOGIN_ACK
+//	         ("node") puts on another node. -compare-baseline then runs the same load
 //	         against a relay-server it starts (goroutine per connection,
 //	         nothing stored: see relay.go) and reports our delivered/s and
 //	         p99 beside its own.
@@ -138,8 +140,8 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	var addr, addrRecv, addrReconnect, pids string
 	fs.StringVar(&addr, "addr", "127.0.0.1:6000", "target address(es), comma-separated: a node or nginx")
 	fs.StringVar(&addrRecv, "addr-recv", "", "chat: recipients' address(es) (default -addr), e.g. another node")
-	fs.BoolVar(&cfg.CrossNode, "cross-node", false, "chat: pair each sender with a recipient that LOGIN_ACK puts on another node, e.g. with -addr nginx in front of a cluster; users left without one stay idle")
-	fs.IntVar(&cfg.N, "n", 1000, "users (chat: half send, half receive)")
+	fs.BoolVar(&cfg.CrossNode, "cross-node", false, "chat: pair each sender with a recipient that LOGIN_ACK puts on another node, e.g. with -addr nginx in front of a cluster; users left without one stay idle (with -procs, pairs within each process)")
+	fs.IntVar(&cfg.N, "n", 1000, "users (chat: half send, half receive, unless -cross-node leaves some idle)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measurement window (connect: hold time)")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "chat, group: sending before the window (not measured)")
 	fs.DurationVar(&cfg.Drain, "drain", 15*time.Second, "chat, group: wait at most this long for in-flight messages")

@@ -332,10 +332,10 @@ func (m *WorkerResult) merge(r WorkerResult) {
 	m.Connected += r.Connected
 	m.ConnFailed += r.ConnFailed
 	m.Dropped += r.Dropped
+	if m.Nodes == nil && len(r.Nodes) > 0 {
+		m.Nodes = map[string]int{}
+	}
 	for n, k := range r.Nodes {
-		if m.Nodes == nil {
-			m.Nodes = map[string]int{}
-		}
 		m.Nodes[n] += k
 	}
 	m.Pairs += r.Pairs

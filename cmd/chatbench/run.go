@@ -493,8 +493,9 @@ func runBaselineCompare(ctx context.Context, cfg Config, log io.Writer, rep *Rep
 
 // runRelayCompare runs the chat load of cfg once more against a
 // relay-server it starts: every user on the relay (it is one process, so
-// -addr-recv does not apply), created with SIGNUP, the same -rate, window
-// and message size. Our figures over the relay's go into rep.Relay.
+// -addr-recv does not apply), created with SIGNUP, the same -rate, window,
+// message size and number of senders (with -cross-node, the pairs our run
+// made). Our figures over the relay's go into rep.Relay.
 func runRelayCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report) error {
 	addr, pid, stop, err := startBaselineServer("relay-server", "relay baseline (goroutine per connection, nothing stored)", cfg.Quiet, log)
 	if err != nil {
@@ -504,6 +505,9 @@ func runRelayCompare(ctx context.Context, cfg Config, log io.Writer, rep *Report
 	bcfg := cfg
 	bcfg.Addrs, bcfg.RecvAddrs, bcfg.PIDs = []string{addr}, nil, []int{pid}
 	bcfg.BulkDB, bcfg.RedisBench, bcfg.CompareBaseline, bcfg.CrossNode = "", "", false, false
+	if cfg.CrossNode && rep.Pairs > 0 {
+		bcfg.N = 2 * rep.Pairs // as many senders as our run had pairs across nodes
+	}
 	var brep Report
 	if err := runTraffic(ctx, bcfg, log, &brep); err != nil {
 		return fmt.Errorf("relay baseline: %w", err)

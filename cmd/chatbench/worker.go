@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -378,27 +379,25 @@ func (w *worker) setupChat(ctx context.Context) error {
 // users without such a partner follow, idle. Pairs alternate direction, so
 // with two nodes about half the messages go each way.
 func crossNodePairs(users []*user) (ordered []*user, m int, err error) {
-	var order []string
-	byNode := map[string][]*user{}
+	count := map[string]int{}
 	for _, u := range users {
 		if u.node == "" {
 			return nil, 0, errors.New("-cross-node: the server did not name its node in LOGIN_ACK")
 		}
-		if byNode[u.node] == nil {
-			order = append(order, u.node)
+		count[u.node]++
+	}
+	if len(count) < 2 {
+		return nil, 0, fmt.Errorf("-cross-node: all %d users logged in on node %q; connect through nginx in front of the cluster, or list several nodes in -addr", len(users), users[0].node)
+	}
+	// Each node's users in one block, the largest node first.
+	l := slices.Clone(users)
+	slices.SortStableFunc(l, func(a, b *user) int {
+		if c := count[b.node] - count[a.node]; c != 0 {
+			return c
 		}
-		byNode[u.node] = append(byNode[u.node], u)
-	}
-	if len(order) < 2 {
-		return nil, 0, fmt.Errorf("-cross-node: all %d users logged in on node %q; connect through nginx in front of the cluster, or list several nodes in -addr", len(users), order[0])
-	}
-	// The largest node first, then the others: a block of one node's users.
-	slices.SortStableFunc(order, func(a, b string) int { return len(byNode[b]) - len(byNode[a]) })
-	l := make([]*user, 0, len(users))
-	for _, n := range order {
-		l = append(l, byNode[n]...)
-	}
-	n, big := len(l), len(byNode[order[0]])
+		return strings.Compare(a.node, b.node)
+	})
+	n, big := len(l), count[l[0].node]
 	// No node has more than half the users: l[i] and l[i+n/2] are n/2
 	// apart, farther than any node's block is long. Otherwise the largest
 	// node's users partner everyone else, and the rest of them stay idle.
