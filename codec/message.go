@@ -270,19 +270,17 @@ const (
 
 // LoginAck is the LOGIN_ACK (2) response to a successful login.
 type LoginAck struct {
-	MsgID  MsgID           `json:"msgid"`
-	ReqID  json.RawMessage `json:"reqid,omitempty"`
-	Errno  Errno           `json:"errno"`
-	ErrMsg string          `json:"errmsg"`
-	ID     UserID          `json:"id"`
-	Name   string          `json:"name"`
-	Token  string          `json:"token"`
-	// Node is the id of the node the session is on (chatserver -node-id),
-	// for logs, support and benchmarks; omitted when the server has none.
-	Node       string     `json:"node,omitempty"`
-	Friends    []Friend   `json:"friends"`
-	Groups     []Group    `json:"groups"`
-	OfflineMsg []Delivery `json:"offlineMsg"`
+	MsgID      MsgID           `json:"msgid"`
+	ReqID      json.RawMessage `json:"reqid,omitempty"`
+	Errno      Errno           `json:"errno"`
+	ErrMsg     string          `json:"errmsg"`
+	ID         UserID          `json:"id"`
+	Name       string          `json:"name"`
+	Token      string          `json:"token"`
+	Node       string          `json:"node,omitempty"` // the session's node (-node-id); omitted if none
+	Friends    []Friend        `json:"friends"`
+	Groups     []Group         `json:"groups"`
+	OfflineMsg []Delivery      `json:"offlineMsg"`
 }
 
 // Delivery is a message delivered to its recipient: ONE_CHAT (6) with ToID
