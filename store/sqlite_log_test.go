@@ -70,10 +70,17 @@ func TestSQLiteLogMerge(t *testing.T) {
 	}
 	bodies := map[codec.UserID][]string{}
 	sentAt := map[string]int64{}
+	// A third of the messages come from users[0], and half go to
+	// users[1]: each holds more rows in a frozen log than one commit's
+	// share, so their rows are copied over several commits.
+	sender := func(i int) codec.UserID {
+		if i%3 == 0 {
+			return users[0]
+		}
+		return users[i%len(users)]
+	}
 	send := func(i int) {
-		// Half the messages go to users[1]: it holds more rows in a
-		// frozen log than one commit's share, and is copied whole.
-		from, to := users[i%len(users)], users[(i*3+1)%len(users)]
+		from, to := sender(i), users[(i*3+1)%len(users)]
 		if i%2 == 0 {
 			to = users[1]
 		}
@@ -88,9 +95,67 @@ func TestSQLiteLogMerge(t *testing.T) {
 	}
 	// Every read must see each message once, also while a frozen log is
 	// copied range by range (some rows in a log and in inbox at once).
-	var midCopy, inBoth int
+	// No commit copies more than its share: one message appended, so
+	// 1*5/4 + MergeRows/8 = 3 rows of each log (logMerger.step), even
+	// of users[0] and users[1].
+	tableRows := func(table string) int {
+		var n int
+		if err := s.DB().Get(&n, "SELECT COUNT(*) FROM "+table); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	var midCopy, inBoth, midUser, midSender int
+	inboxBefore, sentBefore := tableRows("inbox"), tableRows("sent")
 	for i := range 300 {
 		send(i)
+		inboxNow, sentNow := tableRows("inbox"), tableRows("sent")
+		if inboxNow-inboxBefore > 3 || sentNow-sentBefore > 3 {
+			t.Fatalf("send %d: one commit copied %d inbox and %d sent rows, want at most 3 each",
+				i, inboxNow-inboxBefore, sentNow-sentBefore)
+		}
+		inboxBefore, sentBefore = inboxNow, sentNow
+		// The next range starts inside users[1]'s rows in the frozen log:
+		// some of them before it (copied), some from it on.
+		var pos struct {
+			Active int   `db:"active"`
+			Key    int64 `db:"from_key"`
+			Seq    int64 `db:"from_seq"`
+		}
+		if err := s.DB().Get(&pos, "SELECT active, from_key, from_seq FROM log_state WHERE name = 'inbox_log' AND merging"); err == nil &&
+			pos.Key == int64(users[1]) {
+			var before, from int
+			frozen := inboxLog.name(1 - pos.Active)
+			if err := s.DB().Get(&before, "SELECT COUNT(*) FROM "+frozen+" WHERE userid = ? AND seq < ?", pos.Key, pos.Seq); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DB().Get(&from, "SELECT COUNT(*) FROM "+frozen+" WHERE userid = ? AND seq >= ?", pos.Key, pos.Seq); err != nil {
+				t.Fatal(err)
+			}
+			if before > 0 && from > 0 {
+				midUser++
+			}
+		}
+		// Likewise inside users[0]'s keys in the frozen sent log.
+		var spos struct {
+			Active int    `db:"active"`
+			Key    int64  `db:"from_key"`
+			Cmid   string `db:"from_cmid"`
+		}
+		if err := s.DB().Get(&spos, "SELECT active, from_key, from_cmid FROM log_state WHERE name = 'sent_log' AND merging"); err == nil &&
+			spos.Key == int64(users[0]) {
+			var before, from int
+			frozen := sentLog.name(1 - spos.Active)
+			if err := s.DB().Get(&before, "SELECT COUNT(*) FROM "+frozen+" WHERE senderid = ? AND clientmsgid < ?", spos.Key, spos.Cmid); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.DB().Get(&from, "SELECT COUNT(*) FROM "+frozen+" WHERE senderid = ? AND clientmsgid >= ?", spos.Key, spos.Cmid); err != nil {
+				t.Fatal(err)
+			}
+			if before > 0 && from > 0 {
+				midSender++
+			}
+		}
 		var st struct {
 			Merging bool  `db:"merging"`
 			From    int64 `db:"from_key"`
@@ -113,8 +178,9 @@ func TestSQLiteLogMerge(t *testing.T) {
 			checkInboxes(t, s, bodies)
 		}
 	}
-	if midCopy == 0 || inBoth == 0 {
-		t.Fatalf("reads never happened mid-copy (%d) or with rows in a log and in inbox (%d)", midCopy, inBoth)
+	if midCopy == 0 || inBoth == 0 || midUser == 0 || midSender == 0 {
+		t.Fatalf("reads never happened mid-copy (%d), with rows in a log and in inbox (%d), or with users[1]'s rows (%d) or users[0]'s keys (%d) copied in part",
+			midCopy, inBoth, midUser, midSender)
 	}
 	if n := logRows(t, s, inboxLog); n >= 300 {
 		t.Fatalf("inbox logs hold %d rows: never emptied", n)
@@ -129,7 +195,7 @@ func TestSQLiteLogMerge(t *testing.T) {
 	for _, i := range []int{0, 1, 150, 298, 299} {
 		wg.Add(1)
 		cmid := fmt.Sprintf("c%d", i)
-		s.SendAsync(ctx, service.SendRequest{From: users[i%len(users)], FromName: "u", To: []codec.UserID{users[0]},
+		s.SendAsync(ctx, service.SendRequest{From: sender(i), FromName: "u", To: []codec.UserID{users[0]},
 			ToUser: users[0], Body: "retry", ClientMsgID: cmid, UnixMilli: 99999}, func(res service.SendResult, err error) {
 			defer wg.Done()
 			if err != nil || !res.Duplicate || res.UnixMilli != sentAt[cmid] {

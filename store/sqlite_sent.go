@@ -43,6 +43,9 @@ type sentMemory struct {
 type sentLogCopy struct {
 	keys    map[codec.UserID]map[string]int64 // created_ms by sender and clientmsgid
 	senders []codec.UserID                    // the senders in order, built for copying; nil when stale
+	// cmids holds senders' clientmsgids in order, sorted when a range
+	// first needs them; reset with senders.
+	cmids map[codec.UserID][]string
 }
 
 func newSentLogCopy() sentLogCopy {
@@ -116,7 +119,7 @@ func (m *sentMemory) appended(i int, rows []sentRow) {
 	for _, r := range rows {
 		l.add(r)
 	}
-	l.senders = nil
+	l.senders, l.cmids = nil, nil
 	m.gen = unknownGen
 }
 
@@ -131,24 +134,48 @@ func (m *sentMemory) sendersFrom(i int, from int64) []codec.UserID {
 	return l.senders[p:]
 }
 
-func (m *sentMemory) boundary(_ context.Context, _ txn, i int, from, quota int64) (int64, bool, error) {
-	var n int64 // rows before sender id
-	for _, id := range m.sendersFrom(i, from) {
-		if n += int64(len(m.logs[i].keys[id])); n > quota {
-			return int64(id), true, nil
+// cmidsFrom returns sender id's clientmsgids in log i in order, from the
+// first at from on if id is from's sender.
+func (m *sentMemory) cmidsFrom(i int, id codec.UserID, from logPos) []string {
+	l := &m.logs[i]
+	c, ok := l.cmids[id]
+	if !ok {
+		c = slices.Sorted(maps.Keys(l.keys[id])) // in sent's key order
+		if l.cmids == nil {
+			l.cmids = map[codec.UserID][]string{}
 		}
+		l.cmids[id] = c
 	}
-	return 0, false, nil
+	if int64(id) == from.Key {
+		p, _ := slices.BinarySearch(c, from.Cmid)
+		c = c[p:]
+	}
+	return c
 }
 
-func (m *sentMemory) copyRange(ctx context.Context, tx txn, i int, from, to int64, last bool) error {
+func (m *sentMemory) boundary(_ context.Context, _ txn, i int, from logPos, quota int64) (logPos, bool, error) {
+	n := quota // rows left before the boundary
+	for _, id := range m.sendersFrom(i, from.Key) {
+		c := m.cmidsFrom(i, id, from)
+		if int64(len(c)) > n {
+			return logPos{Key: int64(id), Cmid: c[n]}, true, nil
+		}
+		n -= int64(len(c))
+	}
+	return logPos{}, false, nil
+}
+
+func (m *sentMemory) copyRange(ctx context.Context, tx txn, i int, from, to logPos, last bool) error {
 	var rows []sentRow
-	for _, id := range m.sendersFrom(i, from) {
-		if !last && int64(id) >= to {
+	for _, id := range m.sendersFrom(i, from.Key) {
+		if !last && int64(id) > to.Key {
 			break
 		}
 		byID := m.logs[i].keys[id]
-		for _, cmid := range slices.Sorted(maps.Keys(byID)) { // in sent's key order
+		for _, cmid := range m.cmidsFrom(i, id, from) {
+			if !last && int64(id) == to.Key && cmid >= to.Cmid {
+				break
+			}
 			rows = append(rows, sentRow{dedupKey{id, cmid}, byID[cmid]})
 		}
 	}

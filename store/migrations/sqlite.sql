@@ -140,3 +140,9 @@ INSERT OR IGNORE INTO log_state (name) VALUES ('sent_log');
 DROP INDEX IF EXISTS sent_log0_key;
 DROP INDEX IF EXISTS sent_log1_key;
 ALTER TABLE log_state ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
+-- migration 5
+-- A frozen log is copied in ranges that end at a row, not at a user
+-- (store/sqlite_log.go logPos): where the next range starts within a
+-- user's rows.
+ALTER TABLE log_state ADD COLUMN from_seq INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE log_state ADD COLUMN from_cmid TEXT NOT NULL DEFAULT '';
