@@ -155,9 +155,12 @@ func (m *sentMemory) cmidsFrom(i int, id codec.UserID, from logPos) []string {
 
 func (m *sentMemory) boundary(_ context.Context, _ txn, i int, from logPos, quota int64) (logPos, bool, error) {
 	n := quota // rows left before the boundary
-	for _, id := range m.sendersFrom(i, from.Key) {
+	for j, id := range m.sendersFrom(i, from.Key) {
 		c := m.cmidsFrom(i, id, from)
 		if int64(len(c)) > n {
+			if j > 0 {
+				return logPos{Key: int64(id)}, true, nil // whole senders only
+			}
 			return logPos{Key: int64(id), Cmid: c[n]}, true, nil
 		}
 		n -= int64(len(c))

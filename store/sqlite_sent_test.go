@@ -163,3 +163,32 @@ func sendKey(t *testing.T, s *Store, a, b codec.UserID, cmid string, ms int64) s
 	}
 	return res
 }
+
+// TestSentMemoryRanges: a range takes whole senders while they fit in the
+// share, and cuts inside a sender only when it is the range's first and
+// has more keys than the share from there on.
+func TestSentMemoryRanges(t *testing.T) {
+	m := newSentMemory()
+	var rows []sentRow
+	for sender, keys := range map[codec.UserID][]string{1: {"a", "b"}, 2: {"a", "b", "c", "d", "e"}, 3: {"x"}} {
+		for _, k := range keys {
+			rows = append(rows, sentRow{key: dedupKey{sender, k}})
+		}
+	}
+	m.appended(0, rows)
+	steps := []struct {
+		from, to logPos
+		ok       bool
+	}{
+		{logStart, logPos{Key: 2}, true},                             // sender 1 whole; 2 does not fit after it
+		{logPos{Key: 2}, logPos{Key: 2, Cmid: "d"}, true},            // 2 alone is more than 3: cut inside it
+		{logPos{Key: 2, Cmid: "d"}, logPos{}, false},                 // d, e and sender 3: the last range
+		{logPos{Key: 2, Cmid: "b"}, logPos{Key: 2, Cmid: "e"}, true}, // from inside a sender
+	}
+	for _, st := range steps {
+		to, ok, err := m.boundary(context.Background(), nil, 0, st.from, 3)
+		if err != nil || ok != st.ok || to != st.to {
+			t.Errorf("boundary from %+v: %+v %v %v, want %+v %v", st.from, to, ok, err, st.to, st.ok)
+		}
+	}
+}
