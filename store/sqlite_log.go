@@ -29,11 +29,11 @@ import (
 // the next range of the frozen log (about as many rows as the commit
 // appended) into inbox or sent, sorted, so a user's leaf is dirtied once
 // for all the rows the user got meanwhile. A range takes whole users while
-// they fit in its share; only a user with more rows than that on their
-// own is cut at a row, and takes several commits, instead of making one
-// commit copy them all (at 26,000 msg/s between ten pairs, one user's
-// 3,300 rows a commit made every commit of the copy ~25 ms long, and p99
-// ~45 ms). When no row is left the frozen log is emptied at once (a
+// they fit in its share (a first user with up to twice the share whole).
+// Only a user with more than twice the share is cut at a row, and takes
+// several commits, instead of making one commit copy them all (at 26,000
+// msg/s between ten pairs, one user's 3,300 rows a commit made every
+// commit of the copy ~25 ms long, and p99 ~45 ms). When no row is left the frozen log is emptied at once (a
 // whole-table DELETE frees its pages without touching its index entry by
 // entry). A row is in a log, in its table, or for a while in both: readers
 // take the union (Store.Inbox; preparedWriter.dedup with sentMemory).
@@ -97,9 +97,11 @@ var logStart = logPos{Key: math.MinInt64, Seq: math.MinInt64}
 type rangeSource interface {
 	// boundary returns where the next range of frozen log i, from from
 	// on in key order, ends: at the start of the first key whose rows do
-	// not all fit in quota rows, or, if the range's first key alone has
-	// more than quota rows from from on, at the row quota rows on. ok is
-	// false when no row is quota rows on: the rest is the last range.
+	// not all fit in quota rows. If the range's first key alone has more
+	// than quota rows from from on, the range takes it whole when they
+	// are at most 2*quota, and otherwise ends at the row quota rows on.
+	// ok is false when no row is quota rows on: the rest is the last
+	// range.
 	boundary(ctx context.Context, tx txn, i int, from logPos, quota int64) (to logPos, ok bool, err error)
 	// copyRange copies frozen log i's rows from from up to (not
 	// including) to into the table, or all from from on when last.
@@ -119,17 +121,23 @@ var _ rangeSource = (*indexedLog)(nil)
 
 func (l *indexedLog) boundary(ctx context.Context, tx txn, i int, from logPos, quota int64) (logPos, bool, error) {
 	var (
-		b     logPos
-		first int64 // the range's first key
+		b      logPos
+		first  int64         // the range's first key
+		second sql.NullInt64 // the key of the row 2*quota rows on
 	)
-	err := tx.stmt(ctx, l.boundaryStmt[i]).QueryRowxContext(ctx, from.Key, from.Seq, from.Key, from.Seq, quota).Scan(&b.Key, &b.Seq, &first)
-	if errors.Is(err, sql.ErrNoRows) {
+	err := tx.stmt(ctx, l.boundaryStmt[i]).QueryRowxContext(ctx, from.Key, from.Seq, from.Key, from.Seq, 2*quota,
+		from.Key, from.Seq, quota).Scan(&first, &second, &b.Key, &b.Seq)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
 		return logPos{}, false, nil
+	case err != nil:
+		return logPos{}, false, err
+	case b.Key != first:
+		b.Seq = math.MinInt64 // whole keys only: end where b's key starts
+	case !second.Valid || second.Int64 != first:
+		b.Seq = math.MaxInt64 // the first key whole: end after its last row
 	}
-	if b.Key != first {
-		b.Seq = math.MinInt64 // whole keys only
-	}
-	return b, err == nil, err
+	return b, true, nil
 }
 
 func (l *indexedLog) copyRange(ctx context.Context, tx txn, i int, from, to logPos, last bool) error {
@@ -188,15 +196,16 @@ func newLogMerger(ctx context.Context, db preparer, l logSpec, target int64, eve
 		}
 		// Row values: the index is searched from a row on, not scanned.
 		pos := "(" + l.key + ", " + l.sub + ")"
+		indexed := " INDEXED BY " + log + "_" + l.idx
+		keyAt := "SELECT " + l.key + " FROM " + log + indexed + " WHERE " + pos + " >= (?, ?) ORDER BY " + l.order
 		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log +
-			" INDEXED BY " + log + "_" + l.idx + " WHERE " + pos + " >= (?, ?)"
+			indexed + " WHERE " + pos + " >= (?, ?)"
 		preps = append(preps,
-			// The place of the row after the next quota rows, and the key
-			// of the first, walking the index (left to itself the planner
-			// sorts the whole table).
-			prepStmt{&idx.boundaryStmt[i], "SELECT " + l.key + ", " + l.sub + ", (SELECT " + l.key + " FROM " + log +
-				" INDEXED BY " + log + "_" + l.idx + " WHERE " + pos + " >= (?, ?) ORDER BY " + l.order + " LIMIT 1) FROM " +
-				log + " INDEXED BY " + log + "_" + l.idx + " WHERE " + pos + " >= (?, ?) ORDER BY " + l.order + " LIMIT 1 OFFSET ?"},
+			// The key of the first row, the key of the row 2*quota rows on,
+			// and the place of the row quota rows on, walking the index
+			// (left to itself the planner sorts the whole table).
+			prepStmt{&idx.boundaryStmt[i], "SELECT (" + keyAt + " LIMIT 1), (" + keyAt + " LIMIT 1 OFFSET ?), " + l.key + ", " + l.sub +
+				" FROM " + log + indexed + " WHERE " + pos + " >= (?, ?) ORDER BY " + l.order + " LIMIT 1 OFFSET ?"},
 			// OR IGNORE only as a guard: each row is copied once.
 			prepStmt{&idx.merge[i], copyFrom + " AND " + pos + " < (?, ?) ORDER BY " + l.order},
 			prepStmt{&idx.mergeRest[i], copyFrom + " ORDER BY " + l.order})

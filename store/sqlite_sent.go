@@ -155,15 +155,22 @@ func (m *sentMemory) cmidsFrom(i int, id codec.UserID, from logPos) []string {
 
 func (m *sentMemory) boundary(_ context.Context, _ txn, i int, from logPos, quota int64) (logPos, bool, error) {
 	n := quota // rows left before the boundary
-	for j, id := range m.sendersFrom(i, from.Key) {
+	senders := m.sendersFrom(i, from.Key)
+	for j, id := range senders {
 		c := m.cmidsFrom(i, id, from)
-		if int64(len(c)) > n {
-			if j > 0 {
-				return logPos{Key: int64(id)}, true, nil // whole senders only
-			}
-			return logPos{Key: int64(id), Cmid: c[n]}, true, nil
+		if int64(len(c)) <= n {
+			n -= int64(len(c))
+			continue
 		}
-		n -= int64(len(c))
+		switch {
+		case j > 0:
+			return logPos{Key: int64(id)}, true, nil // whole senders only
+		case int64(len(c)) > 2*quota:
+			return logPos{Key: int64(id), Cmid: c[quota]}, true, nil
+		case j+1 < len(senders):
+			return logPos{Key: int64(senders[j+1])}, true, nil // the first sender whole
+		}
+		return logPos{}, false, nil // the first sender whole is the rest
 	}
 	return logPos{}, false, nil
 }

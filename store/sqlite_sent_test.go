@@ -121,7 +121,8 @@ func TestSentMemorySecondWriter(t *testing.T) {
 // two stores on the file, a gen written twice would let one of them keep a
 // stale copy and take a key in a frozen log for a new one.
 func TestSentMemoryFreezeWithoutKeys(t *testing.T) {
-	// MergeRows 8: a copy share of 1 row past what the commit appended.
+	// MergeRows 8: a copy share of 1 row past what the commit appended (a
+	// sender's keys whole up to twice that).
 	cfg := Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db"), MergeRows: 8, MergeInterval: 50 * time.Millisecond}
 	s1 := openStore(t, cfg)
 	s2 := openStore(t, cfg)
@@ -138,14 +139,15 @@ func TestSentMemoryFreezeWithoutKeys(t *testing.T) {
 	}
 	send(s2, "k2a", 3) // copies and empties k1's log, appends to the other
 	send(s2, "k2b", 3)
+	send(s2, "k2c", 3)
 	time.Sleep(60 * time.Millisecond)
-	if res := send(s2, "k2a", 4); !res.Duplicate { // no new key: freezes k2's log
+	if res := send(s2, "k2a", 4); !res.Duplicate { // no new key: freezes k2's log, copies k2a only
 		t.Fatalf("resend of k2a through the second store: %+v", res)
 	}
-	if n := logRows(t, s1, sentLog); n != 2 {
-		t.Fatalf("sent logs hold %d keys, want k2a and k2b, frozen", n)
+	if n := logRows(t, s1, sentLog); n != 3 {
+		t.Fatalf("sent logs hold %d keys, want k2a, k2b and k2c, frozen", n)
 	}
-	for _, k := range []string{"k2a", "k2b"} {
+	for _, k := range []string{"k2a", "k2b", "k2c"} {
 		if res := send(s1, k, 5); !res.Duplicate || res.UnixMilli != 3 {
 			t.Fatalf("resend of %s through the first store: %+v, want a duplicate of the send at 3", k, res)
 		}
@@ -165,14 +167,15 @@ func sendKey(t *testing.T, s *Store, a, b codec.UserID, cmid string, ms int64) s
 }
 
 // TestSentMemoryRanges: a range takes whole senders while they fit in the
-// share, and cuts inside a sender only when it is the range's first and
-// has more keys than the share from there on.
+// share (a first sender with up to twice the share whole), and cuts inside
+// a sender only when it is the range's first and has more than twice the
+// share from there on.
 func TestSentMemoryRanges(t *testing.T) {
 	m := newSentMemory()
 	var rows []sentRow
-	for sender, keys := range map[codec.UserID][]string{1: {"a", "b"}, 2: {"a", "b", "c", "d", "e"}, 3: {"x"}} {
+	for sender, keys := range map[codec.UserID]string{1: "ab", 2: "abcdefgh", 3: "x"} {
 		for _, k := range keys {
-			rows = append(rows, sentRow{key: dedupKey{sender, k}})
+			rows = append(rows, sentRow{key: dedupKey{sender, string(k)}})
 		}
 	}
 	m.appended(0, rows)
@@ -181,9 +184,11 @@ func TestSentMemoryRanges(t *testing.T) {
 		ok       bool
 	}{
 		{logStart, logPos{Key: 2}, true},                             // sender 1 whole; 2 does not fit after it
-		{logPos{Key: 2}, logPos{Key: 2, Cmid: "d"}, true},            // 2 alone is more than 3: cut inside it
-		{logPos{Key: 2, Cmid: "d"}, logPos{}, false},                 // d, e and sender 3: the last range
-		{logPos{Key: 2, Cmid: "b"}, logPos{Key: 2, Cmid: "e"}, true}, // from inside a sender
+		{logPos{Key: 2}, logPos{Key: 2, Cmid: "d"}, true},            // 2 alone is more than twice 3: cut inside it
+		{logPos{Key: 2, Cmid: "b"}, logPos{Key: 2, Cmid: "e"}, true}, // likewise from inside it
+		{logPos{Key: 2, Cmid: "d"}, logPos{Key: 3}, true},            // the rest of 2 (5 keys) whole
+		{logPos{Key: 2, Cmid: "f"}, logPos{Key: 3}, true},            // f, g, h fit; 3 does not fit after them
+		{logPos{Key: 3}, logPos{}, false},                            // the last range
 	}
 	for _, st := range steps {
 		to, ok, err := m.boundary(context.Background(), nil, 0, st.from, 3)
