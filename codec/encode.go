@@ -14,7 +14,7 @@ import (
 // client cannot tell which encoder ran, and FuzzEncodeMatchesJSON checks
 // it against encoding/json as Go builds it by default (not the jsonv2
 // experiment's emulation). encoding/json took ~5 % of a node's CPU flat
-// out (BENCHMARKS.md, "Changes in session 7").
+// out (docs/BENCHMARKS-history.md, "Changes in session 7").
 
 // appendAckFrame appends a's frame, and reports false (appending nothing)
 // if a's reqid is not a plain integer, which only encoding/json may

@@ -92,7 +92,7 @@ func Reject(errno codec.Errno, msg string) []byte {
 // read, when the commit queue has room, and a valid DELIVERED: the
 // requests that make up a chat's steady traffic. The server calls it on
 // an event loop, for a session none of whose requests is queued or
-// running, so it saves the hand-off to a worker (BENCHMARKS.md, "Changes
+// running, so it saves the hand-off to a worker (docs/BENCHMARKS-history.md, "Changes
 // in session 9").
 func (n *Node) HandleNow(s *Session, body []byte) bool {
 	uid, name := s.User()

@@ -25,7 +25,7 @@ import (
 // default: ~1,300 log pages flat out). Flat out a node appends ~16,000
 // log pages a second, so the log reached the 8,192-page threshold about
 // every half second, and with a copy once a second the writer did most of
-// the copying itself, ~30 % of its page writes (BENCHMARKS.md, "Changes
+// the copying itself, ~30 % of its page writes (docs/BENCHMARKS-history.md, "Changes
 // in session 10"). Copying on a fixed 100 ms tick instead re-copied the
 // hot pages (log state, inbox_state, the logs' tails) ten times a second
 // at low rates; counting rows keeps low rates at one copy an interval.

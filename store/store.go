@@ -83,7 +83,7 @@ type Config struct {
 	// that much lower, -20 at the lowest). Every send waits for that one
 	// writer, so when the cores are contended it should get one before
 	// per-connection work does: 10 levels gave ×1.03–1.18 flat out on
-	// the 2-core benchmark machine (BENCHMARKS.md, session 8). Nice values
+	// the 2-core benchmark machine (docs/BENCHMARKS-history.md, session 8). Nice values
 	// rank the threads of one cgroup (or autogroup) against each other,
 	// so this does not favour the node over other services. Lowering a
 	// nice value needs CAP_SYS_NICE (root usually has it) or an
