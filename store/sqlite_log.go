@@ -70,7 +70,7 @@ type logMerger struct {
 	// the last switch.
 	target int64
 	every  time.Duration
-	src    rangeSource // finds and copies the frozen log's key ranges
+	src    rangeSource // finds and copies the frozen log's ranges
 	// the state's read and write; per log table: the appends (one per
 	// chunk size) and the emptying
 	get, put *sqlx.Stmt
@@ -100,8 +100,9 @@ type rangeSource interface {
 	// not all fit in quota rows. If the range's first key alone has more
 	// than quota rows from from on, the range takes it whole when they
 	// are at most 2*quota, and otherwise ends at the row quota rows on.
-	// ok is false when no row is quota rows on: the rest is the last
-	// range.
+	// ok is false when at most quota rows are left from from on: the
+	// rest is the last range. (A range that ends after the log's last
+	// row may still come back ok; the next step then finds nothing.)
 	boundary(ctx context.Context, tx txn, i int, from logPos, quota int64) (to logPos, ok bool, err error)
 	// copyRange copies frozen log i's rows from from up to (not
 	// including) to into the table, or all from from on when last.
@@ -111,22 +112,21 @@ type rangeSource interface {
 }
 
 // indexedLog is the rangeSource of a log pair with an index on its key
-// and an integer sub: per log table, the next range's end and the range's
+// and an integer sub: per log table, the range's first key with the place
+// of the row quota rows on, the key of a row further on, and the range's
 // copy (to a row, or to the end).
 type indexedLog struct {
-	boundaryStmt, merge, mergeRest [2]*sqlx.Stmt
+	boundaryStmt, keyAt, merge, mergeRest [2]*sqlx.Stmt
 }
 
 var _ rangeSource = (*indexedLog)(nil)
 
 func (l *indexedLog) boundary(ctx context.Context, tx txn, i int, from logPos, quota int64) (logPos, bool, error) {
 	var (
-		b      logPos
-		first  int64         // the range's first key
-		second sql.NullInt64 // the key of the row 2*quota rows on
+		b     logPos
+		first int64 // the range's first key
 	)
-	err := tx.stmt(ctx, l.boundaryStmt[i]).QueryRowxContext(ctx, from.Key, from.Seq, from.Key, from.Seq, 2*quota,
-		from.Key, from.Seq, quota).Scan(&first, &second, &b.Key, &b.Seq)
+	err := tx.stmt(ctx, l.boundaryStmt[i]).QueryRowxContext(ctx, from.Key, from.Seq, from.Key, from.Seq, quota).Scan(&first, &b.Key, &b.Seq)
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return logPos{}, false, nil
@@ -134,8 +134,16 @@ func (l *indexedLog) boundary(ctx context.Context, tx txn, i int, from logPos, q
 		return logPos{}, false, err
 	case b.Key != first:
 		b.Seq = math.MinInt64 // whole keys only: end where b's key starts
-	case !second.Valid || second.Int64 != first:
+		return b, true, nil
+	}
+	// The first key has more than quota rows left: whole up to 2*quota.
+	var further int64
+	err = tx.stmt(ctx, l.keyAt[i]).QueryRowxContext(ctx, from.Key, from.Seq, 2*quota).Scan(&further)
+	switch {
+	case errors.Is(err, sql.ErrNoRows) || err == nil && further != first:
 		b.Seq = math.MaxInt64 // the first key whole: end after its last row
+	case err != nil:
+		return logPos{}, false, err
 	}
 	return b, true, nil
 }
@@ -154,11 +162,14 @@ type mergeState struct {
 	Active  int   `db:"active"`  // the log commits append to
 	Rows    int64 `db:"rows"`    // rows appended to it since it became active
 	Merging bool  `db:"merging"` // the other log is frozen and being copied
-	// The next range of the frozen log starts at this logPos (from_seq
-	// and from_cmid: migration 5).
+	// The next range of the frozen log starts at this logPos (from_seq,
+	// from_cmid and from_sub_key: migration 5). FromSubKey is the key
+	// FromSeq and FromCmid belong to: an older binary moves From on
+	// alone, and its position is then the start of From's rows (from).
 	From       int64  `db:"from_key"`
 	FromSeq    int64  `db:"from_seq"`
 	FromCmid   string `db:"from_cmid"`
+	FromSubKey int64  `db:"from_sub_key"`
 	SwitchedMS int64  `db:"switched_ms"` // when the logs last swapped roles (or the store opened)
 	// Gen is a random value drawn anew at every write of the row (every
 	// commit that appends to, freezes, copies or empties a log of the
@@ -168,17 +179,24 @@ type mergeState struct {
 	Gen int64 `db:"gen"`
 }
 
-func (st *mergeState) from() logPos { return logPos{st.From, st.FromSeq, st.FromCmid} }
+func (st *mergeState) from() logPos {
+	if st.FromSubKey != st.From {
+		return logPos{Key: st.From, Seq: math.MinInt64}
+	}
+	return logPos{st.From, st.FromSeq, st.FromCmid}
+}
 
-func (st *mergeState) setFrom(p logPos) { st.From, st.FromSeq, st.FromCmid = p.Key, p.Seq, p.Cmid }
+func (st *mergeState) setFrom(p logPos) {
+	st.From, st.FromSeq, st.FromCmid, st.FromSubKey = p.Key, p.Seq, p.Cmid, p.Key
+}
 
 // newLogMerger prepares the statements of pair l. src is where the frozen
-// log's key ranges come from; nil means l's key index (indexedLog).
+// log's ranges come from; nil means l's key index (indexedLog).
 func newLogMerger(ctx context.Context, db preparer, l logSpec, target int64, every time.Duration, src rangeSource) (*logMerger, error) {
 	m := &logMerger{table: l.table, target: target, every: every, src: src}
 	preps := []prepStmt{
-		{&m.get, "SELECT active, rows, merging, from_key, from_seq, from_cmid, switched_ms, gen FROM log_state WHERE name = '" + l.log + "'"},
-		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, from_seq = ?, from_cmid = ?, switched_ms = ?, gen = ? WHERE name = '" + l.log + "'"},
+		{&m.get, "SELECT active, rows, merging, from_key, from_seq, from_cmid, from_sub_key, switched_ms, gen FROM log_state WHERE name = '" + l.log + "'"},
+		{&m.put, "UPDATE log_state SET active = ?, rows = ?, merging = ?, from_key = ?, from_seq = ?, from_cmid = ?, from_sub_key = ?, switched_ms = ?, gen = ? WHERE name = '" + l.log + "'"},
 	}
 	var idx *indexedLog
 	if src == nil {
@@ -201,11 +219,12 @@ func newLogMerger(ctx context.Context, db preparer, l logSpec, target int64, eve
 		copyFrom := "INSERT OR IGNORE INTO " + l.table + " (" + l.cols + ") SELECT " + l.cols + " FROM " + log +
 			indexed + " WHERE " + pos + " >= (?, ?)"
 		preps = append(preps,
-			// The key of the first row, the key of the row 2*quota rows on,
-			// and the place of the row quota rows on, walking the index
-			// (left to itself the planner sorts the whole table).
-			prepStmt{&idx.boundaryStmt[i], "SELECT (" + keyAt + " LIMIT 1), (" + keyAt + " LIMIT 1 OFFSET ?), " + l.key + ", " + l.sub +
+			// The key of the first row and the place of the row quota rows
+			// on; the key of a row further on. Both walk the index (left to
+			// itself the planner sorts the whole table).
+			prepStmt{&idx.boundaryStmt[i], "SELECT (" + keyAt + " LIMIT 1), " + l.key + ", " + l.sub +
 				" FROM " + log + indexed + " WHERE " + pos + " >= (?, ?) ORDER BY " + l.order + " LIMIT 1 OFFSET ?"},
+			prepStmt{&idx.keyAt[i], keyAt + " LIMIT 1 OFFSET ?"},
 			// OR IGNORE only as a guard: each row is copied once.
 			prepStmt{&idx.merge[i], copyFrom + " AND " + pos + " < (?, ?) ORDER BY " + l.order},
 			prepStmt{&idx.mergeRest[i], copyFrom + " ORDER BY " + l.order})
@@ -273,7 +292,7 @@ func (m *logMerger) step(ctx context.Context, tx txn, appended int64, now time.T
 		// Every write of the state draws a new gen, whatever changed: a
 		// gen written twice could match a stale copy (sentMemory.verify).
 		st.Gen = rand.Int64()
-		if err := execRows(ctx, tx.stmt(ctx, m.put), int64(st.Active), st.Rows, st.Merging, st.From, st.FromSeq, st.FromCmid, st.SwitchedMS, st.Gen); err != nil {
+		if err := execRows(ctx, tx.stmt(ctx, m.put), int64(st.Active), st.Rows, st.Merging, st.From, st.FromSeq, st.FromCmid, st.FromSubKey, st.SwitchedMS, st.Gen); err != nil {
 			return fmt.Errorf("store: %s log state: %w", m.table, err)
 		}
 		m.st = st // as this attempt leaves it
@@ -297,7 +316,7 @@ func (s *Store) flushLogs(ctx context.Context) error {
 					return fmt.Errorf("store: flush %s: %w", l.name(i), err)
 				}
 			}
-			if _, err := tx.ExecContext(ctx, "UPDATE log_state SET active = 0, rows = 0, merging = 0, from_key = 0, from_seq = 0, from_cmid = '', switched_ms = ?, gen = ? WHERE name = ?",
+			if _, err := tx.ExecContext(ctx, "UPDATE log_state SET active = 0, rows = 0, merging = 0, from_key = 0, from_seq = 0, from_cmid = '', from_sub_key = 0, switched_ms = ?, gen = ? WHERE name = ?",
 				time.Now().UnixMilli(), rand.Int64(), l.log); err != nil {
 				return fmt.Errorf("store: flush %s: %w", l.log, err)
 			}

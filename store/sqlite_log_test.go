@@ -1,13 +1,17 @@
 package store
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jmoiron/sqlx"
 
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/service"
@@ -322,6 +326,116 @@ func TestSQLiteLogCrashLeftovers(t *testing.T) {
 			Body: "retry", ClientMsgID: k, UnixMilli: 100})
 		if err != nil || !res.Duplicate || res.UnixMilli != ms {
 			t.Fatalf("retry of %s: %+v %v, want a duplicate of the send at %d", k, res, err, ms)
+		}
+	}
+}
+
+// TestLogRanges walks random frozen logs range by range with random
+// shares, the same keys through an inbox log (indexedLog, SQL) and a sent
+// log (sentMemory): each range's copy adds as many rows as the range
+// holds (none copied twice), every row is copied, a range other than the
+// last is never empty nor more than twice its share, the last is at most
+// its share, and both sources cut the same ranges.
+func TestLogRanges(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, Config{DSN: "sqlite:" + filepath.Join(t.TempDir(), "chat.db")})
+	m, err := newLogMerger(ctx, s.db, inboxLog, 1<<20, time.Hour, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.close()
+	idx := m.src.(*indexedLog)
+	mem := newSentMemory()
+	closeMem, err := prepareAll(ctx, s.db, mem.preps())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeMem()
+	type row struct {
+		key, seq int64
+		cmid     string
+	}
+	inboxPos := func(r row) logPos { return logPos{Key: r.key, Seq: r.seq} }
+	sentPos := func(r row) logPos { return logPos{Key: r.key, Cmid: r.cmid} }
+	less := func(a, b logPos) bool {
+		return cmp.Or(cmp.Compare(a.Key, b.Key), cmp.Compare(a.Seq, b.Seq), cmp.Compare(a.Cmid, b.Cmid)) < 0
+	}
+	// in counts the rows from from on, up to to unless last.
+	in := func(rows []row, pos func(row) logPos, from, to logPos, last bool) int {
+		n := 0
+		for _, r := range rows {
+			if p := pos(r); !less(p, from) && (last || less(p, to)) {
+				n++
+			}
+		}
+		return n
+	}
+	count := func(tx *sqlx.Tx, table string) int {
+		var n int
+		if err := tx.Get(&n, "SELECT COUNT(*) FROM "+table); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	rng := rand.New(rand.NewPCG(13, 5))
+	for run := range 300 {
+		tx := s.DB().MustBeginTx(ctx, nil)
+		defer tx.Rollback() // if a check fails before the run's own Rollback
+		var rows []row
+		var keys []sentRow
+		for u := range rng.IntN(6) {
+			base := rng.Int64N(50)
+			for k := range rng.Int64N(20) {
+				r := row{int64(u+1) * 10, base + k, fmt.Sprintf("c%03d", base+k)}
+				rows = append(rows, r)
+				keys = append(keys, sentRow{key: dedupKey{codec.UserID(r.key), r.cmid}})
+				tx.MustExec("INSERT INTO inbox_log1 (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES (?, ?, 1, 1, 'a', ?, 0, 'm', 0)",
+					r.key, r.seq, r.key)
+			}
+		}
+		mem.cleared(1)
+		mem.appended(1, keys)
+		from, sfrom := logStart, logStart
+		copied := 0
+		for step := 0; ; step++ {
+			if step > len(rows)+2 {
+				t.Fatalf("run %d: no end after %d steps", run, step)
+			}
+			q := int64(1 + rng.IntN(6))
+			b, ok, err := idx.boundary(ctx, sqlTx{tx}, 1, from, q)
+			sb, sok, serr := mem.boundary(ctx, sqlTx{tx}, 1, sfrom, q)
+			if err != nil || serr != nil {
+				t.Fatal(err, serr)
+			}
+			n, sn := in(rows, inboxPos, from, b, !ok), in(rows, sentPos, sfrom, sb, !sok)
+			if ok != sok || n != sn {
+				t.Fatalf("run %d step %d, share %d: inbox range from %+v to %+v (%v) holds %d, sent from %+v to %+v (%v) %d",
+					run, step, q, from, b, ok, n, sfrom, sb, sok, sn)
+			}
+			if ok && (n == 0 || n > int(2*q)) || !ok && n > int(q) {
+				t.Fatalf("run %d step %d: a range of %d rows with share %d (last: %v)", run, step, n, q, !ok)
+			}
+			inboxBefore, sentBefore := count(tx, "inbox"), count(tx, "sent")
+			if err := idx.copyRange(ctx, sqlTx{tx}, 1, from, b, !ok); err != nil {
+				t.Fatal(err)
+			}
+			if err := mem.copyRange(ctx, sqlTx{tx}, 1, sfrom, sb, !sok); err != nil {
+				t.Fatal(err)
+			}
+			if a, b := count(tx, "inbox")-inboxBefore, count(tx, "sent")-sentBefore; a != n || b != n {
+				t.Fatalf("run %d step %d: a range of %d rows copied %d inbox rows and %d sent keys", run, step, n, a, b)
+			}
+			copied += n
+			if !ok {
+				break
+			}
+			from, sfrom = b, sb
+		}
+		if copied != len(rows) {
+			t.Fatalf("run %d: %d of %d rows copied", run, copied, len(rows))
+		}
+		if err := tx.Rollback(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

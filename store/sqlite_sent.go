@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sort"
 
@@ -14,7 +15,7 @@ import (
 
 // sentMemory is the writer's copy of the dedup keys in the two sent logs,
 // which have no index (SQLite migration 4 dropped it): dedup looks keys up
-// here before it asks sent, and a frozen log's key ranges are cut and
+// here before it asks sent, and a frozen log's ranges are cut and
 // copied from here. With an index on (senderid, clientmsgid) every
 // appended key dirtied a random leaf of it, one 4 KiB WAL frame each: 43
 // of the 70 frames of a 60-message commit. Without it an append dirties the
@@ -29,7 +30,9 @@ import (
 // or another process's writes to the file.
 //
 // It holds at most both logs' rows: MergeRows keys each (~100 bytes a key
-// with the map's overhead: ~6 MiB at the default), and none while idle.
+// with the map's overhead, and 16 more for a frozen log's keys sorted by
+// sender as its ranges need them: ~7 MiB at the default), and none while
+// idle.
 type sentMemory struct {
 	logs   [2]sentLogCopy
 	gen    int64     // the log_state.gen the copy goes with, or unknownGen
@@ -155,22 +158,25 @@ func (m *sentMemory) cmidsFrom(i int, id codec.UserID, from logPos) []string {
 
 func (m *sentMemory) boundary(_ context.Context, _ txn, i int, from logPos, quota int64) (logPos, bool, error) {
 	n := quota // rows left before the boundary
-	senders := m.sendersFrom(i, from.Key)
-	for j, id := range senders {
-		c := m.cmidsFrom(i, id, from)
-		if int64(len(c)) <= n {
-			n -= int64(len(c))
-			continue
+	for j, id := range m.sendersFrom(i, from.Key) {
+		var c []string // the first sender's keys from from on
+		left := int64(len(m.logs[i].keys[id]))
+		if j == 0 {
+			c = m.cmidsFrom(i, id, from)
+			left = int64(len(c))
 		}
 		switch {
+		case left <= n:
+			n -= left
 		case j > 0:
 			return logPos{Key: int64(id)}, true, nil // whole senders only
-		case int64(len(c)) > 2*quota:
+		case left > 2*quota:
 			return logPos{Key: int64(id), Cmid: c[quota]}, true, nil
-		case j+1 < len(senders):
-			return logPos{Key: int64(senders[j+1])}, true, nil // the first sender whole
+		case int64(id) < math.MaxInt64:
+			return logPos{Key: int64(id) + 1}, true, nil // the first sender whole
+		default:
+			return logPos{}, false, nil
 		}
-		return logPos{}, false, nil // the first sender whole is the rest
 	}
 	return logPos{}, false, nil
 }

@@ -173,7 +173,7 @@ func sendKey(t *testing.T, s *Store, a, b codec.UserID, cmid string, ms int64) s
 func TestSentMemoryRanges(t *testing.T) {
 	m := newSentMemory()
 	var rows []sentRow
-	for sender, keys := range map[codec.UserID]string{1: "ab", 2: "abcdefgh", 3: "x"} {
+	for sender, keys := range map[codec.UserID]string{1: "ab", 2: "abcdefgh", 3: "x", 4: "vwxyz"} {
 		for _, k := range keys {
 			rows = append(rows, sentRow{key: dedupKey{sender, string(k)}})
 		}
@@ -185,10 +185,13 @@ func TestSentMemoryRanges(t *testing.T) {
 	}{
 		{logStart, logPos{Key: 2}, true},                             // sender 1 whole; 2 does not fit after it
 		{logPos{Key: 2}, logPos{Key: 2, Cmid: "d"}, true},            // 2 alone is more than twice 3: cut inside it
-		{logPos{Key: 2, Cmid: "b"}, logPos{Key: 2, Cmid: "e"}, true}, // likewise from inside it
-		{logPos{Key: 2, Cmid: "d"}, logPos{Key: 3}, true},            // the rest of 2 (5 keys) whole
+		{logPos{Key: 2, Cmid: "b"}, logPos{Key: 2, Cmid: "e"}, true}, // likewise from inside it (7 keys left)
+		{logPos{Key: 2, Cmid: "c"}, logPos{Key: 3}, true},            // 6 keys left, twice 3: whole
 		{logPos{Key: 2, Cmid: "f"}, logPos{Key: 3}, true},            // f, g, h fit; 3 does not fit after them
-		{logPos{Key: 3}, logPos{}, false},                            // the last range
+		{logPos{Key: 3}, logPos{Key: 4}, true},                       // 3 fits, 4 does not after it
+		{logPos{Key: 4}, logPos{Key: 5}, true},                       // 4 whole (5 keys), the end of the log
+		{logPos{Key: 4, Cmid: "x"}, logPos{}, false},                 // 3 keys left: the last range
+		{logPos{Key: 5}, logPos{}, false},
 	}
 	for _, st := range steps {
 		to, ok, err := m.boundary(context.Background(), nil, 0, st.from, 3)

@@ -72,7 +72,7 @@ type Config struct {
 	CheckpointRows int
 	// MergeRows (SQLite) is how many one-to-one messages (and dedup keys)
 	// collect in the append-only logs before they are merged into the
-	// per-user tables, a key range per commit; default 32768. More rows
+	// per-user tables, a range per commit; default 32768. More rows
 	// per user per merge dirty fewer pages per message.
 	MergeRows int
 	// MergeInterval (SQLite) merges the logs at least this often when they

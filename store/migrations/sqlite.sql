@@ -141,8 +141,9 @@ DROP INDEX IF EXISTS sent_log0_key;
 DROP INDEX IF EXISTS sent_log1_key;
 ALTER TABLE log_state ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
 -- migration 5
--- A frozen log is copied in ranges that end at a row, not at a user
--- (store/sqlite_log.go logPos): where the next range starts within a
--- user's rows.
+-- A frozen log is copied in ranges that may end inside a user's rows
+-- (store/sqlite_log.go logPos): where the next range starts within the
+-- rows of user from_sub_key.
 ALTER TABLE log_state ADD COLUMN from_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE log_state ADD COLUMN from_cmid TEXT NOT NULL DEFAULT '';
+ALTER TABLE log_state ADD COLUMN from_sub_key INTEGER NOT NULL DEFAULT 0;
