@@ -439,3 +439,18 @@ func TestLogRanges(t *testing.T) {
 		}
 	}
 }
+
+// TestMergeStateFrom: a position inside a user's rows holds only while
+// from_sub_key names that user; an older binary moves from_key on alone,
+// and the position is then the start of from_key's rows.
+func TestMergeStateFrom(t *testing.T) {
+	var st mergeState
+	st.setFrom(logPos{Key: 7, Seq: 37, Cmid: "c37"})
+	if got := st.from(); got != (logPos{Key: 7, Seq: 37, Cmid: "c37"}) {
+		t.Fatalf("from %+v", got)
+	}
+	st.From = 9 // as an older binary leaves it
+	if got := st.from(); got != (logPos{Key: 9, Seq: math.MinInt64}) {
+		t.Fatalf("from after an older binary: %+v, want the start of 9", got)
+	}
+}
