@@ -55,6 +55,21 @@ func checkInboxes(t *testing.T, s *Store, bodies map[codec.UserID][]string) {
 	}
 }
 
+// splitAt reports whether the frozen log of pair l (the active one is
+// active) holds rows of key both before sub and from sub on.
+func splitAt(t *testing.T, s *Store, l logSpec, active int, key int64, sub any) bool {
+	t.Helper()
+	var before, from int
+	q := "SELECT COUNT(*) FROM " + l.name(1-active) + " WHERE " + l.key + " = ? AND " + l.sub
+	if err := s.DB().Get(&before, q+" < ?", key, sub); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DB().Get(&from, q+" >= ?", key, sub); err != nil {
+		t.Fatal(err)
+	}
+	return before > 0 && from > 0
+}
+
 // TestSQLiteLogMerge sends through many small commits with a tiny merge
 // threshold, so rows sit in the logs, in a frozen log being merged, in the
 // tables, and in both: every read in between must see each message once,
@@ -120,46 +135,22 @@ func TestSQLiteLogMerge(t *testing.T) {
 				i, inboxNow-inboxBefore, sentNow-sentBefore)
 		}
 		inboxBefore, sentBefore = inboxNow, sentNow
-		// The next range starts inside users[1]'s rows in the frozen log:
-		// some of them before it (copied), some from it on.
+		// The next range starts inside users[1]'s rows in the frozen inbox
+		// log, or inside users[0]'s keys in the frozen sent log.
 		var pos struct {
-			Active int   `db:"active"`
-			Key    int64 `db:"from_key"`
-			Seq    int64 `db:"from_seq"`
-		}
-		if err := s.DB().Get(&pos, "SELECT active, from_key, from_seq FROM log_state WHERE name = 'inbox_log' AND merging"); err == nil &&
-			pos.Key == int64(users[1]) {
-			var before, from int
-			frozen := inboxLog.name(1 - pos.Active)
-			if err := s.DB().Get(&before, "SELECT COUNT(*) FROM "+frozen+" WHERE userid = ? AND seq < ?", pos.Key, pos.Seq); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.DB().Get(&from, "SELECT COUNT(*) FROM "+frozen+" WHERE userid = ? AND seq >= ?", pos.Key, pos.Seq); err != nil {
-				t.Fatal(err)
-			}
-			if before > 0 && from > 0 {
-				midUser++
-			}
-		}
-		// Likewise inside users[0]'s keys in the frozen sent log.
-		var spos struct {
 			Active int    `db:"active"`
 			Key    int64  `db:"from_key"`
+			Seq    int64  `db:"from_seq"`
 			Cmid   string `db:"from_cmid"`
 		}
-		if err := s.DB().Get(&spos, "SELECT active, from_key, from_cmid FROM log_state WHERE name = 'sent_log' AND merging"); err == nil &&
-			spos.Key == int64(users[0]) {
-			var before, from int
-			frozen := sentLog.name(1 - spos.Active)
-			if err := s.DB().Get(&before, "SELECT COUNT(*) FROM "+frozen+" WHERE senderid = ? AND clientmsgid < ?", spos.Key, spos.Cmid); err != nil {
-				t.Fatal(err)
-			}
-			if err := s.DB().Get(&from, "SELECT COUNT(*) FROM "+frozen+" WHERE senderid = ? AND clientmsgid >= ?", spos.Key, spos.Cmid); err != nil {
-				t.Fatal(err)
-			}
-			if before > 0 && from > 0 {
-				midSender++
-			}
+		const state = "SELECT active, from_key, from_seq, from_cmid FROM log_state WHERE merging AND name = ?"
+		if err := s.DB().Get(&pos, state, inboxLog.log); err == nil && pos.Key == int64(users[1]) &&
+			splitAt(t, s, inboxLog, pos.Active, pos.Key, pos.Seq) {
+			midUser++
+		}
+		if err := s.DB().Get(&pos, state, sentLog.log); err == nil && pos.Key == int64(users[0]) &&
+			splitAt(t, s, sentLog, pos.Active, pos.Key, pos.Cmid) {
+			midSender++
 		}
 		var st struct {
 			Merging bool  `db:"merging"`
