@@ -10,11 +10,11 @@ import (
 // delivery, are encoded here without reflection; Marshal uses these and
 // falls back to encoding/json for everything else. The output is byte for
 // byte what encoding/json writes for the same value (field order,
-// omitempty, HTML-safe string escaping, invalid UTF-8 as \ufffd): a
-// client cannot tell which encoder ran, and FuzzEncodeMatchesJSON checks
-// it against encoding/json as Go builds it by default (not the jsonv2
-// experiment's emulation). encoding/json took ~5 % of a node's CPU flat
-// out (docs/BENCHMARKS-history.md, "Changes in session 7").
+// omitempty, HTML-safe string escaping, invalid UTF-8 as \ufffd): a client
+// cannot tell which encoder ran, and FuzzEncodeMatchesJSON checks it
+// against encoding/json as Go builds it by default (not the jsonv2
+// experiment's emulation). encoding/json took ~5 % of a node's CPU flat out
+// (docs/BENCHMARKS-history.md, "Changes in session 7").
 
 // appendAckFrame appends a's frame, and reports false (appending nothing)
 // if a's reqid is not a plain integer, which only encoding/json may

@@ -10,9 +10,9 @@ import (
 // calls (Config.RequestTimeout). Requests that start within the same window
 // share one context instead of each making its own. A context.WithTimeout
 // per request (one for Handle, one for a send's enqueue) allocated a
-// context and a runtime timer for every chat message, ~4 % of a node's
-// CPU flat out (docs/BENCHMARKS-history.md, "Changes in session 7"); a shared one costs
-// one per window.
+// context and a runtime timer for every chat message, ~4 % of a node's CPU
+// flat out (docs/BENCHMARKS-history.md, "Changes in session 7"); a shared
+// one costs one per window.
 //
 // Every request gets at least timeout and at most timeout + window. A
 // shared context is never cancelled before its deadline, so whoever holds

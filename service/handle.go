@@ -85,15 +85,15 @@ func Reject(errno codec.Errno, msg string) []byte {
 	return codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, Errno: errno, ErrMsg: msg})
 }
 
-// HandleNow runs one request frame of session s if it can without
-// blocking, and reports whether it did; when it did not, it did nothing,
-// and the caller hands the frame to Handle. It runs a chat message whose
-// recipient (a user, or a group the sender is in) is known without a store
-// read, when the commit queue has room, and a valid DELIVERED: the
-// requests that make up a chat's steady traffic. The server calls it on
-// an event loop, for a session none of whose requests is queued or
-// running, so it saves the hand-off to a worker (docs/BENCHMARKS-history.md, "Changes
-// in session 9").
+// HandleNow runs one request frame of session s if it can without blocking,
+// and reports whether it did; when it did not, it did nothing, and the
+// caller hands the frame to Handle. It runs a chat message whose recipient
+// (a user, or a group the sender is in) is known without a store read, when
+// the commit queue has room, and a valid DELIVERED: the requests that make
+// up a chat's steady traffic. The server calls it on an event loop, for a
+// session none of whose requests is queued or running, so it saves the
+// hand-off to a worker (docs/BENCHMARKS-history.md, "Changes in session
+// 9").
 func (n *Node) HandleNow(s *Session, body []byte) bool {
 	uid, name := s.User()
 	if uid == 0 {

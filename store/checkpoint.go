@@ -20,15 +20,16 @@ import (
 // long, the writer finishes the copy itself, which is then mostly done
 // already, and the log starts over.
 //
-// It copies at least once an interval (1 s by default), and sooner once
-// the writer has committed a number of rows since the last copy (4,096 by
-// default: ~1,300 log pages flat out). Flat out a node appends ~16,000
-// log pages a second, so the log reached the 8,192-page threshold about
-// every half second, and with a copy once a second the writer did most of
-// the copying itself, ~30 % of its page writes (docs/BENCHMARKS-history.md, "Changes
-// in session 10"). Copying on a fixed 100 ms tick instead re-copied the
-// hot pages (log state, inbox_state, the logs' tails) ten times a second
-// at low rates; counting rows keeps low rates at one copy an interval.
+// It copies at least once an interval (1 s by default), and sooner once the
+// writer has committed a number of rows since the last copy (4,096 by
+// default: ~1,300 log pages flat out). Flat out a node appends ~16,000 log
+// pages a second, so the log reached the 8,192-page threshold about every
+// half second, and with a copy once a second the writer did most of the
+// copying itself, ~30 % of its page writes (docs/BENCHMARKS-history.md,
+// "Changes in session 10"). Copying on a fixed 100 ms tick instead
+// re-copied the hot pages (log state, inbox_state, the logs' tails) ten
+// times a second at low rates; counting rows keeps low rates at one copy an
+// interval.
 type checkpointer struct {
 	s     *Store
 	every time.Duration // the longest wait between copies

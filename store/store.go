@@ -82,14 +82,14 @@ type Config struct {
 	// commit's thread runs above the rest of the process (its nice value
 	// that much lower, -20 at the lowest). Every send waits for that one
 	// writer, so when the cores are contended it should get one before
-	// per-connection work does: 10 levels gave ×1.03–1.18 flat out on
-	// the 2-core benchmark machine (docs/BENCHMARKS-history.md, session 8). Nice values
-	// rank the threads of one cgroup (or autogroup) against each other,
-	// so this does not favour the node over other services. Lowering a
-	// nice value needs CAP_SYS_NICE (root usually has it) or an
+	// per-connection work does: 10 levels gave ×1.03–1.18 flat out on the
+	// 2-core benchmark machine (docs/BENCHMARKS-history.md, session 8).
+	// Nice values rank the threads of one cgroup (or autogroup) against
+	// each other, so this does not favour the node over other services.
+	// Lowering a nice value needs CAP_SYS_NICE (root usually has it) or an
 	// RLIMIT_NICE that allows it (systemd: LimitNICE=); without them the
-	// writer goes as far as RLIMIT_NICE allows, and Open logs what it
-	// got. Default 10; negative leaves the thread alone.
+	// writer goes as far as RLIMIT_NICE allows, and Open logs what it got.
+	// Default 10; negative leaves the thread alone.
 	WriterPriority int
 	// Logger receives store events; default slog.Default().
 	Logger *slog.Logger

@@ -40,11 +40,11 @@ var (
 // execRows runs st, a statement that returns no rows (no RETURNING), with
 // args, through Query rather than Exec. mattn's Query binds every argument
 // and takes the first step in one cgo call; its Exec makes one call per
-// argument, nine per inbox row (docs/BENCHMARKS-history.md, "Changes in session 10").
-// Both SQLite drivers take that first step in Query, which runs such a
-// statement to its end; draining and closing the rows resets it. It is
-// for the SQLite writer's statements, which only the writer goroutine
-// runs.
+// argument, nine per inbox row (docs/BENCHMARKS-history.md, "Changes in
+// session 10"). Both SQLite drivers take that first step in Query, which
+// runs such a statement to its end; draining and closing the rows resets
+// it. It is for the SQLite writer's statements, which only the writer
+// goroutine runs.
 func execRows(ctx context.Context, st *sqlx.Stmt, args ...any) error {
 	rows, err := st.QueryContext(ctx, args...)
 	if err != nil {
@@ -60,13 +60,13 @@ func execRows(ctx context.Context, st *sqlx.Stmt, args ...any) error {
 
 // writerConn is the SQLite writer's connection, held for the life of the
 // store, with the statements prepared on it. It runs each commit between
-// BEGIN IMMEDIATE and COMMIT itself instead of through a database/sql Tx:
-// a Tx watches its context with a goroutine of its own, and every query
-// run in it with one more (database/sql makes a Tx's context cancellable,
-// and watches it even when the caller's is not). At 10,000 msg/s that was
-// ~3,000 goroutines a second, each queued twice on the writer's P, ahead
-// of the post-commit work (docs/BENCHMARKS-history.md, "Changes in session 9"). Only
-// the writer goroutine uses it.
+// BEGIN IMMEDIATE and COMMIT itself instead of through a database/sql Tx: a
+// Tx watches its context with a goroutine of its own, and every query run
+// in it with one more (database/sql makes a Tx's context cancellable, and
+// watches it even when the caller's is not). At 10,000 msg/s that was
+// ~3,000 goroutines a second, each queued twice on the writer's P, ahead of
+// the post-commit work (docs/BENCHMARKS-history.md, "Changes in session
+// 9"). Only the writer goroutine uses it.
 type writerConn struct {
 	db     *sqlx.DB
 	conn   *sqlx.Conn

@@ -18,7 +18,8 @@ import (
 // front of the group-commit writer and the event loop. At 400 it collects a
 // fifth as often: one SQLite node flat out delivered 42,753 msg/s instead
 // of 37,740, and p99 at 17,000 msg/s was 165 ms instead of 225, for ~80 MiB
-// more resident at peak (docs/BENCHMARKS-history.md, "Changes in session 7").
+// more resident at peak (docs/BENCHMARKS-history.md, "Changes in session
+// 7").
 const defaultGCPercent = 400
 
 // gcSettings is the GOGC and the soft memory limit a node runs with. An
