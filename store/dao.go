@@ -154,11 +154,7 @@ func (s *Store) AddFriend(ctx context.Context, a, b codec.UserID) error {
 
 // Friends implements service.Store.
 func (s *Store) Friends(ctx context.Context, id codec.UserID) ([]service.Member, error) {
-	m, _, err := s.friends.get(ctx, id)
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	return m, nil
+	return s.friends.value(ctx, id)
 }
 
 // fetchFriends is the friend lists' readBatcher fetch.
@@ -268,11 +264,7 @@ func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec
 
 // UserGroups implements service.Store.
 func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Group, error) {
-	gs, _, err := s.groups.get(ctx, uid)
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	return gs, nil
+	return s.groups.value(ctx, uid)
 }
 
 // fetchUserGroups is the group lists' readBatcher fetch: each user's groups
@@ -395,8 +387,8 @@ func (s *Store) GroupLog(ctx context.Context, gid codec.GroupID, after codec.Seq
 
 // InboxState implements service.Store.
 func (s *Store) InboxState(ctx context.Context, uid codec.UserID) (last, acked codec.Seq, err error) {
-	st, _, err := s.inboxStates.get(ctx, uid) // no row: 0, 0
-	return st[0], st[1], unavailable(err)
+	st, err := s.inboxStates.value(ctx, uid) // no row: 0, 0
+	return st[0], st[1], err
 }
 
 // fetchInboxStates is the inbox states' readBatcher fetch: last and acked

@@ -74,6 +74,17 @@ func (b *readBatcher[K, V]) get(ctx context.Context, key K) (V, bool, error) {
 	}
 }
 
+// value is get for reads where a key without a row has the zero value,
+// with the error as the store returns it (unavailable): zero on error.
+func (b *readBatcher[K, V]) value(ctx context.Context, key K) (V, error) {
+	v, _, err := b.get(ctx, key)
+	if err != nil {
+		var zero V
+		return zero, unavailable(err)
+	}
+	return v, nil
+}
+
 // drain fetches batches until the queue is empty.
 func (b *readBatcher[K, V]) drain() {
 	for b.fetchQueued() {
