@@ -161,7 +161,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&cfg.CompareBaseline, "compare-baseline", false, "connect: also measure a baseline-server started by chatbench, report the ratio; chat: also run the same load against a relay-server started by chatbench")
 	fs.IntVar(&cfg.KillPID, "kill-pid", 0, "login: SIGKILL this node instead of closing the connections")
 	fs.StringVar(&addrReconnect, "reconnect-addr", "", "login: address(es) users log back in at (default each user's own), tried in turn after a failed attempt, e.g. the surviving node")
-	fs.DurationVar(&cfg.AckInterval, "ack-interval", 100*time.Millisecond, "coalesce DELIVERED acks per connection this often (0: after every read)")
+	fs.DurationVar(&cfg.AckInterval, "ack-interval", 100*time.Millisecond, "send each connection's coalesced DELIVERED this often, the connections spread over the interval (0: after every read)")
 	fs.BoolVar(&cfg.ClientMsgID, "clientmsgid", true, "send a clientmsgid with every message, as the Go client does")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 64, "parallel sign-ups and logins during setup")
 	fs.DurationVar(&cfg.Timeout, "timeout", 30*time.Second, "per-request timeout during setup; login storm deadline")

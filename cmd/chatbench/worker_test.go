@@ -1,9 +1,15 @@
 package main
 
 import (
+	"bufio"
+	"io"
+	"net"
 	"slices"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/chatcluster/chatcluster/codec"
 )
 
 func TestCrossNodePairs(t *testing.T) {
@@ -59,4 +65,84 @@ func TestCrossNodePairs(t *testing.T) {
 	if _, _, err := crossNodePairs(mk("a", "", "b", "b")); err == nil {
 		t.Error("a user without a node was paired")
 	}
+}
+
+// TestAckTurns checks that the acker spreads the connections' DELIVERED
+// over its turns: each turn sends those of its own connections only, and
+// one round of turns sends every pending one exactly once.
+func TestAckTurns(t *testing.T) {
+	const n = 2*ackSlices + 7
+	w := newWorker(Config{Scenario: "chat", AckInterval: time.Hour})
+	got := make(chan int, 4*n)
+	for i := range n {
+		cl, srv := net.Pipe()
+		t.Cleanup(func() { _ = cl.Close(); _ = srv.Close() })
+		c := newConn(cl)
+		c.lastSeq.Store(int64(100 + i))
+		w.users = append(w.users, &user{idx: i, c: c})
+		go func() {
+			br := bufio.NewReader(srv)
+			for {
+				var hdr [codec.HeaderLen]byte
+				if _, err := io.ReadFull(br, hdr[:]); err != nil {
+					return
+				}
+				body := make([]byte, codec.FrameLen(hdr[:]))
+				if _, err := io.ReadFull(br, body); err != nil {
+					return
+				}
+				req, err := codec.ParseRequest(body)
+				if err != nil || req.MsgID != codec.MsgDelivered || req.Seq == nil || *req.Seq != int64(100+i) {
+					t.Errorf("user %d sent %s", i, body)
+				}
+				got <- i
+			}
+		}()
+	}
+	// take waits for want DELIVERED frames and then makes sure no more come.
+	take := func(want int) []int {
+		t.Helper()
+		var us []int
+		for len(us) < want {
+			select {
+			case u := <-got:
+				us = append(us, u)
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%d DELIVERED of %d: %v", len(us), want, us)
+			}
+		}
+		select {
+		case u := <-got:
+			t.Fatalf("unexpected DELIVERED from user %d after %v", u, us)
+		case <-time.After(20 * time.Millisecond):
+		}
+		return us
+	}
+	seen := map[int]int{}
+	for turn := range ackSlices {
+		want := 0
+		for i := turn; i < n; i += ackSlices {
+			want++
+		}
+		w.ackTurn(turn)
+		for _, u := range take(want) {
+			if u%ackSlices != turn {
+				t.Errorf("turn %d sent user %d's DELIVERED", turn, u)
+			}
+			seen[u]++
+		}
+	}
+	if len(seen) != n {
+		t.Fatalf("one round of turns acked %d of %d users", len(seen), n)
+	}
+	for u, k := range seen {
+		if k != 1 {
+			t.Errorf("user %d acked %d times in one round", u, k)
+		}
+	}
+	// Nothing new: a second round sends nothing.
+	for turn := range ackSlices {
+		w.ackTurn(turn)
+	}
+	take(0)
 }
