@@ -128,10 +128,25 @@ func checkTraffic(t *testing.T, rep *Report, fanout int64) {
 	}
 }
 
+// checkSeconds checks a traffic report's seconds: at least one, each with
+// latencies no higher than the run's highest.
+func checkSeconds(t *testing.T, tr *TrafficReport) {
+	t.Helper()
+	if len(tr.Seconds) == 0 {
+		t.Fatal("no second with latencies")
+	}
+	for _, s := range tr.Seconds {
+		if s.P99 <= 0 || s.P99 > s.Max || s.Max > tr.Latency.Max || s.Delivered <= 0 {
+			t.Errorf("second %+v, run max %.3f ms", s, tr.Latency.Max)
+		}
+	}
+}
+
 func TestChatFlatOut(t *testing.T) {
 	ts := startServer(t)
 	rep := runOK(t, testConfig("chat", ts.addr, 10))
 	checkTraffic(t, rep, 1)
+	checkSeconds(t, rep.Traffic)
 	if rep.Users != 10 {
 		t.Errorf("users %d", rep.Users)
 	}
@@ -290,6 +305,8 @@ func TestChatWithRelayBaseline(t *testing.T) {
 	// seq order, at the same paced rate, with its own server sample.
 	relay := &Report{Scenario: "chat", Traffic: rb.Traffic, Resources: rb.Resources, OK: rb.OK, Errors: rb.Errors}
 	checkTraffic(t, relay, 1) // fails unless exactly one server was sampled
+	checkSeconds(t, rep.Traffic)
+	checkSeconds(t, rb.Traffic)
 	if rb.Traffic.TargetRate != cfg.Rate {
 		t.Errorf("relay run at %v msg/s, ours at %v", rb.Traffic.TargetRate, cfg.Rate)
 	}

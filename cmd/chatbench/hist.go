@@ -132,6 +132,37 @@ func (s *HistSnapshot) Merge(o HistSnapshot) {
 	s.Sum += o.Sum
 }
 
+// Since returns what was recorded between prev and s, two snapshots of the
+// same histogram, prev the earlier. Its Min and Max are the bounds of the
+// lowest and highest buckets that gained values (clamped to s's Min and
+// Max), so they are exact to a bucket's width, and Max exact in histMax's
+// bucket.
+func (s HistSnapshot) Since(prev HistSnapshot) HistSnapshot {
+	d := HistSnapshot{Counts: map[int]int64{}, Sum: s.Sum - prev.Sum}
+	lo, hi := -1, -1
+	for i, c := range s.Counts {
+		if c -= prev.Counts[i]; c > 0 {
+			d.Counts[i] = c
+			d.Total += c
+			if lo < 0 || i < lo {
+				lo = i
+			}
+			hi = max(hi, i)
+		}
+	}
+	if d.Total == 0 {
+		return HistSnapshot{Counts: map[int]int64{}}
+	}
+	l, _ := histBounds(lo)
+	d.Min = min(max(l, s.Min), s.Max)
+	d.Max = s.Max
+	if hi < histIndex(histMax) { // values above histMax land in histMax's bucket
+		b, w := histBounds(hi)
+		d.Max = max(min(b+w-1, s.Max), d.Min)
+	}
+	return d
+}
+
 // Percentile returns the value at or below which p percent (0..100) of the
 // values lie: the highest value equivalent to the bucket holding that rank,
 // clamped to [Min, Max]; in the highest occupied bucket, Max. 0 when empty.

@@ -130,3 +130,52 @@ func TestHistogramConcurrentRecord(t *testing.T) {
 		t.Fatalf("total %d max %d min %d", s.Total, s.Max, s.Min)
 	}
 }
+
+// TestHistogramSince checks that the difference of two snapshots holds what
+// was recorded between them: the same counts as a histogram of those values
+// alone, so the same percentiles, and their min and max to a bucket.
+func TestHistogramSince(t *testing.T) {
+	h := NewHistogram()
+	for range 5000 {
+		h.Record(rand.Int64N(900_000)) // up to 0.9 s
+	}
+	before := h.Snapshot()
+	if d := before.Since(before); d.Total != 0 || d.Max != 0 || d.Percentile(99) != 0 {
+		t.Fatalf("nothing recorded, Since has total %d max %d", d.Total, d.Max)
+	}
+	later := NewHistogram()
+	for range 3000 {
+		v := 2_000 + rand.Int64N(40_000) // 2..42 ms
+		h.Record(v)
+		later.Record(v)
+	}
+	want := later.Snapshot()
+	got := h.Snapshot().Since(before)
+	if got.Total != want.Total || got.Sum != want.Sum || len(got.Counts) != len(want.Counts) {
+		t.Fatalf("Since: total %d sum %d buckets %d, want %d %d %d", got.Total, got.Sum, len(got.Counts), want.Total, want.Sum, len(want.Counts))
+	}
+	for i, c := range want.Counts {
+		if got.Counts[i] != c {
+			t.Fatalf("bucket %d: %d, want %d", i, got.Counts[i], c)
+		}
+	}
+	for _, p := range []float64{50, 90, 99, 99.9} {
+		g, w := got.Percentile(p), want.Percentile(p)
+		if histIndex(g) != histIndex(w) {
+			t.Errorf("p%v = %d, want %d (bucket of)", p, g, w)
+		}
+	}
+	if histIndex(got.Min) != histIndex(want.Min) || histIndex(got.Max) != histIndex(want.Max) {
+		t.Errorf("min %d max %d, want %d %d to a bucket", got.Min, got.Max, want.Min, want.Max)
+	}
+	// The earlier values went up to 0.9 s: none of them may show.
+	if got.Max >= 42_000+42_000/histHalf {
+		t.Errorf("max %d includes earlier values", got.Max)
+	}
+	// A value above histMax keeps its exact max in the last bucket.
+	b := h.Snapshot()
+	h.Record(2 * histMax)
+	if d := h.Snapshot().Since(b); d.Total != 1 || d.Max != 2*histMax {
+		t.Errorf("beyond histMax: total %d max %d", d.Total, d.Max)
+	}
+}

@@ -49,9 +49,12 @@
 // order and, with the gseqs of its own messages (from their ACKs), cover the
 // group's log without holes, and that no message arrives twice, and reports
 // lost = expected - delivered after draining. Deliveries are acknowledged
-// with DELIVERED, coalesced per connection: the inbox seq and each group's
-// gseq. A progress line goes to stderr every second, the final table to
-// stdout (-json: one JSON object).
+// with DELIVERED, coalesced per connection over -ack-interval, the
+// connections spread over it: the inbox seq and each group's gseq. A
+// progress line goes to stderr every second, with the rates and the p99
+// and max of the latencies recorded in that second, so that periodic stalls
+// show (the final table sums them up, -json lists them); the final table
+// goes to stdout (-json: one JSON object).
 //
 // Users are created with SIGNUP (64 at a time), or much faster with -bulk-db
 // DSN, which inserts them straight into the server's database; the report

@@ -60,6 +60,9 @@ func printTable(out io.Writer, r *Report) {
 		row("delivered/s", "%.0f", t.DeliveredPerSec)
 		row("latency (send->delivery)", "%s", latLine(t.Latency))
 		row("ack latency (send->ACK)", "%s", latLine(t.AckLatency))
+		if len(t.Seconds) > 0 {
+			row("latency per second", "%s", secondsLine(t.Seconds))
+		}
 		row("totals", "sent %d, acked %d, ack errors %d (rate limited %d), delivered %d of %d expected",
 			t.Sent, t.Acked, t.AckErrors, t.RateLimited, t.Delivered, t.Expected)
 		row("lost / duplicates", "%d / %d", t.Lost, t.Duplicates)
@@ -109,6 +112,9 @@ func printTable(out io.Writer, r *Report) {
 		row("relay baseline", "delivered/s %.0f (sent/s %.0f); lost %d, duplicates %d, ack errors %d",
 			t.DeliveredPerSec, t.SentPerSec, t.Lost, t.Duplicates, t.AckErrors)
 		row("relay latency", "%s", latLine(t.Latency))
+		if len(t.Seconds) > 0 {
+			row("relay latency per second", "%s", secondsLine(t.Seconds))
+		}
 		row("relay cpu", "relay %.0f%%, chatbench %.0f%%, other processes %.0f%%; machine %.0f%% busy",
 			res.ServerCPUPercent, res.BenchCPUPercent, res.OtherCPUPercent, res.MachineBusyPct)
 		row("ratio to relay", "delivered/s %.3f, p99 %.2f", rb.DeliveredRatio, rb.P99Ratio)
@@ -125,6 +131,28 @@ func printTable(out io.Writer, r *Report) {
 	}
 	row("result", "%s", verdict)
 	_ = tw.Flush()
+}
+
+// secondsLine sums up the p99 and max of each second. Seconds with fewer
+// than half the median count of latencies (the ends of the window) are
+// left out.
+func secondsLine(ss []SecondStats) string {
+	counts := make([]int64, len(ss))
+	for i, s := range ss {
+		counts[i] = s.Latencies
+	}
+	slices.Sort(counts)
+	var p99 []float64
+	top := 0.0
+	for _, s := range ss {
+		if 2*s.Latencies >= counts[len(counts)/2] {
+			p99 = append(p99, s.P99)
+			top = max(top, s.Max)
+		}
+	}
+	slices.Sort(p99)
+	return fmt.Sprintf("p99 lowest %.1fms, median %.1fms, highest %.1fms; highest max %.1fms (%d s)",
+		p99[0], p99[len(p99)/2], p99[len(p99)-1], top, len(p99))
 }
 
 func latLine(l LatencySummary) string {

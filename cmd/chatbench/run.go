@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os/exec"
 	"regexp"
 	"runtime"
@@ -74,6 +75,22 @@ type TrafficReport struct {
 	DrainSeconds    float64        `json:"drain_seconds"`
 	Latency         LatencySummary `json:"latency"`
 	AckLatency      LatencySummary `json:"ack_latency"`
+	// Seconds is the progress line of each second in which latencies were
+	// recorded: periodic stalls show here, not in the run's percentiles.
+	Seconds []SecondStats `json:"seconds,omitempty"`
+}
+
+// SecondStats is one second of a run: the rates in it, and the p99 and max
+// of the latencies recorded in it (deliveries of messages sent in the
+// window), in milliseconds.
+type SecondStats struct {
+	At        float64 `json:"t"` // seconds since the run phase started
+	Sent      int64   `json:"sent_per_sec"`
+	Acked     int64   `json:"acked_per_sec"`
+	Delivered int64   `json:"delivered_per_sec"`
+	Latencies int64   `json:"latencies"` // how many were recorded in it
+	P99       float64 `json:"p99_ms"`
+	Max       float64 `json:"max_ms"`
 }
 
 // ConnectReport is the connect result for one target.
@@ -238,11 +255,9 @@ func (r *runner) setupInfo(rep *Report, res WorkerResult) {
 	rep.Errors = append(rep.Errors, res.Errors...)
 }
 
-// progress prints one line per second until stop is called.
+// progress calls what once a second until stop is called, and prints the
+// line it returns unless -quiet.
 func (r *runner) progress(what func(elapsed time.Duration, d LiveStats, tot LiveStats, res Resources) string) (stop func()) {
-	if r.cfg.Quiet {
-		return func() {}
-	}
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -266,7 +281,10 @@ func (r *runner) progress(what func(elapsed time.Duration, d LiveStats, tot Live
 				Delivered: int64(float64(cur.Delivered-prev.Delivered) / secs),
 			}
 			res := resources(r.smp, psnap, snap, r.ncpu)
-			fmt.Fprintf(r.log, "[%4.0fs] %s\n", time.Since(t0).Seconds(), what(time.Since(t0), d, cur, res))
+			line := what(time.Since(t0), d, cur, res)
+			if !r.cfg.Quiet {
+				fmt.Fprintf(r.log, "[%4.0fs] %s\n", time.Since(t0).Seconds(), line)
+			}
 			prev, psnap = cur, snap
 		}
 	}()
@@ -282,6 +300,7 @@ func (r *runner) total() LiveStats {
 		t.Delivered += l.Delivered
 		t.Connected += l.Connected
 		t.P99us = max(t.P99us, l.P99us)
+		t.Last.Merge(l.Last)
 	}
 	return t
 }
@@ -320,9 +339,15 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	if err != nil {
 		return err
 	}
-	stop = r.progress(func(_ time.Duration, d, tot LiveStats, res Resources) string {
-		return fmt.Sprintf("sent %7d/s  acked %7d/s  delivered %8d/s  p99 %6.2fms  %s",
-			d.Sent, d.Acked, d.Delivered, float64(tot.P99us)/1000, cpuLine(res))
+	var secs []SecondStats // written by the progress goroutine until stop
+	stop = r.progress(func(el time.Duration, d, tot LiveStats, res Resources) string {
+		s := SecondStats{At: math.Round(el.Seconds()), Sent: d.Sent, Acked: d.Acked, Delivered: d.Delivered,
+			Latencies: tot.Last.Total, P99: float64(tot.Last.Percentile(99)) / 1000, Max: float64(tot.Last.Max) / 1000}
+		if tot.Last.Total > 0 {
+			secs = append(secs, s)
+		}
+		return fmt.Sprintf("sent %7d/s  acked %7d/s  delivered %8d/s  last 1s: p99 %6.2fms max %6.2fms  %s",
+			d.Sent, d.Acked, d.Delivered, s.P99, s.Max, cpuLine(res))
 	})
 	var (
 		runErr error
@@ -364,7 +389,7 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 		GSeqDeliveries: l.GSeqChecked, OwnGSeqs: l.OwnGSeqs, Foreign: l.Foreign, ConnLost: l.ConnLost,
 		SentPerSec: float64(l.SentWin) / win, AckedPerSec: float64(l.AckedWin) / win,
 		DeliveredPerSec: float64(l.DeliveredWin) / win, DrainSeconds: res.DrainSeconds,
-		Latency: l.Latency.Summary(), AckLatency: l.AckLatency.Summary(),
+		Latency: l.Latency.Summary(), AckLatency: l.AckLatency.Summary(), Seconds: secs,
 	}
 	rep.Traffic = t
 	if l.Limited > 0 {

@@ -96,8 +96,10 @@ type WorkerResult struct {
 // LiveStats is the progress of one process.
 type LiveStats struct {
 	Sent, Acked, Delivered int64
-	P99us                  int64
+	P99us                  int64 // of every latency so far
 	Connected              int64
+	// Last holds the latencies recorded since the previous LiveStats.
+	Last HistSnapshot
 }
 
 // worker runs one process's share of a scenario, phase by phase.
@@ -111,6 +113,8 @@ type worker struct {
 
 	connected atomic.Int64
 	errMu     sync.Mutex
+	liveMu    sync.Mutex
+	liveLat   HistSnapshot // the latencies as of the last live()
 
 	stopSend context.CancelFunc
 	sendWG   sync.WaitGroup
@@ -175,10 +179,18 @@ func (w *worker) result() WorkerResult {
 	return w.res
 }
 
+// live is the worker's progress; its Last is what was recorded since the
+// previous call. One goroutine calls it, once a second: the progress line,
+// or a child process's stat line.
 func (w *worker) live() LiveStats {
+	cur := w.ledger.Latency.Snapshot()
+	w.liveMu.Lock()
+	last := cur.Since(w.liveLat)
+	w.liveLat = cur
+	w.liveMu.Unlock()
 	return LiveStats{
 		Sent: w.ledger.Sent.Load(), Acked: w.ledger.Acked.Load(), Delivered: w.ledger.Delivered.Load(),
-		P99us: w.ledger.Latency.Snapshot().Percentile(99), Connected: w.connected.Load(),
+		P99us: cur.Percentile(99), Connected: w.connected.Load(), Last: last,
 	}
 }
 
