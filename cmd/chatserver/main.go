@@ -27,7 +27,7 @@ func main() {
 	}
 	log := cfg.Logger(os.Stderr)
 	raiseFileLimit(log)
-	setMaxProcs(os.Getenv, cfg.EventLoops, log)
+	cfg.EventLoops = setMaxProcs(os.Getenv, cfg.EventLoops, cfg.DB, log)
 	setGC(os.Getenv, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()

@@ -4,16 +4,16 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/chatcluster/chatcluster/server"
 )
 
 // TestBinaryDefaultsAndSignals runs the real binary with no configuration
@@ -77,19 +77,42 @@ func TestMaxProcs(t *testing.T) {
 	for _, c := range []struct {
 		env             string
 		def, loops, out int
+		sqlite          bool
 	}{
-		{"", 2, 2, 3}, // one P more than the event loops
-		{"", 8, 2, 8}, // more CPUs than loops: the default
-		{"", 2, 1, 2},
-		{"3", 2, 2, 3}, // GOMAXPROCS set: kept
-		{"1", 4, 4, 1},
-		{"x", 2, 2, 3}, // not a number: ignored
-		{"0", 2, 2, 3},
-		{"", 1, 0, server.DefaultEventLoops() + 1}, // event loops by default
+		{"", 2, 2, 3, false}, // one P more than the event loops
+		{"", 8, 2, 8, false}, // more CPUs than loops: the default
+		{"", 2, 1, 2, false},
+		{"", 2, 1, 3, true}, // SQLite: a P more for the writer
+		{"", 2, 2, 4, true},
+		{"", 8, 2, 9, true},
+		{"3", 2, 2, 3, true}, // GOMAXPROCS set: kept
+		{"1", 4, 4, 1, false},
+		{"x", 2, 2, 3, false}, // not a number: ignored
+		{"0", 2, 2, 3, false},
 	} {
-		if got := maxProcs(c.env, c.def, c.loops); got != c.out {
-			t.Errorf("maxProcs(%q, %d, %d) = %d, want %d", c.env, c.def, c.loops, got, c.out)
+		if got := maxProcs(c.env, c.def, c.loops, c.sqlite); got != c.out {
+			t.Errorf("maxProcs(%q, %d, %d, %v) = %d, want %d", c.env, c.def, c.loops, c.sqlite, got, c.out)
 		}
+	}
+}
+
+// TestSetMaxProcs checks that the event loops a node runs by default are
+// counted before GOMAXPROCS is raised, not from the raised value.
+func TestSetMaxProcs(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(0))
+	runtime.GOMAXPROCS(2)
+	log := slog.New(slog.DiscardHandler)
+	noEnv := func(string) string { return "" }
+	if loops := setMaxProcs(noEnv, 0, "sqlite:chat.db", log); loops != 1 || runtime.GOMAXPROCS(0) != 3 {
+		t.Errorf("2 CPUs, SQLite: %d event loops, GOMAXPROCS %d; want 1 and 3", loops, runtime.GOMAXPROCS(0))
+	}
+	runtime.GOMAXPROCS(2)
+	if loops := setMaxProcs(noEnv, 0, "mysql:u:p@tcp(127.0.0.1:3306)/chat", log); loops != 1 || runtime.GOMAXPROCS(0) != 2 {
+		t.Errorf("2 CPUs, MySQL: %d event loops, GOMAXPROCS %d; want 1 and 2", loops, runtime.GOMAXPROCS(0))
+	}
+	runtime.GOMAXPROCS(2)
+	if loops := setMaxProcs(noEnv, 2, "sqlite:chat.db", log); loops != 2 || runtime.GOMAXPROCS(0) != 4 {
+		t.Errorf("-event-loops 2, SQLite: %d event loops, GOMAXPROCS %d; want 2 and 4", loops, runtime.GOMAXPROCS(0))
 	}
 }
 

@@ -4,35 +4,54 @@ import (
 	"log/slog"
 	"runtime"
 	"strconv"
+	"strings"
 
 	"github.com/chatcluster/chatcluster/server"
 )
 
 // maxProcs is the GOMAXPROCS a node runs with: the runtime's default (the
 // CPUs it may use), raised to one more than the gnet event loops if they
-// are that many. An event loop waits in epoll_wait on its own thread and
-// keeps its P while it waits (server.DefaultEventLoops); with no P left,
-// the answers from MariaDB and Redis waited up to 10 ms to be noticed. By
-// default there is a loop fewer than CPUs and this changes nothing; it
-// matters when -event-loops asks for as many loops as CPUs or more. (A P
-// more than the CPUs on every node, with a loop per CPU, made the cluster
-// 7-17 % slower flat out: BENCHMARKS.md (c).) An explicit GOMAXPROCS in
-// the environment wins.
-func maxProcs(env string, defaultProcs, eventLoops int) int {
+// are that many, and then one more on SQLite. An explicit GOMAXPROCS in the
+// environment wins.
+//
+// An event loop waits in epoll_wait on its own thread and keeps its P while
+// it waits (server.DefaultEventLoops); with no P left, the answers from
+// MariaDB and Redis waited up to 10 ms to be noticed. By default there is a
+// loop fewer than CPUs and that rule changes nothing; it matters when
+// -event-loops asks for as many loops as CPUs or more. (A P more than the
+// CPUs on every node, with a loop per CPU, made the cluster 7-17 % slower
+// flat out: docs/BENCHMARKS-history.md.)
+//
+// The SQLite writer runs its commits on a thread of its own, in C, and
+// holds a P between its calls into C. A goroutine it wakes (the post-commit
+// goroutine, which sends a commit's ACKs and deliveries) goes to that P's
+// queue, and with the event loop holding the other P it waited there until
+// the writer's commit ended or sysmon took the P back: 10-19 ms while the
+// logs were copied. With a P more it runs at once: at 26,020 msg/s p99 fell
+// from 45 to 39 ms with 2,000 users, 10 to 5 ms with 20, and flat out did
+// not change (BENCHMARKS.md, "Changes in session 14").
+func maxProcs(env string, defaultProcs, eventLoops int, sqlite bool) int {
 	if n, err := strconv.Atoi(env); err == nil && n > 0 {
 		return n
 	}
+	n := max(defaultProcs, eventLoops+1)
+	if sqlite {
+		n++
+	}
+	return n
+}
+
+// setMaxProcs applies maxProcs and returns the event loops the node runs:
+// eventLoops, or if that is 0 server.DefaultEventLoops() as it is before
+// GOMAXPROCS changes (afterwards it would count the added Ps).
+func setMaxProcs(getenv func(string) string, eventLoops int, db string, log *slog.Logger) int {
 	if eventLoops <= 0 {
 		eventLoops = server.DefaultEventLoops()
 	}
-	return max(defaultProcs, eventLoops+1)
-}
-
-// setMaxProcs applies maxProcs.
-func setMaxProcs(getenv func(string) string, eventLoops int, log *slog.Logger) {
-	n := maxProcs(getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0), eventLoops)
+	n := maxProcs(getenv("GOMAXPROCS"), runtime.GOMAXPROCS(0), eventLoops, strings.HasPrefix(db, "sqlite:"))
 	if n != runtime.GOMAXPROCS(0) {
 		runtime.GOMAXPROCS(n)
 	}
-	log.Debug("GOMAXPROCS", "procs", n)
+	log.Debug("GOMAXPROCS", "procs", n, "event_loops", eventLoops)
+	return eventLoops
 }
