@@ -28,8 +28,9 @@ import (
 // queue, and with the event loop holding the other P it waited there until
 // the writer's commit ended or sysmon took the P back: 10-19 ms while the
 // logs were copied. With a P more it runs at once: at 26,020 msg/s p99 fell
-// from 45 to 39 ms with 2,000 users, 10 to 5 ms with 20, and flat out did
-// not change (BENCHMARKS.md, "Changes in session 14").
+// from 42.5 to 34.5 ms with 2,000 users (medians of 6 pairs) and from 9-10
+// to 4-5 ms with 20, and flat out did not change (BENCHMARKS.md, "Changes
+// in session 14").
 func maxProcs(env string, defaultProcs, eventLoops int, sqlite bool) int {
 	if n, err := strconv.Atoi(env); err == nil && n > 0 {
 		return n
