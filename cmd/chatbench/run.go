@@ -76,7 +76,11 @@ type TrafficReport struct {
 	Latency         LatencySummary `json:"latency"`
 	AckLatency      LatencySummary `json:"ack_latency"`
 	// Seconds is the progress line of each second in which latencies were
-	// recorded: periodic stalls show here, not in the run's percentiles.
+	// recorded, and of the part of a second before the window ended:
+	// periodic stalls show here, not in the run's percentiles. Deliveries
+	// during the drain after the window are in Latency only. With
+	// -procs > 1 a second holds what the child processes had reported by
+	// its end (they report once a second).
 	Seconds []SecondStats `json:"seconds,omitempty"`
 }
 
@@ -255,8 +259,11 @@ func (r *runner) setupInfo(rep *Report, res WorkerResult) {
 	rep.Errors = append(rep.Errors, res.Errors...)
 }
 
-// progress calls what once a second until stop is called, and prints the
-// line it returns unless -quiet.
+// progress calls what once a second, and prints the line it returns unless
+// -quiet; d holds the rates and the latencies (Latency) of the interval
+// since the previous call, tot the totals. stop calls what once more for
+// the interval since the last second, without printing, and returns when it
+// has.
 func (r *runner) progress(what func(elapsed time.Duration, d LiveStats, tot LiveStats, res Resources) string) (stop func()) {
 	quit, done := make(chan struct{}), make(chan struct{})
 	go func() {
@@ -267,21 +274,26 @@ func (r *runner) progress(what func(elapsed time.Duration, d LiveStats, tot Live
 		t := time.NewTicker(time.Second)
 		defer t.Stop()
 		for {
+			final := false
 			select {
 			case <-quit:
-				return
+				final = true
 			case <-t.C:
 			}
 			cur := r.total()
 			snap := r.smp.snap()
-			secs := snap.at.Sub(psnap.at).Seconds()
+			secs := max(snap.at.Sub(psnap.at).Seconds(), 1e-3)
 			d := LiveStats{
 				Sent:      int64(float64(cur.Sent-prev.Sent) / secs),
 				Acked:     int64(float64(cur.Acked-prev.Acked) / secs),
 				Delivered: int64(float64(cur.Delivered-prev.Delivered) / secs),
+				Latency:   cur.Latency.Since(prev.Latency),
 			}
 			res := resources(r.smp, psnap, snap, r.ncpu)
 			line := what(time.Since(t0), d, cur, res)
+			if final {
+				return
+			}
 			if !r.cfg.Quiet {
 				fmt.Fprintf(r.log, "[%4.0fs] %s\n", time.Since(t0).Seconds(), line)
 			}
@@ -299,8 +311,7 @@ func (r *runner) total() LiveStats {
 		t.Acked += l.Acked
 		t.Delivered += l.Delivered
 		t.Connected += l.Connected
-		t.P99us = max(t.P99us, l.P99us)
-		t.Last.Merge(l.Last)
+		t.Latency.Merge(l.Latency)
 	}
 	return t
 }
@@ -342,8 +353,8 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	var secs []SecondStats // written by the progress goroutine until stop
 	stop = r.progress(func(el time.Duration, d, tot LiveStats, res Resources) string {
 		s := SecondStats{At: math.Round(el.Seconds()), Sent: d.Sent, Acked: d.Acked, Delivered: d.Delivered,
-			Latencies: tot.Last.Total, P99: float64(tot.Last.Percentile(99)) / 1000, Max: float64(tot.Last.Max) / 1000}
-		if tot.Last.Total > 0 {
+			Latencies: d.Latency.Total, P99: float64(d.Latency.Percentile(99)) / 1000, Max: float64(d.Latency.Max) / 1000}
+		if d.Latency.Total > 0 {
 			secs = append(secs, s)
 		}
 		return fmt.Sprintf("sent %7d/s  acked %7d/s  delivered %8d/s  last 1s: p99 %6.2fms max %6.2fms  %s",

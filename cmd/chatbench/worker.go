@@ -96,10 +96,10 @@ type WorkerResult struct {
 // LiveStats is the progress of one process.
 type LiveStats struct {
 	Sent, Acked, Delivered int64
-	P99us                  int64 // of every latency so far
 	Connected              int64
-	// Last holds the latencies recorded since the previous LiveStats.
-	Last HistSnapshot
+	// Latency holds every latency recorded so far (only grows, so the
+	// difference of two is what came between: HistSnapshot.Since).
+	Latency HistSnapshot
 }
 
 // worker runs one process's share of a scenario, phase by phase.
@@ -113,8 +113,6 @@ type worker struct {
 
 	connected atomic.Int64
 	errMu     sync.Mutex
-	liveMu    sync.Mutex
-	liveLat   HistSnapshot // the latencies as of the last live()
 
 	stopSend context.CancelFunc
 	sendWG   sync.WaitGroup
@@ -179,18 +177,11 @@ func (w *worker) result() WorkerResult {
 	return w.res
 }
 
-// live is the worker's progress; its Last is what was recorded since the
-// previous call. One goroutine calls it, once a second: the progress line,
-// or a child process's stat line.
+// live is the worker's progress so far. Safe to call concurrently.
 func (w *worker) live() LiveStats {
-	cur := w.ledger.Latency.Snapshot()
-	w.liveMu.Lock()
-	last := cur.Since(w.liveLat)
-	w.liveLat = cur
-	w.liveMu.Unlock()
 	return LiveStats{
 		Sent: w.ledger.Sent.Load(), Acked: w.ledger.Acked.Load(), Delivered: w.ledger.Delivered.Load(),
-		P99us: cur.Percentile(99), Connected: w.connected.Load(), Last: last,
+		Connected: w.connected.Load(), Latency: w.ledger.Latency.Snapshot(),
 	}
 }
 
@@ -485,16 +476,22 @@ func (w *worker) setupGroup(ctx context.Context) error {
 }
 
 // ackSlices is how many turns the acker spreads the connections over in
-// one AckInterval.
+// one AckInterval (fewer below 20 ms: a turn is at least 1 ms).
 const ackSlices = 20
 
+// ackTurns is the number of turns in an interval of every.
+func ackTurns(every time.Duration) int {
+	return int(min(max(every/time.Millisecond, 1), ackSlices))
+}
+
 // startAcker sends each connection's coalesced DELIVERED once every
-// AckInterval. Connection i goes in turn i mod ackSlices, one turn every
-// AckInterval/ackSlices, so the DELIVERED frames are spread over the
-// interval as independent clients would send them. Sending every
-// connection's at once made a burst of one frame per receiving connection
-// (1,000 with -n 2000) every interval, which delays the sends behind it on
-// both sides.
+// AckInterval. With n = ackTurns(AckInterval) turns (20 from 20 ms up),
+// connection i goes in turn i mod n, one turn every AckInterval/n, so the
+// DELIVERED frames are spread over the interval as independent clients
+// would send them. Sending every connection's at once made a burst of one
+// frame per receiving connection (1,000 with -n 2000) every interval,
+// which delays the sends behind it on both sides. A turn that runs late
+// delays the next (the ticker drops ticks), never skips one.
 func (w *worker) startAcker() {
 	w.ackStop, w.ackDone = make(chan struct{}), make(chan struct{})
 	if w.cfg.AckInterval <= 0 {
@@ -503,23 +500,24 @@ func (w *worker) startAcker() {
 	}
 	go func() {
 		defer close(w.ackDone)
-		t := time.NewTicker(max(w.cfg.AckInterval/ackSlices, time.Millisecond))
+		turns := ackTurns(w.cfg.AckInterval)
+		t := time.NewTicker(w.cfg.AckInterval / time.Duration(turns))
 		defer t.Stop()
-		for turn := 0; ; turn = (turn + 1) % ackSlices {
+		for turn := 0; ; turn = (turn + 1) % turns {
 			select {
 			case <-w.ackStop:
 				return
 			case <-t.C:
-				w.ackTurn(turn)
+				w.ackTurn(turn, turns)
 			}
 		}
 	}()
 }
 
-// ackTurn sends the coalesced DELIVERED of the connections in turn turn:
-// those of users turn, turn+ackSlices, turn+2*ackSlices...
-func (w *worker) ackTurn(turn int) {
-	for i := turn; i < len(w.users); i += ackSlices {
+// ackTurn sends the coalesced DELIVERED of the connections in turn turn of
+// turns: those of users turn, turn+turns, turn+2*turns...
+func (w *worker) ackTurn(turn, turns int) {
+	for i := turn; i < len(w.users); i += turns {
 		if c := w.users[i].c; c != nil {
 			c.flushAck()
 		}

@@ -124,7 +124,7 @@ func TestAckTurns(t *testing.T) {
 		for i := turn; i < n; i += ackSlices {
 			want++
 		}
-		w.ackTurn(turn)
+		w.ackTurn(turn, ackSlices)
 		for _, u := range take(want) {
 			if u%ackSlices != turn {
 				t.Errorf("turn %d sent user %d's DELIVERED", turn, u)
@@ -142,7 +142,15 @@ func TestAckTurns(t *testing.T) {
 	}
 	// Nothing new: a second round sends nothing.
 	for turn := range ackSlices {
-		w.ackTurn(turn)
+		w.ackTurn(turn, ackSlices)
 	}
 	take(0)
+	for _, c := range []struct {
+		every time.Duration
+		turns int
+	}{{100 * time.Millisecond, 20}, {20 * time.Millisecond, 20}, {10 * time.Millisecond, 10}, {time.Millisecond, 1}, {time.Microsecond, 1}, {time.Second, 20}} {
+		if got := ackTurns(c.every); got != c.turns {
+			t.Errorf("ackTurns(%v) = %d, want %d", c.every, got, c.turns)
+		}
+	}
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -18,7 +21,9 @@ import (
 
 // TestBinaryDefaultsAndSignals runs the real binary with no configuration
 // but a port, as `go run ./cmd/chatserver` would: it creates chat.db in the
-// working directory, serves, and exits 0 on SIGTERM and on SIGINT.
+// working directory, serves with one event loop fewer than CPUs (counted
+// before GOMAXPROCS gets the SQLite writer's P), and exits 0 on SIGTERM and
+// on SIGINT.
 func TestBinaryDefaultsAndSignals(t *testing.T) {
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "chatserver")
@@ -31,7 +36,8 @@ func TestBinaryDefaultsAndSignals(t *testing.T) {
 		l.Close()
 		cmd := exec.Command(bin, "-listen", addr, "-bcrypt-cost", "4")
 		cmd.Dir = dir
-		cmd.Stderr = os.Stderr
+		var stderr bytes.Buffer
+		cmd.Stderr = io.MultiWriter(os.Stderr, &stderr)
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -67,6 +73,9 @@ func TestBinaryDefaultsAndSignals(t *testing.T) {
 			t.Fatalf("exit after %v: %v", sig, err)
 		}
 		c.Close()
+		if want := fmt.Sprintf("event_loops=%d ", max(1, runtime.GOMAXPROCS(0)-1)); !strings.Contains(stderr.String(), want) {
+			t.Errorf("log has no %q:\n%s", want, stderr.String())
+		}
 		if _, err := os.Stat(filepath.Join(dir, "chat.db")); err != nil {
 			t.Fatalf("default database not created: %v", err)
 		}
@@ -84,7 +93,8 @@ func TestMaxProcs(t *testing.T) {
 		{"", 2, 1, 2, false},
 		{"", 2, 1, 3, true}, // SQLite: a P more for the writer
 		{"", 2, 2, 4, true},
-		{"", 8, 2, 9, true},
+		{"", 8, 2, 8, true}, // Ps to spare: the default
+		{"", 8, 7, 9, true},
 		{"3", 2, 2, 3, true}, // GOMAXPROCS set: kept
 		{"1", 4, 4, 1, false},
 		{"x", 2, 2, 3, false}, // not a number: ignored

@@ -10,9 +10,9 @@ import (
 )
 
 // maxProcs is the GOMAXPROCS a node runs with: the runtime's default (the
-// CPUs it may use), raised to one more than the gnet event loops if they
-// are that many, and then one more on SQLite. An explicit GOMAXPROCS in the
-// environment wins.
+// CPUs it may use), raised to one more than the gnet event loops
+// (eventLoops, resolved: at least 1) if they are that many, and on SQLite
+// to two more. An explicit GOMAXPROCS in the environment wins.
 //
 // An event loop waits in epoll_wait on its own thread and keeps its P while
 // it waits (server.DefaultEventLoops); with no P left, the answers from
@@ -23,7 +23,7 @@ import (
 // flat out: docs/BENCHMARKS-history.md.)
 //
 // The SQLite writer runs its commits on a thread of its own, in C, and
-// holds a P between its calls into C. A goroutine it wakes (the post-commit
+// holds a P between its calls into C, so it needs one beside the loops'. A goroutine it wakes (the post-commit
 // goroutine, which sends a commit's ACKs and deliveries) goes to that P's
 // queue, and with the event loop holding the other P it waited there until
 // the writer's commit ended or sysmon took the P back: 10-19 ms while the
@@ -35,16 +35,19 @@ func maxProcs(env string, defaultProcs, eventLoops int, sqlite bool) int {
 	if n, err := strconv.Atoi(env); err == nil && n > 0 {
 		return n
 	}
-	n := max(defaultProcs, eventLoops+1)
+	n := eventLoops + 1
 	if sqlite {
 		n++
 	}
-	return n
+	return max(defaultProcs, n)
 }
 
 // setMaxProcs applies maxProcs and returns the event loops the node runs:
-// eventLoops, or if that is 0 server.DefaultEventLoops() as it is before
-// GOMAXPROCS changes (afterwards it would count the added Ps).
+// eventLoops, or if that is 0 or less server.DefaultEventLoops() as it is
+// before GOMAXPROCS changes (afterwards it would count the added Ps).
+// Setting GOMAXPROCS turns off the runtime's own updates of it when a
+// container's CPU limit changes; the event loops are fixed at start-up
+// anyway.
 func setMaxProcs(getenv func(string) string, eventLoops int, db string, log *slog.Logger) int {
 	if eventLoops <= 0 {
 		eventLoops = server.DefaultEventLoops()
