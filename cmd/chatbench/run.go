@@ -352,7 +352,7 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	}
 	var secs []SecondStats // written by the progress goroutine until stop
 	stop = r.progress(func(el time.Duration, d, tot LiveStats, res Resources) string {
-		s := SecondStats{At: math.Round(el.Seconds()), Sent: d.Sent, Acked: d.Acked, Delivered: d.Delivered,
+		s := SecondStats{At: math.Round(el.Seconds()*10) / 10, Sent: d.Sent, Acked: d.Acked, Delivered: d.Delivered,
 			Latencies: d.Latency.Total, P99: float64(d.Latency.Percentile(99)) / 1000, Max: float64(d.Latency.Max) / 1000}
 		if d.Latency.Total > 0 {
 			secs = append(secs, s)
