@@ -23,14 +23,15 @@ import (
 // flat out: docs/BENCHMARKS-history.md.)
 //
 // The SQLite writer runs its commits on a thread of its own, in C, and
-// holds a P between its calls into C, so it needs one beside the loops'. A goroutine it wakes (the post-commit
-// goroutine, which sends a commit's ACKs and deliveries) goes to that P's
-// queue, and with the event loop holding the other P it waited there until
-// the writer's commit ended or sysmon took the P back: 10-19 ms while the
-// logs were copied. With a P more it runs at once: at 26,020 msg/s p99 fell
-// from 42.5 to 34.5 ms with 2,000 users (medians of 6 pairs) and from 9-10
-// to 4-5 ms with 20, and flat out did not change (BENCHMARKS.md, "Changes
-// in session 14").
+// holds a P between its calls into C, so it needs one beside the loops'. A
+// goroutine it wakes (the post-commit goroutine, which sends a commit's
+// ACKs and deliveries) goes to that P's queue, and with the event loop
+// holding the other P it waited there until the writer's commit ended or
+// sysmon took the P back: 10-19 ms while the logs were copied. With a P
+// more it runs at once: at 26,020 msg/s p99 fell from 42.5 to 34.5 ms with
+// 2,000 users (medians of 6 pairs) and from 9-10 to 4-5 ms with 20, and
+// flat out did not change. On the MySQL nodes (no writer in C) a P more
+// made 6b worse (BENCHMARKS.md, "Changes in session 14").
 func maxProcs(env string, defaultProcs, eventLoops int, sqlite bool) int {
 	if n, err := strconv.Atoi(env); err == nil && n > 0 {
 		return n
