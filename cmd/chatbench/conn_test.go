@@ -62,15 +62,23 @@ func (s *fakeServer) recv() string {
 func readTestFrame(t testing.TB, nc net.Conn, br *bufio.Reader) []byte {
 	t.Helper()
 	_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var hdr [codec.HeaderLen]byte
-	if _, err := io.ReadFull(br, hdr[:]); err != nil {
-		t.Fatal(err)
-	}
-	body := make([]byte, codec.FrameLen(hdr[:]))
-	if _, err := io.ReadFull(br, body); err != nil {
+	body, err := readFrameBody(br)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return body
+}
+
+// readFrameBody reads the next frame's body from br; safe in any goroutine
+// (it fails no test).
+func readFrameBody(br *bufio.Reader) ([]byte, error) {
+	var hdr [codec.HeaderLen]byte
+	if _, err := io.ReadFull(br, hdr[:]); err != nil {
+		return nil, err
+	}
+	body := make([]byte, codec.FrameLen(hdr[:]))
+	_, err := io.ReadFull(br, body)
+	return body, err
 }
 
 // TestConnGroupDeliveriesAndAcks runs a member's connection against a fake

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"io"
 	"net"
 	"slices"
 	"strings"
@@ -83,12 +82,8 @@ func TestAckTurns(t *testing.T) {
 		go func() {
 			br := bufio.NewReader(srv)
 			for {
-				var hdr [codec.HeaderLen]byte
-				if _, err := io.ReadFull(br, hdr[:]); err != nil {
-					return
-				}
-				body := make([]byte, codec.FrameLen(hdr[:]))
-				if _, err := io.ReadFull(br, body); err != nil {
+				body, err := readFrameBody(br)
+				if err != nil {
 					return
 				}
 				req, err := codec.ParseRequest(body)
