@@ -1,0 +1,76 @@
+package service
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/pubsub"
+)
+
+// counter is a Transport that counts what it is sent.
+type counter struct{ sends, bytes atomic.Int64 }
+
+func (c *counter) Send(buf []byte) { c.sends.Add(1); c.bytes.Add(int64(len(buf))) }
+func (c *counter) Close()          {}
+
+// BenchmarkGroupFanOut times the node's side of a group message's fan-out
+// on one node: from the commit hook (Node.committed) with a 100-member
+// group's entries, through the in-process bus and the hub, to each
+// member's session writing the one shared encoded frame to its transport.
+// The store's side is BenchmarkSendGroup (store), the whole path through
+// sockets chatbench's BenchmarkGroupInProcess.
+//
+//	go test -run '^$' -bench GroupFanOut ./service
+func BenchmarkGroupFanOut(b *testing.B) {
+	const members, gid = 100, codec.GroupID(1)
+	st := newFakeStore()
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	conns := make([]*counter, members)
+	for i := range conns {
+		uid := codec.UserID(i + 1)
+		st.members[gid] = append(st.members[gid], uid)
+		conns[i] = &counter{}
+		s := n.Open(conns[i])
+		s.mu.Lock()
+		s.uid, s.name = uid, "u"
+		s.setGroupLocked(gid, 0, 0)
+		s.mu.Unlock()
+		n.hub.swap(uid, s)
+	}
+	body := strings.Repeat("x", 100)
+	entries := make([]Entry, 0, members)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		d := codec.Delivery{MsgID: codec.MsgGroupChat, ID: 1, Name: "sender", GroupID: gid, Msg: body, GSeq: codec.Seq(i + 1)}
+		entries = entries[:0]
+		for _, uid := range st.members[gid] { // the recipients, then the sender
+			if uid != 1 {
+				entries = append(entries, Entry{To: uid, Delivery: d})
+			}
+		}
+		entries = append(entries, Entry{To: 1, Delivery: d})
+		n.committed(entries)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(b.N*(members-1))/b.Elapsed().Seconds(), "deliveries/s")
+	// Every recipient was sent every message, each in order (a gap would
+	// have made its session read the fake's empty log instead), and the
+	// sender none of its own.
+	for i, c := range conns {
+		want := int64(b.N)
+		if i == 0 {
+			want = 0
+		}
+		if got := c.sends.Load(); got != want {
+			b.Fatalf("member %d was sent %d frames, want %d", i+1, got, want)
+		}
+	}
+}
