@@ -6,7 +6,8 @@
 #
 #   build           go build -o bin/ ./cmd/...
 #   test [ARGS...]  full test suite: starts private MariaDB and Redis
-#                   instances, then runs gofmt, go vet and go test -race
+#                   instances, then runs gofmt, go vet and go test -race,
+#                   and each micro-benchmark once
 #                   (ARGS are passed through to go test, e.g. -run X)
 #   fmt             gofmt -w .
 #   cluster up [N]  start a local cluster that outlives this script: private
@@ -93,8 +94,9 @@ Usage: ./build.sh <command> [args...]
 Commands:
   build           build all binaries under cmd/ into bin/
   test [ARGS...]  run the full test suite against private MariaDB and Redis
-                  instances (gofmt check, go vet, go test -race); ARGS are
-                  passed to go test, e.g. ./build.sh test -run TestFoo ./store/
+                  instances (gofmt check, go vet, go test -race, each
+                  micro-benchmark once); ARGS are passed to go test, e.g.
+                  ./build.sh test -run TestFoo ./store/ (then only that)
   fmt             format all Go sources in place (gofmt -w .)
   cluster up [N]  start a local cluster in the background: private MariaDB
                   and Redis, N chatserver nodes (default 2) and nginx in
@@ -613,6 +615,14 @@ cmd_test() {
 	if ! has_package_args "$@"; then
 		banner "CGO_ENABLED=0 go test -count=1 ./store/ (pure-Go SQLite)"
 		run_step env -u CHAT_TEST_MYSQL_DSN -u CHAT_REQUIRE_SERVICES CGO_ENABLED=0 go test -count=1 -timeout 10m ./store/
+	fi
+
+	# The packages' micro-benchmarks, one iteration each, so that they
+	# keep working and their own checks run (cmd/chatbench's in-process
+	# ones are left out: each starts a server and logs in its users).
+	if ! has_package_args "$@"; then
+		banner "go test -run '^\$' -bench . -benchtime 1x (micro-benchmarks, once)"
+		run_step go test -count=1 -run '^$' -bench . -benchtime 1x -timeout 10m ./codec/ ./service/ ./store/ ./server/
 	fi
 
 	if [[ -s "$CHAT_TEST_REPORT" ]]; then
