@@ -219,6 +219,20 @@ func TestDeliveryEncodeOnce(t *testing.T) {
 	if c != d {
 		t.Fatal("a copy is not equal to its original")
 	}
+
+	// Into an empty buffer the stored frame itself is returned, shared by
+	// the copies; appending to it copies, and leaves the frame as it was.
+	shared, other := AppendFrameOf(nil, &c), AppendFrameOf(nil, &d)
+	if &shared[0] != &other[0] || cap(shared) != len(shared) {
+		t.Fatalf("not the stored frame, capped: cap %d, len %d", cap(shared), len(shared))
+	}
+	both := AppendFrameOf(shared, &d)
+	if !bytes.Equal(both, append(append([]byte(nil), want...), want...)) || &both[0] == &shared[0] {
+		t.Fatalf("appending to the shared frame: %q", both)
+	}
+	if got := AppendFrameOf(nil, &d); !bytes.Equal(got, want) {
+		t.Fatalf("the stored frame changed: %q", got)
+	}
 }
 
 // FuzzParseFast: whatever parseFast accepts, json.Unmarshal accepts too

@@ -315,9 +315,16 @@ func (d *Delivery) Encode() {
 }
 
 // AppendFrameOf appends d's frame to out: the one stored by Encode, else a
-// fresh encoding.
+// fresh encoding. When out is empty and d was encoded, it returns the
+// stored frame itself, shared by every copy of d, so a group message's
+// members are not each given a copy: the caller must not write into the
+// result (it is capped, so that appending to it copies).
 func AppendFrameOf(out []byte, d *Delivery) []byte {
 	if d.frame != nil {
+		if len(out) == 0 {
+			f := *d.frame
+			return f[:len(f):len(f)]
+		}
 		return append(out, *d.frame...)
 	}
 	return appendDeliveryFrame(out, d)

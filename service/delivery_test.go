@@ -377,3 +377,30 @@ func TestRetriedJoinFollowsGroup(t *testing.T) {
 		t.Fatalf("written %v, want [2002 2003]: the session follows the group", got)
 	}
 }
+
+// A commit's notices share one array for each recipient's first delivery:
+// a second delivery to the same recipient must not overwrite the next
+// recipient's.
+func TestCommittedNoticesKeepApart(t *testing.T) {
+	st := newFakeStore()
+	const alice, bob = codec.UserID(1), codec.UserID(2)
+	n, _, recA := loggedIn(t, st, alice, nil)
+	recB := &recorder{}
+	s := n.Open(recB)
+	s.mu.Lock()
+	s.uid, s.name = bob, "b"
+	s.mu.Unlock()
+	n.hub.swap(bob, s)
+
+	// bob's entry is not in the fake's inbox, so that a read of it (after
+	// a wrong delivery made a gap) cannot make up for a lost one.
+	a1, a2 := st.add(alice, 1), st.add(alice, 2)
+	b1 := codec.Delivery{MsgID: codec.MsgOneChat, ID: alice, Name: "a", ToID: bob, Msg: "m", Seq: 1}
+	n.committed([]Entry{{To: alice, Delivery: a1}, {To: bob, Delivery: b1}, {To: alice, Delivery: a2}})
+	if got := waitWritten(t, recA, 2); !equalSeqs(got, []codec.Seq{1, 2}) {
+		t.Fatalf("alice was written %v, want [1 2]", got)
+	}
+	if got := waitWritten(t, recB, 1); !equalSeqs(got, []codec.Seq{1}) {
+		t.Fatalf("bob was written %v, want [1]", got)
+	}
+}

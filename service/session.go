@@ -12,7 +12,8 @@ import (
 type Transport interface {
 	// Send queues one encoded frame for writing. Safe for concurrent use;
 	// frames queued by one goroutine (or under one lock) are written in
-	// the order queued.
+	// the order queued. It must not change frame, which may be shared by
+	// several connections (a group message's one encoding).
 	Send(frame []byte)
 	// Close writes what was queued, then closes the connection. Safe for
 	// concurrent use and idempotent.
