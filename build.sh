@@ -618,8 +618,9 @@ cmd_test() {
 	fi
 
 	# The packages' micro-benchmarks, one iteration each, so that they
-	# keep working and their own checks run (cmd/chatbench's in-process
-	# ones are left out: each starts a server and logs in its users).
+	# keep working and their own checks run (~6 s). cmd/chatbench's
+	# in-process ones are left out: chatbench's own tests already run
+	# that path end to end, against real servers.
 	if ! has_package_args "$@"; then
 		banner "go test -run '^\$' -bench . -benchtime 1x (micro-benchmarks, once)"
 		run_step go test -count=1 -run '^$' -bench . -benchtime 1x -timeout 10m ./codec/ ./service/ ./store/ ./server/

@@ -318,7 +318,8 @@ func (d *Delivery) Encode() {
 // fresh encoding. When out is empty and d was encoded, it returns the
 // stored frame itself, shared by every copy of d, so a group message's
 // members are not each given a copy: the caller must not write into the
-// result (it is capped, so that appending to it copies).
+// result, nor reslice it to reuse as a buffer (it is capped, so that
+// appending to it copies).
 func AppendFrameOf(out []byte, d *Delivery) []byte {
 	if d.frame != nil {
 		if len(out) == 0 {

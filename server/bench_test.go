@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chatcluster/chatcluster/client"
+	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
 )
 
@@ -23,30 +25,42 @@ func benchChat(b *testing.B, pairs, inflight int) {
 	ps := make([]pair, pairs)
 	ids := make([]int64, pairs)
 	ctx := context.Background()
-	for i := range ps {
-		from, _ := client.Dial(ctx, ts.Addr, client.Options{DeliveryBuffer: 64})
-		to, _ := client.Dial(ctx, ts.Addr, client.Options{DeliveryBuffer: 64})
-		fid, err := from.Signup(ctx, fmt.Sprintf("f%d", i), "secret1")
+	// A client that cannot be set up fails the benchmark at once.
+	user := func(name string) (*client.Client, codec.UserID) {
+		c, err := client.Dial(ctx, ts.Addr, client.Options{DeliveryBuffer: 64})
 		if err != nil {
 			b.Fatal(err)
 		}
-		tid, _ := to.Signup(ctx, fmt.Sprintf("t%d", i), "secret1")
-		from.Login(ctx, fid, "secret1")
-		to.Login(ctx, tid, "secret1")
+		b.Cleanup(func() { c.Close() })
+		id, err := c.Signup(ctx, name, "secret1")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Login(ctx, id, "secret1"); err != nil {
+			b.Fatal(err)
+		}
+		return c, id
+	}
+	for i := range ps {
+		from, _ := user(fmt.Sprintf("f%d", i))
+		to, tid := user(fmt.Sprintf("t%d", i))
 		ids[i] = int64(tid)
 		ps[i] = pair{from, to}
-		defer from.Close()
-		defer to.Close()
 	}
 	b.ResetTimer()
 	per := b.N/pairs + 1
 	var wg sync.WaitGroup
 	for i, p := range ps {
 		wg.Add(1)
-		go func() { // receiver
+		go func() { // receiver; a message that never comes fails, not hangs
 			defer wg.Done()
 			for n := 0; n < per; n++ {
-				<-p.to.Deliveries()
+				select {
+				case <-p.to.Deliveries():
+				case <-time.After(30 * time.Second):
+					b.Errorf("pair %d: delivery %d of %d did not come within 30 s", i, n+1, per)
+					return
+				}
 			}
 		}()
 		sem := make(chan struct{}, inflight)

@@ -2,6 +2,8 @@ package service
 
 import (
 	"context"
+	"fmt"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -402,5 +404,76 @@ func TestCommittedNoticesKeepApart(t *testing.T) {
 	}
 	if got := waitWritten(t, recB, 1); !equalSeqs(got, []codec.Seq{1}) {
 		t.Fatalf("bob was written %v, want [1]", got)
+	}
+}
+
+// keeper is a Transport that keeps every buffer it is sent, as the server's
+// connection does until its flush, and decodes them only when asked.
+type keeper struct {
+	mu   sync.Mutex
+	bufs [][]byte
+}
+
+func (k *keeper) Send(buf []byte) { k.mu.Lock(); k.bufs = append(k.bufs, buf); k.mu.Unlock() }
+func (k *keeper) Close()          {}
+
+// msgs decodes the kept buffers: each frame's msg, in order.
+func (k *keeper) msgs(t *testing.T) []string {
+	t.Helper()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var out []string
+	for _, buf := range k.bufs {
+		for len(buf) > 0 {
+			body, n, err := codec.Decode(buf, 1<<20)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req, err := codec.ParseRequest(body)
+			if err != nil || req.Msg == nil {
+				t.Fatalf("frame %q: %v", body, err)
+			}
+			out = append(out, *req.Msg)
+			buf = buf[n:]
+		}
+	}
+	return out
+}
+
+// A group message's one encoded frame is shared by its members' buffers: a
+// member's private message written after it in the same buffer must not
+// land in the frame's spare room, where the next member's would overwrite
+// it while the first buffer still waits to be written.
+func TestSharedGroupFrameKeepsPrivateMessagesApart(t *testing.T) {
+	st := newFakeStore()
+	const gid = codec.GroupID(5)
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	keepers := map[codec.UserID]*keeper{}
+	for uid := codec.UserID(1); uid <= 3; uid++ {
+		st.members[gid] = append(st.members[gid], uid)
+		keepers[uid] = &keeper{}
+		s := n.Open(keepers[uid])
+		s.mu.Lock()
+		s.uid, s.name = uid, "u"
+		s.setGroupLocked(gid, 0, 0)
+		s.mu.Unlock()
+		n.hub.swap(uid, s)
+	}
+	// One commit: user 1's group message, then a private message to each
+	// of the other members.
+	g := codec.Delivery{MsgID: codec.MsgGroupChat, ID: 1, Name: "u", GroupID: gid, Msg: "to all", GSeq: 1}
+	private := func(to codec.UserID) codec.Delivery {
+		return codec.Delivery{MsgID: codec.MsgOneChat, ID: 1, Name: "u", ToID: to, Msg: fmt.Sprintf("only for %d", to), Seq: 1}
+	}
+	n.committed([]Entry{{To: 2, Delivery: g}, {To: 3, Delivery: g}, {To: 1, Delivery: g},
+		{To: 2, Delivery: private(2)}, {To: 3, Delivery: private(3)}})
+	for uid, want := range map[codec.UserID][]string{1: nil, 2: {"to all", "only for 2"}, 3: {"to all", "only for 3"}} {
+		if got := keepers[uid].msgs(t); !slices.Equal(got, want) {
+			t.Errorf("user %d was written %q, want %q", uid, got, want)
+		}
 	}
 }

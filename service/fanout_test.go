@@ -70,7 +70,7 @@ func BenchmarkGroupFanOut(b *testing.B) {
 			want = 0
 		}
 		if got := c.sends.Load(); got != want {
-			b.Fatalf("member %d was sent %d frames, want %d", i+1, got, want)
+			b.Fatalf("member %d's transport was called %d times, want %d (one a message)", i+1, got, want)
 		}
 	}
 }
