@@ -447,21 +447,11 @@ func (k *keeper) msgs(t *testing.T) []string {
 func TestSharedGroupFrameKeepsPrivateMessagesApart(t *testing.T) {
 	st := newFakeStore()
 	const gid = codec.GroupID(5)
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(n.Close)
+	n := newNode(t, st)
 	keepers := map[codec.UserID]*keeper{}
 	for uid := codec.UserID(1); uid <= 3; uid++ {
-		st.members[gid] = append(st.members[gid], uid)
 		keepers[uid] = &keeper{}
-		s := n.Open(keepers[uid])
-		s.mu.Lock()
-		s.uid, s.name = uid, "u"
-		s.setGroupLocked(gid, 0, 0)
-		s.mu.Unlock()
-		n.hub.swap(uid, s)
+		addMember(n, st, gid, uid, keepers[uid])
 	}
 	// One commit: user 1's group message, then a private message to each
 	// of the other members.

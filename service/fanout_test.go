@@ -27,22 +27,11 @@ func (c *counter) Close()          {}
 func BenchmarkGroupFanOut(b *testing.B) {
 	const members, gid = 100, codec.GroupID(1)
 	st := newFakeStore()
-	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer n.Close()
+	n := newNode(b, st)
 	conns := make([]*counter, members)
 	for i := range conns {
-		uid := codec.UserID(i + 1)
-		st.members[gid] = append(st.members[gid], uid)
 		conns[i] = &counter{}
-		s := n.Open(conns[i])
-		s.mu.Lock()
-		s.uid, s.name = uid, "u"
-		s.setGroupLocked(gid, 0, 0)
-		s.mu.Unlock()
-		n.hub.swap(uid, s)
+		addMember(n, st, gid, codec.UserID(i+1), conns[i])
 	}
 	body := strings.Repeat("x", 100)
 	entries := make([]Entry, 0, members)
@@ -73,4 +62,30 @@ func BenchmarkGroupFanOut(b *testing.B) {
 			b.Fatalf("member %d's transport was called %d times, want %d (one a message)", i+1, got, want)
 		}
 	}
+}
+
+// newNode starts a Node on st with the in-process bus, closed at the end
+// of the test.
+func newNode(tb testing.TB, st Store) *Node {
+	tb.Helper()
+	n, err := New(context.Background(), Config{Store: st, Bus: pubsub.NewMemory()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(n.Close)
+	return n
+}
+
+// addMember makes uid a member of group gid in st and opens its session on
+// n, logged in, following the group from its start, writing to t.
+func addMember(n *Node, st *fakeStore, gid codec.GroupID, uid codec.UserID, t Transport) {
+	st.mu.Lock()
+	st.members[gid] = append(st.members[gid], uid)
+	st.mu.Unlock()
+	s := n.Open(t)
+	s.mu.Lock()
+	s.uid, s.name = uid, "u"
+	s.setGroupLocked(gid, 0, 0)
+	s.mu.Unlock()
+	n.hub.swap(uid, s)
 }
