@@ -3,18 +3,11 @@ package service
 import (
 	"context"
 	"strings"
-	"sync/atomic"
 	"testing"
 
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/pubsub"
 )
-
-// counter is a Transport that counts what it is sent.
-type counter struct{ sends, bytes atomic.Int64 }
-
-func (c *counter) Send(buf []byte) { c.sends.Add(1); c.bytes.Add(int64(len(buf))) }
-func (c *counter) Close()          {}
 
 // BenchmarkGroupFanOut times the node's side of a group message's fan-out
 // on one node: from the commit hook (Node.committed) with a 100-member
@@ -28,9 +21,9 @@ func BenchmarkGroupFanOut(b *testing.B) {
 	const members, gid = 100, codec.GroupID(1)
 	st := newFakeStore()
 	n := newNode(b, st)
-	conns := make([]*counter, members)
+	conns := make([]*countFrames, members)
 	for i := range conns {
-		conns[i] = &counter{}
+		conns[i] = &countFrames{}
 		addMember(n, st, gid, codec.UserID(i+1), conns[i])
 	}
 	body := strings.Repeat("x", 100)
@@ -54,11 +47,14 @@ func BenchmarkGroupFanOut(b *testing.B) {
 	// have made its session read the fake's empty log instead), and the
 	// sender none of its own.
 	for i, c := range conns {
-		want := int64(b.N)
+		want := b.N
 		if i == 0 {
 			want = 0
 		}
-		if got := c.sends.Load(); got != want {
+		c.mu.Lock()
+		got := c.n
+		c.mu.Unlock()
+		if got != want {
 			b.Fatalf("member %d's transport was called %d times, want %d (one a message)", i+1, got, want)
 		}
 	}
