@@ -128,22 +128,38 @@ type recorder struct {
 	seqs []codec.Seq
 }
 
-// Send decodes every frame in buf (one Send may carry several).
-func (r *recorder) Send(buf []byte) {
+// requests decodes every frame in buf (one Send may carry several).
+func requests(buf []byte) ([]*codec.Request, error) {
+	var out []*codec.Request
 	for len(buf) > 0 {
 		body, n, err := codec.Decode(buf, 1<<20)
 		if err != nil {
-			panic(err)
+			return out, err
 		}
-		req, _ := codec.ParseRequest(body)
-		r.mu.Lock()
+		req, err := codec.ParseRequest(body)
+		if err != nil {
+			return out, fmt.Errorf("frame %q: %w", body, err)
+		}
+		out = append(out, req)
+		buf = buf[n:]
+	}
+	return out, nil
+}
+
+// Send decodes every frame in buf.
+func (r *recorder) Send(buf []byte) {
+	reqs, err := requests(buf)
+	if err != nil {
+		panic(err)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, req := range reqs {
 		if req.GSeq != nil {
 			r.seqs = append(r.seqs, codec.Seq(1000**req.GroupID+*req.GSeq))
 		} else {
 			r.seqs = append(r.seqs, codec.Seq(*req.Seq))
 		}
-		r.mu.Unlock()
-		buf = buf[n:]
 	}
 }
 func (r *recorder) Close() {}
@@ -424,17 +440,15 @@ func (k *keeper) msgs(t *testing.T) []string {
 	defer k.mu.Unlock()
 	var out []string
 	for _, buf := range k.bufs {
-		for len(buf) > 0 {
-			body, n, err := codec.Decode(buf, 1<<20)
-			if err != nil {
-				t.Fatal(err)
-			}
-			req, err := codec.ParseRequest(body)
-			if err != nil || req.Msg == nil {
-				t.Fatalf("frame %q: %v", body, err)
+		reqs, err := requests(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, req := range reqs {
+			if req.Msg == nil {
+				t.Fatalf("a frame without msg: %+v", req)
 			}
 			out = append(out, *req.Msg)
-			buf = buf[n:]
 		}
 	}
 	return out

@@ -206,19 +206,19 @@ func (n *Node) committed(entries []Entry) {
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
 	defer cancel()
 	entries = append(entries, n.groupEntries(ctx, entries)...)
-	// A recipient's first delivery goes in one array shared by the
-	// notices (one allocation, not one per recipient); a slice of it is
-	// capped, so a second delivery to the same recipient copies it out.
+	// Notice i's first delivery is firsts[i]: one array for them all (one
+	// allocation, not one per recipient), each notice's slice of it capped,
+	// so a second delivery to the same recipient copies it out.
 	firsts := make([]codec.Delivery, 0, len(entries))
 	for _, e := range entries {
 		if i, ok := index[e.To]; ok {
 			notices[i].Deliveries = append(notices[i].Deliveries, e.Delivery)
 			continue
 		}
-		index[e.To] = len(notices)
-		k := len(firsts)
+		i := len(notices)
+		index[e.To] = i
 		firsts = append(firsts, e.Delivery)
-		notices = append(notices, pubsub.Notice{To: e.To, Deliveries: firsts[k : k+1 : k+1]})
+		notices = append(notices, pubsub.Notice{To: e.To, Deliveries: firsts[i : i+1 : i+1]})
 	}
 	if err := n.bus.Publish(ctx, notices); err != nil {
 		// The entries are stored; recipients get them at the next resync

@@ -35,14 +35,15 @@ import (
 // msg/s between ten pairs, one user's 3,300 rows a commit made every
 // commit of the copy ~25 ms long, and p99 ~45 ms). When no row is left
 // the frozen log is emptied at once (a whole-table DELETE frees its pages
-// without touching its index entry by entry). A row is in a log, in its table, or for a while in both: readers
-// take the union (Store.Inbox; preparedWriter.dedup with sentMemory).
+// without touching its index entry by entry). A row is in a log, in its
+// table, or for a while in both: readers take the union (Store.Inbox;
+// preparedWriter.dedup with sentMemory).
 
 // logSpec names a log pair (log0 and log1, with indexes log0_idx and
 // log1_idx if idx is set), its table and their shared columns; order is
 // the table's primary key and the indexes' columns, key and sub its two
-// columns (a range may end inside a key's rows: logPos). The sent logs have no index:
-// the writer keeps their keys in memory (sqlite_sent.go).
+// columns (a range may end inside a key's rows: logPos). The sent logs
+// have no index: the writer keeps their keys in memory (sqlite_sent.go).
 type logSpec struct {
 	log, idx, table, key, sub, order, cols string
 }
