@@ -270,9 +270,13 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 
 	// Become the user's session first, so every entry committed from now on
 	// reaches this session (held back while pumping), then read the inbox.
+	// The user's lock orders this against the user's other logins and
+	// leaves on this node: presence then names the session the hub holds.
+	unlock := n.hub.lockUser(uid)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
+		unlock()
 		return
 	}
 	s.uid, s.name = uid, u.Name
@@ -291,13 +295,16 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		if old != nil && old != s && n.hub.replace(uid, s, old) {
 			n.resync(old)
 		}
-		n.unbind(s, uid, gen)
+		n.endLogin(s, gen)
+		n.leaveLocked(uid, s)
+		unlock()
 		n.reply(s, req, nil, n.storeFail("login", fmt.Errorf("%w: presence: %v", ErrUnavailable, err)))
 		return
 	}
 	if old != nil && old != s {
 		n.kick(old)
 	}
+	unlock()
 
 	ack, groups, acked, complete, err := n.loginAck(ctx, uid, u)
 	if err != nil {
@@ -470,12 +477,17 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 
 // unbind undoes a login that could not complete.
 func (n *Node) unbind(s *Session, uid codec.UserID, gen uint32) {
+	n.endLogin(s, gen)
+	n.leave(uid, s)
+}
+
+// endLogin ends s's login if it is still the generation gen.
+func (n *Node) endLogin(s *Session, gen uint32) {
 	s.mu.Lock()
 	if s.gen == gen {
 		s.endLoginLocked()
 	}
 	s.mu.Unlock()
-	n.leave(uid, s)
 }
 
 // kick ends a session replaced by a newer login of the same user.

@@ -14,16 +14,49 @@ const hubShards = 64
 type hub struct {
 	shards [hubShards]struct {
 		sync.RWMutex
-		m map[codec.UserID]*Session
+		m     map[codec.UserID]*Session
+		locks map[codec.UserID]*userLock // users with a lockUser held or awaited
 	}
+}
+
+// userLock is one user's lock; refs counts its holders and waiters.
+type userLock struct {
+	sync.Mutex
+	refs int
 }
 
 func newHub() *hub {
 	h := &hub{}
 	for i := range h.shards {
 		h.shards[i].m = map[codec.UserID]*Session{}
+		h.shards[i].locks = map[codec.UserID]*userLock{}
 	}
 	return h
+}
+
+// lockUser takes uid's lock on this node and returns its unlock. It orders
+// a login's hub swap and presence write against the same user's other
+// logins and leaves; other users are not held up. The lock is not
+// reentrant.
+func (h *hub) lockUser(uid codec.UserID) (unlock func()) {
+	sh := &h.shards[h.shard(uid)]
+	sh.Lock()
+	l := sh.locks[uid]
+	if l == nil {
+		l = &userLock{}
+		sh.locks[uid] = l
+	}
+	l.refs++
+	sh.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		sh.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(sh.locks, uid)
+		}
+		sh.Unlock()
+	}
 }
 
 func (h *hub) shard(uid codec.UserID) int { return int(uint64(uid) % hubShards) }

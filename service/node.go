@@ -187,8 +187,17 @@ func (n *Node) Closed(s *Session) {
 	}
 }
 
-// leave removes a logged-out or closed session from presence.
+// leave removes a logged-out or closed session from presence. It waits for
+// a login of uid on this node to finish, so a session closed while it logs
+// in leaves no presence behind.
 func (n *Node) leave(uid codec.UserID, s *Session) {
+	unlock := n.hub.lockUser(uid)
+	defer unlock()
+	n.leaveLocked(uid, s)
+}
+
+// leaveLocked is leave for a caller that holds uid's lock (hub.lockUser).
+func (n *Node) leaveLocked(uid codec.UserID, s *Session) {
 	if n.hub.remove(uid, s) {
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
 		defer cancel()

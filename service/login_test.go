@@ -1,0 +1,205 @@
+package service
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/chatcluster/chatcluster/codec"
+	"github.com/chatcluster/chatcluster/pubsub"
+)
+
+// loginStore is a fakeStore where any user can log in with "secret1".
+type loginStore struct {
+	*fakeStore
+	hash []byte
+}
+
+func newLoginStore(t *testing.T) *loginStore {
+	t.Helper()
+	hash, err := bcrypt.GenerateFromPassword([]byte("secret1"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &loginStore{fakeStore: newFakeStore(), hash: hash}
+}
+
+func (l *loginStore) User(_ context.Context, id codec.UserID) (User, error) {
+	return User{ID: id, Name: "u", PasswordHash: l.hash}, nil
+}
+func (l *loginStore) Friends(context.Context, codec.UserID) ([]Member, error)   { return nil, nil }
+func (l *loginStore) UserGroups(context.Context, codec.UserID) ([]Group, error) { return nil, nil }
+func (l *loginStore) InboxState(context.Context, codec.UserID) (codec.Seq, codec.Seq, error) {
+	return 0, 0, nil
+}
+
+// heldBus is the in-process bus whose first SetOnline waits until release
+// is closed (entered is closed when it starts waiting); it remembers the
+// session each user's presence names, as another node would read it.
+type heldBus struct {
+	*pubsub.Memory
+	once     sync.Once
+	entered  chan struct{}
+	release  chan struct{}
+	mu       sync.Mutex
+	presence map[codec.UserID]string
+}
+
+func newHeldBus() *heldBus {
+	return &heldBus{Memory: pubsub.NewMemory(), entered: make(chan struct{}), release: make(chan struct{}),
+		presence: map[codec.UserID]string{}}
+}
+
+func (b *heldBus) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
+	held := false
+	b.once.Do(func() { held = true })
+	if held {
+		close(b.entered)
+		<-b.release
+	}
+	b.mu.Lock()
+	b.presence[uid] = session
+	b.mu.Unlock()
+	return b.Memory.SetOnline(ctx, uid, session)
+}
+
+func (b *heldBus) SetOffline(ctx context.Context, uid codec.UserID, session string) error {
+	b.mu.Lock()
+	if b.presence[uid] == session {
+		delete(b.presence, uid)
+	}
+	b.mu.Unlock()
+	return b.Memory.SetOffline(ctx, uid, session)
+}
+
+func (b *heldBus) named(uid codec.UserID) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.presence[uid]
+}
+
+// loginLater starts a LOGIN of user 5 on a new session and returns the
+// session and a channel closed when the login's Handle returns.
+func loginLater(n *Node) (*Session, chan struct{}) {
+	s := n.Open(&countFrames{})
+	done := make(chan struct{})
+	go func() {
+		n.Handle(s, []byte(`{"msgid":1,"id":5,"password":"secret1"}`))
+		close(done)
+	}()
+	return s, done
+}
+
+func newLoginNode(t *testing.T, bus pubsub.Bus) *Node {
+	t.Helper()
+	n, err := New(context.Background(), Config{Store: newLoginStore(t), Bus: bus, BcryptCost: bcrypt.MinCost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	return n
+}
+
+// raceLogins runs two logins of user 5 on n at once, the first one's
+// presence write held until the second has had the chance to overtake it,
+// and returns the session that stays logged in and the other.
+func raceLogins(t *testing.T, n *Node, bus *heldBus) (live, other *Session) {
+	t.Helper()
+	a, aDone := loginLater(n)
+	<-bus.entered // a is in the hub; its presence write waits
+	b, bDone := loginLater(n)
+	time.Sleep(20 * time.Millisecond) // give b the chance to overtake a
+	close(bus.release)
+	<-aDone
+	<-bDone
+	ua, _ := a.User()
+	ub, _ := b.User()
+	if (ua == 5) == (ub == 5) {
+		t.Fatalf("logged in: a %d, b %d; want exactly one session of user 5", ua, ub)
+	}
+	if ub == 5 {
+		return b, a
+	}
+	return a, b
+}
+
+// Two logins of one user on one node at once: presence must end up naming
+// the session that stays logged in. (Unordered, the first login's write
+// could land last and leave presence naming the kicked session: the user
+// would read online forever, and another node's login would kick the
+// wrong session.)
+func TestConcurrentLoginsOfOneUser(t *testing.T) {
+	const uid = codec.UserID(5)
+	t.Run("presence", func(t *testing.T) {
+		bus := newHeldBus()
+		n := newLoginNode(t, bus)
+		live, other := raceLogins(t, n, bus)
+		if got := bus.named(uid); got != live.id {
+			t.Fatalf("presence names session %q, the live session is %q", got, live.id)
+		}
+		if n.hub.get(uid) != live {
+			t.Fatal("the hub does not hold the live session")
+		}
+		n.Closed(other)
+		n.Closed(live)
+		if on, _ := bus.Online(context.Background(), []codec.UserID{uid}); on[uid] {
+			t.Fatalf("user %d reads online with no session (presence %q)", uid, bus.named(uid))
+		}
+	})
+	t.Run("remote kick", func(t *testing.T) {
+		bus := newHeldBus()
+		n := newLoginNode(t, bus)
+		live, _ := raceLogins(t, n, bus)
+		// What another node's login kicks is the session presence names.
+		busHandler{n}.Kick(uid, bus.named(uid))
+		if u, _ := live.User(); u != 0 {
+			t.Fatalf("the live session survived the kick of the session presence names: user %d has two sessions", uid)
+		}
+	})
+}
+
+// A connection that closes while its LOGIN writes presence leaves no
+// presence behind.
+func TestCloseDuringLogin(t *testing.T) {
+	const uid = codec.UserID(5)
+	bus := newHeldBus()
+	n := newLoginNode(t, bus)
+	a, aDone := loginLater(n)
+	<-bus.entered
+	closed := make(chan struct{})
+	go func() { n.Closed(a); close(closed) }()
+	time.Sleep(20 * time.Millisecond) // give Closed the chance to run first
+	close(bus.release)
+	<-aDone
+	<-closed
+	if on, _ := bus.Online(context.Background(), []codec.UserID{uid}); on[uid] {
+		t.Fatalf("user %d reads online after its only connection closed during login (presence %q)", uid, bus.named(uid))
+	}
+	if n.hub.get(uid) != nil {
+		t.Fatal("the closed session is still in the hub")
+	}
+}
+
+func TestLockUser(t *testing.T) {
+	h := newHub()
+	unlock := h.lockUser(7)
+	other := h.lockUser(8) // another user is not held up
+	other()
+	got := make(chan struct{})
+	go func() { h.lockUser(7)(); close(got) }()
+	select {
+	case <-got:
+		t.Fatal("a second lockUser of the same user did not wait")
+	case <-time.After(20 * time.Millisecond):
+	}
+	unlock()
+	<-got
+	for i := range h.shards {
+		if len(h.shards[i].locks) != 0 {
+			t.Fatalf("shard %d keeps %d user locks after every unlock", i, len(h.shards[i].locks))
+		}
+	}
+}
