@@ -104,7 +104,13 @@ func (b *readBatcher[K, V]) fetchQueued() (more bool) {
 	keys := make([]K, 0, len(calls))
 	seen := make(map[K]bool, len(calls))
 	for _, c := range calls {
-		if !seen[c.key] && c.ctx.Err() == nil {
+		if err := c.ctx.Err(); err != nil {
+			// Not fetched: its caller gave up. It may still read done
+			// before its ctx, so it must not read "no row".
+			c.err = err
+			continue
+		}
+		if !seen[c.key] {
 			seen[c.key] = true
 			keys = append(keys, c.key)
 		}
@@ -114,8 +120,10 @@ func (b *readBatcher[K, V]) fetchQueued() (more bool) {
 		vals, err := b.fetch(ctx, keys)
 		cancel()
 		for _, c := range calls {
-			c.val, c.found = vals[c.key]
-			c.err = err
+			if c.err == nil {
+				c.val, c.found = vals[c.key]
+				c.err = err
+			}
 		}
 	}
 	for _, c := range calls {

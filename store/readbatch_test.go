@@ -150,3 +150,38 @@ func TestReadBatcherCallerGivesUp(t *testing.T) {
 		t.Fatalf("fetches %v: want [1] then [3] (key 2's caller gave up)", calls)
 	}
 }
+
+// TestReadBatcherGivenUpIsNotAnswered: a queued read whose caller gave up
+// before its batch is fetched is answered with the caller's error, never
+// with "no row": its caller may see done before its ctx.
+func TestReadBatcherGivenUpIsNotAnswered(t *testing.T) {
+	f, b := newGated()
+	close(f.gate)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	gaveUp := &readCall[int, int]{ctx: ctx, key: 1, done: make(chan struct{})}
+	live := &readCall[int, int]{ctx: context.Background(), key: 2, done: make(chan struct{})}
+	b.queue = []*readCall[int, int]{gaveUp, live}
+	b.running = true
+	if b.fetchQueued() {
+		t.Fatal("more reads reported queued")
+	}
+	<-gaveUp.done
+	if !errors.Is(gaveUp.err, context.Canceled) || gaveUp.found {
+		t.Fatalf("the read given up on: found %v, err %v; want context.Canceled", gaveUp.found, gaveUp.err)
+	}
+	if live.err != nil || !live.found || live.val != 4 {
+		t.Fatalf("the live read: %d, %v, %v", live.val, live.found, live.err)
+	}
+	if calls := f.callKeys(); len(calls) != 1 || len(calls[0]) != 1 || calls[0][0] != 2 {
+		t.Fatalf("fetches %v: want [2]", calls)
+	}
+
+	// Alone in its batch, it is answered without a fetch.
+	alone := &readCall[int, int]{ctx: ctx, key: 3, done: make(chan struct{})}
+	b.queue = []*readCall[int, int]{alone}
+	b.fetchQueued()
+	if !errors.Is(alone.err, context.Canceled) {
+		t.Fatalf("a lone read given up on: err %v; want context.Canceled", alone.err)
+	}
+}
