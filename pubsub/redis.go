@@ -56,8 +56,14 @@ type RedisConfig struct {
 //
 // Keys and channels (P is the prefix):
 //
-//	P+"presence:"+uid  string "SESSION@NODE": uid's current session
-//	P+"lease:"+NODE    string, expires after Lease unless renewed: NODE is alive
+//	P+"presence:"+uid  string "SESSION@NODE@BOOT": uid's current session
+//	P+"lease:"+NODE    string "MILLIS@BOOT", expires after Lease unless renewed:
+//	                   NODE is alive, in its run BOOT, renewed at MILLIS
+//
+// BOOT is random for each run of a node (each NewRedis): a node restarted
+// under the same id does not bring back the presence its previous run
+// left behind when it crashed.
+//
 //	P+"node:"+NODE     channel: envelopes for NODE
 //	P+"all"            channel: envelopes for every node
 type Redis struct {
@@ -74,6 +80,11 @@ type Redis struct {
 
 	localMu sync.Mutex
 	local   map[codec.UserID]string // sessions on this node, to re-assert presence
+
+	offMu   sync.Mutex
+	offline map[codec.UserID][]string // failed SetOfflines, retried by leaseLoop
+
+	boot string // this run of the node
 
 	suspectMu sync.Mutex
 	suspect   map[string]time.Time // node -> until when kicks to it are not awaited
@@ -94,18 +105,23 @@ var _ Bus = (*Redis)(nil)
 
 // envelope is the payload of every message on the bus, JSON encoded:
 //
-//	{"t":"n","n":[{"to":UID,"d":[DELIVERY...]}...]}  notices
+//	{"t":"n","n":[{"to":UID,"d":[DELIVERY...],"g":[I...]}...],"gd":[DELIVERY...]}  notices
 //	{"t":"k","u":UID,"s":SESSION,"id":KICKID,"f":NODE}  kick a session
 //	{"t":"ka","id":KICKID}                             kick done
 //	{"t":"p"}                                          probe
 //	{"t":"r"}                                          resync every session
+//
+// A notice's group deliveries are indexes into "gd", where each group
+// message (group id and gseq) is once however many of the node's users
+// it goes to; "d" holds the rest.
 type envelope struct {
-	T       string       `json:"t"`
-	Notices []Notice     `json:"n,omitempty"`
-	UID     codec.UserID `json:"u,omitempty"`
-	Session string       `json:"s,omitempty"`
-	ID      string       `json:"id,omitempty"`
-	From    string       `json:"f,omitempty"`
+	T       string           `json:"t"`
+	Notices []wireNotice     `json:"n,omitempty"`
+	Group   []codec.Delivery `json:"gd,omitempty"`
+	UID     codec.UserID     `json:"u,omitempty"`
+	Session string           `json:"s,omitempty"`
+	ID      string           `json:"id,omitempty"`
+	From    string           `json:"f,omitempty"`
 }
 
 // NewRedis connects to Redis and starts the node's lease, probe, publisher
@@ -151,8 +167,12 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		queue:   make(chan []Notice, cfg.QueueLen),
 		waiters: map[string]chan struct{}{},
 		local:   map[codec.UserID]string{},
+		offline: map[codec.UserID][]string{},
 		suspect: map[string]time.Time{},
 	}
+	var boot [8]byte
+	_, _ = rand.Read(boot[:])
+	r.boot = hex.EncodeToString(boot[:])
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	pctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
@@ -207,8 +227,29 @@ func (r *Redis) presenceKey(uid codec.UserID) string {
 	return r.cfg.Prefix + "presence:" + strconv.FormatInt(int64(uid), 10)
 }
 func (r *Redis) leaseKey(node string) string { return r.cfg.Prefix + "lease:" + node }
-func (r *Redis) channel(node string) string  { return r.cfg.Prefix + "node:" + node }
-func (r *Redis) allChannel() string          { return r.cfg.Prefix + "all" }
+
+// presenceValue is the presence of session on this run of this node.
+func (r *Redis) presenceValue(session string) string {
+	return session + "@" + r.cfg.NodeID + "@" + r.boot
+}
+
+// parsePresence splits a presence value. A value without BOOT (written
+// by an older version) has boot "", as has a lease without one.
+func parsePresence(v string) (session, node, boot string) {
+	session, rest, _ := strings.Cut(v, "@")
+	node, boot, _ = strings.Cut(rest, "@")
+	return session, node, boot
+}
+
+// parseLease splits a lease value into when it was renewed (Unix ms) and
+// the run of the node that renewed it.
+func parseLease(v string) (renewed int64, boot string, err error) {
+	ms, boot, _ := strings.Cut(v, "@")
+	renewed, err = strconv.ParseInt(ms, 10, 64)
+	return renewed, boot, err
+}
+func (r *Redis) channel(node string) string { return r.cfg.Prefix + "node:" + node }
+func (r *Redis) allChannel() string         { return r.cfg.Prefix + "all" }
 
 func (r *Redis) cmdCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.cfg.Timeout)
@@ -303,7 +344,7 @@ func (r *Redis) publish(batch []Notice) error {
 			if !ok {
 				continue // offline: the entry waits in the inbox
 			}
-			_, node, _ := strings.Cut(s, "@")
+			_, node, _ := parsePresence(s)
 			byNode[node] = append(byNode[node], part[i])
 		}
 	}
@@ -314,14 +355,96 @@ func (r *Redis) publish(batch []Notice) error {
 	defer cancel()
 	pipe := r.rdb.Pipeline()
 	for node, ns := range byNode {
-		payload, err := json.Marshal(envelope{T: "n", Notices: ns})
-		if err != nil {
+		if err := queuePublish(ctx, pipe, r.channel(node), ns); err != nil {
 			return err
 		}
-		pipe.Publish(ctx, r.channel(node), payload)
 	}
 	_, err := pipe.Exec(ctx)
 	return err
+}
+
+// maxPublishBytes bounds one PUBLISH of notices (unless a single notice is
+// larger). Redis disconnects a subscriber whose output buffer passes
+// client-output-buffer-limit (by default 32 MB at once), and a group
+// message to thousands of members on one node would otherwise go in one.
+const maxPublishBytes = 1 << 20
+
+// wireNotice is a Notice as the bus carries it (see envelope).
+type wireNotice struct {
+	To         codec.UserID     `json:"to"`
+	Deliveries []codec.Delivery `json:"d,omitempty"`
+	Group      []int            `json:"g,omitempty"`
+}
+
+// noticesEnvelope is the envelope of ns: each group message once.
+func noticesEnvelope(ns []Notice) envelope {
+	type groupMsg struct {
+		gid  codec.GroupID
+		gseq codec.Seq
+	}
+	var index map[groupMsg]int
+	e := envelope{T: "n", Notices: make([]wireNotice, len(ns))}
+	for i, n := range ns {
+		w := &e.Notices[i]
+		w.To = n.To
+		for _, d := range n.Deliveries {
+			if d.GroupID == 0 || d.GSeq == 0 {
+				w.Deliveries = append(w.Deliveries, d)
+				continue
+			}
+			if index == nil {
+				index = map[groupMsg]int{}
+			}
+			k := groupMsg{d.GroupID, d.GSeq}
+			j, ok := index[k]
+			if !ok {
+				j = len(e.Group)
+				index[k] = j
+				e.Group = append(e.Group, d)
+			}
+			w.Group = append(w.Group, j)
+		}
+	}
+	return e
+}
+
+// notices rebuilds the notices of an envelope from noticesEnvelope. Each
+// group message is encoded once (codec.Delivery.Encode), so that its
+// recipients here are sent the same bytes. Indexes out of range are
+// dropped (the recipient resyncs at its next gap).
+func (e *envelope) notices() []Notice {
+	for i := range e.Group {
+		e.Group[i].Encode()
+	}
+	out := make([]Notice, len(e.Notices))
+	for i, w := range e.Notices {
+		ds := w.Deliveries
+		for _, j := range w.Group {
+			if j >= 0 && j < len(e.Group) {
+				ds = append(ds, e.Group[j])
+			}
+		}
+		out[i] = Notice{To: w.To, Deliveries: ds}
+	}
+	return out
+}
+
+// queuePublish adds to pipe the PUBLISHes of ns on channel: one, or, when
+// its payload would pass maxPublishBytes, the halves' in order.
+func queuePublish(ctx context.Context, pipe redis.Pipeliner, channel string, ns []Notice) error {
+	payload, err := json.Marshal(noticesEnvelope(ns))
+	if err != nil {
+		return err
+	}
+	if len(payload) > maxPublishBytes && len(ns) > 1 {
+		half := len(ns) / 2
+		if err := queuePublish(ctx, pipe, channel, ns[:half]); err != nil {
+			return err
+		}
+		return queuePublish(ctx, pipe, channel, ns[half:])
+	}
+	pipe.Publish(ctx, channel, payload)
+	return nil
 }
 
 // leaseLoop renews the node lease, publishes probes, watches the
@@ -346,6 +469,7 @@ func (r *Redis) leaseLoop() {
 				lastRenew = time.Now()
 			}
 		}
+		r.retryOffline()
 		if time.Since(lastProbe) < r.cfg.ProbeInterval {
 			continue
 		}
@@ -365,8 +489,8 @@ func (r *Redis) leaseLoop() {
 func (r *Redis) renewLease(ctx context.Context) error {
 	ctx, cancel := r.cmdCtx(ctx)
 	defer cancel()
-	now := strconv.FormatInt(time.Now().UnixMilli(), 10) // when it was last renewed
-	if err := r.rdb.Set(ctx, r.leaseKey(r.cfg.NodeID), now, r.cfg.Lease).Err(); err != nil {
+	v := strconv.FormatInt(time.Now().UnixMilli(), 10) + "@" + r.boot // when it was last renewed, by whom
+	if err := r.rdb.Set(ctx, r.leaseKey(r.cfg.NodeID), v, r.cfg.Lease).Err(); err != nil {
 		return fmt.Errorf("pubsub: lease: %w", err)
 	}
 	return nil
@@ -465,7 +589,7 @@ func (r *Redis) dispatch(payload string) {
 		if h != nil {
 			// Recipients that moved away meanwhile are dropped: their new
 			// node reads the inbox at login.
-			h.Deliver(e.Notices)
+			h.Deliver(e.notices())
 		}
 	case "k":
 		r.localMu.Lock()
@@ -523,7 +647,7 @@ func (r *Redis) reassertPresence() error {
 		pipe := r.rdb.TxPipeline()
 		for i, a := range batch {
 			key := r.presenceKey(a.uid)
-			pipe.SetNX(ctx, key, a.session+"@"+r.cfg.NodeID, 0)
+			pipe.SetNX(ctx, key, r.presenceValue(a.session), 0)
 			batch[i].cur = pipe.Get(ctx, key)
 		}
 		if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, redis.Nil) {
@@ -531,7 +655,7 @@ func (r *Redis) reassertPresence() error {
 		}
 		for _, a := range batch {
 			cur, err := a.cur.Result()
-			if errors.Is(err, redis.Nil) || cur == a.session+"@"+r.cfg.NodeID {
+			if errors.Is(err, redis.Nil) || cur == r.presenceValue(a.session) {
 				continue // re-asserted, or still there
 			}
 			if err != nil {
@@ -569,7 +693,7 @@ func (r *Redis) reassertPresence() error {
 // two when it kicks.
 func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
 	cctx, cancel := r.cmdCtx(ctx)
-	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), session+"@"+r.cfg.NodeID, redis.SetArgs{Get: true}).Result()
+	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), r.presenceValue(session), redis.SetArgs{Get: true}).Result()
 	cancel()
 	if err == nil || errors.Is(err, redis.Nil) {
 		r.localMu.Lock()
@@ -582,9 +706,9 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	if err != nil {
 		return fmt.Errorf("pubsub: presence: %w", err)
 	}
-	prevSession, node, _ := strings.Cut(prev, "@")
+	prevSession, node, prevBoot := parsePresence(prev)
 	if node == r.cfg.NodeID || node == "" {
-		return nil // a local session: the node's hub already replaced it
+		return nil // a local session (the node's hub already replaced it), or one of an earlier run
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
@@ -624,14 +748,22 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		r.suspectMu.Unlock()
 		return nil
 	}
-	renewed, err := lease.Int64()
+	lv, err := lease.Result()
 	if errors.Is(err, redis.Nil) {
 		return nil // its lease ran out: it is dead or about to drop the session
+	}
+	var renewed int64
+	var leaseBoot string
+	if err == nil {
+		renewed, leaseBoot, err = parseLease(lv)
 	}
 	if err != nil {
 		// The kick went out: the login stands, without waiting for it.
 		r.log.Warn("lease unreadable; kick not waited for", "node", node, "err", err)
 		return nil
+	}
+	if leaseBoot != prevBoot {
+		return nil // the session's run of that node is gone: the node restarted since
 	}
 	// A node that missed a renewal, or that let a kick go unconfirmed
 	// lately, is probably dead: it got the kick, but is not waited for.
@@ -667,9 +799,54 @@ func (r *Redis) SetOffline(ctx context.Context, uid codec.UserID, session string
 		delete(r.local, uid)
 	}
 	r.localMu.Unlock()
+	if err := r.offlineOnce(ctx, uid, session); err != nil {
+		// Retried by leaseLoop until Redis answers: the key has no TTL,
+		// and would name a session that is gone for as long as this run
+		// of the node lives.
+		r.offMu.Lock()
+		r.offline[uid] = append(r.offline[uid], session)
+		r.offMu.Unlock()
+		return fmt.Errorf("pubsub: presence: %w (retried in the background)", err)
+	}
+	return nil
+}
+
+// offlineOnce deletes uid's presence if it names session on this run.
+func (r *Redis) offlineOnce(ctx context.Context, uid codec.UserID, session string) error {
 	ctx, cancel := r.cmdCtx(ctx)
 	defer cancel()
-	return offlineScript.Run(ctx, r.rdb, []string{r.presenceKey(uid)}, session+"@"+r.cfg.NodeID).Err()
+	return offlineScript.Run(ctx, r.rdb, []string{r.presenceKey(uid)}, r.presenceValue(session)).Err()
+}
+
+// retryOffline runs the SetOfflines that failed again, until Redis answers
+// them; it stops at the first that fails again. A newer presence of the
+// same user is never touched: the delete compares the session.
+func (r *Redis) retryOffline() {
+	r.offMu.Lock()
+	if len(r.offline) == 0 {
+		r.offMu.Unlock()
+		return
+	}
+	pending := r.offline
+	r.offline = map[codec.UserID][]string{}
+	r.offMu.Unlock()
+	var failed error
+	for uid, sessions := range pending {
+		for i, session := range sessions {
+			if failed == nil {
+				failed = r.offlineOnce(r.ctx, uid, session)
+			}
+			if failed != nil {
+				r.offMu.Lock()
+				r.offline[uid] = append(r.offline[uid], sessions[i:]...)
+				r.offMu.Unlock()
+				break
+			}
+		}
+	}
+	if failed != nil {
+		r.log.Warn("presence: set offline, retried", "users", len(pending), "err", failed)
+	}
 }
 
 // Online implements Bus: a user is online when its presence names a node
@@ -697,8 +874,8 @@ func (r *Redis) Online(ctx context.Context, uids []codec.UserID) (map[codec.User
 		if !ok {
 			continue
 		}
-		_, node, _ := strings.Cut(s, "@")
-		nodeOf[uids[i]] = node
+		_, node, boot := parsePresence(s)
+		nodeOf[uids[i]] = node + "@" + boot
 		if !seen[node] {
 			seen[node] = true
 			nodes = append(nodes, r.leaseKey(node))
@@ -713,8 +890,9 @@ func (r *Redis) Online(ctx context.Context, uids []codec.UserID) (map[codec.User
 			return nil, fmt.Errorf("pubsub: lease: %w", err)
 		}
 		for i, l := range leases {
-			if l != nil {
-				alive[strings.TrimPrefix(nodes[i], r.cfg.Prefix+"lease:")] = true
+			if v, ok := l.(string); ok {
+				_, boot, _ := strings.Cut(v, "@")
+				alive[strings.TrimPrefix(nodes[i], r.cfg.Prefix+"lease:")+"@"+boot] = true
 			}
 		}
 	}

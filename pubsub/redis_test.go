@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -240,7 +243,7 @@ func TestRedisKickToUnsubscribedNode(t *testing.T) {
 	if d := time.Since(start); d > time.Second {
 		t.Fatalf("SetOnline waited %v for a kick nobody received", d)
 	}
-	if v, _ := rdb.Get(ctx, prefix+"presence:11").Result(); v != "new@a" {
+	if v, _ := rdb.Get(ctx, prefix+"presence:11").Result(); v != a.presenceValue("new") {
 		t.Fatalf("presence %q", v)
 	}
 }
@@ -301,7 +304,7 @@ func TestRedisReassertDropsSupersededSessions(t *testing.T) {
 	if v, _ := rdb.Get(ctx, prefix+"presence:7").Result(); v != "new7@b" {
 		t.Fatalf("presence of 7 = %q, want the newer login", v)
 	}
-	if v, _ := rdb.Get(ctx, prefix+"presence:8").Result(); v != "s8@a" {
+	if v, _ := rdb.Get(ctx, prefix+"presence:8").Result(); v != a.presenceValue("s8") {
 		t.Fatalf("presence of 8 = %q, want re-asserted", v)
 	}
 	select {
@@ -324,5 +327,243 @@ func TestRedisVersionCheck(t *testing.T) {
 		if err := versionOK(info); (err == nil) != ok {
 			t.Errorf("%q: %v", info, err)
 		}
+	}
+}
+
+// A node that crashed and is restarted under the same id does not bring
+// back the presence its previous run left behind: those users stay
+// offline until they log in again.
+func TestRedisRestartedNodeDoesNotReviveOldPresence(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	lease := 600 * time.Millisecond
+	obs, _ := newTestBus(t, addr, prefix, "obs", lease)
+	old, hold := newTestBus(t, addr, prefix, "a", lease)
+	hold.login(t, old, 42, "sess-old")
+	ctx := context.Background()
+	if on, _ := obs.Online(ctx, []codec.UserID{42}); !on[42] {
+		t.Fatal("a user logged in on a live node reads offline")
+	}
+	// The crash: the run stops renewing its lease and never sets anyone
+	// offline, nor drops its lease (as Close would).
+	old.cancel()
+	old.wg.Wait()
+	restarted, hnew := newTestBus(t, addr, prefix, "a", lease) // within the old lease
+	if on, _ := obs.Online(ctx, []codec.UserID{42}); on[42] {
+		t.Fatal("user 42 of the crashed run reads online once the node restarted")
+	}
+	// The restarted run's own users read online, and a login elsewhere
+	// takes over user 42 at once.
+	hnew.login(t, restarted, 43, "sess-new")
+	if on, _ := obs.Online(ctx, []codec.UserID{43}); !on[43] {
+		t.Fatal("a user of the restarted run reads offline")
+	}
+	start := time.Now()
+	if err := obs.SetOnline(ctx, 42, "sess-obs"); err != nil || time.Since(start) > time.Second {
+		t.Fatalf("a login over the crashed run's session: %v after %v", err, time.Since(start))
+	}
+}
+
+// A SetOffline that fails is retried until Redis answers it: the presence
+// key has no TTL, so a lost one would leave the user online for as long as
+// the node lives. (The failure here is a key of the wrong type, not a
+// paused Redis, which would stall the other packages' tests.)
+func TestRedisSetOfflineRetried(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	b, h := newTestBus(t, addr, prefix, "a", 3*time.Second)
+	h.login(t, b, 7, "s7")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	key := b.presenceKey(7)
+	if err := rdb.Del(ctx, key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.RPush(ctx, key, "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.SetOffline(ctx, 7, "s7"); err == nil {
+		t.Fatal("SetOffline on a key of the wrong type succeeded")
+	}
+	// Redis answers again, the presence still naming the session.
+	rdb.Del(ctx, key)
+	if err := rdb.Set(ctx, key, b.presenceValue("s7"), 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		on, err := b.Online(ctx, []codec.UserID{7})
+		return err == nil && !on[7]
+	})
+	waitFor(t, func() bool {
+		b.offMu.Lock()
+		defer b.offMu.Unlock()
+		return len(b.offline) == 0
+	})
+}
+
+// A group message to thousands of members on one node crosses the bus
+// once, not once per member (10,000 times 4 KiB would pass Redis's
+// client-output-buffer-limit for pubsub, 32 MB by default, and Redis would
+// cut the subscriber off), and every member gets it.
+func TestRedisLargeGroupFanout(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	a, _ := newTestBus(t, addr, prefix, "a", 5*time.Second)
+	b, hb := newTestBus(t, addr, prefix, "b", 5*time.Second)
+	const members = 10000
+	hb.got = make(chan Notice, members)
+	ctx := context.Background()
+	pipe := b.rdb.Pipeline()
+	for uid := codec.UserID(1); uid <= members; uid++ {
+		hb.local[uid] = "s"
+		pipe.Set(ctx, b.presenceKey(uid), b.presenceValue("s"), 0)
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resyncs := hb.resyncs.Load()
+	d := codec.Delivery{MsgID: codec.MsgGroupChat, ID: 1, Name: "x", GroupID: 1, Msg: strings.Repeat("y", 4096), GSeq: 1}
+	ns := make([]Notice, members)
+	for i := range ns {
+		ns[i] = Notice{To: codec.UserID(i + 1), Deliveries: []codec.Delivery{d}}
+	}
+	a.queue <- ns // as Publish queues what is not local to a
+	for i := range members {
+		select {
+		case <-hb.got:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("delivered over the bus: %d of %d (resyncs %d -> %d)", i, members, resyncs, hb.resyncs.Load())
+		}
+	}
+	if got := hb.resyncs.Load(); got != resyncs {
+		t.Fatalf("the subscriber was cut off: resyncs %d -> %d", resyncs, got)
+	}
+}
+
+func TestParsePresenceAndLease(t *testing.T) {
+	for _, c := range []struct{ v, session, node, boot string }{
+		{"s1@chat1@b00t", "s1", "chat1", "b00t"},
+		{"s1@chat1", "s1", "chat1", ""}, // written by an older version
+		{"", "", "", ""},
+	} {
+		s, n, b := parsePresence(c.v)
+		if s != c.session || n != c.node || b != c.boot {
+			t.Errorf("parsePresence(%q) = %q, %q, %q", c.v, s, n, b)
+		}
+	}
+	if ms, boot, err := parseLease("1700000000000@b00t"); err != nil || ms != 1700000000000 || boot != "b00t" {
+		t.Errorf("parseLease: %d %q %v", ms, boot, err)
+	}
+	if ms, boot, err := parseLease("12"); err != nil || ms != 12 || boot != "" {
+		t.Errorf("parseLease of a lease without boot: %d %q %v", ms, boot, err)
+	}
+	if _, _, err := parseLease("x@b"); err == nil {
+		t.Error("parseLease of a bad lease: no error")
+	}
+}
+
+// noticesEnvelope carries each group message once, and notices gives
+// every recipient its deliveries back, per stream in order, the group
+// messages encoded once for all.
+func TestNoticesEnvelopeRoundTrip(t *testing.T) {
+	g := func(gid codec.GroupID, gseq codec.Seq) codec.Delivery {
+		return codec.Delivery{MsgID: codec.MsgGroupChat, ID: 9, Name: "n", GroupID: gid, Msg: "group", GSeq: gseq}
+	}
+	one := func(to codec.UserID, seq codec.Seq) codec.Delivery {
+		return codec.Delivery{MsgID: codec.MsgOneChat, ID: 9, Name: "n", ToID: to, Msg: "private", Seq: seq}
+	}
+	ns := []Notice{
+		{To: 1, Deliveries: []codec.Delivery{g(5, 1), one(1, 3), g(5, 2), g(6, 1)}},
+		{To: 2, Deliveries: []codec.Delivery{g(5, 1), g(5, 2)}},
+		{To: 3, Deliveries: []codec.Delivery{one(3, 1), one(3, 2)}},
+		{To: 4},
+	}
+	payload, err := json.Marshal(noticesEnvelope(ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(payload), `"group"`); n != 3 {
+		t.Fatalf("the payload carries group messages %d times, want 3: %s", n, payload)
+	}
+	var e envelope
+	if err := json.Unmarshal(payload, &e); err != nil {
+		t.Fatal(err)
+	}
+	got := e.notices()
+	want := map[codec.UserID][]string{ // per recipient: each stream's deliveries in order
+		1: {"g5:1", "g5:2", "g6:1", "s:3"},
+		2: {"g5:1", "g5:2"},
+		3: {"s:1", "s:2"},
+		4: nil,
+	}
+	if len(got) != len(ns) {
+		t.Fatalf("%d notices, want %d", len(got), len(ns))
+	}
+	for i, n := range got {
+		if n.To != ns[i].To {
+			t.Fatalf("notice %d to %d, want %d", i, n.To, ns[i].To)
+		}
+		var keys []string
+		for _, d := range n.Deliveries {
+			if d.GroupID != 0 {
+				keys = append(keys, fmt.Sprintf("g%d:%d", d.GroupID, d.GSeq))
+			} else {
+				keys = append(keys, fmt.Sprintf("s:%d", d.Seq))
+			}
+		}
+		slices.SortStableFunc(keys, func(a, b string) int { return strings.Compare(a[:2], b[:2]) })
+		if !slices.Equal(keys, want[n.To]) {
+			t.Errorf("user %d got %v, want %v", n.To, keys, want[n.To])
+		}
+	}
+	// The same group message to users 1 and 2 is the same encoded frame.
+	f1 := codec.AppendFrameOf(nil, &got[0].Deliveries[1])
+	f2 := codec.AppendFrameOf(nil, &got[1].Deliveries[0])
+	if len(f1) == 0 || &f1[0] != &f2[0] {
+		t.Error("a group message's recipients do not share its frame")
+	}
+	// A bad index is dropped, not a panic.
+	bad := envelope{T: "n", Notices: []wireNotice{{To: 1, Group: []int{0, 7, -1}}}, Group: []codec.Delivery{g(5, 1)}}
+	if got := bad.notices(); len(got[0].Deliveries) != 1 {
+		t.Errorf("with bad indexes: %v", got[0].Deliveries)
+	}
+}
+
+// queuePublish splits notices whose payload would pass maxPublishBytes
+// into PUBLISHes under it, in order.
+func TestQueuePublishSplits(t *testing.T) {
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", MaxRetries: -1})
+	defer rdb.Close()
+	body := strings.Repeat("x", 4096)
+	ns := make([]Notice, 1000) // ~4.2 MB of private messages
+	for i := range ns {
+		ns[i] = Notice{To: codec.UserID(i + 1), Deliveries: []codec.Delivery{{MsgID: codec.MsgOneChat, ID: 1, ToID: codec.UserID(i + 1), Msg: body, Seq: 1}}}
+	}
+	pipe := rdb.Pipeline()
+	if err := queuePublish(context.Background(), pipe, "ch", ns); err != nil {
+		t.Fatal(err)
+	}
+	cmds, _ := pipe.Exec(context.Background()) // no Redis there: only the commands are read
+	if len(cmds) < 4 {
+		t.Fatalf("%d PUBLISHes for ~4.2 MB", len(cmds))
+	}
+	next := codec.UserID(1)
+	for _, c := range cmds {
+		args := c.Args()
+		payload := args[len(args)-1].([]byte)
+		if len(payload) > maxPublishBytes {
+			t.Fatalf("a PUBLISH of %d bytes", len(payload))
+		}
+		var e envelope
+		if err := json.Unmarshal(payload, &e); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range e.notices() {
+			if n.To != next {
+				t.Fatalf("notice to %d, want %d", n.To, next)
+			}
+			next++
+		}
+	}
+	if next != 1001 {
+		t.Fatalf("%d notices published, want 1000", next-1)
 	}
 }
