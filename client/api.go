@@ -2,7 +2,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"strconv"
 
 	"github.com/chatcluster/chatcluster/codec"
@@ -69,7 +68,7 @@ type (
 // call sends v (whose reqid must be id), waits for the response, turns a
 // non-zero errno into a *ServerError and checks the response type.
 func (c *Client) call(ctx context.Context, id uint64, reqMsg, want codec.MsgID, v any) (Response, error) {
-	body, err := json.Marshal(v)
+	body, err := marshal(v)
 	if err != nil {
 		return Response{}, err
 	}

@@ -57,6 +57,13 @@ const (
 // Options configures Dial. The zero value is usable. Options is a plain value;
 // Dial copies it.
 type Options struct {
+	// MaxRequest is the largest request frame body the client sends: a
+	// larger request fails at once, unsent, with an error wrapping
+	// ErrRequestTooLarge. (The server answers a frame above its max-frame
+	// with errno 9 and closes the connection: it cannot tell which request
+	// that was.) Default codec.DefaultMaxFrame, the server's default
+	// max-frame; set it to the server's max-frame where that is raised.
+	MaxRequest int
 	// MaxFrame is the largest frame body accepted from the server; a larger
 	// one closes the connection with an error wrapping ErrProtocol. Default
 	// DefaultMaxFrame (16 MiB): a LOGIN_ACK carrying offline messages can be
@@ -182,6 +189,9 @@ type Client struct {
 func Dial(ctx context.Context, addr string, opts Options) (*Client, error) {
 	if opts.MaxFrame <= 0 {
 		opts.MaxFrame = DefaultMaxFrame
+	}
+	if opts.MaxRequest <= 0 {
+		opts.MaxRequest = codec.DefaultMaxFrame
 	}
 	if opts.DeliveryBuffer <= 0 {
 		opts.DeliveryBuffer = DefaultDeliveryBuffer
@@ -468,21 +478,34 @@ func (c *Client) Do(ctx context.Context, req any) (Response, error) {
 	return c.roundTrip(ctx, id, body)
 }
 
+// marshal is json.Marshal without HTML escaping: '<', '>' and '&' take one
+// byte each, not six, so a message's size against the server's limits is
+// its own.
+func marshal(v any) ([]byte, error) {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+}
+
 func encodeWithReqID(id uint64, req any) ([]byte, error) {
 	var body []byte
 	switch r := req.(type) {
 	case codec.Request:
 		r.ReqID = strconv.AppendUint(nil, id, 10)
-		return json.Marshal(&r)
+		return marshal(&r)
 	case *codec.Request:
 		cp := *r
 		cp.ReqID = strconv.AppendUint(nil, id, 10)
-		return json.Marshal(&cp)
+		return marshal(&cp)
 	case map[string]any:
 		if _, ok := r["reqid"]; ok {
 			return nil, errors.New("client: Do: request must not contain \"reqid\"")
 		}
-		b, err := json.Marshal(r)
+		b, err := marshal(r)
 		if err != nil {
 			return nil, err
 		}
@@ -492,7 +515,7 @@ func encodeWithReqID(id uint64, req any) ([]byte, error) {
 	case []byte:
 		body = bytes.TrimSpace(r)
 	default:
-		b, err := json.Marshal(r)
+		b, err := marshal(r)
 		if err != nil {
 			return nil, err
 		}
@@ -520,8 +543,9 @@ func (c *Client) roundTrip(ctx context.Context, id uint64, body []byte) (Respons
 	if err := ctx.Err(); err != nil {
 		return Response{}, err
 	}
-	if uint64(len(body)) > math.MaxUint32 {
-		return Response{}, errors.New("client: request too large for a frame")
+	if len(body) > c.opts.MaxRequest {
+		return Response{}, fmt.Errorf("%w: the request is %d bytes, more than the %d of Options.MaxRequest (the server's max-frame)",
+			ErrRequestTooLarge, len(body), c.opts.MaxRequest)
 	}
 	c.pmu.Lock()
 	if err := c.Err(); err != nil {

@@ -1133,3 +1133,25 @@ func TestCloseUnblocksFullGroupDeliveries(t *testing.T) {
 		t.Fatalf("GroupSeqs = %v after Close, want %v", got, want)
 	}
 }
+
+// A request above Options.MaxRequest fails at once with ErrRequestTooLarge
+// and is not sent (the server would close the connection without saying
+// which request it refused); the connection goes on. '<', '>' and '&' go
+// out as themselves, not as six-byte escapes.
+func TestRequestTooLarge(t *testing.T) {
+	c, p := dial(t, Options{MaxRequest: 200})
+	_, err := c.Do(context.Background(), map[string]any{"msgid": codec.MsgOneChat, "toid": 2, "msg": strings.Repeat("x", 200)})
+	if !errors.Is(err, ErrRequestTooLarge) || ErrnoOf(err) != codec.ErrnoFrameTooLarge {
+		t.Fatalf("a request over MaxRequest: %v", err)
+	}
+	msg := strings.Repeat("<&>", 50) // 150 bytes; 900 if escaped
+	res := goDo(context.Background(), c, map[string]any{"msgid": codec.MsgOneChat, "toid": 2, "msg": msg})
+	f := p.readMsg(codec.MsgOneChat)
+	if !strings.Contains(string(f.raw), msg) {
+		t.Fatalf("the request went out as %s", f.raw)
+	}
+	p.send(ackFor(f, codec.OK, "ok"))
+	if r := recv(t, res); r.err != nil || r.r.Errno != codec.OK {
+		t.Fatalf("the next request: %v, errno %d", r.err, r.r.Errno)
+	}
+}

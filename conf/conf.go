@@ -79,7 +79,7 @@ func Default() Config {
 		MaxConns:        100000,
 		IdleTimeout:     90 * time.Second,
 		Rate:            1000,
-		RateBurst:       2000,
+		RateBurst:       0, // twice Rate
 		MaxPending:      256,
 		MaxPendingBytes: 1 << 20,
 		MaxOutbound:     8 << 20,
@@ -109,7 +109,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxConns, "max-conns", c.MaxConns, "most open connections (0: the default)")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", c.IdleTimeout, "close a connection silent this long (PING keeps it alive)")
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "requests per second per connection (negative: unlimited, 0: the default)")
-	fs.Float64Var(&c.RateBurst, "rate-burst", c.RateBurst, "request burst per connection")
+	fs.Float64Var(&c.RateBurst, "rate-burst", c.RateBurst, "request burst per connection (0: twice rate)")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests queued per connection before errno 8")
 	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", c.MaxPendingBytes, "bytes queued per connection before errno 8")
 	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unsent bytes per connection before it is closed as a slow consumer")
@@ -150,7 +150,7 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 				v = "" // "key:" with no value
 			}
 			if err := fs.Set(k, fmt.Sprint(v)); err != nil {
-				return c, fmt.Errorf("conf: %s: %s: %w", path, k, err)
+				return c, fmt.Errorf("conf: %s: %s: %w", path, k, badValue(fs.Lookup(k), fmt.Sprint(v), err))
 			}
 		}
 	}
@@ -161,7 +161,7 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 		}
 		if v := getenv(EnvName(f.Name)); v != "" && envErr == nil {
 			if err := fs.Set(f.Name, v); err != nil {
-				envErr = fmt.Errorf("conf: %s: %w", EnvName(f.Name), err)
+				envErr = fmt.Errorf("conf: %s: %w", EnvName(f.Name), badValue(f, v, err))
 			}
 		}
 	})
@@ -175,6 +175,28 @@ func Load(args []string, getenv func(string) string, usage io.Writer) (Config, e
 		return c, fmt.Errorf("conf: unexpected argument %q", fs.Arg(0))
 	}
 	return c, c.Validate()
+}
+
+// badValue says which value of f was refused and what f takes (the flag
+// package's own error says only "parse error").
+func badValue(f *flag.Flag, v string, err error) error {
+	want := ""
+	if g, ok := f.Value.(flag.Getter); ok {
+		switch g.Get().(type) {
+		case time.Duration:
+			want = "a duration such as 90s, 5m or 1h30m"
+		case int, int64, uint, uint64:
+			want = "a whole number"
+		case float64:
+			want = "a number"
+		case bool:
+			want = "true or false"
+		}
+	}
+	if want == "" {
+		return fmt.Errorf("%q: %w", v, err)
+	}
+	return fmt.Errorf("%q is not %s", v, want)
 }
 
 // EnvName is the environment variable of option name: CHAT_MAX_FRAME.
@@ -204,6 +226,12 @@ func configPath(args []string, getenv func(string) string) string {
 	return path
 }
 
+// MaxOfflineCap is the largest offline-cap: a LOGIN_ACK's offline messages
+// must fit a client's delivery buffer before its login call returns
+// (chatclient's holds 4096), and what is over the cap follows LOGIN_ACK at
+// once anyway.
+const MaxOfflineCap = 4096
+
 // Validate checks ranges.
 func (c Config) Validate() error {
 	var errs []error
@@ -213,8 +241,8 @@ func (c Config) Validate() error {
 	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame || c.MaxMessage > 1<<20 {
 		errs = append(errs, errors.New("max-message must be 1..max-frame and at most 1 MiB"))
 	}
-	if c.RateBurst < 1 && c.Rate > 0 {
-		errs = append(errs, errors.New("rate-burst must be at least 1"))
+	if c.OfflineCap > MaxOfflineCap {
+		errs = append(errs, fmt.Errorf("offline-cap must be at most %d", MaxOfflineCap))
 	}
 	if c.BcryptCost < 4 || c.BcryptCost > 31 {
 		errs = append(errs, errors.New("bcrypt-cost must be 4..31"))

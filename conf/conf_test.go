@@ -27,7 +27,8 @@ func TestPrecedence(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	none := func(string) string { return "" }
-	for _, args := range [][]string{{"-max-frame", "10"}, {"-bcrypt-cost", "99"}, {"-log-level", "loud"}, {"-nope"}, {"extra"}} {
+	for _, args := range [][]string{{"-max-frame", "10"}, {"-bcrypt-cost", "99"}, {"-log-level", "loud"}, {"-nope"}, {"extra"},
+		{"-offline-cap", "4097"}} {
 		if _, err := Load(args, none, &strings.Builder{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
@@ -42,8 +43,28 @@ func TestErrors(t *testing.T) {
 			return "many"
 		}
 		return ""
-	}, &strings.Builder{}); err == nil {
-		t.Error("bad env accepted")
+	}, &strings.Builder{}); err == nil || err.Error() != `conf: CHAT_WORKERS: "many" is not a whole number` {
+		t.Errorf("bad env: %v", err)
+	}
+	// A refused YAML value is named, with what the option takes.
+	os.WriteFile(path, []byte("idle-timeout: 90\n"), 0o644)
+	if _, err := Load([]string{"-config=" + path}, none, &strings.Builder{}); err == nil ||
+		!strings.Contains(err.Error(), `idle-timeout: "90" is not a duration such as 90s`) {
+		t.Errorf("bad yaml duration: %v", err)
+	}
+}
+
+// TestRateBurstDefault: rate-burst 0 or below means twice rate, as
+// documented, whatever rate is.
+func TestRateBurstDefault(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, args := range [][]string{{"-rate-burst", "0"}, {"-rate", "50", "-rate-burst", "-1"}} {
+		if _, err := Load(args, none, &strings.Builder{}); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	if c, err := Load([]string{"-offline-cap", "4096"}, none, &strings.Builder{}); err != nil || c.OfflineCap != MaxOfflineCap {
+		t.Errorf("offline-cap 4096: %d, %v", c.OfflineCap, err)
 	}
 }
 

@@ -18,7 +18,7 @@ const maxLine = 1 << 20
 // runBatch runs the -c commands, or the lines of stdin, and exits: 0 if all
 // succeeded, 1 otherwise.
 func runBatch(o options, stdin io.Reader, p *printer) int {
-	s := newSession(o.addr, p, batchReconnectLimit)
+	s := newSession(o, p, batchReconnectLimit)
 	defer s.Close()
 	a := &app{s: s, p: p}
 	failed := false

@@ -160,11 +160,17 @@ func TestParseArgs(t *testing.T) {
 	if err != nil || o.addr != "chat.example:6000" || o.user != 3 || o.password != "from-env" {
 		t.Fatalf("parseArgs = %+v, %v", o, err)
 	}
-	if o, err := parseArgs(nil, noEnv, io.Discard); err != nil || o.addr != DefaultAddr {
+	if o, err := parseArgs(nil, noEnv, io.Discard); err != nil || o.addr != DefaultAddr || o.ping != 20*time.Second ||
+		o.maxFrame != codec.DefaultMaxFrame {
 		t.Fatalf("defaults: %+v, %v", o, err)
+	}
+	if o, err := parseArgs([]string{"-ping", "4s", "-max-frame", "1048576"}, noEnv, io.Discard); err != nil ||
+		o.ping != 4*time.Second || o.maxFrame != 1<<20 {
+		t.Fatalf("-ping, -max-frame: %+v, %v", o, err)
 	}
 	for _, args := range [][]string{
 		{"-u", "abc"}, {"-u", "0"}, {"-p", "pw"}, {"a:1", "b:2"}, {"-bogus"}, {"-wait", "-1s", "-u", "1"}, {"host:port:x"},
+		{"-ping", "0s"}, {"-max-frame", "10"},
 	} {
 		if _, err := parseArgs(args, noEnv, io.Discard); err == nil {
 			t.Errorf("parseArgs(%q) succeeded", args)
@@ -225,5 +231,18 @@ func TestPrintedPosition(t *testing.T) {
 	c.groups[1] = 100
 	if s.printed.groups[1] != 7 {
 		t.Fatal("clone shares its groups with the original")
+	}
+}
+
+// The password mask draws stars for what is typed, and keeps the '\n'
+// readline paints on Enter, so what follows starts on a line of its own.
+func TestMaskPainter(t *testing.T) {
+	var m maskPainter
+	if got := string(m.Paint([]rune("pw\n"), 0)); got != "pw\n" {
+		t.Fatalf("mask off: %q", got)
+	}
+	m.on.Store(true)
+	if got := string(m.Paint([]rune("pässwörd\n"), 0)); got != "********\n" {
+		t.Fatalf("mask on: %q", got)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unicode"
 
 	"github.com/chzyer/readline"
 
@@ -55,7 +56,7 @@ func runInteractive(o options, stdin io.Reader, stdout, stderr io.Writer, color 
 		return exitFailed
 	}
 	p := &printer{out: rl.Stdout(), err: rl.Stderr(), color: color, errColor: color}
-	t := &tty{app: app{s: newSession(o.addr, p, 0), p: p}, rl: rl, in: in, mask: mask}
+	t := &tty{app: app{s: newSession(o, p, 0), p: p}, rl: rl, in: in, mask: mask}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
@@ -137,7 +138,9 @@ func (t *tty) readPassword(prompt string) (string, error) {
 }
 
 // maskPainter draws the line being typed as stars while on is set (one per
-// column, so that readline's cursor arithmetic still holds).
+// column, so that readline's cursor arithmetic still holds). Control
+// characters pass as they are: on Enter readline paints the line with its
+// '\n', which ends the line on the screen.
 type maskPainter struct{ on atomic.Bool }
 
 func (m *maskPainter) Paint(line []rune, _ int) []rune {
@@ -146,6 +149,10 @@ func (m *maskPainter) Paint(line []rune, _ int) []rune {
 	}
 	out := make([]rune, 0, len(line))
 	for _, r := range line {
+		if unicode.IsControl(r) {
+			out = append(out, r)
+			continue
+		}
 		for range (readline.Runes{}).Width(r) {
 			out = append(out, '*')
 		}

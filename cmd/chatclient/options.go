@@ -27,6 +27,8 @@ type options struct {
 	password string
 	commands []string
 	wait     time.Duration
+	ping     time.Duration // keep-alive interval
+	maxFrame int           // the server's max-frame: longer requests are refused here
 }
 
 // Exit statuses.
@@ -86,6 +88,8 @@ func parseArgs(args []string, getenv func(string) string, help io.Writer) (optio
 		return nil
 	})
 	fs.DurationVar(&o.wait, "wait", 0, "scripted use: after the last command keep printing incoming messages for `DURATION` (e.g. 5s)")
+	fs.DurationVar(&o.ping, "ping", defaultPing, "send a keep-alive ping after `DURATION` without traffic; keep it under the server's idle-timeout")
+	fs.IntVar(&o.maxFrame, "max-frame", codec.DefaultMaxFrame, "the server's max-frame in `BYTES`: a longer request (a long message) is refused here, unsent")
 	usage := func() {
 		var flags strings.Builder
 		fs.SetOutput(&flags)
@@ -138,6 +142,12 @@ func parseArgs(args []string, getenv func(string) string, help io.Writer) (optio
 	}
 	if o.wait < 0 {
 		return o, errors.New("-wait must not be negative")
+	}
+	if o.ping < time.Second {
+		return o, fmt.Errorf("-ping must be at least 1s, not %v", o.ping)
+	}
+	if o.maxFrame < 64 {
+		return o, fmt.Errorf("-max-frame must be at least 64, not %d", o.maxFrame)
 	}
 	return o, nil
 }

@@ -146,6 +146,8 @@ func TestScriptedBadInput(t *testing.T) {
 		"groupchat:1:   ",
 		"creategroup",
 		"chat:999:hi",
+		"chat:" + b + ":" + strings.Repeat("<", 30000), // 30,000 bytes: under max-frame, over max-message
+		"chat:" + b + ":" + strings.Repeat("x", 70000), // over max-frame: refused unsent, no reconnect
 		"addfriend:" + b,
 		fmt.Sprintf("groupchat:%d:let me in", gid),
 		"creategroup:" + strings.Repeat("n", 51) + ":x",
@@ -163,6 +165,8 @@ func TestScriptedBadInput(t *testing.T) {
 		"groupchat: message is empty",
 		"creategroup: usage: creategroup:groupname:groupdesc",
 		"chat: no such user or group (no user 999)",
+		"chat: bad request: msg must be 1..4096 bytes",
+		"chat: message too large",
 		"addfriend: already exists: already friends with " + b,
 		fmt.Sprintf("groupchat: not allowed: you are not a member (not a member of group %d)", gid),
 		"creategroup: bad request: groupname must be 1..50 characters",

@@ -17,7 +17,7 @@ import (
 const (
 	backoffMin     = 100 * time.Millisecond
 	backoffMax     = 2 * time.Second
-	pingInterval   = 20 * time.Second // keeps the connection alive; a dead one is noticed in 3x this
+	defaultPing    = 20 * time.Second // -ping: keeps the connection alive; a dead one is noticed in 3x this
 	requestTimeout = 15 * time.Second // one command, including waiting for a reconnect
 	flushTimeout   = 3 * time.Second  // sending the last acknowledgements on logout or exit
 	// deliveryBuffer must hold every offline message of a LOGIN_ACK (the
@@ -110,10 +110,11 @@ type session struct {
 	printed  position // highest seq and gseqs printed (and so acknowledged)
 }
 
-func newSession(addr string, p *printer, reconnectLimit time.Duration) *session {
+func newSession(o options, p *printer, reconnectLimit time.Duration) *session {
 	return &session{
-		addr: addr, p: p, reconnectLimit: reconnectLimit,
-		opts:    client.Options{ManualAck: true, PingInterval: pingInterval, DeliveryBuffer: deliveryBuffer},
+		addr: o.addr, p: p, reconnectLimit: reconnectLimit,
+		opts: client.Options{ManualAck: true, PingInterval: o.ping, DeliveryBuffer: deliveryBuffer,
+			MaxRequest: o.maxFrame},
 		changed: make(chan struct{}),
 	}
 }
