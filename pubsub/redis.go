@@ -47,7 +47,7 @@ type RedisConfig struct {
 	// QueueLen bounds the batches of notices waiting to be published:
 	// default 4096. Beyond it notices are dropped and a resync follows.
 	QueueLen int
-	// Logger: default slog.Default().
+	// Logger: default slog.Default(). The bus adds "node" (NodeID) to its lines.
 	Logger *slog.Logger
 }
 
@@ -759,7 +759,7 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	}
 	if err != nil {
 		// The kick went out: the login stands, without waiting for it.
-		r.log.Warn("lease unreadable; kick not waited for", "node", node, "err", err)
+		r.log.Warn("lease unreadable; kick not waited for", "peer", node, "err", err)
 		return nil
 	}
 	if leaseBoot != prevBoot {
@@ -779,7 +779,7 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	select {
 	case <-done:
 	case <-time.After(r.cfg.KickTimeout):
-		r.log.Warn("kick not confirmed in time; not waiting for this node for a lease", "user", uid, "node", node)
+		r.log.Warn("kick not confirmed in time; not waiting for this node for a lease", "user", uid, "peer", node)
 		r.suspectMu.Lock()
 		r.suspect[node] = time.Now().Add(r.cfg.Lease)
 		r.suspectMu.Unlock()

@@ -56,10 +56,11 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	}
 	var bus pubsub.Bus = pubsub.NewMemory()
 	if cfg.Redis != "" {
-		log = log.With("node", nodeID)
+		// The bus adds the node id to its own lines.
 		bus, err = pubsub.NewRedis(ctx, pubsub.RedisConfig{
 			Addr: cfg.Redis, NodeID: nodeID, Prefix: cfg.RedisPrefix, Lease: cfg.PresenceLease, Logger: log,
 		})
+		log = log.With("node", nodeID)
 		if err != nil {
 			st.Close()
 			return nil, err
