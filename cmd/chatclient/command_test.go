@@ -132,6 +132,12 @@ func TestFormatDelivery(t *testing.T) {
 	if got, want := formatDelivery(group, false), `group [3] 2024-01-01 10:00:00 [2]zhang san said: hi\x1b[2J\nall`; got != want {
 		t.Errorf("group: %q; want %q", got, want)
 	}
+	// Bidirectional controls are shown, not obeyed: "\u202e" would show
+	// what follows it right to left; other scripts print as they are.
+	bidi := codec.Delivery{MsgID: codec.MsgOneChat, ID: 2, Name: "eve\u202e", ToID: 1, Msg: "pay \u2066abc\u2069 ok, 你好", Time: "2024-01-01 10:00:00", Seq: 3}
+	if got, want := formatDelivery(bidi, false), `2024-01-01 10:00:00 [2]eve\u202e said: pay \u2066abc\u2069 ok, 你好`; got != want {
+		t.Errorf("bidi controls: %q; want %q", got, want)
+	}
 	// A group message numbered in its group's log prints the same.
 	logged := group
 	logged.Seq, logged.GSeq = 0, 9

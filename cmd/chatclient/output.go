@@ -174,19 +174,26 @@ func asOf(t time.Time) string {
 }
 
 // sanitize makes text from the network safe to print on one line: control
-// characters (newlines, escape sequences) are shown escaped, not obeyed.
+// characters (newlines, escape sequences) and the bidirectional controls
+// (which could make a message show text that is not where it seems, or
+// reorder the name before it) are shown escaped, not obeyed.
 func sanitize(s string) string {
-	if strings.IndexFunc(s, unicode.IsControl) < 0 {
+	if strings.IndexFunc(s, unsafeRune) < 0 {
 		return s
 	}
 	var b strings.Builder
 	for _, r := range s {
-		if !unicode.IsControl(r) {
+		if !unsafeRune(r) {
 			b.WriteRune(r)
 			continue
 		}
-		q := strconv.QuoteRune(r) // e.g. '\n' or '\x1b'
+		q := strconv.QuoteRuneToASCII(r) // e.g. '\n', '\x1b' or '\u202e'
 		b.WriteString(q[1 : len(q)-1])
 	}
 	return b.String()
+}
+
+// unsafeRune reports whether r must not reach the terminal as it is.
+func unsafeRune(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
 }
