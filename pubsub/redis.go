@@ -692,12 +692,26 @@ func (r *Redis) reassertPresence() error {
 // presence) is not waited for. A re-login costs one Redis round trip, or
 // two when it kicks.
 func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
+	// Local first: a kick of this session (from a login elsewhere that
+	// reads the presence written below) may arrive before SET returns, and
+	// must find it to drop it.
+	r.localMu.Lock()
+	was, had := r.local[uid]
+	r.local[uid] = session
+	r.localMu.Unlock()
 	cctx, cancel := r.cmdCtx(ctx)
 	prev, err := r.rdb.SetArgs(cctx, r.presenceKey(uid), r.presenceValue(session), redis.SetArgs{Get: true}).Result()
 	cancel()
-	if err == nil || errors.Is(err, redis.Nil) {
+	if err != nil && !errors.Is(err, redis.Nil) {
+		// The login fails, and the node keeps the session it had, if any.
 		r.localMu.Lock()
-		r.local[uid] = session
+		if r.local[uid] == session {
+			if had {
+				r.local[uid] = was
+			} else {
+				delete(r.local, uid)
+			}
+		}
 		r.localMu.Unlock()
 	}
 	if errors.Is(err, redis.Nil) {

@@ -567,3 +567,29 @@ func TestQueuePublishSplits(t *testing.T) {
 		t.Fatalf("%d notices published, want 1000", next-1)
 	}
 }
+
+// A login whose presence write fails leaves the node's sessions as they
+// were: the session it would have replaced is still re-asserted after a
+// re-subscription.
+func TestRedisFailedSetOnlineKeepsLocal(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	b, h := newTestBus(t, addr, prefix, "a", 3*time.Second)
+	h.login(t, b, 7, "first")
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	key := b.presenceKey(7)
+	rdb.Del(ctx, key)
+	if err := rdb.RPush(ctx, key, "x").Err(); err != nil { // SET ... GET fails on a list
+		t.Fatal(err)
+	}
+	if err := b.SetOnline(ctx, 7, "second"); err == nil {
+		t.Fatal("SetOnline over a key of the wrong type succeeded")
+	}
+	b.localMu.Lock()
+	got := b.local[7]
+	b.localMu.Unlock()
+	if got != "first" {
+		t.Fatalf("the node's session of user 7 is %q after a failed login, want %q", got, "first")
+	}
+}
