@@ -241,6 +241,14 @@ func (c Config) Validate() error {
 	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame || c.MaxMessage > 1<<20 {
 		errs = append(errs, errors.New("max-message must be 1..max-frame and at most 1 MiB"))
 	}
+	if burst := c.RateBurst; c.Rate > 0 {
+		if burst <= 0 {
+			burst = 2 * c.Rate
+		}
+		if burst < 1 {
+			errs = append(errs, errors.New("rate-burst (by default twice rate) must be at least 1, or no request is ever admitted"))
+		}
+	}
 	if c.OfflineCap > MaxOfflineCap {
 		errs = append(errs, fmt.Errorf("offline-cap must be at most %d", MaxOfflineCap))
 	}

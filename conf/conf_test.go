@@ -63,6 +63,11 @@ func TestRateBurstDefault(t *testing.T) {
 			t.Errorf("%v: %v", args, err)
 		}
 	}
+	for _, args := range [][]string{{"-rate-burst", "0.5"}, {"-rate", "0.3"}} { // a bucket that never holds a request
+		if _, err := Load(args, none, &strings.Builder{}); err == nil {
+			t.Errorf("%v accepted", args)
+		}
+	}
 	if c, err := Load([]string{"-offline-cap", "4096"}, none, &strings.Builder{}); err != nil || c.OfflineCap != MaxOfflineCap {
 		t.Errorf("offline-cap 4096: %d, %v", c.OfflineCap, err)
 	}

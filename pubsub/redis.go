@@ -81,8 +81,9 @@ type Redis struct {
 	localMu sync.Mutex
 	local   map[codec.UserID]string // sessions on this node, to re-assert presence
 
-	offMu   sync.Mutex
-	offline map[codec.UserID][]string // failed SetOfflines, retried by leaseLoop
+	offMu    sync.Mutex
+	offline  map[offlineKey]struct{} // failed SetOfflines, retried in the background
+	retrying atomic.Bool             // a retryOffline runs
 
 	boot string // this run of the node
 
@@ -167,7 +168,7 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		queue:   make(chan []Notice, cfg.QueueLen),
 		waiters: map[string]chan struct{}{},
 		local:   map[codec.UserID]string{},
-		offline: map[codec.UserID][]string{},
+		offline: map[offlineKey]struct{}{},
 		suspect: map[string]time.Time{},
 	}
 	var boot [8]byte
@@ -469,7 +470,16 @@ func (r *Redis) leaseLoop() {
 				lastRenew = time.Now()
 			}
 		}
-		r.retryOffline()
+		if r.pendingOffline() && r.retrying.CompareAndSwap(false, true) {
+			// Off this goroutine: many of them must not hold up the
+			// lease's renewal and the probes.
+			r.wg.Add(1)
+			go func() {
+				defer r.wg.Done()
+				defer r.retrying.Store(false)
+				r.retryOffline()
+			}()
+		}
 		if time.Since(lastProbe) < r.cfg.ProbeInterval {
 			continue
 		}
@@ -813,53 +823,77 @@ func (r *Redis) SetOffline(ctx context.Context, uid codec.UserID, session string
 		delete(r.local, uid)
 	}
 	r.localMu.Unlock()
-	if err := r.offlineOnce(ctx, uid, session); err != nil {
-		// Retried by leaseLoop until Redis answers: the key has no TTL,
-		// and would name a session that is gone for as long as this run
-		// of the node lives.
+	ctx, cancel := r.cmdCtx(ctx)
+	defer cancel()
+	err := offlineScript.Run(ctx, r.rdb, []string{r.presenceKey(uid)}, r.presenceValue(session)).Err()
+	if err != nil {
+		// Retried in the background until Redis answers: the key has no
+		// TTL, and would name a session that is gone for as long as this
+		// run of the node lives. (A session id names one login, so the
+		// retry cannot delete a later login's presence.)
 		r.offMu.Lock()
-		r.offline[uid] = append(r.offline[uid], session)
+		if len(r.offline) < maxPendingOffline {
+			r.offline[offlineKey{uid, session}] = struct{}{}
+		}
 		r.offMu.Unlock()
 		return fmt.Errorf("pubsub: presence: %w (retried in the background)", err)
 	}
 	return nil
 }
 
-// offlineOnce deletes uid's presence if it names session on this run.
-func (r *Redis) offlineOnce(ctx context.Context, uid codec.UserID, session string) error {
-	ctx, cancel := r.cmdCtx(ctx)
-	defer cancel()
-	return offlineScript.Run(ctx, r.rdb, []string{r.presenceKey(uid)}, r.presenceValue(session)).Err()
+// offlineKey is a SetOffline to retry.
+type offlineKey struct {
+	uid     codec.UserID
+	session string
 }
 
-// retryOffline runs the SetOfflines that failed again, until Redis answers
-// them; it stops at the first that fails again. A newer presence of the
-// same user is never touched: the delete compares the session.
+// maxPendingOffline bounds the SetOfflines kept for a retry; beyond it
+// (a long Redis outage with many logins ending) they are dropped, and the
+// users they name read online until their next login or this node's
+// next run.
+const maxPendingOffline = 1 << 17
+
+func (r *Redis) pendingOffline() bool {
+	r.offMu.Lock()
+	defer r.offMu.Unlock()
+	return len(r.offline) > 0
+}
+
+// retryOffline runs the SetOfflines that failed again, 500 to a pipeline,
+// until Redis answers them; what fails stays queued for the next round. A
+// newer presence of the same user is never touched: the delete compares
+// the value, and a session id names one login.
 func (r *Redis) retryOffline() {
 	r.offMu.Lock()
-	if len(r.offline) == 0 {
-		r.offMu.Unlock()
-		return
+	pending := make([]offlineKey, 0, len(r.offline))
+	for k := range r.offline {
+		pending = append(pending, k)
 	}
-	pending := r.offline
-	r.offline = map[codec.UserID][]string{}
 	r.offMu.Unlock()
-	var failed error
-	for uid, sessions := range pending {
-		for i, session := range sessions {
-			if failed == nil {
-				failed = r.offlineOnce(r.ctx, uid, session)
-			}
-			if failed != nil {
-				r.offMu.Lock()
-				r.offline[uid] = append(r.offline[uid], sessions[i:]...)
-				r.offMu.Unlock()
-				break
+	for len(pending) > 0 && r.ctx.Err() == nil {
+		batch := pending[:min(500, len(pending))]
+		pending = pending[len(batch):]
+		ctx, cancel := r.cmdCtx(r.ctx)
+		pipe := r.rdb.Pipeline()
+		for _, k := range batch {
+			offlineScript.Eval(ctx, pipe, []string{r.presenceKey(k.uid)}, r.presenceValue(k.session))
+		}
+		cmds, err := pipe.Exec(ctx)
+		cancel()
+		r.offMu.Lock()
+		for i, c := range cmds {
+			if i < len(batch) && c.Err() == nil {
+				delete(r.offline, batch[i])
 			}
 		}
-	}
-	if failed != nil {
-		r.log.Warn("presence: set offline, retried", "users", len(pending), "err", failed)
+		r.offMu.Unlock()
+		if err != nil {
+			r.log.Warn("presence: set offline, retried", "pending", len(pending)+len(batch), "err", err)
+			var reply redis.Error
+			if !errors.As(err, &reply) {
+				return // Redis unreachable: the next round tries again
+			}
+		}
 	}
 }
 

@@ -593,3 +593,40 @@ func TestRedisFailedSetOnlineKeepsLocal(t *testing.T) {
 		t.Fatalf("the node's session of user 7 is %q after a failed login, want %q", got, "first")
 	}
 }
+
+// Queued SetOfflines are retried in pipelines of 500, off the lease's
+// goroutine; one that Redis keeps refusing stays queued and does not hold
+// up the others.
+func TestRedisRetryOfflineBatches(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	b, _ := newTestBus(t, addr, prefix, "a", 3*time.Second)
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	const n = 1200
+	pipe := rdb.Pipeline()
+	for uid := codec.UserID(1); uid <= n; uid++ {
+		pipe.Set(ctx, b.presenceKey(uid), b.presenceValue("s"), 0)
+	}
+	pipe.RPush(ctx, b.presenceKey(n+1), "x") // refused: wrong type
+	if _, err := pipe.Exec(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.offMu.Lock()
+	for uid := codec.UserID(1); uid <= n+1; uid++ {
+		b.offline[offlineKey{uid, "s"}] = struct{}{}
+	}
+	b.offMu.Unlock()
+	waitFor(t, func() bool {
+		b.offMu.Lock()
+		defer b.offMu.Unlock()
+		return len(b.offline) == 1
+	})
+	if _, still := b.offline[offlineKey{n + 1, "s"}]; !still {
+		t.Fatal("the refused delete left the queue")
+	}
+	keys, err := rdb.Keys(ctx, prefix+"presence:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("presence keys left: %d (%v)", len(keys), err)
+	}
+}

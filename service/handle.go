@@ -279,24 +279,24 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		unlock()
 		return
 	}
-	s.uid, s.name = uid, u.Name
+	s.uid, s.name, s.id = uid, u.Name, newLoginID()
 	s.inbox, s.groups, s.loggingIn = stream{pumping: true}, nil, true
 	s.gen++
-	gen := s.gen
+	gen, sid := s.gen, s.id
 	s.mu.Unlock()
 	// The hub, then presence, then the inbox read: once another node can
 	// see this session in presence (and kick it), the hub holds it; and a
 	// sender that misses this presence committed before the read below, so
 	// the read sees its entry.
 	old := n.hub.swap(uid, s)
-	if err := n.bus.SetOnline(ctx, uid, s.id); err != nil {
+	if err := n.bus.SetOnline(ctx, uid, sid); err != nil {
 		// Leave the user's current session be: put it back, and let it
 		// re-read its inbox for anything that reached s meanwhile.
 		if old != nil && old != s && n.hub.replace(uid, s, old) {
 			n.resync(old)
 		}
 		n.endLogin(s, gen)
-		n.leaveLocked(uid, s)
+		n.leaveLocked(uid, sid, s)
 		unlock()
 		n.reply(s, req, nil, n.storeFail("login", fmt.Errorf("%w: presence: %v", ErrUnavailable, err)))
 		return
@@ -308,7 +308,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 
 	ack, groups, acked, complete, err := n.loginAck(ctx, uid, u)
 	if err != nil {
-		n.unbind(s, uid, gen)
+		n.unbind(s, uid, sid, gen)
 		n.reply(s, req, nil, n.storeFail("login", err))
 		return
 	}
@@ -475,10 +475,10 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 	return ack, groups, acked, complete, nil
 }
 
-// unbind undoes a login that could not complete.
-func (n *Node) unbind(s *Session, uid codec.UserID, gen uint32) {
+// unbind undoes a login (sid, generation gen) that could not complete.
+func (n *Node) unbind(s *Session, uid codec.UserID, sid string, gen uint32) {
 	n.endLogin(s, gen)
-	n.leave(uid, s)
+	n.leave(uid, sid, s)
 }
 
 // endLogin ends s's login if it is still the generation gen.
@@ -508,9 +508,10 @@ func (n *Node) logout(ctx context.Context, s *Session, uid codec.UserID) *reqErr
 		return n.storeFail("logout", err)
 	}
 	s.mu.Lock()
+	sid := s.id
 	s.endLoginLocked()
 	s.mu.Unlock()
-	n.leave(uid, s)
+	n.leave(uid, sid, s)
 	return nil
 }
 

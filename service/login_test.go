@@ -203,3 +203,40 @@ func TestLockUser(t *testing.T) {
 		}
 	}
 }
+
+func (l *loginStore) BumpTokenVersion(context.Context, codec.UserID) error { return nil }
+
+// Each login on a connection is a new session id in presence, so whatever
+// is still pending for an earlier login there (a presence delete that the
+// bus retries, a kick from another node) cannot touch the later one.
+func TestReloginIsNewSessionID(t *testing.T) {
+	const uid = codec.UserID(5)
+	bus := newHeldBus()
+	close(bus.release)
+	n := newLoginNode(t, bus)
+	s := n.Open(&countFrames{})
+	login := []byte(`{"msgid":1,"id":5,"password":"secret1"}`)
+	n.Handle(s, login)
+	first := bus.named(uid)
+	if first == "" {
+		t.Fatal("the first login wrote no presence")
+	}
+	n.Handle(s, []byte(`{"msgid":3,"id":5}`)) // LOGINOUT
+	if got := bus.named(uid); got != "" {
+		t.Fatalf("presence %q after logout", got)
+	}
+	n.Handle(s, login)
+	second := bus.named(uid)
+	if second == "" || second == first {
+		t.Fatalf("the second login's session id %q, the first's %q: want a new one", second, first)
+	}
+	// A kick meant for the first login does not end the second.
+	busHandler{n}.Kick(uid, first)
+	if u, _ := s.User(); u != uid {
+		t.Fatal("a kick of the connection's earlier login ended its current one")
+	}
+	busHandler{n}.Kick(uid, second)
+	if u, _ := s.User(); u != 0 {
+		t.Fatal("a kick of the current login did not end it")
+	}
+}

@@ -168,40 +168,45 @@ func (n *Node) Open(t Transport) *Session {
 // the caller keep the session inside its own per-connection state (one
 // allocation per connection instead of two); s must not be copied after.
 func (n *Node) Attach(s *Session, t Transport) {
-	// 64 random bits: a collision among a cluster's live sessions is
-	// negligible, and the hex string fits the 16-byte size class.
+	s.t = t
+}
+
+// newLoginID returns a login's session id (Session.id): 64 random bits, so
+// a collision among a cluster's live sessions is negligible, and the hex
+// string fits the 16-byte size class.
+func newLoginID() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
-	s.t, s.id = t, hex.EncodeToString(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Closed ends a session whose connection is gone.
 func (n *Node) Closed(s *Session) {
 	s.mu.Lock()
-	uid := s.uid
+	uid, sid := s.uid, s.id
 	s.closed = true
 	s.endLoginLocked()
 	s.mu.Unlock()
 	if uid != 0 {
-		n.leave(uid, s)
+		n.leave(uid, sid, s)
 	}
 }
 
-// leave removes a logged-out or closed session from presence. It waits for
-// a login of uid on this node to finish, so a session closed while it logs
-// in leaves no presence behind.
-func (n *Node) leave(uid codec.UserID, s *Session) {
+// leave removes s, logged out or closed, from the hub and its login sid
+// from presence. It waits for a login of uid on this node to finish, so a
+// session closed while it logs in leaves no presence behind.
+func (n *Node) leave(uid codec.UserID, sid string, s *Session) {
 	unlock := n.hub.lockUser(uid)
 	defer unlock()
-	n.leaveLocked(uid, s)
+	n.leaveLocked(uid, sid, s)
 }
 
 // leaveLocked is leave for a caller that holds uid's lock (hub.lockUser).
-func (n *Node) leaveLocked(uid codec.UserID, s *Session) {
+func (n *Node) leaveLocked(uid codec.UserID, sid string, s *Session) {
 	if n.hub.remove(uid, s) {
 		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
 		defer cancel()
-		if err := n.bus.SetOffline(ctx, uid, s.id); err != nil {
+		if err := n.bus.SetOffline(ctx, uid, sid); err != nil {
 			n.log.Warn("presence: set offline", "user", uid, "err", err)
 		}
 	}
@@ -309,7 +314,13 @@ func (h busHandler) Resync()                                         { h.n.resyn
 // on another node.
 func (h busHandler) Kick(uid codec.UserID, session string) {
 	s := h.n.hub.get(uid)
-	if s == nil || s.id != session {
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	current := s.id == session
+	s.mu.Unlock()
+	if !current {
 		return
 	}
 	h.n.hub.remove(uid, s)

@@ -16,7 +16,9 @@ type Transport interface {
 	// several connections (a group message's one encoding).
 	Send(frame []byte)
 	// Close writes what was queued, then closes the connection. Safe for
-	// concurrent use and idempotent.
+	// concurrent use and idempotent. It must not call Node.Closed itself
+	// (the server calls it later, on a goroutine of its own): a login
+	// closes the session it replaces while it holds that user's lock.
 	Close()
 }
 
@@ -38,14 +40,18 @@ type stream struct {
 // last, and the server embeds it in its own connection state (see
 // Node.Attach).
 type Session struct {
-	t  Transport
-	id string // unique session id, for presence and cross-node kicks
+	t Transport
 
 	sends sync.WaitGroup // chat sends waiting for their commit
 
 	mu   sync.Mutex
 	uid  codec.UserID // 0 until login
 	name string
+	// id names the session's current (or last) login in presence and in
+	// cross-node kicks: a new one at each login, so that whatever is still
+	// pending for an earlier login on the same connection (a presence
+	// delete being retried, a kick) cannot touch a later one.
+	id string
 	// Delivery state for the logged-in user:
 	inbox  stream
 	groups map[codec.GroupID]*stream // one per group the user is in
