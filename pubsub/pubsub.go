@@ -47,9 +47,11 @@ type Bus interface {
 	// online nowhere are dropped (the inbox keeps the entries).
 	Publish(ctx context.Context, notices []Notice) error
 	// SetOnline records session as uid's session, on this node. A session
-	// of uid on another node is kicked before it returns.
+	// of uid on another node is kicked before it returns. A session string
+	// names one login: it must not be used again for a later one.
 	SetOnline(ctx context.Context, uid codec.UserID, session string) error
 	// SetOffline forgets uid's presence if session is still its session.
+	// One that fails may be retried by the bus later.
 	SetOffline(ctx context.Context, uid codec.UserID, session string) error
 	// Online reports which of uids are online on any live node.
 	Online(ctx context.Context, uids []codec.UserID) (map[codec.UserID]bool, error)
