@@ -116,11 +116,20 @@ func (c *conn) flush(gc gnet.Conn, err error) error {
 		c.srv.log.Debug("write failed; connection closed", "fd", gc.Fd(), "err", err)
 		return nil
 	}
-	if gc.OutboundBuffered() > c.srv.cfg.MaxOutbound {
-		c.srv.log.Warn("closing slow consumer", "fd", gc.Fd(), "remote", gc.RemoteAddr(), "outbound", gc.OutboundBuffered())
+	if c.slowConsumer(gc) {
 		return gc.Close()
 	}
 	return nil
+}
+
+// slowConsumer reports (and logs) whether gc's client has stopped reading:
+// more than MaxOutbound bytes wait to be sent. Its caller closes gc.
+func (c *conn) slowConsumer(gc gnet.Conn) bool {
+	if gc.OutboundBuffered() <= c.srv.cfg.MaxOutbound {
+		return false
+	}
+	c.srv.log.Warn("closing slow consumer", "fd", gc.Fd(), "remote", gc.RemoteAddr(), "outbound", gc.OutboundBuffered())
+	return true
 }
 
 // Close implements service.Transport.
@@ -190,16 +199,23 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 			return gnet.Close
 		}
 		c.lastActive.Store(now)
+		// Refusals are answered at once (they may overtake responses still
+		// queued), within the same MaxOutbound as every other answer.
 		if s.draining.Load() {
 			_, _ = gc.Write(service.RejectRequest(body, codec.ErrnoUnavailable, "server is shutting down"))
 			_, _ = gc.Discard(n)
+			if c.slowConsumer(gc) {
+				return gnet.Close
+			}
 			continue
 		}
 		admit := c.admit(now, len(body))
 		if admit == queueFull {
-			// Answered at once: it may overtake responses still queued.
 			_, _ = gc.Write(service.RejectRequest(body, codec.ErrnoRateLimited, "rate limited: too many requests in flight"))
 			_, _ = gc.Discard(n)
+			if c.slowConsumer(gc) {
+				return gnet.Close
+			}
 			continue
 		}
 		frame := make([]byte, len(body)) // the worker must not see gnet's buffer

@@ -1,7 +1,9 @@
 package server_test
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
@@ -233,4 +235,43 @@ func TestPendingLimit(t *testing.T) {
 	if m := r.mustRead(); m["reqid"] != "still" {
 		t.Fatalf("after the burst: %v", m)
 	}
+}
+
+// TestRefusalsWithinMaxOutbound: a client that pipelines requests past
+// MaxPending and reads nothing is closed as a slow consumer once its
+// refusals (answered straight from the event loop) pass MaxOutbound, as
+// with any other answer; the server does not buffer them without bound.
+func TestRefusalsWithinMaxOutbound(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) {
+		c.MaxPending = 1
+		c.Rate = -1
+		c.BcryptCost = 14 // the signups below keep the connection's queue full for a second or more
+		c.MaxOutbound = 64 << 10
+	})
+	r := ts.raw()
+	var burst []byte
+	for i := 0; i < 3; i++ {
+		burst = codec.AppendFrame(burst, []byte(fmt.Sprintf(`{"msgid":4,"name":"slow%d","password":"secret1"}`, i)))
+	}
+	r.write(burst)
+	ping := codec.AppendFrame(nil, []byte(`{"msgid":13,"reqid":123456}`))
+	chunk := bytes.Repeat(ping, 4096) // ~130 KB of requests, ~400 KB of refusals
+	r.c.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	closed := false
+	for i := 0; i < 400 && !closed; i++ { // up to ~52 MB of requests
+		if _, err := r.c.Write(chunk); err != nil {
+			closed = true
+		}
+	}
+	if !closed {
+		// The server read every request and held every refusal, or
+		// closed only when a signup's answer went out.
+		t.Fatal("52 MB of requests went in without the connection being closed")
+	}
+	checkFor(t, 5*time.Second, func() error {
+		if !ts.Logged("closing slow consumer") {
+			return errors.New("not closed as a slow consumer")
+		}
+		return nil
+	})
 }
