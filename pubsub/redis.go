@@ -59,13 +59,12 @@ type RedisConfig struct {
 //	P+"presence:"+uid  string "SESSION@NODE@BOOT": uid's current session
 //	P+"lease:"+NODE    string "MILLIS@BOOT", expires after Lease unless renewed:
 //	                   NODE is alive, in its run BOOT, renewed at MILLIS
+//	P+"node:"+NODE     channel: envelopes for NODE
+//	P+"all"            channel: envelopes for every node
 //
 // BOOT is random for each run of a node (each NewRedis): a node restarted
 // under the same id does not bring back the presence its previous run
 // left behind when it crashed.
-//
-//	P+"node:"+NODE     channel: envelopes for NODE
-//	P+"all"            channel: envelopes for every node
 type Redis struct {
 	cfg RedisConfig
 	rdb *redis.Client
@@ -228,6 +227,8 @@ func (r *Redis) presenceKey(uid codec.UserID) string {
 	return r.cfg.Prefix + "presence:" + strconv.FormatInt(int64(uid), 10)
 }
 func (r *Redis) leaseKey(node string) string { return r.cfg.Prefix + "lease:" + node }
+func (r *Redis) channel(node string) string  { return r.cfg.Prefix + "node:" + node }
+func (r *Redis) allChannel() string          { return r.cfg.Prefix + "all" }
 
 // presenceValue is the presence of session on this run of this node.
 func (r *Redis) presenceValue(session string) string {
@@ -249,8 +250,6 @@ func parseLease(v string) (renewed int64, boot string, err error) {
 	renewed, err = strconv.ParseInt(ms, 10, 64)
 	return renewed, boot, err
 }
-func (r *Redis) channel(node string) string { return r.cfg.Prefix + "node:" + node }
-func (r *Redis) allChannel() string         { return r.cfg.Prefix + "all" }
 
 func (r *Redis) cmdCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, r.cfg.Timeout)
@@ -898,7 +897,7 @@ func (r *Redis) retryOffline() {
 }
 
 // Online implements Bus: a user is online when its presence names a node
-// whose lease is alive.
+// whose lease is alive, renewed by the same run of that node.
 func (r *Redis) Online(ctx context.Context, uids []codec.UserID) (map[codec.UserID]bool, error) {
 	out := make(map[codec.UserID]bool, len(uids))
 	if len(uids) == 0 {
