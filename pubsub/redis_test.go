@@ -363,6 +363,22 @@ func TestRedisRestartedNodeDoesNotReviveOldPresence(t *testing.T) {
 	}
 }
 
+// breakPresence makes uid's presence key a list, so that Redis refuses the
+// presence commands on it (WRONGTYPE) until it is set again; it returns
+// the key.
+func breakPresence(t *testing.T, rdb *redis.Client, b *Redis, uid codec.UserID) string {
+	t.Helper()
+	ctx := context.Background()
+	key := b.presenceKey(uid)
+	if err := rdb.Del(ctx, key).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.RPush(ctx, key, "x").Err(); err != nil {
+		t.Fatal(err)
+	}
+	return key
+}
+
 // A SetOffline that fails is retried until Redis answers it: the presence
 // key has no TTL, so a lost one would leave the user online for as long as
 // the node lives. (The failure here is a key of the wrong type, not a
@@ -374,13 +390,7 @@ func TestRedisSetOfflineRetried(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	ctx := context.Background()
-	key := b.presenceKey(7)
-	if err := rdb.Del(ctx, key).Err(); err != nil {
-		t.Fatal(err)
-	}
-	if err := rdb.RPush(ctx, key, "x").Err(); err != nil {
-		t.Fatal(err)
-	}
+	key := breakPresence(t, rdb, b, 7)
 	if err := b.SetOffline(ctx, 7, "s7"); err == nil {
 		t.Fatal("SetOffline on a key of the wrong type succeeded")
 	}
@@ -578,11 +588,7 @@ func TestRedisFailedSetOnlineKeepsLocal(t *testing.T) {
 	rdb := redis.NewClient(&redis.Options{Addr: addr})
 	defer rdb.Close()
 	ctx := context.Background()
-	key := b.presenceKey(7)
-	rdb.Del(ctx, key)
-	if err := rdb.RPush(ctx, key, "x").Err(); err != nil { // SET ... GET fails on a list
-		t.Fatal(err)
-	}
+	breakPresence(t, rdb, b, 7)
 	if err := b.SetOnline(ctx, 7, "second"); err == nil {
 		t.Fatal("SetOnline over a key of the wrong type succeeded")
 	}
