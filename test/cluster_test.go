@@ -486,3 +486,93 @@ func TestChatbenchCrossNodeThroughNginx(t *testing.T) {
 		t.Fatalf("pairs %d, across nodes %d, want %d (nodes %v)", rep.Pairs, rep.CrossPairs, want, rep.Nodes)
 	}
 }
+
+// friendState logs o in at addr and returns how its LOGIN_ACK lists
+// friend uid ("online" or "offline"): what the other users see.
+func friendState(t *testing.T, addr string, o *member, uid codec.UserID) (string, error) {
+	c, err := client.Dial(ctxT(t, 5*time.Second), addr, client.Options{})
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	ack, err := c.Login(ctxT(t, 10*time.Second), o.id, o.password)
+	if err != nil {
+		return "", err
+	}
+	for _, f := range ack.Friends {
+		if f.ID == uid {
+			return f.State, nil
+		}
+	}
+	return "", fmt.Errorf("friend %d not listed", uid)
+}
+
+// wantState polls until o, logging in at addr, sees each of uids in state.
+func wantState(t *testing.T, addr string, o *member, state string, timeout time.Duration, uids ...codec.UserID) {
+	t.Helper()
+	checkFor(t, timeout, func() error {
+		for _, uid := range uids {
+			if st, err := friendState(t, addr, o, uid); err != nil || st != state {
+				return fmt.Errorf("user %d reads %q (%v), want %q", uid, st, err, state)
+			}
+		}
+		return nil
+	})
+}
+
+// loginPassword logs m in at addr with its password (not a token).
+func loginPassword(t *testing.T, addr string, m *member) *client.Client {
+	t.Helper()
+	c, err := client.Dial(ctxT(t, 5*time.Second), addr, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	if _, err := c.Login(ctxT(t, 10*time.Second), m.id, m.password); err != nil {
+		t.Fatalf("%s: password login at %s: %v", m.name, addr, err)
+	}
+	return c
+}
+
+// TestKillNodeRelogin: the original left a crashed server's users online
+// forever, so they could never log in again. Here, after kill -9 of node1:
+// its users read offline to others once its lease (3 s) runs out; one logs
+// in again with the password on node2; node1 restarts under the same node
+// id without bringing the other back online (it would, had the new run's
+// lease vouched for the old run's presence); and that one logs in again
+// with the password on the restarted node1.
+func TestKillNodeRelogin(t *testing.T) {
+	c := startCluster(t, 2)
+	node1, node2 := c.nodes[0], c.nodes[1]
+	vs := online(t, c, "v", 2, node1.addr)
+	away, back := vs[0], vs[1]
+	o := signup(t, node2.addr, "observer")
+	for _, v := range vs {
+		if err := v.client().AddFriend(ctxT(t, 5*time.Second), o.id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantState(t, node2.addr, o, codec.StateOnline, 5*time.Second, away.id, back.id)
+
+	node1.kill()
+	killed := time.Now()
+	wantState(t, node2.addr, o, codec.StateOffline, 10*time.Second, away.id, back.id)
+	t.Logf("node1's users read offline %v after kill -9 (lease 3 s)", time.Since(killed).Round(10*time.Millisecond))
+
+	loginPassword(t, node2.addr, back)
+	wantState(t, node2.addr, o, codec.StateOnline, 5*time.Second, back.id)
+
+	if err := node1.start(); err != nil {
+		t.Fatal(err)
+	}
+	// The restarted run renews node1's lease at once; user "away" must not
+	// read online for it, now or a moment later.
+	for i := 0; i < 2; i++ {
+		if st, err := friendState(t, node2.addr, o, away.id); err != nil || st != codec.StateOffline {
+			t.Fatalf("after node1's restart, user %d (no session anywhere) reads %q (%v)", away.id, st, err)
+		}
+		time.Sleep(time.Second)
+	}
+	loginPassword(t, node1.addr, away)
+	wantState(t, node2.addr, o, codec.StateOnline, 5*time.Second, away.id, back.id)
+}
