@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/chatcluster/chatcluster/client"
 	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
+	"github.com/chatcluster/chatcluster/service"
 )
 
 func TestSignupAndLoginErrors(t *testing.T) {
@@ -148,6 +150,83 @@ func TestOneChatIdentityFromSession(t *testing.T) {
 	none(t, bob.c)
 }
 
+// TestIdentityFromSessionEveryRequest: the original took the acting user
+// from the request's "id" for every request. Here a logged-in session acts
+// as its own user whatever "id" (or "name") a request carries.
+func TestIdentityFromSessionEveryRequest(t *testing.T) {
+	ts := startServer(t, nil)
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	carol := ts.newUser("carol", client.Options{})
+	ctx := ctxT(t)
+	st := ts.App.Store
+	carols, err := carol.c.CreateGroup(ctx, "carols", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	do := func(req map[string]any) *codec.Ack {
+		t.Helper()
+		req["id"], req["name"] = int64(bob.id), "bob" // as if alice were bob
+		r, err := alice.c.Do(ctx, req)
+		if err != nil || r.Errno != codec.OK {
+			t.Fatalf("%v: %+v %v", req, r, err)
+		}
+		var ack codec.Ack
+		if err := r.Decode(&ack); err != nil {
+			t.Fatal(err)
+		}
+		return &ack
+	}
+	memberOf := func(uid codec.UserID, gid codec.GroupID) bool {
+		t.Helper()
+		groups, err := st.UserGroups(ctx, uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.ContainsFunc(groups, func(g service.Group) bool { return g.ID == gid })
+	}
+
+	do(map[string]any{"msgid": codec.MsgAddFriend, "friendid": int64(carol.id)})
+	for uid, want := range map[codec.UserID]bool{alice.id: true, bob.id: false} {
+		friends, err := st.Friends(ctx, uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := slices.ContainsFunc(friends, func(m service.Member) bool { return m.ID == carol.id }); got != want {
+			t.Errorf("ADD_FRIEND: carol among user %d's friends: %v, want %v", uid, got, want)
+		}
+	}
+
+	gid := do(map[string]any{"msgid": codec.MsgCreateGroup, "groupname": "spoofed", "groupdesc": "d"}).GroupID
+	members, err := st.GroupMembers(ctx, gid)
+	if err != nil || len(members) != 1 || members[0].ID != alice.id || members[0].Role != codec.RoleCreator {
+		t.Fatalf("CREATE_GROUP: members %+v (%v), want alice as creator", members, err)
+	}
+
+	do(map[string]any{"msgid": codec.MsgAddGroup, "groupid": int64(carols)})
+	if !memberOf(alice.id, carols) || memberOf(bob.id, carols) {
+		t.Fatalf("ADD_GROUP: alice in %v, bob in %v; want alice only", memberOf(alice.id, carols), memberOf(bob.id, carols))
+	}
+
+	do(map[string]any{"msgid": codec.MsgGroupChat, "groupid": int64(carols), "msg": "as alice"})
+	if d := next(t, carol.c); d.ID != alice.id || d.Name != "alice" || d.GroupID != carols || d.Msg != "as alice" {
+		t.Fatalf("GROUP_CHAT delivered as %+v", d)
+	}
+
+	// LOGINOUT with bob's id logs alice out, not bob.
+	do(map[string]any{"msgid": codec.MsgLogout})
+	r, err := alice.c.Do(ctx, map[string]any{"msgid": codec.MsgOneChat, "toid": int64(carol.id), "msg": "x"})
+	if err != nil || r.Errno != codec.ErrnoNotLoggedIn {
+		t.Fatalf("alice after LOGINOUT: %+v %v", r, err)
+	}
+	if _, err := carol.c.Chat(ctx, bob.id, "still there?"); err != nil {
+		t.Fatal(err)
+	}
+	if d := next(t, bob.c); d.ID != carol.id || d.Msg != "still there?" {
+		t.Fatalf("bob after alice's spoofed LOGINOUT got %+v", d)
+	}
+}
+
 func TestFriends(t *testing.T) {
 	ts := startServer(t, nil)
 	alice := ts.newUser("alice", client.Options{})
@@ -246,6 +325,17 @@ func TestOfflineDeliveryAndRedelivery(t *testing.T) {
 	ts.relogin(bob, client.Options{ManualAck: true})
 	if n := len(bob.ack.OfflineMsg); n != 5 || bob.ack.OfflineMsg[0].Msg != "m1" {
 		t.Fatalf("offlineMsg: %d entries %+v", n, bob.ack.OfflineMsg)
+	}
+	// The original deleted offline messages once it had sent them: here a
+	// client that drops the connection without acknowledging gets them all
+	// again at its next login.
+	bob.c.Close()
+	ts.relogin(bob, client.Options{ManualAck: true})
+	if n := len(bob.ack.OfflineMsg); n != 5 || bob.ack.OfflineMsg[0].Seq != 1 || bob.ack.OfflineMsg[0].Msg != "m1" {
+		t.Fatalf("offlineMsg after a login left unacknowledged: %d entries %+v", n, bob.ack.OfflineMsg)
+	}
+	if _, acked, err := ts.App.Store.InboxState(ctx, bob.id); acked != 0 || err != nil {
+		t.Fatalf("acked %d (%v) with nothing acknowledged", acked, err)
 	}
 	live, err := alice.c.Chat(ctx, bob.id, "m13")
 	if err != nil {
