@@ -161,6 +161,18 @@ func (l *ledger) verify(t *testing.T, timeout time.Duration) {
 	}
 }
 
+// noFailures fails the test if any send got an error: for tests that
+// inject no fault, where verify alone (which checks what was acknowledged)
+// would let refused sends pass.
+func (l *ledger) noFailures(t *testing.T) {
+	t.Helper()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.errnos) > 0 {
+		t.Errorf("checker: sends failed with no fault injected: %d of them (errnos %v)", len(l.failed), l.errnos)
+	}
+}
+
 func countPrefix(list []string, prefix string) int {
 	n := 0
 	for _, s := range list {
