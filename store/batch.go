@@ -622,7 +622,7 @@ func (s *Store) allocGroupSeqs(ctx context.Context, tx txn, counts map[codec.Gro
 	next := make(map[codec.GroupID]codec.Seq, len(gids))
 	q := &txStmts{ctx: ctx, tx: tx}
 	for _, g := range gids {
-		addGroupSeqStmts(q, s.dialect.bumpGroup, g, counts[g], next)
+		addGroupSeqStmts(q, s.dialect.bumpGroup, s.dialect.forUpdate, g, counts[g], next)
 	}
 	if q.err != nil {
 		return nil, q.err
@@ -634,10 +634,11 @@ func (s *Store) allocGroupSeqs(ctx context.Context, tx txn, counts map[codec.Gro
 }
 
 // addGroupSeqStmts adds the upsert that reserves n gseqs in group g's log
-// (bumpGroup, the dialect's) and the read that records the first in next.
-func addGroupSeqStmts(to stmtSink, bumpGroup string, g codec.GroupID, n int64, next map[codec.GroupID]codec.Seq) {
+// (bumpGroup, the dialect's) and the read that records the first in next
+// (a locking read with the dialect's forUpdate: see dialect).
+func addGroupSeqStmts(to stmtSink, bumpGroup, forUpdate string, g codec.GroupID, n int64, next map[codec.GroupID]codec.Seq) {
 	to.exec(bumpGroup, g, n)
-	to.query("SELECT last_seq FROM group_state WHERE groupid = ?", func(rows rowScanner) error {
+	to.query("SELECT last_seq FROM group_state WHERE groupid = ?"+forUpdate, func(rows rowScanner) error {
 		var last int64
 		err := rows.Scan(&last)
 		next[g] = codec.Seq(last - n + 1)
@@ -648,8 +649,8 @@ func addGroupSeqStmts(to stmtSink, bumpGroup string, g codec.GroupID, n int64, n
 // addSeqStmts adds, for one chunk of users in id order (the lock order),
 // MySQL's upsert that reserves counts[id] seqs for each and raises
 // acked_seq to acks[id] (bumpSeq), and the read that records each one's
-// first new seq in next.
-func addSeqStmts(to stmtSink, bumpSeq string, ids []codec.UserID, counts map[codec.UserID]int64, acks, next map[codec.UserID]codec.Seq) {
+// first new seq in next (a locking read with forUpdate: see dialect).
+func addSeqStmts(to stmtSink, bumpSeq, forUpdate string, ids []codec.UserID, counts map[codec.UserID]int64, acks, next map[codec.UserID]codec.Seq) {
 	args := make([]any, 0, 3*len(ids))
 	for _, id := range ids {
 		args = append(args, id, counts[id], acks[id])
@@ -659,7 +660,7 @@ func addSeqStmts(to stmtSink, bumpSeq string, ids []codec.UserID, counts map[cod
 	for _, id := range ids {
 		args = append(args, id)
 	}
-	to.query("SELECT userid, last_seq FROM inbox_state WHERE userid IN ("+placeholders(len(ids), "?")+")",
+	to.query("SELECT userid, last_seq FROM inbox_state WHERE userid IN ("+placeholders(len(ids), "?")+")"+forUpdate,
 		scanFirstSeqs(counts, next), args...)
 }
 
@@ -784,7 +785,7 @@ type sendWriter interface {
 }
 
 // multiRowWriter is the MySQL sendWriter.
-type multiRowWriter struct{ bumpSeq, ackInbox string }
+type multiRowWriter struct{ bumpSeq, ackInbox, forUpdate string }
 
 // dedup records each chunk of keys with one multi-row INSERT IGNORE: when
 // every row inserts (the common case: no retries) that is all. Otherwise
@@ -872,6 +873,8 @@ func selectSent(ctx context.Context, q sqlx.QueryerContext, rows []sentRow) (map
 		sb.WriteString("(senderid = ? AND clientmsgid = ?)")
 		args = append(args, r.key.sender, r.key.cmid)
 	}
+	// A locking read (MySQL, the only caller): see dialect.forUpdate.
+	sb.WriteString(" LOCK IN SHARE MODE")
 	out := map[dedupKey]int64{}
 	res, err := q.QueryxContext(ctx, sb.String(), args...)
 	err = scanRows(res, err, func(res rowScanner) error {
@@ -911,7 +914,7 @@ func (w multiRowWriter) allocSeqs(ctx context.Context, tx txn, counts map[codec.
 	next := make(map[codec.UserID]codec.Seq, len(ids))
 	q := &txStmts{ctx: ctx, tx: tx}
 	for start := 0; start < len(ids); start += chunk {
-		addSeqStmts(q, w.bumpSeq, ids[start:min(start+chunk, len(ids))], counts, acks, next)
+		addSeqStmts(q, w.bumpSeq, w.forUpdate, ids[start:min(start+chunk, len(ids))], counts, acks, next)
 	}
 	if q.err != nil {
 		return nil, q.err

@@ -68,9 +68,11 @@ func selectMembers(ctx context.Context, q sqlx.QueryerContext, gids []codec.Grou
 	return out, nil
 }
 
-func groupExists(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID) (bool, error) {
+// groupExists reports whether group gid exists; lock is "" or the
+// dialect's forShare, for a locking read inside a write transaction.
+func groupExists(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID, lock string) (bool, error) {
 	var n int
-	err := sqlx.GetContext(ctx, q, &n, "SELECT COUNT(*) FROM chat_groups WHERE id = ?", gid)
+	err := sqlx.GetContext(ctx, q, &n, "SELECT COUNT(*) FROM chat_groups WHERE id = ?"+lock, gid)
 	return n > 0, err
 }
 
@@ -209,7 +211,7 @@ func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.User
 	defer cancel()
 	var start int64
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		ok, err := groupExists(ctx, tx, gid)
+		ok, err := groupExists(ctx, tx, gid, s.dialect.forShare)
 		if err != nil {
 			return err
 		}

@@ -83,12 +83,12 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 	ids := sortedIDs(p.counts, nil)
 	next := make(map[codec.UserID]codec.Seq, len(ids))
 	for start := 0; start < len(ids); start += chunk {
-		addSeqStmts(m, s.dialect.bumpSeq, ids[start:min(start+chunk, len(ids))], p.counts, nil, next)
+		addSeqStmts(m, s.dialect.bumpSeq, s.dialect.forUpdate, ids[start:min(start+chunk, len(ids))], p.counts, nil, next)
 	}
 	gids := slices.Sorted(maps.Keys(p.gcounts))
 	gnext := make(map[codec.GroupID]codec.Seq, len(gids))
 	for _, g := range gids {
-		addGroupSeqStmts(m, s.dialect.bumpGroup, g, p.gcounts[g], gnext)
+		addGroupSeqStmts(m, s.dialect.bumpGroup, s.dialect.forUpdate, g, p.gcounts[g], gnext)
 	}
 	if err = m.flush(); err != nil {
 		return 0, nil, nil, err

@@ -216,7 +216,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.writer, s.closeWriter = pw, pw.close
 		s.ckpt = startCheckpointer(s, cfg.CheckpointInterval, int64(cfg.CheckpointRows))
 	} else {
-		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox}
+		s.writer = multiRowWriter{bumpSeq: d.bumpSeq, ackInbox: d.ackInbox, forUpdate: d.forUpdate}
 		if s.wdb, s.tripBytes, err = openWriterPool(ctx, dsn, cfg); err != nil {
 			db.Close()
 			return nil, err
@@ -385,9 +385,14 @@ type dialect struct {
 	// ackGroup upserts member_state, never lowering acked_seq; "%s" takes
 	// the (userid, groupid, acked_seq) rows.
 	ackGroup string
-	// forUpdate makes a SELECT a locking read (MySQL); SQLite transactions
-	// are serialised anyway.
-	forUpdate string
+	// forUpdate and forShare make a SELECT a locking read (MySQL); SQLite
+	// transactions are serialised anyway. In a MySQL write transaction
+	// every read before its last locking statement is a locking one: a
+	// plain read fixes the transaction's snapshot, and with
+	// innodb_snapshot_isolation (MariaDB's default from 11.6.2) a later
+	// upsert of a row another transaction changed since fails with error
+	// 1020 instead of waiting for it.
+	forUpdate, forShare string
 	// ackInbox (MySQL) upserts inbox_ack, never lowering acked_seq; "%s"
 	// takes the (userid, acked_seq) rows.
 	ackInbox string
@@ -418,6 +423,7 @@ var (
 		ackGroup: "INSERT INTO member_state (userid, groupid, acked_seq) VALUES %s " +
 			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
 		forUpdate: " FOR UPDATE",
+		forShare:  " LOCK IN SHARE MODE",
 		ackInbox: "INSERT INTO inbox_ack (userid, acked_seq) VALUES %s " +
 			"ON DUPLICATE KEY UPDATE acked_seq = GREATEST(acked_seq, VALUES(acked_seq))",
 		inboxStates: "SELECT s.userid, s.last_seq, GREATEST(s.acked_seq, COALESCE(a.acked_seq, 0)) AS acked_seq " +
@@ -438,7 +444,9 @@ func isConflict(err error) bool {
 func isRetryable(err error) bool {
 	var me *mysql.MySQLError
 	if errors.As(err, &me) {
-		return me.Number == 1213 || me.Number == 1205
+		// Deadlock, lock wait timeout, and "record has changed since last
+		// read" (innodb_snapshot_isolation).
+		return me.Number == 1213 || me.Number == 1205 || me.Number == 1020
 	}
 	return err != nil && (strings.Contains(err.Error(), "SQLITE_BUSY") || strings.Contains(err.Error(), "database is locked"))
 }
