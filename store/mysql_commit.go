@@ -100,7 +100,15 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 		return 0, nil, nil, fmt.Errorf("store: seq allocation returned %d of %d users, %d of %d groups", len(next), len(ids), len(gnext), len(gids))
 	}
 
-	// Round trip 2.
+	// Round trip 2 carries the COMMIT. It waits for the server's answer
+	// past the batch's deadline: a client that gives up while the trip is
+	// under way cannot tell whether the server committed (it commits all
+	// the same), and the sends would be reported failed with their rows
+	// stored. A lock wait ends first, on the server (openWriterPool sets
+	// innodb_lock_wait_timeout), and then nothing is committed.
+	outcome, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitOutcomeWait(s.cfg.QueryTimeout))
+	defer cancel()
+	m.ctx = outcome
 	r := p.rows(next, gnext)
 	for start := 0; start < len(r.inbox); start += chunk {
 		end := min(start+chunk, len(r.inbox))
@@ -120,6 +128,19 @@ func (s *Store) commitMySQLOnce(ctx context.Context, batch []*sendOp, take func(
 		return 0, nil, nil, err
 	}
 	return t, p.results, r.entries, nil
+}
+
+// commitOutcomeWait bounds the wait for the answer to a commit's last
+// round trip: well past the session's lock wait (lockWaitSeconds), so that
+// only a server stalled that long leaves the outcome unknown.
+func commitOutcomeWait(queryTimeout time.Duration) time.Duration {
+	return 2*time.Duration(lockWaitSeconds(queryTimeout))*time.Second + 5*time.Second
+}
+
+// lockWaitSeconds is the writers' session innodb_lock_wait_timeout: the
+// query timeout, in whole seconds, at least 1.
+func lockWaitSeconds(queryTimeout time.Duration) int {
+	return max(1, int((queryTimeout+time.Second-1)/time.Second))
 }
 
 // abandon ends whatever transaction a failed commit left open on conn; if

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -338,5 +339,58 @@ func TestSnapshotIsolation(t *testing.T) {
 	}
 	if entries, err := s.GroupLog(ctx, gid, 0, 100); err != nil || len(entries) != 5 {
 		t.Errorf("group log: %d entries (%v), want 5", len(entries), err)
+	}
+}
+
+// TestCommitOutcomeDefinite: a send whose commit waits past the query
+// timeout for a lock (another transaction gap-locks the recipient's inbox)
+// is reported as it ends on the server: failed with nothing stored when
+// the server's lock wait runs out first, stored when the lock is released
+// before that. (A client that gave up at its deadline would report it
+// failed while the server committed it.)
+func TestCommitOutcomeDefinite(t *testing.T) {
+	dsn := MySQLTestDSN(t)
+	if dsn == "" {
+		t.Skip("CHAT_TEST_MYSQL_DSN is not set")
+	}
+	ctx := context.Background()
+	s := openStore(t, Config{DSN: dsn, QueryTimeout: 700 * time.Millisecond}) // lock wait 1 s
+	a := mustUser(t, s, "a")
+	for _, tc := range []struct {
+		name    string
+		release time.Duration // when the other transaction lets go
+		stored  bool
+	}{
+		{"released after the query timeout, before the lock wait ends", 850 * time.Millisecond, true},
+		{"held past the lock wait", 2500 * time.Millisecond, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			x := mustUser(t, s, "x"+strconv.Itoa(int(tc.release.Milliseconds())))
+			if _, err := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{x}, ToUser: x, Body: "m0", UnixMilli: 1}); err != nil {
+				t.Fatal(err)
+			}
+			// The commit's first round trip passes (inbox_state is free);
+			// its INSERT INTO inbox waits for this gap lock.
+			tx, err := s.DB().BeginTxx(ctx, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback()
+			var n int
+			if err := tx.Get(&n, "SELECT COUNT(*) FROM inbox WHERE userid = ? AND seq > 0 FOR UPDATE", x); err != nil {
+				t.Fatal(err)
+			}
+			time.AfterFunc(tc.release, func() { tx.Rollback() })
+			_, sendErr := s.Send(ctx, service.SendRequest{From: a, To: []codec.UserID{x}, ToUser: x, Body: "m1", ClientMsgID: "m1-" + tc.name, UnixMilli: 2})
+			time.Sleep(tc.release + 500*time.Millisecond) // whatever the server still does is done
+			rows, err := s.Inbox(ctx, x, 0, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			stored := len(rows) == 2
+			if (sendErr == nil) != stored || stored != tc.stored {
+				t.Fatalf("send reported %v, message stored %v; want stored %v and reported so", sendErr, stored, tc.stored)
+			}
+		})
 	}
 }

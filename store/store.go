@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -237,6 +238,14 @@ func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int,
 		return nil, 0, fmt.Errorf("%w: %v", ErrBadDSN, err)
 	}
 	mc.MultiStatements = true
+	if mc.Params == nil {
+		mc.Params = map[string]string{}
+	}
+	if _, ok := mc.Params["innodb_lock_wait_timeout"]; !ok {
+		// A commit's lock wait ends on the server before the commit stops
+		// waiting for its outcome (commitOutcomeWait).
+		mc.Params["innodb_lock_wait_timeout"] = strconv.Itoa(lockWaitSeconds(cfg.QueryTimeout))
+	}
 	wdb, err := sqlx.Open("mysql", mc.FormatDSN())
 	if err != nil {
 		return nil, 0, fmt.Errorf("store: open: %w", err)
