@@ -493,14 +493,11 @@ func (n *Node) endLogin(s *Session, gen uint32) {
 // kick ends a session replaced by a newer login of the same user.
 func (n *Node) kick(old *Session) {
 	old.mu.Lock()
-	if old.uid == 0 {
-		old.mu.Unlock()
-		return
-	}
-	old.endLoginLocked()
-	old.send(&codec.Kicked{MsgID: codec.MsgKicked, ErrMsg: "logged in elsewhere"})
+	ended := old.kickLocked()
 	old.mu.Unlock()
-	old.t.Close()
+	if ended {
+		old.t.Close()
+	}
 }
 
 func (n *Node) logout(ctx context.Context, s *Session, uid codec.UserID) *reqError {

@@ -317,14 +317,14 @@ func (h busHandler) Kick(uid codec.UserID, session string) {
 	if s == nil {
 		return
 	}
+	// Checked and done under s.mu, which a logout and a new login on the
+	// connection take too: a later login there (a new id) is never ended.
 	s.mu.Lock()
-	current := s.id == session
+	ended := s.id == session && s.uid == uid && h.n.hub.remove(uid, s) && s.kickLocked()
 	s.mu.Unlock()
-	if !current {
-		return
+	if ended {
+		s.t.Close()
 	}
-	h.n.hub.remove(uid, s)
-	h.n.kick(s)
 }
 
 // deliver hands notices to local sessions and returns the others.

@@ -108,6 +108,17 @@ func (s *Session) holdGroupLocked(g codec.GroupID) *stream {
 
 // endLoginLocked forgets the logged-in user; a running pump notices the new
 // generation and stops. Called with s.mu held.
+// kickLocked ends s's login, if any, with KICKED; it reports whether it
+// did, and then the caller closes s's transport (after unlocking s.mu).
+func (s *Session) kickLocked() bool {
+	if s.uid == 0 {
+		return false
+	}
+	s.endLoginLocked()
+	s.send(&codec.Kicked{MsgID: codec.MsgKicked, ErrMsg: "logged in elsewhere"})
+	return true
+}
+
 func (s *Session) endLoginLocked() {
 	s.uid, s.name, s.inbox, s.groups, s.loggingIn = 0, "", stream{}, nil, false
 	s.gen++

@@ -873,8 +873,11 @@ func selectSent(ctx context.Context, q sqlx.QueryerContext, rows []sentRow) (map
 		sb.WriteString("(senderid = ? AND clientmsgid = ?)")
 		args = append(args, r.key.sender, r.key.cmid)
 	}
-	// A locking read (MySQL, the only caller): see dialect.forUpdate.
-	sb.WriteString(" LOCK IN SHARE MODE")
+	// A plain read, the one exception to dialect.forUpdate's rule: as a
+	// locking read it would take gap locks beside the keys it does not
+	// find, where two nodes' commits then deadlock on each other's
+	// inserts. Its snapshot can make a later upsert fail with 1020 under
+	// innodb_snapshot_isolation; that is retried (isRetryable).
 	out := map[dedupKey]int64{}
 	res, err := q.QueryxContext(ctx, sb.String(), args...)
 	err = scanRows(res, err, func(res rowScanner) error {

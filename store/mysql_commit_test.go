@@ -287,9 +287,11 @@ func otherNodeCommit(t *testing.T, s *Store, gid codec.GroupID, from codec.UserI
 
 // TestSnapshotIsolation: with innodb_snapshot_isolation on, a group commit
 // that waits for another node's commit to the same group, and a join to
-// that group, go through once the other commits: every read in their
-// transactions before their last locking statement is a locking one, so
-// no snapshot predates the row they wait for (error 1020 otherwise).
+// that group, go through once the other commits: the reads in their
+// transactions before their last locking statement are locking ones, so
+// no snapshot predates the row they wait for (error 1020 otherwise); on
+// the statement-by-statement path (a repeated clientmsgid) the one plain
+// read's 1020 is retried.
 func TestSnapshotIsolation(t *testing.T) {
 	s := openMySQLSnapshot(t)
 	ctx := context.Background()

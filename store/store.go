@@ -396,11 +396,11 @@ type dialect struct {
 	ackGroup string
 	// forUpdate and forShare make a SELECT a locking read (MySQL); SQLite
 	// transactions are serialised anyway. In a MySQL write transaction
-	// every read before its last locking statement is a locking one: a
-	// plain read fixes the transaction's snapshot, and with
-	// innodb_snapshot_isolation (MariaDB's default from 11.6.2) a later
-	// upsert of a row another transaction changed since fails with error
-	// 1020 instead of waiting for it.
+	// the reads before its last locking statement are locking ones (but
+	// selectSent's): a plain read fixes the transaction's snapshot, and
+	// with innodb_snapshot_isolation (MariaDB's default from 11.6.2) a
+	// later upsert of a row another transaction changed since fails with
+	// error 1020 instead of waiting for it.
 	forUpdate, forShare string
 	// ackInbox (MySQL) upserts inbox_ack, never lowering acked_seq; "%s"
 	// takes the (userid, acked_seq) rows.
