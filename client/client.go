@@ -543,7 +543,7 @@ func (c *Client) roundTrip(ctx context.Context, id uint64, body []byte) (Respons
 	if err := ctx.Err(); err != nil {
 		return Response{}, err
 	}
-	if len(body) > c.opts.MaxRequest {
+	if len(body) > c.opts.MaxRequest || uint64(len(body)) > math.MaxUint32 {
 		return Response{}, fmt.Errorf("%w: the request is %d bytes, more than the %d of Options.MaxRequest (the server's max-frame)",
 			ErrRequestTooLarge, len(body), c.opts.MaxRequest)
 	}
