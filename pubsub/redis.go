@@ -87,7 +87,8 @@ type Redis struct {
 	boot string // this run of the node
 
 	suspectMu sync.Mutex
-	suspect   map[string]time.Time // node -> until when kicks to it are not awaited
+	suspect   map[string]time.Time     // node -> until when kicks to it are not awaited
+	gone      map[string]chan struct{} // node -> closed when it turns suspect, ending the waits for it
 
 	psMu sync.Mutex
 	ps   *redis.PubSub // the current subscription, closed by Close to end a blocked read
@@ -169,6 +170,7 @@ func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {
 		local:   map[codec.UserID]string{},
 		offline: map[offlineKey]struct{}{},
 		suspect: map[string]time.Time{},
+		gone:    map[string]chan struct{}{},
 	}
 	var boot [8]byte
 	_, _ = rand.Read(boot[:])
@@ -698,8 +700,10 @@ func (r *Redis) reassertPresence() error {
 // kick to it went unconfirmed lately), SetOnline returns once it confirms
 // (or KickTimeout passes). A kick that no subscriber received (the old
 // node died, or lost Redis and will drop the session when it re-asserts
-// presence) is not waited for. A re-login costs one Redis round trip, or
-// two when it kicks.
+// presence) is not waited for, and a wait under way ends as soon as
+// another login finds no subscriber for that node: a node killed a moment
+// ago can still count as one for the first kicks to it. A re-login costs
+// one Redis round trip, or two when it kicks.
 func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string) error {
 	// Local first: a kick of this session (from a login elsewhere that
 	// reads the presence written below) may arrive before SET returns, and
@@ -766,9 +770,7 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 		// connection closed with it) or lost Redis. No confirmation can
 		// come; a node that comes back drops superseded sessions when it
 		// re-asserts their presence.
-		r.suspectMu.Lock()
-		r.suspect[node] = time.Now().Add(r.cfg.Lease)
-		r.suspectMu.Unlock()
+		r.markSuspect(node)
 		return nil
 	}
 	lv, err := lease.Result()
@@ -790,26 +792,55 @@ func (r *Redis) SetOnline(ctx context.Context, uid codec.UserID, session string)
 	}
 	// A node that missed a renewal, or that let a kick go unconfirmed
 	// lately, is probably dead: it got the kick, but is not waited for.
-	wait := time.Since(time.UnixMilli(renewed)) < r.cfg.Lease/2
-	r.suspectMu.Lock()
-	if until, ok := r.suspect[node]; ok && time.Now().Before(until) {
-		wait = false
-	}
-	r.suspectMu.Unlock()
-	if !wait {
+	if time.Since(time.UnixMilli(renewed)) >= r.cfg.Lease/2 {
 		return nil
 	}
+	gone := r.awaitable(node)
+	if gone == nil {
+		return nil
+	}
+	timer := time.NewTimer(r.cfg.KickTimeout)
+	defer timer.Stop()
 	select {
 	case <-done:
-	case <-time.After(r.cfg.KickTimeout):
+	case <-gone:
+		// Another login found the node gone (a node killed a moment ago
+		// can still count as a subscriber for the first kicks to it).
+	case <-timer.C:
 		r.log.Warn("kick not confirmed in time; not waiting for this node for a lease", "user", uid, "peer", node)
-		r.suspectMu.Lock()
-		r.suspect[node] = time.Now().Add(r.cfg.Lease)
-		r.suspectMu.Unlock()
+		r.markSuspect(node)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	return nil
+}
+
+// awaitable returns a channel that is closed when node turns suspect, or
+// nil when it is suspect already, so that kicks to it are not waited for.
+func (r *Redis) awaitable(node string) <-chan struct{} {
+	r.suspectMu.Lock()
+	defer r.suspectMu.Unlock()
+	if until, ok := r.suspect[node]; ok && time.Now().Before(until) {
+		return nil
+	}
+	ch, ok := r.gone[node]
+	if !ok {
+		ch = make(chan struct{})
+		r.gone[node] = ch
+	}
+	return ch
+}
+
+// markSuspect stops the waits for kicks to node, those under way and
+// those of the next lease: it died, lost Redis or confirms nothing.
+func (r *Redis) markSuspect(node string) {
+	r.suspectMu.Lock()
+	defer r.suspectMu.Unlock()
+	r.suspect[node] = time.Now().Add(r.cfg.Lease)
+	if ch, ok := r.gone[node]; ok {
+		close(ch)
+		delete(r.gone, node)
+	}
 }
 
 // offlineScript deletes a presence key only if it still names the session.

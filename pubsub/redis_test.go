@@ -248,6 +248,64 @@ func TestRedisKickToUnsubscribedNode(t *testing.T) {
 	}
 }
 
+// A kick to a node that Redis still counts as a subscriber (killed a
+// moment ago) is waited for only until another login finds the node gone,
+// not for the whole KickTimeout.
+func TestRedisKickWaitEndsWhenPeerGone(t *testing.T) {
+	addr, prefix := redisAddr(t), testPrefix()
+	a, err := NewRedis(context.Background(), RedisConfig{Addr: addr, NodeID: "a", Prefix: prefix, KickTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.Subscribe(newFakeHandler()); err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx := context.Background()
+	// The peer: subscribed and leased, but it never confirms a kick.
+	ps := rdb.Subscribe(ctx, prefix+"node:peer")
+	defer ps.Close()
+	if _, err := ps.Receive(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rdb.Set(ctx, prefix+"lease:peer", fmt.Sprintf("%d@B1", time.Now().UnixMilli()), time.Minute)
+	rdb.Set(ctx, prefix+"presence:21", "s1@peer@B1", 0)
+	rdb.Set(ctx, prefix+"presence:22", "s2@peer@B1", 0)
+
+	first := make(chan error, 1)
+	go func() { first <- a.SetOnline(ctx, 21, "new1") }()
+	waitFor(t, func() bool { // the first login waits for the peer
+		a.waitMu.Lock()
+		defer a.waitMu.Unlock()
+		return len(a.waiters) == 1
+	})
+	if err := ps.Close(); err != nil { // the peer dies
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		n, err := rdb.PubSubNumSub(ctx, prefix+"node:peer").Result()
+		return err == nil && n[prefix+"node:peer"] == 0
+	})
+	if err := a.SetOnline(ctx, 22, "new2"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first login still waits for a node found gone")
+	}
+	// Later logins do not wait for it either.
+	rdb.Set(ctx, prefix+"presence:23", "s3@peer@B1", 0)
+	if err := a.SetOnline(ctx, 23, "new3"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A node still subscribed whose lease ran out (it failed to renew) gets
 // the kick all the same, so the superseded session goes at once; it is not
 // waited for.
