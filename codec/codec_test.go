@@ -64,7 +64,9 @@ func TestParseRequest(t *testing.T) {
 		{"mistyped id keeps msgid and reqid", `{"msgid":6,"reqid":9,"toid":"two","msg":"x"}`, true, MsgOneChat, "9"},
 		{"float id", `{"msgid":6,"toid":1.5}`, true, MsgOneChat, ""},
 		{"object reqid", `{"msgid":13,"reqid":{"a":1}}`, true, MsgPing, ""},
-		{"invalid utf8", "{\"msgid\":6,\"msg\":\"\xff\xfe\"}", true, 0, ""},
+		{"invalid utf8 keeps msgid and reqid", "{\"msgid\":6,\"reqid\":8,\"msg\":\"\xff\xfe\"}", true, MsgOneChat, "8"},
+		{"invalid utf8 in reqid", "{\"msgid\":13,\"reqid\":\"a\xff\"}", true, MsgPing, ""},
+		{"invalid utf8, not an object", "\xff", true, 0, ""},
 		{"mistyped msgid", `{"msgid":"1"}`, true, 0, ""},
 	}
 	for _, tt := range tests {
@@ -273,7 +275,6 @@ func TestParseFastShapes(t *testing.T) {
 		`{"msgid":6,"toid":2,"msg":"quote \" inside"}`: false,
 		`{"msgid":6,"toid":2,"msg":null}`:              false,
 		`{"msgid":6.5}`:                                false,
-		`{"MsgID":6}`:                                  false,
 		`{"msgid":6,"extra":[1,2]}`:                    false,
 		`{"msgid":6} {}`:                               false,
 	} {
@@ -286,6 +287,36 @@ func TestParseFastShapes(t *testing.T) {
 		werr := json.Unmarshal([]byte(body), &want)
 		if (err == nil) != (werr == nil) || (err == nil && !reflect.DeepEqual(*req, want)) {
 			t.Errorf("%s: ParseRequest %+v, %v; json.Unmarshal %+v, %v", body, req, err, want, werr)
+		}
+	}
+}
+
+// Keys are exact: one that matches a field only when case is ignored is an
+// unknown key, ignored, not the field (encoding/json would take it).
+func TestParseRequestExactKeys(t *testing.T) {
+	str := func(s string) *string { return &s }
+	num := func(n int64) *int64 { return &n }
+	for body, want := range map[string]Request{
+		`{"MsgID":6}`: {},
+		`{"msgid":6,"toid":2,"msg":"visible","MSG":"smuggled"}`: {MsgID: MsgOneChat, ToID: num(2), Msg: str("visible")},
+		`{"msgid":6,"toid":2,"MSG":"smuggled","msg":"visible"}`: {MsgID: MsgOneChat, ToID: num(2), Msg: str("visible")},
+		`{"msgid":6,"toid":2,"Msg":"a \" quote"}`:               {MsgID: MsgOneChat, ToID: num(2)},
+		`{"msgid":12,"ſeq":3}`:                                  {MsgID: MsgDelivered},
+		`{"msgid":7,"FRIENDID":2}`:                              {MsgID: MsgAddFriend},
+		`{"msgid":13,"Reqid":5,"reqid":"a<b&c>\u2028","id":1}`:  {MsgID: MsgPing, ReqID: json.RawMessage(`"a<b&c>\u2028"`), ID: num(1)},
+		`{"msgid":13,"ID":"x","reqid":4}`:                       {MsgID: MsgPing, ReqID: json.RawMessage("4")},
+	} {
+		var r Request
+		if parseFast([]byte(body), &r) {
+			t.Errorf("%s: took the fast path", body)
+		}
+		req, err := ParseRequest([]byte(body))
+		if err != nil {
+			t.Errorf("%s: %v", body, err)
+			continue
+		}
+		if !reflect.DeepEqual(*req, want) {
+			t.Errorf("%s: got %+v, want %+v", body, *req, want)
 		}
 	}
 }

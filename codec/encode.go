@@ -9,11 +9,11 @@ import (
 // The two messages a node sends for every chat message, the ACK and the
 // delivery, are encoded here without reflection; Marshal uses these and
 // falls back to encoding/json for everything else. The output is byte for
-// byte what encoding/json writes for the same value (field order,
-// omitempty, HTML-safe string escaping, invalid UTF-8 as \ufffd): a client
-// cannot tell which encoder ran, and FuzzEncodeMatchesJSON checks it
-// against encoding/json as Go builds it by default (not the jsonv2
-// experiment's emulation). encoding/json took ~5 % of a node's CPU flat out
+// byte what encoding/json writes for the same value with HTML escaping off
+// (field order, omitempty, invalid UTF-8 as \ufffd; <, > and & as they
+// are): a client cannot tell which encoder ran, and FuzzEncodeMatchesJSON
+// checks it against encoding/json as Go builds it by default (not the
+// jsonv2 experiment's emulation). encoding/json took ~5 % of a node's CPU flat out
 // (docs/BENCHMARKS-history.md, "Changes in session 7").
 
 // appendAckFrame appends a's frame, and reports false (appending nothing)
@@ -117,15 +117,14 @@ func plainInt(raw []byte) bool {
 const hexDigits = "0123456789abcdef"
 
 // appendJSONString appends s as a JSON string the way encoding/json does
-// with HTML escaping on: ", \ and control characters escaped, <, > and &
-// as \u003c, \u003e and \u0026, U+2028 and U+2029 as \u2028 and \u2029,
-// and each byte of invalid UTF-8 as \ufffd.
+// with HTML escaping off: ", \ and control characters escaped, U+2028 and
+// U+2029 as \u2028 and \u2029, and each byte of invalid UTF-8 as \ufffd.
 func appendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		if b := s[i]; b < utf8.RuneSelf {
-			if b >= 0x20 && b != '"' && b != '\\' && b != '<' && b != '>' && b != '&' {
+			if b >= 0x20 && b != '"' && b != '\\' {
 				i++
 				continue
 			}

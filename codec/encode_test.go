@@ -6,14 +6,17 @@ import (
 	"testing"
 )
 
-// viaJSON is the frame encoding/json gives v: what Marshal must match.
+// viaJSON is the frame encoding/json gives v with HTML escaping off: what
+// Marshal must match.
 func viaJSON(t testing.TB, v any) []byte {
 	t.Helper()
-	body, err := json.Marshal(v)
-	if err != nil {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		t.Fatal(err)
 	}
-	return AppendFrame(nil, body)
+	return AppendFrame(nil, bytes.TrimSuffix(b.Bytes(), []byte("\n")))
 }
 
 // checkSame checks that Marshal gives what encoding/json gives for v, or
@@ -63,6 +66,27 @@ func TestEncodeMatchesJSON(t *testing.T) {
 			d.Encode()
 			if got := AppendFrameOf(nil, &d); !bytes.Equal(got, viaJSON(t, &d)) {
 				t.Fatalf("encoded %#v: %q", d, got)
+			}
+		}
+	}
+}
+
+// A reqid comes back byte for byte, and strings are not HTML-escaped.
+func TestMarshalKeepsReqIDBytes(t *testing.T) {
+	for _, reqid := range []string{`"a<b&c>d"`, "\"line\u2028sep\"", `"\u003c"`, "1.50", "-0"} {
+		for _, v := range []any{
+			&Pong{MsgID: MsgPong, ReqID: json.RawMessage(reqid)},
+			&Ack{MsgID: MsgAck, ReqID: json.RawMessage(reqid), Ack: MsgOneChat, ErrMsg: "<ok>"},
+		} {
+			b, err := Marshal(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Contains(b, []byte(`"reqid":`+reqid)) {
+				t.Errorf("reqid %s: %q", reqid, b)
+			}
+			if bytes.Contains(b, []byte(`\u003c`)) && reqid != `"\u003c"` {
+				t.Errorf("HTML-escaped: %q", b)
 			}
 		}
 	}

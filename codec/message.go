@@ -1,11 +1,14 @@
 package codec
 
 import (
+	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 )
@@ -125,12 +128,18 @@ const MaxClientMsgIDLen = 64
 func ParseRequest(body []byte) (*Request, error) {
 	req := &Request{}
 	if !utf8.Valid(body) {
+		// Read what can be read, to answer in the request's own form.
+		_ = json.Unmarshal(exactKeys(body), req)
+		*req = Request{MsgID: req.MsgID, ReqID: req.ReqID}
+		if !validReqID(req.ReqID) || !utf8.Valid(req.ReqID) {
+			req.ReqID = nil
+		}
 		return req, badRequest("frame is not valid UTF-8")
 	}
 	if parseFast(body, req) {
 		return req, nil // its reqid is a number or a string
 	}
-	err := json.Unmarshal(body, req)
+	err := json.Unmarshal(exactKeys(body), req)
 	if !validReqID(req.ReqID) {
 		req.ReqID = nil
 		if err == nil {
@@ -148,6 +157,46 @@ func ParseRequest(body []byte) (*Request, error) {
 		return req, badRequest("malformed JSON")
 	}
 	return req, nil
+}
+
+// exactKeys returns body without the keys that match one of Request's
+// only when case is ignored ("MSG", "ſeq"): encoding/json would take them
+// for the field, and the protocol's keys are exact, so they are unknown
+// keys, ignored. It returns body itself when there are none, or when body
+// is not a JSON object (json.Unmarshal then explains what is wrong).
+func exactKeys(body []byte) []byte {
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(body, &obj) != nil {
+		return body
+	}
+	folded := false
+	for k := range obj {
+		if foldsToKey(k) {
+			delete(obj, k)
+			folded = true
+		}
+	}
+	if !folded {
+		return body
+	}
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false) // the values as they came: a reqid is echoed byte for byte
+	if enc.Encode(obj) != nil {
+		return body
+	}
+	return b.Bytes()
+}
+
+// foldsToKey reports whether k is one of Request's keys only when case is
+// ignored.
+func foldsToKey(k string) bool {
+	for _, key := range requestKeys {
+		if k != key && strings.EqualFold(k, key) {
+			return true
+		}
+	}
+	return false
 }
 
 // jsonKind names a Go type the way a JSON client thinks of it.
@@ -351,9 +400,11 @@ type Header struct {
 	Seq   Seq             `json:"seq,omitempty"`
 }
 
-// Marshal encodes v as JSON and wraps it in a frame. ACKs and deliveries
-// (*Ack, *Delivery: what the service sends) take a faster path with the
-// same output (encode.go).
+// Marshal encodes v as JSON and wraps it in a frame. It does not escape
+// <, > and & (encoding/json's HTML escaping), so strings and a request's
+// reqid come back as they were sent. ACKs and deliveries (*Ack, *Delivery:
+// what the service sends) take a faster path with the same output
+// (encode.go).
 func Marshal(v any) ([]byte, error) {
 	switch m := v.(type) {
 	case *Ack:
@@ -369,11 +420,16 @@ func Marshal(v any) ([]byte, error) {
 		}
 		return appendDeliveryFrame(make([]byte, 0, deliverySize(m)), m), nil
 	}
-	body, err := json.Marshal(v)
-	if err != nil {
+	b := bytes.NewBuffer(make([]byte, HeaderLen, HeaderLen+256))
+	enc := json.NewEncoder(b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
 		return nil, err
 	}
-	return AppendFrame(make([]byte, 0, HeaderLen+len(body)), body), nil
+	frame := b.Bytes()
+	frame = frame[:len(frame)-1] // Encode's newline
+	binary.BigEndian.PutUint32(frame, uint32(len(frame)-HeaderLen))
+	return frame, nil
 }
 
 // MustMarshal is Marshal for values that always encode (the structs above).

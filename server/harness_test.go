@@ -145,6 +145,19 @@ func (r *raw) send(v any) {
 // read returns the next frame as a generic object; err is io.EOF when the
 // server closed.
 func (r *raw) read() (map[string]any, error) {
+	body, err := r.readBody()
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		return nil, fmt.Errorf("server sent invalid JSON %q: %w", body, err)
+	}
+	return m, nil
+}
+
+// readBody returns the next frame's body as the server wrote it.
+func (r *raw) readBody() ([]byte, error) {
 	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var hdr [4]byte
 	if _, err := io.ReadFull(r.c, hdr[:]); err != nil {
@@ -154,11 +167,7 @@ func (r *raw) read() (map[string]any, error) {
 	if _, err := io.ReadFull(r.c, body); err != nil {
 		return nil, err
 	}
-	var m map[string]any
-	if err := json.Unmarshal(body, &m); err != nil {
-		return nil, fmt.Errorf("server sent invalid JSON %q: %w", body, err)
-	}
-	return m, nil
+	return body, nil
 }
 
 func (r *raw) mustRead() map[string]any {

@@ -275,3 +275,74 @@ func TestRefusalsWithinMaxOutbound(t *testing.T) {
 		return nil
 	})
 }
+
+// An error answer to a malformed request keeps its place behind the ACKs
+// of the sends before it (PROTOCOL.md 4.1), whatever kind it is.
+func TestErrorsKeepRequestOrder(t *testing.T) {
+	ts := startServer(t, nil)
+	bob := ts.newUser("bob", client.Options{})
+	r := ts.raw()
+	rawLogin(t, r, "alice")
+	for _, second := range []string{
+		`{"msgid":6,"reqid":2,"toid":"2","msg":"x"}`,
+		`{"msgid":10,"reqid":2,"groupid":[1],"msg":"x"}`,
+		`{"msgid":12,"reqid":2,"gseq":1}`,
+		fmt.Sprintf("{\"msgid\":6,\"reqid\":2,\"toid\":%d,\"msg\":\"\xff\"}", bob.id),
+		`{"msgid":6,"reqid":2,`,
+	} {
+		for range 5 {
+			buf := codec.AppendFrame(nil, fmt.Appendf(nil, `{"msgid":6,"reqid":1,"toid":%d,"msg":"hello"}`, bob.id))
+			r.write(codec.AppendFrame(buf, []byte(second)))
+			if m := r.mustRead(); num(m, "reqid") != 1 || num(m, "errno") != 0 {
+				t.Fatalf("after a send and %s, the first answer is %v", second, m)
+			}
+			if m := r.mustRead(); num(m, "errno") != int(codec.ErrnoBadRequest) {
+				t.Fatalf("%s answered %v", second, m)
+			}
+		}
+	}
+}
+
+// A request that is not valid UTF-8 is answered in its own form (a LOGIN
+// with LOGIN_ACK) with its reqid; one whose reqid is the invalid part
+// gets no reqid back.
+func TestInvalidUTF8Answered(t *testing.T) {
+	ts := startServer(t, nil)
+	r := ts.raw()
+	r.send([]byte("{\"msgid\":1,\"reqid\":8,\"id\":1,\"password\":\"caf\xe9\"}"))
+	if m := r.mustRead(); num(m, "msgid") != 2 || num(m, "reqid") != 8 || num(m, "errno") != int(codec.ErrnoBadRequest) {
+		t.Fatalf("LOGIN: %v", m)
+	}
+	r.send([]byte("{\"msgid\":13,\"reqid\":\"\xff\"}"))
+	if m := r.mustRead(); num(m, "ack") != 13 || m["reqid"] != nil || num(m, "errno") != int(codec.ErrnoBadRequest) {
+		t.Fatalf("PING: %v", m)
+	}
+	r.send(map[string]any{"msgid": 13, "reqid": "after"})
+	if m := r.mustRead(); num(m, "msgid") != 14 || m["reqid"] != "after" {
+		t.Fatalf("after: %v", m)
+	}
+}
+
+// Keys are exact: "MSG" is an unknown key, not "msg"; and a reqid comes
+// back byte for byte.
+func TestExactKeysAndReqID(t *testing.T) {
+	ts := startServer(t, nil)
+	bob := ts.newUser("bob", client.Options{})
+	r := ts.raw()
+	rawLogin(t, r, "alice")
+	r.send([]byte(fmt.Sprintf(`{"msgid":6,"reqid":"a<b&c>d","toid":%d,"msg":"visible","MSG":"smuggled"}`, bob.id)))
+	body, err := r.readBody()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(body, []byte(`"reqid":"a<b&c>d"`)) || !bytes.Contains(body, []byte(`"errno":0`)) {
+		t.Fatalf("ACK %s", body)
+	}
+	if d := next(t, bob.c); d.Msg != "visible" {
+		t.Fatalf("bob got %q", d.Msg)
+	}
+	r.send([]byte(`{"MsgID":13,"reqid":1}`))
+	if m := r.mustRead(); num(m, "errno") != int(codec.ErrnoBadRequest) || num(m, "ack") != 0 {
+		t.Fatalf("msgid spelt MsgID: %v", m)
+	}
+}

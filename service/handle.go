@@ -49,9 +49,10 @@ func (n *Node) storeFail(op string, err error) *reqError {
 // worker, one call at a time per session, in arrival order.
 func (n *Node) Handle(s *Session, body []byte) {
 	req, err := codec.ParseRequest(body)
-	if req.MsgID != codec.MsgOneChat && req.MsgID != codec.MsgGroupChat && req.MsgID != codec.MsgDelivered {
-		// Chat sends complete asynchronously; answer nothing else before
-		// their ACKs, so responses keep the order of the requests.
+	if err != nil || req.MsgID != codec.MsgOneChat && req.MsgID != codec.MsgGroupChat && req.MsgID != codec.MsgDelivered {
+		// Chat sends complete asynchronously; answer nothing else (a
+		// malformed send neither) before their ACKs, so responses keep
+		// the order of the requests.
 		s.sends.Wait()
 	}
 	if err != nil {
@@ -70,6 +71,7 @@ func (n *Node) Handle(s *Session, body []byte) {
 		codec.MsgAddGroup, codec.MsgGroupChat, codec.MsgDelivered:
 		uid, name := s.User()
 		if uid == 0 {
+			s.sends.Wait()
 			n.reply(s, req, nil, fail(codec.ErrnoNotLoggedIn, "log in first"))
 			return
 		}
@@ -173,6 +175,7 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 		if err = n.delivered(s, req, uid); err == nil {
 			return // DELIVERED has no response
 		}
+		s.sends.Wait()
 	}
 	n.reply(s, req, ack, err)
 }
