@@ -227,6 +227,39 @@ func TestIdentityFromSessionEveryRequest(t *testing.T) {
 	}
 }
 
+// A DELIVERED that names another user's id acknowledges the session's
+// own inbox, never the other user's.
+func TestDeliveredIdentityFromSession(t *testing.T) {
+	ts := startServer(t, nil)
+	carol := ts.newUser("carol", client.Options{})
+	bob := ts.newUser("bob", client.Options{ManualAck: true})
+	r := ts.raw()
+	alice := codec.UserID(rawLogin(t, r, "alice"))
+	ctx := ctxT(t)
+	for range 2 {
+		if _, err := carol.c.Chat(ctx, alice, "to alice"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := carol.c.Chat(ctx, bob.id, "to bob"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.mustRead()
+	r.mustRead()
+	next(t, bob.c)
+	next(t, bob.c)
+	r.send(map[string]any{"msgid": 12, "id": int64(bob.id), "seq": 2})
+	checkFor(t, 5*time.Second, func() error {
+		if _, acked, err := ts.App.Store.InboxState(ctx, alice); err != nil || acked != 2 {
+			return fmt.Errorf("alice acked %d (%v), want 2", acked, err)
+		}
+		return nil
+	})
+	if _, acked, err := ts.App.Store.InboxState(ctx, bob.id); err != nil || acked != 0 {
+		t.Fatalf("bob's inbox acknowledged to %d by alice's DELIVERED (%v)", acked, err)
+	}
+}
+
 func TestFriends(t *testing.T) {
 	ts := startServer(t, nil)
 	alice := ts.newUser("alice", client.Options{})

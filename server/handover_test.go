@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -13,10 +14,12 @@ import (
 func TestWorkersServeAfterHandover(t *testing.T) {
 	ts := startServer(t, func(c *conf.Config) { c.Workers = 2; c.LogLevel = "debug" })
 	u := ts.newUser("handover", client.Options{})
-	time.Sleep(4500 * time.Millisecond) // two idle periods of a worker
-	if !ts.Logged("idle worker handed over") {
-		t.Fatal("no worker handed over after two idle periods")
-	}
+	checkFor(t, 15*time.Second, func() error { // two idle periods of a worker
+		if !ts.Logged("idle worker handed over") {
+			return errors.New("no worker handed over yet")
+		}
+		return nil
+	})
 	for i := 0; i < 3; i++ {
 		if err := u.c.Ping(ctxT(t)); err != nil {
 			t.Fatalf("ping after handover: %v", err)

@@ -276,6 +276,26 @@ func TestRefusalsWithinMaxOutbound(t *testing.T) {
 	})
 }
 
+// rate-burst 0 (the default) admits a burst of twice the rate.
+func TestRateBurstDefault(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.Rate = 5; c.RateBurst = 0 })
+	r := ts.raw()
+	var burst []byte
+	for i := range 20 {
+		burst = codec.AppendFrame(burst, fmt.Appendf(nil, `{"msgid":13,"reqid":%d}`, i))
+	}
+	r.write(burst)
+	ok := 0
+	for range 20 {
+		if num(r.mustRead(), "msgid") == int(codec.MsgPong) {
+			ok++
+		}
+	}
+	if ok < 10 || ok > 12 { // twice the rate, and a token or two refilled meanwhile
+		t.Fatalf("%d of a burst of 20 admitted at rate 5 with the default burst; want 10", ok)
+	}
+}
+
 // An error answer to a malformed request keeps its place behind the ACKs
 // of the sends before it (PROTOCOL.md 4.1), whatever kind it is.
 func TestErrorsKeepRequestOrder(t *testing.T) {

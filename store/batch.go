@@ -985,7 +985,7 @@ func (w multiRowWriter) ackChunk(ctx context.Context, s *Store, ids []codec.User
 		return nil
 	}
 	stmt := fmt.Sprintf(w.ackInbox, placeholders(len(vals)/2, "(?, ?)"))
-	return retrying(ctx, func() error {
+	return retrying(ctx, &s.retries, func() error {
 		_, err := s.db.ExecContext(ctx, stmt, vals...)
 		return err
 	})

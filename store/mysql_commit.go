@@ -36,7 +36,7 @@ var errKeyStoredBefore = errors.New("store: a clientmsgid of the batch was store
 // Every lock is taken in the same order as on that path: sent keys sorted,
 // inbox_state rows by user id, group_state rows by group id.
 func (s *Store) commitMySQL(ctx context.Context, batch []*sendOp, take func() uint64, skip func(uint64)) (t uint64, results []service.SendResult, entries []service.Entry, err error) {
-	err = retrying(ctx, func() error { // errKeyStoredBefore is not retried
+	err = retrying(ctx, &s.retries, func() error { // errKeyStoredBefore is not retried
 		var err error
 		t, results, entries, err = s.commitMySQLOnce(ctx, batch, take, skip)
 		return err

@@ -285,16 +285,32 @@ func otherNodeCommit(t *testing.T, s *Store, gid codec.GroupID, from codec.UserI
 	}
 }
 
+// waitLockWait waits until a transaction on s's server waits for a row lock.
+func waitLockWait(t *testing.T, s *Store) {
+	t.Helper()
+	waitFor(t, 10*time.Second, "a transaction waiting for a row lock", func() bool {
+		var n int
+		err := s.DB().Get(&n, "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
+		return err == nil && n > 0
+	})
+}
+
 // TestSnapshotIsolation: with innodb_snapshot_isolation on, a group commit
 // that waits for another node's commit to the same group, and a join to
-// that group, go through once the other commits: the reads in their
-// transactions before their last locking statement are locking ones, so
-// no snapshot predates the row they wait for (error 1020 otherwise); on
-// the statement-by-statement path (a repeated clientmsgid) the one plain
-// read's 1020 is retried.
+// that group, go through once the other commits, and without a retry: the
+// reads in their transactions before their last locking statement are
+// locking ones, so no snapshot predates the row they wait for (error 1020
+// otherwise, which retrying would hide). The statement-by-statement path
+// (a repeated clientmsgid) must go through too, retried or not.
 func TestSnapshotIsolation(t *testing.T) {
 	s := openMySQLSnapshot(t)
 	ctx := context.Background()
+	noRetries := func(what string, before int64) {
+		t.Helper()
+		if n := s.retries.Load() - before; n != 0 {
+			t.Errorf("%s: retried %d times: a read before the lock wait is not a locking one", what, n)
+		}
+	}
 	a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
 	gid, err := s.CreateGroup(ctx, a, "g", "")
 	if err != nil {
@@ -321,24 +337,30 @@ func TestSnapshotIsolation(t *testing.T) {
 		for _, op := range batch {
 			op.done = func(_ service.SendResult, err error) { errs <- err }
 		}
+		before := s.retries.Load()
 		go s.batcher.commit(batch, len(batch))
-		time.Sleep(300 * time.Millisecond) // the batch waits for the group's row
+		waitLockWait(t, s) // the batch waits for the group's row
 		commit()
 		for range batch {
 			if err := <-errs; err != nil {
 				t.Errorf("clientmsgid %q: a batch beside another node's commit to its group: %v", cmid, err)
 			}
 		}
+		if cmid == "" {
+			noRetries("multi-statement batch", before)
+		}
 	}
 
 	commit := otherNodeCommit(t, s, gid, b)
 	joined := make(chan error, 1)
+	before := s.retries.Load()
 	go func() { _, err := s.JoinGroup(ctx, gid, c); joined <- err }()
-	time.Sleep(300 * time.Millisecond)
+	waitLockWait(t, s)
 	commit()
 	if err := <-joined; err != nil {
 		t.Errorf("a join beside another node's commit to the group: %v", err)
 	}
+	noRetries("join", before)
 	if entries, err := s.GroupLog(ctx, gid, 0, 100); err != nil || len(entries) != 5 {
 		t.Errorf("group log: %d entries (%v), want 5", len(entries), err)
 	}

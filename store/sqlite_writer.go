@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/jmoiron/sqlx"
@@ -71,10 +72,10 @@ type preparedWriter struct {
 	mergeEvery             time.Duration
 }
 
-func newPreparedWriter(ctx context.Context, db *sqlx.DB, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
+func newPreparedWriter(ctx context.Context, db *sqlx.DB, retries *atomic.Int64, mergeRows int64, mergeEvery time.Duration) (*preparedWriter, error) {
 	w := &preparedWriter{mem: newSentMemory(), mergeRows: mergeRows, mergeEvery: mergeEvery}
 	var err error
-	if w.conn, err = openWriterConn(ctx, db, w.prepare); err != nil {
+	if w.conn, err = openWriterConn(ctx, db, retries, w.prepare); err != nil {
 		return nil, err
 	}
 	return w, nil

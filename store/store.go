@@ -19,6 +19,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-sql-driver/mysql"
@@ -120,6 +121,9 @@ type Store struct {
 	inboxStates *readBatcher[codec.UserID, [2]codec.Seq]
 	friends     *readBatcher[codec.UserID, []service.Member]
 	groups      *readBatcher[codec.UserID, []service.Group]
+	// retries counts the statements and transactions tried again after a
+	// deadlock, a lock wait timeout or a snapshot conflict (retrying).
+	retries atomic.Int64
 }
 
 var _ service.Store = (*Store)(nil)
@@ -209,7 +213,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			db.Close()
 			return nil, err
 		}
-		pw, err := newPreparedWriter(ctx, db, int64(cfg.MergeRows), cfg.MergeInterval)
+		pw, err := newPreparedWriter(ctx, db, &s.retries, int64(cfg.MergeRows), cfg.MergeInterval)
 		if err != nil {
 			db.Close()
 			return nil, err
@@ -486,7 +490,7 @@ func (s *Store) inTx(ctx context.Context, fn func(tx *sqlx.Tx) error) error {
 // and returning what it returned when the COMMIT succeeds; skip gets the
 // ticket of a COMMIT that failed.
 func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take func() uint64, skip func(uint64)) (uint64, error) {
-	return ticketedTx(ctx, func() (*sqlx.Tx, func(commit bool) error, error) {
+	return ticketedTx(ctx, &s.retries, func() (*sqlx.Tx, func(commit bool) error, error) {
 		tx, err := s.db.BeginTxx(ctx, nil)
 		if err != nil {
 			return nil, nil, err
@@ -507,9 +511,9 @@ func (s *Store) inTxTicket(ctx context.Context, fn func(tx *sqlx.Tx) error, take
 // returned when the COMMIT succeeds; skip gets the ticket of a COMMIT that
 // failed. A failed begin is not retried: SQLite's busy_timeout has waited
 // already.
-func ticketedTx[T any](ctx context.Context, begin func() (T, func(commit bool) error, error), fn func(T) error, take func() uint64, skip func(uint64)) (t uint64, err error) {
+func ticketedTx[T any](ctx context.Context, retries *atomic.Int64, begin func() (T, func(commit bool) error, error), fn func(T) error, take func() uint64, skip func(uint64)) (t uint64, err error) {
 	var beginErr error
-	err = retrying(ctx, func() error {
+	err = retrying(ctx, retries, func() error {
 		tx, end, err := begin()
 		if err != nil {
 			beginErr = err
@@ -542,13 +546,16 @@ const maxAttempts = 5
 
 // retrying runs fn until it succeeds, fails otherwise than with a deadlock
 // or lock timeout (isRetryable), ctx ends, or maxAttempts tries were made,
-// waiting 5 ms longer before each retry than before the last. It returns
-// fn's last error.
-func retrying(ctx context.Context, fn func() error) error {
+// waiting 5 ms longer before each retry than before the last, and adding
+// each retry to retries (if not nil). It returns fn's last error.
+func retrying(ctx context.Context, retries *atomic.Int64, fn func() error) error {
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil || !isRetryable(err) || ctx.Err() != nil || attempt == maxAttempts {
 			return err
+		}
+		if retries != nil {
+			retries.Add(1)
 		}
 		time.Sleep(time.Duration(attempt) * 5 * time.Millisecond)
 	}

@@ -72,6 +72,8 @@ type writerConn struct {
 	conn   *sqlx.Conn
 	broken bool         // a BEGIN or ROLLBACK failed: replace conn first
 	begins atomic.Int64 // BEGINs started, for tests
+	// retries counts the transactions tried again (Store.retries).
+	retries *atomic.Int64
 	// prepare prepares the writer's statements on a new connection and
 	// returns what closes them.
 	prepare    func(ctx context.Context, p preparer) (func(), error)
@@ -84,9 +86,9 @@ type preparer interface {
 }
 
 // openWriterConn takes a connection from db for the writer and prepares
-// its statements on it.
-func openWriterConn(ctx context.Context, db *sqlx.DB, prepare func(context.Context, preparer) (func(), error)) (*writerConn, error) {
-	w := &writerConn{db: db, prepare: prepare}
+// its statements on it; its retries go to retries.
+func openWriterConn(ctx context.Context, db *sqlx.DB, retries *atomic.Int64, prepare func(context.Context, preparer) (func(), error)) (*writerConn, error) {
+	w := &writerConn{db: db, retries: retries, prepare: prepare}
 	if err := w.open(ctx); err != nil {
 		return nil, err
 	}
@@ -128,7 +130,7 @@ func (w *writerConn) close() {
 // failed (not for a busy database) is replaced, its statements prepared
 // anew: a failed BEGIN is tried once more on the new one.
 func (w *writerConn) inTx(ctx context.Context, fn func(txn) error, take func() uint64, skip func(uint64)) (uint64, error) {
-	return ticketedTx(ctx, func() (txn, func(commit bool) error, error) {
+	return ticketedTx(ctx, w.retries, func() (txn, func(commit bool) error, error) {
 		if err := w.begin(ctx); err != nil {
 			return nil, nil, err
 		}

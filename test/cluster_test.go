@@ -433,13 +433,17 @@ func TestDoubleLoginAcrossNodes(t *testing.T) {
 		if _, err := sender.client().Chat(ctxT(t, 5*time.Second), u.id, body); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case d := <-survivor.Deliveries():
-			for d.Msg != body { // earlier rounds' messages may be re-sent first
-				d = <-survivor.Deliveries()
+		timeout := time.After(10 * time.Second)
+		for got := false; !got; { // earlier rounds' messages may be re-sent first
+			select {
+			case d, ok := <-survivor.Deliveries():
+				if !ok {
+					t.Fatalf("round %d: the survivor's connection ended", round)
+				}
+				got = d.Msg == body
+			case <-timeout:
+				t.Fatalf("round %d: the survivor did not get %q", round, body)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("round %d: survivor got nothing", round)
 		}
 		for _, cl := range cs {
 			cl.Close()
