@@ -163,7 +163,7 @@ func FuzzDecodeSplit(f *testing.F) {
 }
 
 func FuzzParseRequest(f *testing.F) {
-	for _, s := range []string{`{"msgid":1,"id":1,"password":"x"}`, `{"msgid":10,"groupid":1,"msg":"m","clientmsgid":"c"}`, "\xc3\x28", `{"msgid":1e400}`, `null`} {
+	for _, s := range []string{`{"msgid":1,"id":1,"password":"x"}`, `{"msgid":10,"groupid":1,"msg":"m","clientmsgid":"c"}`, "\xc3\x28", `{"msgid":1e400}`, `null`, `{"msgid":13,"MSG":"x","a":[{"b":"}"}],"c":"\\""}`, `{"msgid":6,"toid":2,"msg":"a\"b","Toid":3}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
@@ -171,24 +171,36 @@ func FuzzParseRequest(f *testing.F) {
 		if req == nil {
 			t.Fatal("nil request")
 		}
+		if folded, ok := scanKeys(body); ok && json.Valid(body) && !bytes.Equal(dropFolded(body), body) != folded {
+			t.Fatalf("%q: scanKeys says folded %v", body, folded)
+		}
 		if err == nil {
 			_, _ = req.ClientMsgIDString()
 		}
 	})
 }
 
+// BenchmarkDecodeParse: a chat send as most are (the fast path), and one
+// whose text has an escape (encoding/json).
 func BenchmarkDecodeParse(b *testing.B) {
-	buf := frame(`{"msgid":6,"toid":12345,"msg":"hello there, how are you?","clientmsgid":"c-1","reqid":99}`)
-	b.SetBytes(int64(len(buf)))
-	b.ReportAllocs()
-	for b.Loop() {
-		body, _, err := Decode(buf, DefaultMaxFrame)
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := ParseRequest(body); err != nil {
-			b.Fatal(err)
-		}
+	for name, body := range map[string]string{
+		"plain":   `{"msgid":6,"toid":12345,"msg":"hello there, how are you?","clientmsgid":"c-1","reqid":99}`,
+		"escaped": `{"msgid":6,"toid":12345,"msg":"hello there,\nhow are you?","clientmsgid":"c-1","reqid":99}`,
+	} {
+		b.Run(name, func(b *testing.B) {
+			buf := frame(body)
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			for b.Loop() {
+				body, _, err := Decode(buf, DefaultMaxFrame)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := ParseRequest(body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 

@@ -104,6 +104,39 @@ func (p *fastParser) str() ([]byte, bool) {
 	return nil, false
 }
 
+// skipValue moves past one JSON value, which it does not check: it only
+// finds where the value ends for valid JSON (before the ',' or '}' that
+// follows it at its own level).
+func (p *fastParser) skipValue() bool {
+	depth := 0
+	for p.i < len(p.b) {
+		switch p.b[p.i] {
+		case '"':
+			for p.i++; p.i < len(p.b) && p.b[p.i] != '"'; p.i++ {
+				if p.b[p.i] == '\\' {
+					p.i++
+				}
+			}
+			if p.i >= len(p.b) {
+				return false
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 {
+				return true
+			}
+			depth--
+		case ',':
+			if depth == 0 {
+				return true
+			}
+		}
+		p.i++
+	}
+	return false
+}
+
 // integer reads an integer that fits int64 (no fraction, no exponent).
 func (p *fastParser) integer() (int64, bool) {
 	neg := p.eat('-')

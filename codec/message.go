@@ -165,6 +165,14 @@ func ParseRequest(body []byte) (*Request, error) {
 // keys, ignored. It returns body itself when there are none, or when body
 // is not a JSON object (json.Unmarshal then explains what is wrong).
 func exactKeys(body []byte) []byte {
+	if folded, ok := scanKeys(body); ok && !folded {
+		return body
+	}
+	return dropFolded(body)
+}
+
+// dropFolded is exactKeys the long way: decoding body.
+func dropFolded(body []byte) []byte {
 	var obj map[string]json.RawMessage
 	if json.Unmarshal(body, &obj) != nil {
 		return body
@@ -186,6 +194,43 @@ func exactKeys(body []byte) []byte {
 		return body
 	}
 	return b.Bytes()
+}
+
+// scanKeys reports whether the JSON object body has a key that foldsToKey;
+// ok is false when it cannot tell without decoding (a key with escapes, not
+// an object, malformed). It reads the values only to skip them.
+func scanKeys(body []byte) (folded, ok bool) {
+	p := fastParser{b: body}
+	p.ws()
+	if !p.eat('{') {
+		return false, false
+	}
+	p.ws()
+	if p.eat('}') {
+		return false, true
+	}
+	for {
+		key, ok := p.str()
+		if !ok {
+			return false, false
+		}
+		for _, c := range key {
+			if c >= 'A' && c <= 'Z' || c >= utf8.RuneSelf { // else no fold of a lower-case key
+				folded = folded || foldsToKey(string(key))
+				break
+			}
+		}
+		p.ws()
+		if !p.eat(':') || !p.skipValue() {
+			return false, false
+		}
+		p.ws()
+		if p.eat(',') {
+			p.ws()
+			continue
+		}
+		return folded, p.eat('}')
+	}
 }
 
 // foldsToKey reports whether k is one of Request's keys only when case is
