@@ -61,8 +61,10 @@ type Options struct {
 	// larger request fails at once, unsent, with an error wrapping
 	// ErrRequestTooLarge. (The server answers a frame above its max-frame
 	// with errno 9 and closes the connection: it cannot tell which request
-	// that was.) Default codec.DefaultMaxFrame, the server's default
-	// max-frame; set it to the server's max-frame where that is raised.
+	// that was.) Once logged in, the client also keeps to the max-frame
+	// the server names in LOGIN_ACK where that is smaller. Default
+	// codec.DefaultMaxFrame, the server's default max-frame; set it to the
+	// server's max-frame where that is raised.
 	MaxRequest int
 	// MaxFrame is the largest frame body accepted from the server; a larger
 	// one closes the connection with an error wrapping ErrProtocol. Default
@@ -159,6 +161,7 @@ type Client struct {
 	deliveries chan codec.Delivery
 	lastSeq    atomic.Int64 // highest seq handed out (or set by SetLastSeq)
 	user       atomic.Int64 // user of the last successful login
+	serverMax  atomic.Int64 // the server's max-frame, from LOGIN_ACK; 0 until known
 	ackReset   atomic.Bool  // the writer must forget ackSent (new user)
 	ackWant    atomic.Int64 // highest seq the server should be told about
 	ackSent    int64        // writer-owned: highest seq sent in DELIVERED
@@ -538,14 +541,23 @@ func encodeWithReqID(id uint64, req any) ([]byte, error) {
 	return append(out, '}'), nil
 }
 
+// maxRequest is the largest request body to send: Options.MaxRequest, or
+// the server's max-frame from LOGIN_ACK where that is smaller.
+func (c *Client) maxRequest() int {
+	if m := int(c.serverMax.Load()); m > 0 && m < c.opts.MaxRequest {
+		return m
+	}
+	return c.opts.MaxRequest
+}
+
 // roundTrip registers id, queues body and waits for the matching response.
 func (c *Client) roundTrip(ctx context.Context, id uint64, body []byte) (Response, error) {
 	if err := ctx.Err(); err != nil {
 		return Response{}, err
 	}
-	if len(body) > c.opts.MaxRequest || uint64(len(body)) > math.MaxUint32 {
-		return Response{}, fmt.Errorf("%w: the request is %d bytes, more than the %d of Options.MaxRequest (the server's max-frame)",
-			ErrRequestTooLarge, len(body), c.opts.MaxRequest)
+	if limit := c.maxRequest(); len(body) > limit || uint64(len(body)) > math.MaxUint32 {
+		return Response{}, fmt.Errorf("%w: the request is %d bytes, more than the server's max-frame of %d",
+			ErrRequestTooLarge, len(body), limit)
 	}
 	c.pmu.Lock()
 	if err := c.Err(); err != nil {
@@ -737,6 +749,7 @@ type wireMsg struct {
 	GSeq       codec.Seq        `json:"gseq"`
 	Errno      codec.Errno      `json:"errno"`
 	ErrMsg     string           `json:"errmsg"`
+	MaxFrame   int              `json:"maxframe"`
 	Ack        codec.MsgID      `json:"ack"`
 	ID         codec.UserID     `json:"id"`
 	Name       string           `json:"name"`
@@ -825,6 +838,9 @@ func (c *Client) handle(body []byte) error {
 		return errStop
 	}
 	if m.MsgID == codec.MsgLoginAck && m.Errno == codec.OK {
+		if m.MaxFrame > 0 {
+			c.serverMax.Store(int64(m.MaxFrame))
+		}
 		// Seqs are per user: a login as another user on this connection
 		// starts dedup and acknowledgement afresh.
 		if prev := c.user.Swap(int64(m.ID)); prev != 0 && prev != int64(m.ID) {

@@ -371,7 +371,8 @@ type LoginAck struct {
 	ID         UserID          `json:"id"`
 	Name       string          `json:"name"`
 	Token      string          `json:"token"`
-	Node       string          `json:"node,omitempty"` // the session's node (-node-id); omitted if none
+	Node       string          `json:"node,omitempty"`     // the session's node (-node-id); omitted if none
+	MaxFrame   int             `json:"maxframe,omitempty"` // the largest request frame body the server accepts
 	Friends    []Friend        `json:"friends"`
 	Groups     []Group         `json:"groups"`
 	OfflineMsg []Delivery      `json:"offlineMsg"`

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"os"
 
+	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
 	"github.com/chatcluster/chatcluster/pubsub"
 	"github.com/chatcluster/chatcluster/service"
@@ -69,7 +71,7 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	node, err := service.New(ctx, service.Config{
 		Store: st, Bus: bus, Logger: log,
 		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,
-		MaxMessageLen: cfg.MaxMessage, NodeName: nodeID,
+		MaxMessageLen: cfg.MaxMessage, NodeName: nodeID, MaxFrame: cmp.Or(cfg.MaxFrame, codec.DefaultMaxFrame),
 	})
 	if err != nil {
 		st.Close()

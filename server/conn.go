@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -192,7 +193,7 @@ func (s *Server) OnTraffic(gc gnet.Conn) gnet.Action {
 		case errors.Is(err, codec.ErrIncomplete):
 			return gnet.None
 		case errors.Is(err, codec.ErrFrameTooLarge):
-			_, _ = gc.Write(service.Reject(codec.ErrnoFrameTooLarge, "frame too large"))
+			_, _ = gc.Write(service.Reject(codec.ErrnoFrameTooLarge, fmt.Sprintf("frame too large (max-frame %d bytes)", s.cfg.MaxFrame)))
 			return gnet.Close
 		case errors.Is(err, codec.ErrEmptyFrame):
 			_, _ = gc.Write(service.Reject(codec.ErrnoBadRequest, "empty frame"))

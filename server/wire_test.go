@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,7 +97,8 @@ func TestOversizedAndEmptyFrames(t *testing.T) {
 	bystander := ts.newUser("bystander", client.Options{})
 	r := ts.raw()
 	r.write([]byte{0, 0, 0x10, 0}) // 4096 > 1024
-	if m := r.mustRead(); num(m, "msgid") != 11 || num(m, "ack") != 0 || num(m, "errno") != int(codec.ErrnoFrameTooLarge) {
+	if m := r.mustRead(); num(m, "msgid") != 11 || num(m, "ack") != 0 || num(m, "errno") != int(codec.ErrnoFrameTooLarge) ||
+		!strings.Contains(m["errmsg"].(string), "1024") {
 		t.Fatalf("oversized: %v", m)
 	}
 	r.closed()
@@ -364,5 +366,23 @@ func TestExactKeysAndReqID(t *testing.T) {
 	r.send([]byte(`{"MsgID":13,"reqid":1}`))
 	if m := r.mustRead(); num(m, "errno") != int(codec.ErrnoBadRequest) || num(m, "ack") != 0 {
 		t.Fatalf("msgid spelt MsgID: %v", m)
+	}
+}
+
+// LOGIN_ACK names the server's max-frame, and the client keeps to it: a
+// request the server would refuse (closing the connection) fails unsent.
+func TestLoginAckMaxFrame(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxFrame = 1024 })
+	bob := ts.newUser("bob", client.Options{})
+	alice := ts.newUser("alice", client.Options{MaxRequest: 1 << 20})
+	if alice.ack.MaxFrame != 1024 {
+		t.Fatalf("LOGIN_ACK maxframe %d, want 1024", alice.ack.MaxFrame)
+	}
+	_, err := alice.c.Chat(ctxT(t), bob.id, strings.Repeat("x", 2000))
+	if !errors.Is(err, client.ErrRequestTooLarge) {
+		t.Fatalf("chat above max-frame: %v", err)
+	}
+	if _, err := alice.c.Chat(ctxT(t), bob.id, "small"); err != nil {
+		t.Fatalf("the connection after: %v", err)
 	}
 }

@@ -458,7 +458,7 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 	ack = &codec.LoginAck{
 		MsgID: codec.MsgLoginAck, ErrMsg: "ok", ID: uid, Name: u.Name,
 		Token:   n.tokens.issue(uid, u.TokenVersion, n.cfg.Now()),
-		Node:    n.cfg.NodeName,
+		Node:    n.cfg.NodeName, MaxFrame: n.cfg.MaxFrame,
 		Friends: make([]codec.Friend, 0, len(friends)), Groups: make([]codec.Group, 0, len(groups)),
 		OfflineMsg: offline,
 	}

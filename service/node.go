@@ -53,6 +53,9 @@ type Config struct {
 	// NodeName is reported to clients in LOGIN_ACK as "node" (the node's
 	// -node-id); empty: not reported.
 	NodeName string
+	// MaxFrame is reported to clients in LOGIN_ACK as "maxframe": the
+	// largest request frame body the server accepts. 0: not reported.
+	MaxFrame int
 }
 
 // Limits on names and passwords.
