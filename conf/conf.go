@@ -259,7 +259,7 @@ func (c Config) Validate() error {
 		errs = append(errs, errors.New("idle-timeout and token-ttl must be positive"))
 	}
 	if _, err := c.Level(); err != nil {
-		errs = append(errs, err)
+		errs = append(errs, fmt.Errorf("log-level must be debug, info, warn or error, not %q", c.LogLevel))
 	}
 	if c.LogFormat != "text" && c.LogFormat != "json" {
 		errs = append(errs, errors.New("log-format must be text or json"))

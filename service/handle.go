@@ -41,7 +41,7 @@ func (n *Node) storeFail(op string, err error) *reqError {
 	case errors.Is(err, ErrConflict):
 		return fail(codec.ErrnoConflict, "%s: already exists", op)
 	}
-	n.log.Warn("store unavailable", "op", op, "err", err)
+	n.log.Warn("request failed: database or Redis unavailable", "op", op, "err", err)
 	return fail(codec.ErrnoUnavailable, "%s: server unavailable, retry later", op)
 }
 
@@ -457,8 +457,8 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 	}
 	ack = &codec.LoginAck{
 		MsgID: codec.MsgLoginAck, ErrMsg: "ok", ID: uid, Name: u.Name,
-		Token:   n.tokens.issue(uid, u.TokenVersion, n.cfg.Now()),
-		Node:    n.cfg.NodeName, MaxFrame: n.cfg.MaxFrame,
+		Token: n.tokens.issue(uid, u.TokenVersion, n.cfg.Now()),
+		Node:  n.cfg.NodeName, MaxFrame: n.cfg.MaxFrame,
 		Friends: make([]codec.Friend, 0, len(friends)), Groups: make([]codec.Group, 0, len(groups)),
 		OfflineMsg: offline,
 	}

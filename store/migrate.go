@@ -76,6 +76,10 @@ func (s *Store) migrate(ctx context.Context) (err error) {
 		conn, err = s.db.Connx(ctx)
 	}
 	if err != nil {
+		if s.dialect.name == "sqlite" { // the path helps; a MySQL DSN may hold a password
+			path, _, _ := strings.Cut(strings.TrimPrefix(s.cfg.DSN, "sqlite:"), "?")
+			return fmt.Errorf("store: open %s: %w", path, err)
+		}
 		return fmt.Errorf("store: connect: %w", err)
 	}
 	defer conn.Close()

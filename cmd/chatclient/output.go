@@ -167,10 +167,11 @@ func formatUser(id codec.UserID, name string, friends []friendEntry, groups []gr
 	return b.String()
 }
 
-// asOf is the note under friends and groups: the states are from the last
-// login (or reconnect), as the protocol sends no presence updates.
+// asOf is the note under friends and groups: the lists and states are
+// from the last login (or reconnect), as the protocol sends no updates
+// (what this session added itself is marked so).
 func asOf(t time.Time) string {
-	return "(online states as of " + t.Format("15:04:05") + ")"
+	return "(as of your login at " + t.Format("15:04:05") + "; log in again to refresh)"
 }
 
 // sanitize makes text from the network safe to print on one line: control

@@ -232,7 +232,7 @@ func TestScriptedWait(t *testing.T) {
 	bob := ts.newUser("bob")
 	alice.c.Close()
 	p := startProc(t, append(alice.loginArgs(), "-c", "friends", "-wait", "4s", ts.Addr)...)
-	p.waitOut("(online states as of ")
+	p.waitOut("(as of your login at ")
 	if _, err := bob.c.Chat(ctxT(t), alice.id, "during the wait"); err != nil {
 		t.Fatal(err)
 	}

@@ -214,7 +214,7 @@ func TestInteractive(t *testing.T) {
 	tm.typ("addgroup:" + g + "\r")
 	tm.expect("addgroup: already exists: already a member of group " + g + "\n")
 	tm.typ("friends\r")
-	tm.expect("----------------------friend list---------------------\n" + B + " (added this session)\n(online states as of ")
+	tm.expect("----------------------friend list---------------------\n" + B + " (added this session)\n(as of your login at ")
 	tm.typ("groups\r")
 	tm.expect(g + " tea green and black\n    " + fmt.Sprint(aliceID) + " alice online creator\n")
 	tm.typ("help\r")
