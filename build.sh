@@ -16,6 +16,9 @@
 #                   prints nginx's HOST:PORT (the client address) last
 #   cluster down    stop that cluster again
 #   cluster status  list its processes (NAME PID ADDRESS running|dead)
+#   cluster restart NODE
+#                   stop one node (SIGTERM) if it runs, and start it again
+#                   on its address under the same node id
 #   help            show this help
 #
 # The service helpers (start_mariadb, start_redis, stop_all) never touch the
@@ -104,10 +107,18 @@ Commands:
                   missing Debian packages with apt-get. Progress goes to
                   stderr; the last stdout line is the address clients use
                   (nginx's HOST:PORT). Fails if a cluster already runs.
+                  Starts empty: what an earlier cluster left in the state
+                  directory (its database, logs) is deleted.
   cluster down    stop the cluster (nodes, nginx, Redis, MariaDB) and wait
-                  for every process to exit; fine when none runs
+                  for every process to exit; fine when none runs. The
+                  data stays until the next "cluster up".
   cluster status  one line per process: NAME PID ADDRESS running|dead;
                   exit 0 when all run, 1 otherwise, 3 when there is none
+  cluster restart NODE
+                  stop node NODE (e.g. node1) with SIGTERM if it runs,
+                  and start it again on its address under the same node
+                  id, with the environment of this command (CHAT_*);
+                  after a kill -9 of it, this brings it back
 
   The cluster lives in the state directory $CHAT_CLUSTER_DIR (default:
   .cluster in the repository): pids/, addr/, bin/chatserver and the logs
@@ -959,7 +970,7 @@ cluster_prepare_dir() {
 			die "a cluster is already running in $CLUSTER_DIR (see ./build.sh cluster status; stop it with ./build.sh cluster down)"
 		fi
 		if [[ -f "$CLUSTER_DIR/$CLUSTER_MARKER" ]]; then
-			log "removing stale cluster state in $CLUSTER_DIR"
+			log "removing what an earlier cluster left in $CLUSTER_DIR (its database and logs)"
 			# The marker proves the directory is ours: clear it entirely.
 			find "$CLUSTER_DIR" -mindepth 1 -delete
 		else
@@ -1091,6 +1102,33 @@ cmd_cluster_status() {
 	return "$rc"
 }
 
+# cmd_cluster_restart NODE: stop NODE if it runs and start it again on its
+# recorded address, as the same node id, against the cluster's MariaDB
+# and Redis.
+cmd_cluster_restart() {
+	local name="${1:-}" addr port pid db redis
+	(($# == 1)) && [[ "$name" =~ ^node[0-9]+$ ]] || die "usage: ./build.sh cluster restart nodeN"
+	cluster_set_dir
+	addr="$(cluster_addr "$name")"
+	[[ "$addr" != "-" ]] || die "no $name in $CLUSTER_DIR (see ./build.sh cluster status)"
+	cluster_alive mariadb && cluster_alive redis || die "the cluster's MariaDB or Redis is not running: start it with ./build.sh cluster up"
+	db="mysql:chat:chat@tcp($(cluster_addr mariadb))/chat"
+	redis="$(cluster_addr redis)"
+	port="${addr##*:}"
+	cluster_stop "$name"
+	log "starting $name again on $addr"
+	spawn "$CLUSTER_DIR/$name.log" "$CLUSTER_DIR/bin/chatserver" \
+		-listen "$addr" -db "$db" -redis "$redis" -node-id "$name"
+	pid="$SPAWNED_PID"
+	cluster_record "$name" "$pid" "$addr"
+	if ! wait_listen "$name" "$pid" "$port"; then
+		printf -- '----- %s (tail) -----\n' "$CLUSTER_DIR/$name.log" >&2
+		tail -n 40 "$CLUSTER_DIR/$name.log" >&2
+		die "$name failed to start again (log above)"
+	fi
+	log "$name ready on $addr (pid $pid)"
+}
+
 cmd_cluster() {
 	local sub="${1:-}"
 	if (($# > 0)); then
@@ -1100,6 +1138,7 @@ cmd_cluster() {
 	up) cmd_cluster_up "$@" ;;
 	down) cmd_cluster_down "$@" ;;
 	status) cmd_cluster_status "$@" ;;
+	restart) cmd_cluster_restart "$@" ;;
 	*)
 		usage >&2
 		exit 2
