@@ -50,6 +50,9 @@ func runInteractive(o options, stdin io.Reader, stdout, stderr io.Writer, color 
 		Stdout:                 stdout,
 		Stderr:                 stderr,
 		EOFPrompt:              "quit",
+		// Not "^C": the line is also interrupted when the session ends
+		// by itself (logged in elsewhere), where no key was pressed.
+		InterruptPrompt: "\n",
 	})
 	if err != nil {
 		io.WriteString(stderr, "chatclient: "+err.Error()+"\n")

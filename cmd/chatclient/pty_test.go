@@ -237,10 +237,15 @@ func TestInteractive(t *testing.T) {
 	tm.typ("\r")
 	tm.expect("loginout     : log out and return to the start menu, format loginout\n")
 
-	// A login elsewhere ends the session and brings back the start menu.
+	// A login elsewhere ends the session and brings back the start menu,
+	// without showing a Ctrl-C nobody pressed.
+	start := tm.pos
 	ts.login(alice)
 	tm.expect("logged in elsewhere; session closed\n")
 	tm.expect("choice: ")
+	if shown := tm.screen()[start:tm.pos]; strings.Contains(shown, "^C") {
+		t.Fatalf("a kick showed ^C:\n%s", shown)
+	}
 	alice.c.Close()
 
 	// Log in again (offline messages follow the user data), log out, quit.
