@@ -45,7 +45,12 @@ type bconn struct {
 	onDelivery func(c *bconn, g *groupPos, seq int64, msg []byte, now int64)
 	onAck      func(c *bconn, p pend, errno, gseq int64, now int64)
 
-	rs       recvState    // reader-owned duplicate/order state
+	// lmu guards rs and acked: the reader goroutine writes them (in the
+	// hooks: one uncontended lock per delivery or ACK), the drain compares
+	// them.
+	lmu      sync.Mutex
+	rs       recvState    // duplicate/order state and the messages received
+	acked    bitset       // counters of this connection's chat sends acked with errno 0
 	lastSeq  atomic.Int64 // highest seq received
 	ackedSeq atomic.Int64 // highest seq sent in DELIVERED
 	ackNow   bool         // send DELIVERED after each read batch
@@ -62,7 +67,8 @@ type bconn struct {
 
 // pend is one request waiting for its response.
 type pend struct {
-	sendNanos int64
+	sendNanos int64           // chat send: its stamp (paced: the time it was due)
+	counter   uint64          // chat send: the message's counter
 	gid       int64           // GROUP_CHAT: the group
 	ch        chan callResult // nil for asynchronous requests
 }
@@ -225,6 +231,9 @@ func (c *bconn) Close() {
 // Done is closed when the connection has ended.
 func (c *bconn) Done() <-chan struct{} { return c.done }
 
+// Err is why the connection ended; call it after Done is closed.
+func (c *bconn) Err() error { return c.err }
+
 // write frames the JSON object that build appends (given the reqid) and
 // writes it, registering p under that reqid first unless reqid is 0.
 func (c *bconn) write(withReq bool, p pend, build func(dst []byte, reqid uint64) []byte) error {
@@ -350,10 +359,10 @@ func (c *bconn) ping(ctx context.Context) error {
 }
 
 // sendChat writes a ONE_CHAT (group == false) or GROUP_CHAT without waiting;
-// onAck reports the outcome. The body must need no JSON escaping (appendBody
-// output). cmid > 0 adds a numeric clientmsgid.
-func (c *bconn) sendChat(group bool, to int64, sendNanos int64, body []byte, cmid uint64) error {
-	p := pend{sendNanos: sendNanos}
+// onAck reports the outcome with sendNanos and counter. The body must need
+// no JSON escaping (appendBody output). cmid > 0 adds a numeric clientmsgid.
+func (c *bconn) sendChat(group bool, to int64, sendNanos int64, counter uint64, body []byte, cmid uint64) error {
+	p := pend{sendNanos: sendNanos, counter: counter}
 	if group {
 		p.gid = to
 	}

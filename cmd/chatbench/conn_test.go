@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"testing"
 	"time"
 
@@ -94,7 +95,7 @@ func TestConnGroupDeliveriesAndAcks(t *testing.T) {
 
 	body := func(sender int32, n uint64) []byte { return appendBody(nil, nowNanos(), sender, n, 40) }
 	sent := make(chan error, 1)
-	go func() { sent <- c.sendChat(true, 7, nowNanos(), body(0, 1), 1) }()
+	go func() { sent <- c.sendChat(true, 7, nowNanos(), 1, body(0, 1), 1) }()
 	got := s.recv()
 	req, err := codec.ParseRequest([]byte(got))
 	if err != nil || req.MsgID != codec.MsgGroupChat || string(req.ReqID) != "1" || req.GroupID == nil || *req.GroupID != 7 || string(req.ClientMsgID) != "1" || req.Msg == nil {
@@ -147,6 +148,13 @@ func TestConnGroupDeliveriesAndAcks(t *testing.T) {
 	}
 	if l.Latency.Total != 6 {
 		t.Fatalf("latency samples %d", l.Latency.Total)
+	}
+	// The ACK (errno 0) put the message's counter in the sender's acked set.
+	c.lmu.Lock()
+	acked := slices.Clone(c.acked.w)
+	c.lmu.Unlock()
+	if len(acked) != 1 || acked[0] != 1<<1 {
+		t.Fatalf("acked set %b, want counter 1 alone", acked)
 	}
 	gs := c.groupList()
 	if len(gs) != 2 || gs[0].gid != 7 || gs[0].trk.checked.Load() != 3 || gs[1].gid != 9 || gs[1].trk.checked.Load() != 1 {

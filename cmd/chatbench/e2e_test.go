@@ -5,14 +5,17 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/chatcluster/chatcluster/codec"
 	"github.com/chatcluster/chatcluster/conf"
 	"github.com/chatcluster/chatcluster/server"
 )
@@ -97,15 +100,20 @@ func checkTraffic(t *testing.T, rep *Report, fanout int64) {
 	if tr == nil {
 		t.Fatal("no traffic report")
 	}
-	if tr.Sent == 0 || tr.Acked != tr.Sent || tr.AckErrors != 0 {
-		t.Errorf("sent %d acked %d errors %d", tr.Sent, tr.Acked, tr.AckErrors)
+	if tr.Sent == 0 || tr.Acked != tr.Sent || tr.AckErrors != 0 || tr.Unanswered != 0 || tr.SendErrors != 0 || tr.DrainTimedOut {
+		t.Errorf("sent %d acked %d errors %d unanswered %d send errors %d drain timed out %v",
+			tr.Sent, tr.Acked, tr.AckErrors, tr.Unanswered, tr.SendErrors, tr.DrainTimedOut)
 	}
 	if tr.Fanout != fanout || tr.Expected != tr.Acked*fanout {
 		t.Errorf("fanout %d expected %d for %d acked", tr.Fanout, tr.Expected, tr.Acked)
 	}
-	if tr.Lost != 0 || tr.Duplicates != 0 || tr.SeqGaps != 0 || tr.SeqDups != 0 || tr.SeqReorders != 0 || tr.Foreign != 0 || tr.ConnLost != 0 {
-		t.Errorf("lost %d dups %d gaps %d seqdups %d reorders %d foreign %d connlost %d",
-			tr.Lost, tr.Duplicates, tr.SeqGaps, tr.SeqDups, tr.SeqReorders, tr.Foreign, tr.ConnLost)
+	if tr.Lost != 0 || tr.Extra != 0 || tr.Duplicates != 0 || tr.SeqGaps != 0 || tr.SeqDups != 0 || tr.SeqReorders != 0 || tr.Foreign != 0 || tr.ConnLost != 0 {
+		t.Errorf("lost %d extra %d dups %d gaps %d seqdups %d reorders %d foreign %d connlost %d",
+			tr.Lost, tr.Extra, tr.Duplicates, tr.SeqGaps, tr.SeqDups, tr.SeqReorders, tr.Foreign, tr.ConnLost)
+	}
+	// Paced runs report how late their sends were written; flat out none.
+	if paced := tr.TargetRate > 0; paced != (tr.SendLag != nil) || paced && tr.SendLag.Count == 0 {
+		t.Errorf("rate %v, send lag %+v", tr.TargetRate, tr.SendLag)
 	}
 	if rep.Scenario == "group" {
 		// Group messages are numbered in the group's log: every delivery
@@ -394,5 +402,207 @@ func TestParseFlags(t *testing.T) {
 	g := splitConfig(Config{Scenario: "group", Groups: 3, GroupSize: 4}, 0, 2)
 	if g.Groups != 2 || g.N != 8 {
 		t.Fatalf("group split %+v", g)
+	}
+}
+
+// relayFault is what a faulty relay does with one of chatbench's ONE_CHATs.
+type relayFault int
+
+const (
+	relayPass          relayFault = iota // relay it
+	relayDrop                            // no ACK, no delivery
+	relayNoAck                           // deliver it, no ACK
+	relayNoDelivery                      // ACK it, no delivery
+	relayPassThenClose                   // relay it, then close the sender's connection
+)
+
+// faultyRelay starts an in-process relay baseline in which fault decides
+// the fate of each chatbench message (by sender and counter) first; fault
+// runs on the sender's connection's goroutine, so sleeping in it stalls
+// that connection as a server would.
+func faultyRelay(t *testing.T, fault func(sender int32, counter uint64) relayFault) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := newRelay()
+	done := make(chan int)
+	go func() {
+		done <- acceptLoop("faulty-relay", ln, io.Discard, func(nc net.Conn) {
+			c := &relayConn{nc: nc}
+			defer func() { _ = nc.Close(); r.setUser(c, 0) }()
+			readFrames(nc, func(body []byte) bool {
+				f := relayPass
+				req, err := codec.ParseRequest(body)
+				if err == nil && req.MsgID == codec.MsgOneChat && req.Msg != nil && req.ToID != nil {
+					if _, s, n, ok := parseBody([]byte(*req.Msg)); ok {
+						f = fault(s, n)
+					}
+				}
+				switch f {
+				case relayDrop:
+				case relayNoAck:
+					r.deliver(c.user, codec.UserID(*req.ToID), *req.Msg)
+				case relayNoDelivery:
+					c.write(codec.MustMarshal(&codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: codec.MsgOneChat}))
+				default:
+					r.handle(c, body)
+				}
+				return f != relayPassThenClose
+			})
+		})
+	}()
+	t.Cleanup(func() { _ = ln.Close(); <-done })
+	return ln.Addr().String()
+}
+
+// relayConfig is a chat run of n users against a faulty relay (in this
+// process: no server to sample), paced at 400 msg/s, with a 1 s drain.
+func relayConfig(addr string, n int) Config {
+	cfg := testConfig("chat", addr, n)
+	cfg.PIDs = nil
+	cfg.Rate = 400
+	cfg.Drain = time.Second
+	return cfg
+}
+
+func hasError(rep *Report, substr string) bool {
+	return slices.ContainsFunc(rep.Errors, func(e string) bool { return strings.Contains(e, substr) })
+}
+
+// TestPacedLatencyCountsTheWaitToSend: at a fixed rate the relay stalls
+// for 500 ms. The messages due during the stall wait in chatbench, behind
+// the full in-flight window, and are written when it ends; their latencies
+// run from when they were due, so the stall shows in the percentiles
+// (coordinated omission would hide it) and in the send lag.
+func TestPacedLatencyCountsTheWaitToSend(t *testing.T) {
+	const stall = 500 * time.Millisecond
+	var stallAt atomic.Int64 // unix nanos; 0: not armed
+	addr := faultyRelay(t, func(int32, uint64) relayFault {
+		if at := stallAt.Load(); at != 0 {
+			if now := time.Now().UnixNano(); now >= at && now < at+int64(stall) {
+				time.Sleep(time.Duration(at + int64(stall) - now))
+			}
+		}
+		return relayPass
+	})
+	// 1.2 s into the run phase: 1 s into the window, which lasts 2 s.
+	onRunPhase = func() func() {
+		stallAt.Store(time.Now().Add(1200 * time.Millisecond).UnixNano())
+		return func() {}
+	}
+	defer func() { onRunPhase = nil }()
+	cfg := relayConfig(addr, 10) // 5 senders at 200 msg/s each
+	cfg.Rate, cfg.Inflight, cfg.Duration = 1000, 8, 2*time.Second
+	tr := runOK(t, cfg).Traffic
+	// A quarter of the window's 2,000 messages were due during the stall:
+	// their latencies spread from ~0 to 500 ms, which puts p90 near 300 ms.
+	if tr.Latency.P90 < 100 || tr.AckLatency.P90 < 100 {
+		t.Errorf("p90 %.3f ms, ACK p90 %.3f ms: a quarter of the messages were due during a 500 ms stall", tr.Latency.P90, tr.AckLatency.P90)
+	}
+	// Those past the in-flight window's 8 per sender waited up to ~460 ms
+	// to be written.
+	if tr.SendLag == nil || tr.SendLag.Count < 1000 || tr.SendLag.Max < 300 {
+		t.Errorf("send lag %+v, want one per message and a max near 460 ms", tr.SendLag)
+	}
+	if tr.Lost != 0 || tr.Extra != 0 || tr.Unanswered != 0 || tr.AckErrors != 0 {
+		t.Errorf("lost %d extra %d unanswered %d ack errors %d", tr.Lost, tr.Extra, tr.Unanswered, tr.AckErrors)
+	}
+}
+
+// TestPacedRunThatFallsBehindFails: the relay takes 20 ms over each
+// message and a sender has one in flight, so a sender paced at 200 msg/s
+// manages 50: the run reports the rate it sent and fails.
+func TestPacedRunThatFallsBehindFails(t *testing.T) {
+	addr := faultyRelay(t, func(int32, uint64) relayFault {
+		time.Sleep(20 * time.Millisecond)
+		return relayPass
+	})
+	cfg := relayConfig(addr, 4) // 2 senders at 200 msg/s each
+	cfg.Inflight = 1
+	rep := runOK(t, cfg)
+	tr := rep.Traffic
+	if tr.SentPerSec > 200 || rep.OK || !hasError(rep, "below 98 % of -rate 400: the load generator fell behind") {
+		t.Errorf("sent %.0f/s of 400, OK %v, errors %q", tr.SentPerSec, rep.OK, rep.Errors)
+	}
+	// What it did send was delivered; each message waited longer to be
+	// written than the last.
+	if tr.Lost != 0 || tr.Unanswered != 0 || tr.SendLag == nil || tr.SendLag.Max < 300 || tr.Latency.P50 < 100 {
+		t.Errorf("lost %d, unanswered %d, send lag %+v, latency %+v", tr.Lost, tr.Unanswered, tr.SendLag, tr.Latency)
+	}
+}
+
+// TestUnansweredSendFailsTheRun: the relay drops one message (no ACK, no
+// delivery). It was never acked, so it is not lost, but unanswered: the
+// drain waits for it until -drain, says so, and the run fails.
+func TestUnansweredSendFailsTheRun(t *testing.T) {
+	var dropped atomic.Int64
+	addr := faultyRelay(t, func(s int32, c uint64) relayFault {
+		if s == 0 && c == 50 {
+			dropped.Add(1)
+			return relayDrop
+		}
+		return relayPass
+	})
+	rep := runOK(t, relayConfig(addr, 4))
+	tr := rep.Traffic
+	if dropped.Load() != 1 {
+		t.Fatalf("the relay dropped %d messages, want 1", dropped.Load())
+	}
+	if tr.Unanswered != 1 || tr.Sent != tr.Acked+tr.AckErrors+tr.Unanswered || tr.Lost != 0 || tr.Extra != 0 {
+		t.Errorf("sent %d = acked %d + ack errors %d + unanswered %d? lost %d extra %d",
+			tr.Sent, tr.Acked, tr.AckErrors, tr.Unanswered, tr.Lost, tr.Extra)
+	}
+	if rep.OK || !tr.DrainTimedOut || !hasError(rep, "drain timed out after 1s (-drain): 1 sends unanswered, 0 acked deliveries missing") {
+		t.Errorf("OK %v, drain timed out %v, errors %q", rep.OK, tr.DrainTimedOut, rep.Errors)
+	}
+}
+
+// TestUnackedDeliveryDoesNotHideLoss: the relay delivers message A without
+// an ACK, and ACKs message B without delivering it. The counts agree
+// (delivered = acked), but B is lost and A extra, message by message.
+func TestUnackedDeliveryDoesNotHideLoss(t *testing.T) {
+	var faults atomic.Int64
+	addr := faultyRelay(t, func(s int32, c uint64) relayFault {
+		switch {
+		case s == 0 && c == 50:
+			faults.Add(1)
+			return relayNoAck
+		case s == 0 && c == 60:
+			faults.Add(1)
+			return relayNoDelivery
+		}
+		return relayPass
+	})
+	rep := runOK(t, relayConfig(addr, 4))
+	tr := rep.Traffic
+	if faults.Load() != 2 {
+		t.Fatalf("%d faults, want 2", faults.Load())
+	}
+	if tr.Delivered != tr.Expected {
+		t.Errorf("delivered %d, expected %d: the counts should agree", tr.Delivered, tr.Expected)
+	}
+	if tr.Lost != 1 || tr.Extra != 1 || tr.Unanswered != 1 || rep.OK {
+		t.Errorf("lost %d extra %d unanswered %d OK %v, want 1, 1, 1, false", tr.Lost, tr.Extra, tr.Unanswered, rep.OK)
+	}
+}
+
+// TestSenderConnectionLostFailsTheRun: the relay closes sender 0's
+// connection after relaying its 22nd message, ~1.05 s into the run; that
+// sender stops, and the run fails, saying why. (Late in the window, with 20
+// senders, the rate sent stays above 98 % of -rate: the lost connection
+// alone fails the run.)
+func TestSenderConnectionLostFailsTheRun(t *testing.T) {
+	addr := faultyRelay(t, func(s int32, c uint64) relayFault {
+		if s == 0 && c == 22 {
+			return relayPassThenClose
+		}
+		return relayPass
+	})
+	rep := runOK(t, relayConfig(addr, 40)) // 20 senders at 20 msg/s each
+	tr := rep.Traffic
+	if tr.ConnLost != 1 || rep.OK || !hasError(rep, "sender 0: ") {
+		t.Errorf("connections lost %d, OK %v, errors %q", tr.ConnLost, rep.OK, rep.Errors)
 	}
 }

@@ -42,13 +42,25 @@
 //	         With -addr on one node and -reconnect-addr on another, every
 //	         user of a killed node fails over without nginx.
 //
-// Every message carries its send time, sender and counter; chatbench
-// records the end-to-end latency of each delivery in a log-linear histogram
-// (1 µs resolution up to 60 s), checks that each recipient's inbox seqs are
+// Every message carries a time stamp, its sender and a counter. At a fixed
+// -rate each sender keeps its own schedule (message k due k/rate after it
+// starts) and a message is stamped with the time it was due, not when it
+// was written: time it waited behind a full in-flight window or a late
+// goroutine counts in its latency, as it would for a user (no coordinated
+// omission), and how late it was written is reported as the send lag; a
+// run that sends below 98 % of -rate in its window fails, as the load
+// generator fell behind. Flat out a message is stamped when it is written.
+// chatbench records the latency of each delivery and ACK from the stamp in
+// a log-linear histogram (1 µs resolution up to 60 s), for the messages
+// stamped in the window; checks that each recipient's inbox seqs are
 // contiguous, that each member's group deliveries come in increasing gseq
 // order and, with the gseqs of its own messages (from their ACKs), cover the
-// group's log without holes, and that no message arrives twice, and reports
-// lost = expected - delivered after draining. Deliveries are acknowledged
+// group's log without holes, and that no message arrives twice. After the
+// run it drains, up to -drain, until every send is answered and every
+// message acked with errno 0 has reached each of its recipients, and counts
+// per message: lost, (message, recipient) pairs acked and never delivered;
+// extra, deliveries of messages not acked (or to someone else); and sends
+// never answered. Deliveries are acknowledged
 // with DELIVERED, coalesced per connection over -ack-interval, the
 // connections spread over it: the inbox seq and each group's gseq. A
 // progress line goes to stderr every second, with the rates and the p99
@@ -61,7 +73,8 @@
 // says which.
 //
 // Exit status: 0 all well, 1 the run failed, 2 bad usage, 3 the run
-// completed but found loss, duplicates, errors or failed connections.
+// completed but found loss, duplicates, unanswered sends, errors, failed or
+// lost connections, or a paced run that fell behind its rate.
 //
 // Beyond one process's open-file limit, -procs P re-executes chatbench as P
 // worker processes (each with N/P users, their results merged), and
@@ -147,8 +160,8 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&cfg.N, "n", 1000, "users (chat: half send, half receive, unless -cross-node leaves some idle)")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "measurement window (connect: hold time)")
 	fs.DurationVar(&cfg.Warmup, "warmup", time.Second, "chat, group: sending before the window (not measured)")
-	fs.DurationVar(&cfg.Drain, "drain", 15*time.Second, "chat, group: wait at most this long for in-flight messages")
-	fs.Float64Var(&cfg.Rate, "rate", 0, "chat, group: target messages/s in total (0: flat out)")
+	fs.DurationVar(&cfg.Drain, "drain", 15*time.Second, "chat, group: wait at most this long for ACKs and deliveries after the run (running out fails the run)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "chat, group: target messages/s in total, each sender on a fixed schedule; latency counts from when a message was due (0: flat out, from when it was sent)")
 	fs.IntVar(&cfg.Size, "size", 100, "message size in bytes (at least the ~40-byte stamp)")
 	fs.IntVar(&cfg.GroupSize, "group-size", 100, "group: members per group")
 	fs.IntVar(&cfg.Groups, "groups", 0, "group: number of groups (default n/group-size)")

@@ -58,16 +58,25 @@ func printTable(out io.Writer, r *Report) {
 		row("sent/s", "%.0f", t.SentPerSec)
 		row("acked/s", "%.0f", t.AckedPerSec)
 		row("delivered/s", "%.0f", t.DeliveredPerSec)
-		row("latency (send->delivery)", "%s", latLine(t.Latency))
-		row("ack latency (send->ACK)", "%s", latLine(t.AckLatency))
+		// Paced, latencies run from the time a message was due.
+		from := "send"
+		if t.TargetRate > 0 {
+			from = "due"
+		}
+		row("latency ("+from+"->delivery)", "%s", latLine(t.Latency))
+		row("ack latency ("+from+"->ACK)", "%s", latLine(t.AckLatency))
+		if t.SendLag != nil {
+			row("send lag (due->sent)", "%s", latLine(*t.SendLag))
+		}
 		if len(t.Seconds) > 0 {
 			row("latency per second", "%s", secondsLine(t.Seconds))
 		}
-		row("totals", "sent %d, acked %d, ack errors %d (rate limited %d), delivered %d of %d expected",
-			t.Sent, t.Acked, t.AckErrors, t.RateLimited, t.Delivered, t.Expected)
-		row("lost / duplicates", "%d / %d", t.Lost, t.Duplicates)
-		row("seq gaps / seq dups", "%d / %d, reorders %d (extra %d, foreign %d, connections lost %d, drain %.2fs)",
-			t.SeqGaps, t.SeqDups, t.SeqReorders, t.Extra, t.Foreign, t.ConnLost, t.DrainSeconds)
+		row("totals", "sent %d (send errors %d), acked %d, ack errors %d (rate limited %d), unanswered %d, delivered %d of %d expected",
+			t.Sent, t.SendErrors, t.Acked, t.AckErrors, t.RateLimited, t.Unanswered, t.Delivered, t.Expected)
+		row("lost / extra / duplicates", "%d / %d / %d (per message; connections lost %d, drain %.2fs)",
+			t.Lost, t.Extra, t.Duplicates, t.ConnLost, t.DrainSeconds)
+		row("seq gaps / seq dups", "%d / %d, reorders %d (foreign %d)",
+			t.SeqGaps, t.SeqDups, t.SeqReorders, t.Foreign)
 		if t.GSeqDeliveries > 0 || t.OwnGSeqs > 0 {
 			row("group log (gseq) checks", "%d deliveries, %d own messages from ACKs", t.GSeqDeliveries, t.OwnGSeqs)
 		}
@@ -109,9 +118,12 @@ func printTable(out io.Writer, r *Report) {
 	}
 	if rb := r.Relay; rb != nil && rb.Traffic != nil {
 		t, res := rb.Traffic, rb.Resources
-		row("relay baseline", "delivered/s %.0f (sent/s %.0f); lost %d, duplicates %d, ack errors %d",
-			t.DeliveredPerSec, t.SentPerSec, t.Lost, t.Duplicates, t.AckErrors)
+		row("relay baseline", "delivered/s %.0f (sent/s %.0f); lost %d, extra %d, duplicates %d, ack errors %d, unanswered %d",
+			t.DeliveredPerSec, t.SentPerSec, t.Lost, t.Extra, t.Duplicates, t.AckErrors, t.Unanswered)
 		row("relay latency", "%s", latLine(t.Latency))
+		if t.SendLag != nil {
+			row("relay send lag", "%s", latLine(*t.SendLag))
+		}
 		if len(t.Seconds) > 0 {
 			row("relay latency per second", "%s", secondsLine(t.Seconds))
 		}
@@ -127,7 +139,7 @@ func printTable(out io.Writer, r *Report) {
 	}
 	verdict := "OK"
 	if !r.OK {
-		verdict = "FAILED (loss, duplicates, errors or failures above)"
+		verdict = "FAILED (loss, duplicates, unanswered sends, errors or failures above)"
 	}
 	row("result", "%s", verdict)
 	_ = tw.Flush()

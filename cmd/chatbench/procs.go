@@ -324,6 +324,9 @@ func (m *WorkerResult) merge(r WorkerResult) {
 	m.Ledger.Add(r.Ledger)
 	m.Fanout = max(m.Fanout, r.Fanout)
 	m.Expected += r.Expected
+	m.Lost += r.Lost
+	m.Extra += r.Extra
+	m.DrainTimedOut = m.DrainTimedOut || r.DrainTimedOut
 	m.Users += r.Users
 	m.SignupSeconds = max(m.SignupSeconds, r.SignupSeconds)
 	m.LoginSeconds = max(m.LoginSeconds, r.LoginSeconds)

@@ -44,23 +44,38 @@ type Report struct {
 	Resources       Resources      `json:"resources"`
 	Redis           *RedisBaseline `json:"redis_baseline,omitempty"`
 	Relay           *RelayBaseline `json:"relay_baseline,omitempty"`
-	OK              bool           `json:"ok"` // no loss, no duplicates, no failures
+	OK              bool           `json:"ok"` // no loss, duplicates, unanswered sends, failures; a paced run kept its rate
 	Errors          []string       `json:"errors,omitempty"`
 }
 
 // TrafficReport is the chat and group result.
+//
+// Loss is counted per message after the drain: Lost is the (message,
+// recipient) pairs of messages acked with errno 0 that the recipient never
+// got; Extra the deliveries of messages not acked with errno 0 (or to a
+// user who is not their recipient). Expected (acked * fan-out) is for
+// information. Unanswered is sends neither acked nor answered with an
+// error: sent = acked + ack errors + unanswered.
+//
+// Latencies are measured from each message's stamp: at a fixed -rate the
+// time it was due on its sender's schedule, so the time it waited to be
+// sent counts (no coordinated omission), and SendLag is how late it was
+// written; flat out, the time it was written. The window holds the
+// messages stamped in it.
 type TrafficReport struct {
 	WindowSeconds   float64        `json:"window_seconds"`
 	TargetRate      float64        `json:"target_rate"` // 0 = flat out
 	Fanout          int64          `json:"fanout"`
 	Sent            int64          `json:"sent"`
+	SendErrors      int64          `json:"send_errors"` // requests that could not be written
 	Acked           int64          `json:"acked"`
 	AckErrors       int64          `json:"ack_errors"`
 	RateLimited     int64          `json:"rate_limited"`
+	Unanswered      int64          `json:"unanswered"`
 	Delivered       int64          `json:"delivered"`
 	Expected        int64          `json:"expected"`
 	Lost            int64          `json:"lost"`
-	Extra           int64          `json:"extra"` // delivered although not acked
+	Extra           int64          `json:"extra"`
 	Duplicates      int64          `json:"duplicates"`
 	SeqGaps         int64          `json:"seq_gaps"`        // inbox seqs skipped + group log positions a member neither got nor sent
 	SeqDups         int64          `json:"seq_dups"`        // inbox seqs at or below the last + gseqs a member saw twice
@@ -69,12 +84,16 @@ type TrafficReport struct {
 	OwnGSeqs        int64          `json:"own_gseqs"`       // members' own messages' gseqs, from their ACKs
 	Foreign         int64          `json:"foreign"`
 	ConnLost        int64          `json:"conn_lost"`
-	SentPerSec      float64        `json:"sent_per_sec"`
+	SentPerSec      float64        `json:"sent_per_sec"` // written in the window, whenever due
 	AckedPerSec     float64        `json:"acked_per_sec"`
 	DeliveredPerSec float64        `json:"delivered_per_sec"`
 	DrainSeconds    float64        `json:"drain_seconds"`
+	DrainTimedOut   bool           `json:"drain_timed_out"` // -drain ran out with sends unanswered or messages missing
 	Latency         LatencySummary `json:"latency"`
 	AckLatency      LatencySummary `json:"ack_latency"`
+	// SendLag is how late paced messages due in the window were written
+	// (none flat out).
+	SendLag *LatencySummary `json:"send_lag,omitempty"`
 	// Seconds is the progress line of each second in which latencies were
 	// recorded, and of the part of a second before the window ended:
 	// periodic stalls show here, not in the run's percentiles. Deliveries
@@ -203,7 +222,8 @@ func run(ctx context.Context, cfg Config, log io.Writer) (*Report, error) {
 }
 
 func (r *Report) ok() bool {
-	if t := r.Traffic; t != nil && (t.Lost != 0 || t.Duplicates != 0 || t.SeqGaps != 0 || t.SeqDups != 0 || t.SeqReorders != 0 || t.AckErrors != 0) {
+	if t := r.Traffic; t != nil && (t.Lost != 0 || t.Extra != 0 || t.Duplicates != 0 || t.SeqGaps != 0 || t.SeqDups != 0 || t.SeqReorders != 0 ||
+		t.AckErrors != 0 || t.Unanswered != 0 || t.SendErrors != 0 || t.ConnLost != 0 || t.DrainTimedOut || t.fellBehind()) {
 		return false
 	}
 	if c := r.Connect; c != nil && (c.Failed != 0 || c.Dropped != 0) {
@@ -216,6 +236,17 @@ func (r *Report) ok() bool {
 		return false // the baseline's figures would not compare
 	}
 	return true
+}
+
+// minRateShare is the share of -rate a paced run must send in its window:
+// below it the load generator fell behind and the run did not measure the
+// load asked for.
+const minRateShare = 0.98
+
+// fellBehind reports whether a paced run sent below minRateShare of its
+// target rate.
+func (t *TrafficReport) fellBehind() bool {
+	return t.TargetRate > 0 && t.SentPerSec < minRateShare*t.TargetRate
 }
 
 func newRunner(cfg Config, log io.Writer) (*runner, error) {
@@ -393,18 +424,30 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	win := cfg.Duration.Seconds()
 	t := &TrafficReport{
 		WindowSeconds: win, TargetRate: cfg.Rate, Fanout: res.Fanout,
-		Sent: l.Sent, Acked: l.Acked, AckErrors: l.AckErr, RateLimited: l.Limited,
-		Delivered: l.Delivered, Expected: res.Expected,
-		Lost: max(0, res.Expected-l.Delivered), Extra: max(0, l.Delivered-res.Expected),
+		Sent: l.Sent, SendErrors: l.SendErr, Acked: l.Acked, AckErrors: l.AckErr, RateLimited: l.Limited,
+		Unanswered: max(0, l.Sent-l.Acked-l.AckErr), Delivered: l.Delivered, Expected: res.Expected,
+		Lost: res.Lost, Extra: res.Extra,
 		Duplicates: l.Dups, SeqGaps: l.SeqGaps + l.GSeqHoles, SeqDups: l.SeqDups, SeqReorders: l.Reorders,
 		GSeqDeliveries: l.GSeqChecked, OwnGSeqs: l.OwnGSeqs, Foreign: l.Foreign, ConnLost: l.ConnLost,
 		SentPerSec: float64(l.SentWin) / win, AckedPerSec: float64(l.AckedWin) / win,
-		DeliveredPerSec: float64(l.DeliveredWin) / win, DrainSeconds: res.DrainSeconds,
+		DeliveredPerSec: float64(l.DeliveredWin) / win, DrainSeconds: res.DrainSeconds, DrainTimedOut: res.DrainTimedOut,
 		Latency: l.Latency.Summary(), AckLatency: l.AckLatency.Summary(), Seconds: secs,
+	}
+	if cfg.Rate > 0 {
+		lag := l.SendLag.Summary()
+		t.SendLag = &lag
 	}
 	rep.Traffic = t
 	if l.Limited > 0 {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("%d sends were rate limited (errno 8): start chatserver with -rate -1", l.Limited))
+	}
+	if t.DrainTimedOut {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("drain timed out after %v (-drain): %d sends unanswered, %d acked deliveries missing",
+			cfg.Drain, t.Unanswered, t.Lost))
+	}
+	if t.fellBehind() {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("sent %.0f/s, below %.0f %% of -rate %.0f: the load generator fell behind",
+			t.SentPerSec, minRateShare*100, t.TargetRate))
 	}
 	return nil
 }

@@ -8,9 +8,12 @@ import (
 	"time"
 )
 
-// A benchmark message body is "t=<send unixnano>;s=<sender>;c=<counter>;"
-// padded with 'x' to the requested size. The send time gives end-to-end
-// latency; sender and counter identify the message for duplicate detection.
+// A benchmark message body is "t=<stamp unixnano>;s=<sender>;c=<counter>;"
+// padded with 'x' to the requested size. The stamp is the time the message
+// was due on its sender's schedule at a fixed -rate, the time it was
+// written flat out: end-to-end latency is measured from it. Sender and
+// counter identify the message, for the duplicate check and the per-message
+// loss check.
 
 // appendBody appends a message body of at least size bytes.
 func appendBody(dst []byte, sendNanos int64, sender int32, counter uint64, size int) []byte {
@@ -60,6 +63,7 @@ func parseBody(b []byte) (sendNanos int64, sender int32, counter uint64, ok bool
 // All fields are updated atomically from many goroutines.
 type Ledger struct {
 	Sent      atomic.Int64 // requests written
+	SendErr   atomic.Int64 // requests that could not be written (run phase)
 	Acked     atomic.Int64 // ACK errno 0
 	AckErr    atomic.Int64 // ACK with errno != 0
 	Limited   atomic.Int64 // of which errno 8 (server rate limit)
@@ -84,13 +88,18 @@ type Ledger struct {
 	winStart atomic.Int64 // unix nanos; 0 = not started
 	winEnd   atomic.Int64 // unix nanos; 0 = open
 
-	Latency    *Histogram // send -> delivery, messages sent inside the window
-	AckLatency *Histogram // send -> ACK, same
+	// Latencies are measured from a message's stamp, for messages stamped
+	// inside the window: at a fixed rate the stamp is the time the message
+	// was due, so time it spent waiting to be sent (for an in-flight slot,
+	// or for a late goroutine) counts, as it would for a user.
+	Latency    *Histogram // stamp -> delivery
+	AckLatency *Histogram // stamp -> ACK
+	SendLag    *Histogram // paced: due -> written, messages due inside the window
 }
 
 // NewLedger returns an empty ledger.
 func NewLedger() *Ledger {
-	return &Ledger{Latency: NewHistogram(), AckLatency: NewHistogram()}
+	return &Ledger{Latency: NewHistogram(), AckLatency: NewHistogram(), SendLag: NewHistogram()}
 }
 
 // SetWindow sets the measurement window [start, end) in unix nanos; end 0
@@ -110,10 +119,20 @@ func (l *Ledger) inWindow(t int64) bool {
 	return e == 0 || t < e
 }
 
+// sent accounts a request written at now (the window's sent rate counts
+// requests by when they were written).
 func (l *Ledger) sent(now int64) {
 	l.Sent.Add(1)
 	if l.inWindow(now) {
 		l.SentWin.Add(1)
+	}
+}
+
+// lagged records how late a paced send was written: due is its time on the
+// sender's schedule, now when it was written.
+func (l *Ledger) lagged(due, now int64) {
+	if l.inWindow(due) {
+		l.SendLag.Record((now - due) / 1e3)
 	}
 }
 
@@ -134,8 +153,9 @@ func (l *Ledger) acked(sendNanos, now int64, errno int64) {
 	}
 }
 
-// recvState is the per-recipient duplicate and order check. It belongs to
-// the recipient connection's reader goroutine.
+// recvState is the per-recipient duplicate and order check, and the
+// messages received (seen), which the drain compares with their senders'
+// acked sets. The recipient connection's reader goroutine writes it.
 type recvState struct {
 	lastSeq int64
 	seen    map[int32]*bitset // by sender, bit = counter
@@ -315,6 +335,27 @@ func (s *gseqSet) advance() {
 // bitset is a growable set of small non-negative integers.
 type bitset struct{ w []uint64 }
 
+// count is the number of bits set.
+func (b *bitset) count() int64 {
+	var n int
+	for _, w := range b.w {
+		n += bits.OnesCount64(w)
+	}
+	return int64(n)
+}
+
+// andNotCount is the number of bits set in a and clear in b.
+func andNotCount(a, b []uint64) int64 {
+	var n int
+	for i, w := range a {
+		if i < len(b) {
+			w &^= b[i]
+		}
+		n += bits.OnesCount64(w)
+	}
+	return int64(n)
+}
+
 // testAndSet sets bit i and reports whether it was clear.
 func (b *bitset) testAndSet(i uint64) bool {
 	word := int(i / 64)
@@ -334,27 +375,28 @@ func (b *bitset) testAndSet(i uint64) bool {
 
 // LedgerCounts is the JSON form of a Ledger, mergeable across processes.
 type LedgerCounts struct {
-	Sent, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
-	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                         int64
-	SentWin, AckedWin, DeliveredWin                                                    int64
-	Latency, AckLatency                                                                HistSnapshot
+	Sent, SendErr, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
+	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                                  int64
+	SentWin, AckedWin, DeliveredWin                                                             int64
+	Latency, AckLatency, SendLag                                                                HistSnapshot
 }
 
 // Counts snapshots l.
 func (l *Ledger) Counts() LedgerCounts {
 	return LedgerCounts{
-		Sent: l.Sent.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
+		Sent: l.Sent.Load(), SendErr: l.SendErr.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
 		Delivered: l.Delivered.Load(), Dups: l.Dups.Load(), SeqDups: l.SeqDups.Load(), SeqGaps: l.SeqGaps.Load(),
 		Foreign: l.Foreign.Load(), ConnLost: l.ConnLost.Load(),
 		Reorders: l.Reorders.Load(), GSeqHoles: l.GSeqHoles.Load(), OwnGSeqs: l.OwnGSeqs.Load(), GSeqChecked: l.GSeqChecked.Load(),
 		SentWin: l.SentWin.Load(), AckedWin: l.AckedWin.Load(), DeliveredWin: l.DeliveredWin.Load(),
-		Latency: l.Latency.Snapshot(), AckLatency: l.AckLatency.Snapshot(),
+		Latency: l.Latency.Snapshot(), AckLatency: l.AckLatency.Snapshot(), SendLag: l.SendLag.Snapshot(),
 	}
 }
 
 // Add merges o into c.
 func (c *LedgerCounts) Add(o LedgerCounts) {
 	c.Sent += o.Sent
+	c.SendErr += o.SendErr
 	c.Acked += o.Acked
 	c.AckErr += o.AckErr
 	c.Limited += o.Limited
@@ -373,6 +415,7 @@ func (c *LedgerCounts) Add(o LedgerCounts) {
 	c.DeliveredWin += o.DeliveredWin
 	c.Latency.Merge(o.Latency)
 	c.AckLatency.Merge(o.AckLatency)
+	c.SendLag.Merge(o.SendLag)
 }
 
 // nowNanos is the clock used for send stamps and receive times.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"strings"
@@ -71,48 +72,112 @@ func TestLedgerWindowAndAcks(t *testing.T) {
 	l.acked(50, 60, 0)   // before the window: counted, not timed
 	l.acked(150, 250, 0) // ACK after the window: total only, but timed
 	l.acked(150, 170, 8)
+	l.SendErr.Add(1)
+	// Paced sends: the lag of those due in the window is recorded,
+	// whenever they were written.
+	l.lagged(190, 7190) // written after the window: 7 µs late
+	l.lagged(50, 150)   // due before the window
 	c := l.Counts()
-	if c.Sent != 2 || c.SentWin != 1 || c.Acked != 3 || c.AckedWin != 1 || c.AckErr != 1 || c.Limited != 1 {
+	if c.Sent != 2 || c.SentWin != 1 || c.SendErr != 1 || c.Acked != 3 || c.AckedWin != 1 || c.AckErr != 1 || c.Limited != 1 {
 		t.Fatalf("%+v", c)
 	}
 	if c.AckLatency.Total != 2 {
 		t.Fatalf("ack latency samples %d", c.AckLatency.Total)
 	}
+	if c.SendLag.Total != 1 || c.SendLag.Max != 7 {
+		t.Fatalf("send lag %+v", c.SendLag)
+	}
 	var m LedgerCounts
 	m.Add(c)
 	m.Add(c)
-	if m.Sent != 4 || m.AckLatency.Total != 4 || m.Limited != 2 {
+	if m.Sent != 4 || m.SendErr != 2 || m.AckLatency.Total != 4 || m.SendLag.Total != 2 || m.Limited != 2 {
 		t.Fatalf("merge %+v", m)
 	}
 }
 
-// TestLossAccounting runs the drain arithmetic of a worker: lost is
-// expected (acked * fan-out) minus distinct deliveries.
-func TestLossAccounting(t *testing.T) {
-	w := newWorker(Config{Scenario: "group", Drain: 0})
-	w.res.Fanout = 3
+// chatWorker is a chat worker measuring from the start with pairs
+// senders, users [0, pairs), each sending to users[pairs+i], on
+// connections that are not started: tests drive their hooks.
+func chatWorker(pairs int) (*worker, []*sender) {
+	w := newWorker(Config{Scenario: "chat", Inflight: 1})
+	w.ledger.SetWindow(1, 0)
+	w.makeUsers(2 * pairs)
+	for _, u := range w.users {
+		u.c = newConn(nil)
+		w.receiveHooks(u.c)
+	}
+	w.pairs, w.res.Fanout = pairs, 1
+	return w, w.senders()
+}
+
+// ack plays the ACK of s's message counter with errno.
+func (s *sender) ack(counter uint64, errno int64) {
+	s.c.onAck(s.c, pend{sendNanos: 10, counter: counter}, errno, 0, 20)
+}
+
+// TestLossPerMessage runs a chat drain in which the count would net out:
+// recipient 2 misses an acked message but gets one whose ACK was an error,
+// and recipient 3 also gets one of sender 0's messages. Loss is counted
+// message by message: one lost, two extra.
+func TestLossPerMessage(t *testing.T) {
+	w, ss := chatWorker(2)
 	l := w.ledger
-	l.SetWindow(1, 0)
-	rs := make([]recvState, 3)
-	for c := uint64(1); c <= 4; c++ {
+	deliver := func(to int, seq int64, from int32, counter uint64) {
+		w.users[to].c.delivered(seq, appendBody(nil, 10, from, counter, 40), 30)
+	}
+	for c := uint64(1); c <= 5; c++ {
 		l.sent(10)
-		l.acked(10, 20, 0)
-		for i := range rs {
-			if c == 4 && i == 2 {
-				continue // one recipient misses message 4
-			}
-			l.observe(&rs[i], int64(c), appendBody(nil, 10, 0, c, 40), 30)
+		errno := int64(0)
+		if c == 5 {
+			errno = 10
+		}
+		ss[0].ack(c, errno)
+		if c != 4 {
+			deliver(2, int64(c), 0, c) // not 4, acked; 5, not acked
 		}
 	}
-	l.observe(&rs[0], 4, appendBody(nil, 10, 0, 4, 40), 30) // and one gets it twice
+	for c := uint64(1); c <= 2; c++ {
+		l.sent(10)
+		ss[1].ack(c, 0)
+		deliver(3, int64(c), 1, c)
+	}
+	deliver(3, 3, 0, 1) // sender 0's message, to sender 1's recipient
 	_ = w.drain(t.Context())
 	r := w.result()
-	if r.Expected != 12 || r.Ledger.Delivered != 11 || r.Ledger.Dups != 1 {
-		t.Fatalf("expected %d delivered %d dups %d", r.Expected, r.Ledger.Delivered, r.Ledger.Dups)
+	if r.Lost != 1 || r.Extra != 2 {
+		t.Errorf("lost %d extra %d, want 1 and 2", r.Lost, r.Extra)
 	}
-	rep := TrafficReport{Lost: max(0, r.Expected-r.Ledger.Delivered)}
-	if rep.Lost != 1 {
-		t.Fatalf("lost %d", rep.Lost)
+	// The net count is fooled: more delivered than expected.
+	if r.Expected != 6 || r.Ledger.Delivered != 7 || r.Ledger.Dups != 0 {
+		t.Errorf("expected %d delivered %d dups %d", r.Expected, r.Ledger.Delivered, r.Ledger.Dups)
+	}
+	if !r.DrainTimedOut {
+		t.Error("a drain that ended with an acked message missing did not say it timed out")
+	}
+}
+
+// TestLossPerMessageDrained: with every acked message delivered the drain
+// ends at once, also when a duplicate delivery and an ACK error make the
+// counts uneven.
+func TestLossPerMessageDrained(t *testing.T) {
+	w, ss := chatWorker(1)
+	w.cfg.Drain = time.Minute
+	for c := uint64(1); c <= 3; c++ {
+		w.ledger.sent(10)
+		ss[0].ack(c, 0)
+		w.users[1].c.delivered(int64(c), appendBody(nil, 10, 0, c, 40), 30)
+	}
+	w.ledger.sent(10)
+	ss[0].ack(4, 10) // refused: not expected
+	w.users[1].c.delivered(3, appendBody(nil, 10, 0, 3, 40), 30)
+	t0 := time.Now()
+	_ = w.drain(t.Context())
+	r := w.result()
+	if r.Lost != 0 || r.Extra != 0 || r.DrainTimedOut || r.Ledger.Dups != 1 || r.Ledger.AckErr != 1 {
+		t.Fatalf("lost %d extra %d timed out %v, counts %+v", r.Lost, r.Extra, r.DrainTimedOut, r.Ledger)
+	}
+	if d := time.Since(t0); d > 10*time.Second {
+		t.Fatalf("drain took %v with nothing outstanding", d)
 	}
 }
 
@@ -223,11 +288,40 @@ func TestLedgerObserveGroup(t *testing.T) {
 	check("missing", 2, 2, 1, 7)
 }
 
-// TestLossAccountingGroup: the drain of a group run sums the deliveries
-// checked by gseq over the members' connections, and a member that misses
-// a message shows both a loss and a hole.
-func TestLossAccountingGroup(t *testing.T) {
-	w := newWorker(Config{Scenario: "group", Drain: 0})
+// TestWorkerResultMerge: the per-message figures and the send lag of the
+// -procs children survive the JSON between processes and add up.
+func TestWorkerResultMerge(t *testing.T) {
+	l := NewLedger()
+	l.SetWindow(1, 0)
+	l.lagged(10, 2010) // 2 µs late
+	var m WorkerResult
+	for _, r := range []WorkerResult{
+		{Ledger: l.Counts(), Lost: 1, Extra: 2},
+		{Ledger: l.Counts(), Lost: 3, DrainTimedOut: true},
+		{Ledger: l.Counts()},
+	} {
+		raw, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back WorkerResult
+		if err := json.Unmarshal(raw, &back); err != nil {
+			t.Fatal(err)
+		}
+		m.merge(back)
+	}
+	if m.Lost != 4 || m.Extra != 2 || !m.DrainTimedOut || m.Ledger.SendLag.Total != 3 || m.Ledger.SendLag.Max != 2 {
+		t.Fatalf("merged lost %d extra %d drain timed out %v send lag %+v", m.Lost, m.Extra, m.DrainTimedOut, m.Ledger.SendLag)
+	}
+}
+
+// TestLossPerMessageGroup: the drain of a group run sums the deliveries
+// checked by gseq over the members' connections, and compares each
+// member's deliveries with the sender's acked messages: a member that
+// misses one shows a loss and a hole, one that gets a message whose ACK was
+// an error an extra, although the counts (8 delivered of 8 expected) agree.
+func TestLossPerMessageGroup(t *testing.T) {
+	w := newWorker(Config{Scenario: "group", Groups: 1, GroupSize: 3, SendersPerGroup: 1, Inflight: 1})
 	w.res.Fanout = 2
 	l := w.ledger
 	l.SetWindow(1, 0)
@@ -236,11 +330,15 @@ func TestLossAccountingGroup(t *testing.T) {
 		members[i] = newConn(nil)
 		w.receiveHooks(members[i])
 		members[i].group(7, 1)
-		w.users = append(w.users, &user{c: members[i]})
+		w.users = append(w.users, &user{idx: i, gid: 7, c: members[i]})
+	}
+	ss := w.senders()
+	if len(ss) != 1 || len(ss[0].rcpt) != 2 || ss[0].c != members[0] {
+		t.Fatalf("senders %+v", ss)
 	}
 	for gs := int64(1); gs <= 4; gs++ {
 		l.sent(10)
-		w.onAck(members[0], pend{sendNanos: 10, gid: 7}, 0, gs, 20)
+		members[0].onAck(members[0], pend{sendNanos: 10, gid: 7, counter: uint64(gs)}, 0, gs, 20)
 		for _, m := range members[1:] {
 			if gs == 3 && m == members[2] {
 				continue
@@ -248,13 +346,19 @@ func TestLossAccountingGroup(t *testing.T) {
 			m.deliveredGroup(7, gs, appendBody(nil, 10, 0, uint64(gs), 40), 30)
 		}
 	}
+	l.sent(10)
+	members[0].onAck(members[0], pend{sendNanos: 10, gid: 7, counter: 5}, 10, 0, 20)
+	members[1].deliveredGroup(7, 5, appendBody(nil, 10, 0, 5, 40), 30)
 	_ = w.drain(t.Context())
 	r := w.result()
 	c := r.Ledger
-	if r.Expected != 8 || c.Delivered != 7 || c.GSeqChecked != 7 || c.OwnGSeqs != 4 || c.GSeqHoles != 1 || c.SeqDups != 0 || c.Reorders != 0 || c.ConnLost != 0 {
+	if r.Expected != 8 || c.Delivered != 8 || c.GSeqChecked != 8 || c.OwnGSeqs != 4 || c.GSeqHoles != 1 || c.SeqDups != 0 || c.Reorders != 0 || c.ConnLost != 0 {
 		t.Fatalf("expected %d, counts %+v", r.Expected, c)
 	}
-	if g := members[1].group(7, 0); g.last.Load() != 4 || g.trk.checked.Load() != 4 {
+	if r.Lost != 1 || r.Extra != 1 {
+		t.Fatalf("lost %d extra %d, want 1 and 1", r.Lost, r.Extra)
+	}
+	if g := members[1].group(7, 0); g.last.Load() != 5 || g.trk.checked.Load() != 5 {
 		t.Fatalf("member 1: last %d checked %d", g.last.Load(), g.trk.checked.Load())
 	}
 }
@@ -282,7 +386,7 @@ func TestGroupDeliveryAllocs(t *testing.T) {
 	var lastDelivered int64
 	for gs := int64(1); len(frames) <= runs; gs++ {
 		if gs%10 == 0 { // the member's own message: its ACK
-			c.pending[uint64(gs)] = pend{sendNanos: 1, gid: 7}
+			c.pending[uint64(gs)] = pend{sendNanos: 1, gid: 7, counter: uint64(gs / 10)}
 			frames = append(frames, fmt.Appendf(nil, `{"msgid":11,"reqid":%d,"errno":0,"errmsg":"ok","ack":10,"time":"2026-01-01 00:00:00","gseq":%d}`, gs, gs))
 			continue
 		}
@@ -307,5 +411,8 @@ func TestGroupDeliveryAllocs(t *testing.T) {
 	}
 	if g := c.group(7, 0); g.last.Load() != lastDelivered || g.trk.checked.Load() != cnt.Delivered {
 		t.Fatalf("last gseq %d (want %d), checked %d", g.last.Load(), lastDelivered, g.trk.checked.Load())
+	}
+	if n := c.acked.count(); n != cnt.OwnGSeqs {
+		t.Fatalf("%d messages in the acked set, %d own ACKs", n, cnt.OwnGSeqs)
 	}
 }

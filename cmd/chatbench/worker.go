@@ -78,6 +78,13 @@ type WorkerResult struct {
 	Connected     int          `json:"connected"`
 	ConnFailed    int          `json:"conn_failed"`
 	Dropped       int          `json:"dropped"` // open connections that ended by themselves
+	// Per message, after the drain: Lost counts the (message, recipient)
+	// pairs of messages acked with errno 0 that the recipient never got,
+	// Extra the deliveries of messages not acked with errno 0 or to a user
+	// who is not their recipient.
+	Lost          int64 `json:"lost"`
+	Extra         int64 `json:"extra"`
+	DrainTimedOut bool  `json:"drain_timed_out,omitempty"`
 	// chat: users per node as LOGIN_ACK named it, the sender-recipient
 	// pairs, and how many of them are on two different nodes
 	Nodes      map[string]int `json:"nodes,omitempty"`
@@ -109,6 +116,8 @@ type worker struct {
 	dial   *dialer
 	users  []*user
 	pairs  int // chat: users[i] sends to users[pairs+i], for i < pairs
+	ss     []*sender
+	from   map[*bconn][]*sender // recipient -> the senders all of whose messages it must get
 	res    WorkerResult
 
 	connected atomic.Int64
@@ -290,11 +299,13 @@ func (w *worker) loginUser(ctx context.Context, u *user) error {
 func (w *worker) receiveHooks(c *bconn) {
 	c.ackNow = w.cfg.AckInterval <= 0
 	c.onDelivery = func(c *bconn, g *groupPos, seq int64, msg []byte, now int64) {
+		c.lmu.Lock()
 		if g != nil {
 			w.ledger.observeGroup(&c.rs, &g.trk, seq, msg, now)
-			return
+		} else {
+			w.ledger.observe(&c.rs, seq, msg, now)
 		}
-		w.ledger.observe(&c.rs, seq, msg, now)
+		c.lmu.Unlock()
 	}
 }
 
@@ -528,29 +539,42 @@ func (w *worker) ackTurn(turn, turns int) {
 type sender struct {
 	idx   int32
 	c     *bconn
-	to    int64 // user id, or group id
+	to    int64    // user id, or group id
+	rcpt  []*bconn // who must get each of its messages
 	slots chan struct{}
 	count uint64
 }
 
-// senders lists who sends to whom.
+// senders lists who sends to whom, in w.ss, and each recipient's senders,
+// in w.from, and installs the senders' ACK hooks.
 func (w *worker) senders() []*sender {
 	var ss []*sender
 	if w.cfg.Scenario == "chat" {
 		for i := 0; i < w.pairs; i++ {
-			ss = append(ss, &sender{c: w.users[i].c, to: w.users[w.pairs+i].id})
+			r := w.users[w.pairs+i]
+			ss = append(ss, &sender{c: w.users[i].c, to: r.id, rcpt: []*bconn{r.c}})
 		}
 	} else {
 		size := w.cfg.GroupSize
 		for k := 0; k < w.cfg.Groups; k++ {
+			members := w.users[k*size : k*size+size]
 			for j := 0; j < min(w.cfg.SendersPerGroup, size); j++ {
-				u := w.users[k*size+j]
-				ss = append(ss, &sender{c: u.c, to: u.gid})
+				s := &sender{c: members[j].c, to: members[j].gid}
+				for _, m := range members {
+					if m != members[j] {
+						s.rcpt = append(s.rcpt, m.c)
+					}
+				}
+				ss = append(ss, s)
 			}
 		}
 	}
+	w.ss, w.from = ss, map[*bconn][]*sender{}
 	for i, s := range ss {
 		s.idx = int32(i)
+		for _, r := range s.rcpt {
+			w.from[r] = append(w.from[r], s)
+		}
 		s.slots = make(chan struct{}, max(w.cfg.Inflight, 1))
 		s.c.onAck = func(c *bconn, p pend, errno, gseq int64, now int64) {
 			w.onAck(c, p, errno, gseq, now)
@@ -568,7 +592,15 @@ func (w *worker) senders() []*sender {
 // member, is not sent.
 func (w *worker) onAck(c *bconn, p pend, errno, gseq int64, now int64) {
 	w.ledger.acked(p.sendNanos, now, errno)
-	if errno == 0 && gseq > 0 && p.gid > 0 {
+	if errno != 0 {
+		return
+	}
+	if p.counter > 0 {
+		c.lmu.Lock()
+		c.acked.testAndSet(p.counter)
+		c.lmu.Unlock()
+	}
+	if gseq > 0 && p.gid > 0 {
 		w.ledger.ownGroupSeq(&c.group(p.gid, 0).trk, gseq)
 	}
 }
@@ -597,40 +629,58 @@ func (w *worker) run(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// sendLoop sends as fast as Inflight allows (rate 0) or paced at rate/s.
+// sendLoop sends as fast as Inflight allows (rate 0), or paced at rate/s
+// on the sender's own schedule: message k is due at start + k/rate and is
+// stamped with that time however late it is written (behind a full
+// in-flight window, or a goroutine scheduled late), so its latencies count
+// the wait, as a user's would, instead of leaving it out (coordinated
+// omission). How late each is written goes to the ledger's SendLag. A flat
+// out message is stamped when it is written.
 func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64) {
 	defer w.sendWG.Done()
 	group := w.cfg.Scenario == "group"
 	body := make([]byte, 0, w.cfg.Size+64)
-	send := func() bool {
+	// send writes the next message; due is its time on the schedule (0:
+	// flat out).
+	send := func(due int64) bool {
 		select {
 		case s.slots <- struct{}{}:
 		case <-ctx.Done():
 			return false
 		case <-s.c.Done():
+			w.noteErr("sender %d: connection ended: %v", s.idx, s.c.Err())
 			return false
 		}
 		s.count++
 		now := nowNanos()
-		body = appendBody(body[:0], now, s.idx, s.count, w.cfg.Size)
+		stamp := now
+		if due > 0 {
+			stamp = due
+		}
+		body = appendBody(body[:0], stamp, s.idx, s.count, w.cfg.Size)
 		cmid := uint64(0)
 		if w.cfg.ClientMsgID {
 			cmid = s.count
 		}
-		if err := s.c.sendChat(group, s.to, now, body, cmid); err != nil {
-			w.noteErr("send: %v", err)
+		if err := s.c.sendChat(group, s.to, stamp, s.count, body, cmid); err != nil {
+			w.ledger.SendErr.Add(1)
+			w.noteErr("sender %d: send: %v", s.idx, err)
 			return false
 		}
 		w.ledger.sent(now)
+		if due > 0 {
+			w.ledger.lagged(due, now)
+		}
 		return true
 	}
 	if rate <= 0 {
-		for send() {
+		for send(0) {
 		}
 		return
 	}
 	// Paced: a ticker (at most every 2 ms) sends whatever is due, starting
-	// at a random phase so senders do not tick in lockstep.
+	// at a random phase so senders do not tick in lockstep. (Above 500
+	// msg/s per sender, messages wait up to a tick: that is in the lag.)
 	interval := time.Duration(float64(time.Second) / rate)
 	tick := max(interval, 2*time.Millisecond)
 	select {
@@ -639,13 +689,14 @@ func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64) {
 		return
 	}
 	start := time.Now()
+	base := start.UnixNano()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	var done int64
 	for {
-		due := int64(time.Since(start).Seconds()*rate) + 1
-		for ; done < due; done++ {
-			if !send() {
+		n := int64(time.Since(start).Seconds()*rate) + 1 // messages due so far
+		for ; done < n; done++ {
+			if !send(base + int64(float64(done)*float64(time.Second)/rate)) {
 				return
 			}
 		}
@@ -657,20 +708,34 @@ func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64) {
 	}
 }
 
-// drain waits for outstanding ACKs and deliveries, up to Drain.
+// drain waits, up to Drain, until every request has been answered and
+// every message acked with errno 0 has reached each of its recipients; then
+// it accounts loss per message (lossCheck). A drain that ends at Drain with
+// either still short is noted in the result.
 func (w *worker) drain(ctx context.Context) error {
 	t0 := time.Now()
 	deadline := t0.Add(w.cfg.Drain)
 	l := w.ledger
-	for time.Now().Before(deadline) && ctx.Err() == nil {
+	settled := false
+	var nextCheck time.Time // the exact check compares sets: not every 10 ms
+	for ctx.Err() == nil {
 		answered := l.Acked.Load() + l.AckErr.Load()
-		if answered >= l.Sent.Load() && l.Delivered.Load() >= l.Acked.Load()*w.res.Fanout {
+		if answered >= l.Sent.Load() && l.Delivered.Load() >= l.Acked.Load()*w.res.Fanout && !time.Now().Before(nextCheck) {
+			if lost, _ := w.lossCheck(); lost == 0 {
+				settled = true
+				break
+			}
+			nextCheck = time.Now().Add(100 * time.Millisecond)
+		}
+		if !time.Now().Before(deadline) {
 			break
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	w.res.DrainSeconds = time.Since(t0).Seconds()
+	w.res.DrainTimedOut = !settled && ctx.Err() == nil
 	w.res.Expected = l.Acked.Load() * w.res.Fanout
+	w.res.Lost, w.res.Extra = w.lossCheck()
 	var checked int64
 	for _, u := range w.users {
 		select {
@@ -684,6 +749,44 @@ func (w *worker) drain(ctx context.Context) error {
 	}
 	l.GSeqChecked.Store(checked)
 	return nil
+}
+
+// lossCheck compares, message by message, each sender's acked set (errno
+// 0) with what each of its recipients received from it: lost counts the
+// (message, recipient) pairs acked but not received, extra the messages
+// received but not acked with errno 0, and any received by a user who is
+// not their recipient. A count alone (acked * fan-out - delivered) would
+// let an unacked delivery hide an acked message never delivered.
+func (w *worker) lossCheck() (lost, extra int64) {
+	acked := make([][]uint64, len(w.ss))
+	for i, s := range w.ss {
+		s.c.lmu.Lock()
+		acked[i] = slices.Clone(s.c.acked.w)
+		s.c.lmu.Unlock()
+	}
+	for _, u := range w.users {
+		c := u.c
+		if c == nil {
+			continue
+		}
+		from := w.from[c]
+		c.lmu.Lock()
+		for _, s := range from {
+			var seen []uint64
+			if bs := c.rs.seen[s.idx]; bs != nil {
+				seen = bs.w
+			}
+			lost += andNotCount(acked[s.idx], seen)
+			extra += andNotCount(seen, acked[s.idx])
+		}
+		for idx, bs := range c.rs.seen {
+			if !slices.ContainsFunc(from, func(s *sender) bool { return s.idx == idx }) {
+				extra += bs.count()
+			}
+		}
+		c.lmu.Unlock()
+	}
+	return lost, extra
 }
 
 func (w *worker) closeAll() {
