@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 	"unicode/utf8"
 )
@@ -171,8 +172,18 @@ func FuzzParseRequest(f *testing.F) {
 		if req == nil {
 			t.Fatal("nil request")
 		}
-		if folded, ok := scanKeys(body); ok && json.Valid(body) && !bytes.Equal(dropFolded(body), body) != folded {
-			t.Fatalf("%q: scanKeys says folded %v", body, folded)
+		// exactKeys keeps a valid object valid, with every member but the
+		// folded ones, in order.
+		var in, kept []string
+		if json.Valid(body) && members(body, func(k, _ []byte) {
+			if !folds(k) {
+				in = append(in, string(k))
+			}
+		}) {
+			out := exactKeys(body)
+			if !json.Valid(out) || !members(out, func(k, _ []byte) { kept = append(kept, string(k)) }) || !slices.Equal(in, kept) {
+				t.Fatalf("%q: exactKeys gave %q: keys %q, want %q", body, out, kept, in)
+			}
 		}
 		if err == nil {
 			_, _ = req.ClientMsgIDString()
@@ -316,6 +327,7 @@ func TestParseRequestExactKeys(t *testing.T) {
 		`{"msgid":12,"ſeq":3}`:                                  {MsgID: MsgDelivered},
 		`{"msgid":7,"FRIENDID":2}`:                              {MsgID: MsgAddFriend},
 		`{"msgid":13,"Reqid":5,"reqid":"a<b&c>\u2028","id":1}`:  {MsgID: MsgPing, ReqID: json.RawMessage(`"a<b&c>\u2028"`), ID: num(1)},
+		`{"msgid":13,"\u0049D":"x","reqid":4}`:                  {MsgID: MsgPing, ReqID: json.RawMessage("4")},
 		`{"msgid":13,"ID":"x","reqid":4}`:                       {MsgID: MsgPing, ReqID: json.RawMessage("4")},
 	} {
 		var r Request
@@ -329,6 +341,22 @@ func TestParseRequestExactKeys(t *testing.T) {
 		}
 		if !reflect.DeepEqual(*req, want) {
 			t.Errorf("%s: got %+v, want %+v", body, *req, want)
+		}
+	}
+}
+
+// A key dropped as unknown changes nothing else: a request that is
+// refused without it is refused with it.
+func TestParseRequestExactKeysKeepsTheRest(t *testing.T) {
+	for _, body := range []string{
+		`{"msgid":6,"toid":2,"msg":5,"msg":"a"}`,
+		`{"msgid":6,"toid":"x","toid":2,"msg":"a"}`,
+	} {
+		_, plain := ParseRequest([]byte(body))
+		withFolded := body[:len(body)-1] + `,"MSG":1,"TOID":0}`
+		_, err := ParseRequest([]byte(withFolded))
+		if plain == nil || err == nil || err.Error() != plain.Error() {
+			t.Errorf("%s: %v; with folded keys %v", body, plain, err)
 		}
 	}
 }

@@ -104,6 +104,33 @@ func (p *fastParser) str() ([]byte, bool) {
 	return nil, false
 }
 
+// key reads an object key: a string, unescaped (with escapes only through
+// encoding/json, which the fast path leaves out).
+func (p *fastParser) key() ([]byte, bool) {
+	start := p.i
+	if s, ok := p.str(); ok {
+		return s, true
+	}
+	p.i = start
+	if !p.eat('"') {
+		return nil, false
+	}
+	for ; p.i < len(p.b) && p.b[p.i] != '"'; p.i++ {
+		if p.b[p.i] == '\\' {
+			p.i++
+		}
+	}
+	if p.i >= len(p.b) {
+		return nil, false
+	}
+	p.i++
+	var k string
+	if json.Unmarshal(p.b[start:p.i], &k) != nil {
+		return nil, false
+	}
+	return []byte(k), true
+}
+
 // skipValue moves past one JSON value, which it does not check: it only
 // finds where the value ends for valid JSON (before the ',' or '}' that
 // follows it at its own level).

@@ -159,78 +159,74 @@ func ParseRequest(body []byte) (*Request, error) {
 	return req, nil
 }
 
-// exactKeys returns body without the keys that match one of Request's
-// only when case is ignored ("MSG", "ſeq"): encoding/json would take them
-// for the field, and the protocol's keys are exact, so they are unknown
-// keys, ignored. It returns body itself when there are none, or when body
-// is not a JSON object (json.Unmarshal then explains what is wrong).
+// exactKeys returns body without the members whose key matches one of
+// Request's only when case is ignored ("MSG", "ſeq"): encoding/json would
+// take them for the field, and the protocol's keys are exact, so they are
+// unknown keys, ignored. The other members are kept as they are, in order,
+// so the request reads as it would without the dropped ones (duplicate
+// keys and all). It returns body itself when there are none, or when body
+// is not a JSON object it can read (json.Unmarshal then explains what is
+// wrong).
 func exactKeys(body []byte) []byte {
-	if folded, ok := scanKeys(body); ok && !folded {
+	dropped := false
+	if !members(body, func(key, _ []byte) { dropped = dropped || folds(key) }) || !dropped {
 		return body
 	}
-	return dropFolded(body)
-}
-
-// dropFolded is exactKeys the long way: decoding body.
-func dropFolded(body []byte) []byte {
-	var obj map[string]json.RawMessage
-	if json.Unmarshal(body, &obj) != nil {
-		return body
-	}
-	folded := false
-	for k := range obj {
-		if foldsToKey(k) {
-			delete(obj, k)
-			folded = true
+	out := append(make([]byte, 0, len(body)), '{')
+	members(body, func(key, member []byte) {
+		if !folds(key) {
+			if len(out) > 1 {
+				out = append(out, ',')
+			}
+			out = append(out, member...)
 		}
-	}
-	if !folded {
-		return body
-	}
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false) // the values as they came: a reqid is echoed byte for byte
-	if enc.Encode(obj) != nil {
-		return body
-	}
-	return b.Bytes()
+	})
+	return append(out, '}')
 }
 
-// scanKeys reports whether the JSON object body has a key that foldsToKey;
-// ok is false when it cannot tell without decoding (a key with escapes, not
-// an object, malformed). It reads the values only to skip them.
-func scanKeys(body []byte) (folded, ok bool) {
+// members calls fn with each member of the JSON object body, in order: its
+// key, unescaped, and its bytes from the key to the end of the value. It
+// reports false when body is not an object it can read. The values are
+// skipped, not checked (json.Unmarshal does that).
+func members(body []byte, fn func(key, member []byte)) bool {
 	p := fastParser{b: body}
 	p.ws()
 	if !p.eat('{') {
-		return false, false
+		return false
 	}
 	p.ws()
 	if p.eat('}') {
-		return false, true
+		return true
 	}
 	for {
-		key, ok := p.str()
+		start := p.i
+		key, ok := p.key()
 		if !ok {
-			return false, false
-		}
-		for _, c := range key {
-			if c >= 'A' && c <= 'Z' || c >= utf8.RuneSelf { // else no fold of a lower-case key
-				folded = folded || foldsToKey(string(key))
-				break
-			}
+			return false
 		}
 		p.ws()
 		if !p.eat(':') || !p.skipValue() {
-			return false, false
+			return false
 		}
+		fn(key, body[start:p.i])
 		p.ws()
 		if p.eat(',') {
 			p.ws()
 			continue
 		}
-		return folded, p.eat('}')
+		return p.eat('}')
 	}
+}
+
+// folds reports whether key differs from one of Request's keys only in
+// case.
+func folds(key []byte) bool {
+	for _, c := range key {
+		if c >= 'A' && c <= 'Z' || c >= utf8.RuneSelf { // else no fold of a lower-case key
+			return foldsToKey(string(key))
+		}
+	}
+	return false
 }
 
 // foldsToKey reports whether k is one of Request's keys only when case is
