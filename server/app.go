@@ -72,6 +72,7 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 		Store: st, Bus: bus, Logger: log,
 		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,
 		MaxMessageLen: cfg.MaxMessage, NodeName: nodeID, MaxFrame: cmp.Or(cfg.MaxFrame, codec.DefaultMaxFrame),
+		PumpWindow: pumpWindow(cfg.MaxOutbound),
 	})
 	if err != nil {
 		st.Close()
@@ -103,4 +104,15 @@ func (a *App) Close(ctx context.Context) error {
 		err = errors.Join(err, fmt.Errorf("store: %w", e))
 	}
 	return err
+}
+
+// pumpWindow is what a backlog's pump lets wait unsent to a client: a
+// quarter of max-outbound (past which the connection is closed as a slow
+// consumer), at most 1 MiB; 0 (the service's default) when max-outbound
+// is the default.
+func pumpWindow(maxOutbound int) int {
+	if maxOutbound <= 0 {
+		return 0
+	}
+	return min(maxOutbound/4, 1<<20)
 }

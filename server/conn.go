@@ -1,8 +1,10 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -131,6 +133,48 @@ func (c *conn) slowConsumer(gc gnet.Conn) bool {
 	}
 	c.srv.log.Warn("closing slow consumer", "fd", gc.Fd(), "remote", gc.RemoteAddr(), "outbound", gc.OutboundBuffered())
 	return true
+}
+
+// outboundPoll is how often WaitOutbound looks at what waits to be written.
+const outboundPoll = 5 * time.Millisecond
+
+// WaitOutbound implements service.Transport. gnet tells nobody when it has
+// written its outbound buffer out, so it asks the event loop, every
+// outboundPoll until there is room.
+func (c *conn) WaitOutbound(ctx context.Context, below int) error {
+	for {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return net.ErrClosed
+		}
+		ch := make(chan int, 1)
+		_ = c.gc.AsyncWritev(nil, func(gc gnet.Conn, err error) error {
+			if err != nil {
+				ch <- -1
+				return nil
+			}
+			ch <- gc.OutboundBuffered()
+			return nil
+		})
+		select {
+		case n := <-ch:
+			switch {
+			case n < 0:
+				return net.ErrClosed
+			case n < below:
+				return nil
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case <-time.After(outboundPoll):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // Close implements service.Transport.

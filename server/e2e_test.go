@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"slices"
 	"strings"
@@ -674,5 +675,63 @@ func TestSlowConsumerClosed(t *testing.T) {
 			t.Fatalf("seq %d after %d", d.Seq, got)
 		}
 		got = d.Seq
+	}
+}
+
+// TestBacklogAtClientPace: a long backlog after a login goes out at the
+// pace the client reads it. A client that reads slowly is not closed as a
+// slow consumer (which would cut it off again at every login), and gets
+// everything, in order.
+func TestBacklogAtClientPace(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1 })
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	bob.c.Close()
+	// 8 MB, more than the kernel's socket buffers hold (at most 4 MiB for
+	// sending; the receiver's is kept small).
+	const n, workers = 2000, 8
+	text := strings.Repeat("z", 4000)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				if _, err := alice.c.Chat(ctxT(t), bob.id, text); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	r := ts.raw()
+	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
+	got := 0
+	seq := func(m map[string]any) {
+		if s := num(m, "seq"); s != got+1 {
+			t.Fatalf("seq %d after %d", s, got)
+		}
+		got++
+	}
+	ack := r.mustRead()
+	offline, _ := ack["offlineMsg"].([]any)
+	for _, d := range offline {
+		seq(d.(map[string]any))
+	}
+	time.Sleep(500 * time.Millisecond) // the client is busy for a moment
+	for got < n {
+		if got%50 == 0 {
+			time.Sleep(20 * time.Millisecond) // a slow reader: 2.5 MB/s at most
+		}
+		m, err := r.read()
+		if err != nil {
+			t.Fatalf("after %d of %d: %v (closed as a slow consumer: %v)", got, n, err, ts.Logged("closing slow consumer"))
+		}
+		seq(m)
+	}
+	if ts.Logged("closing slow consumer") {
+		t.Fatal("a connection was closed as a slow consumer")
 	}
 }

@@ -162,7 +162,8 @@ func (r *recorder) Send(buf []byte) {
 		}
 	}
 }
-func (r *recorder) Close() {}
+func (r *recorder) Close()                                  {}
+func (r *recorder) WaitOutbound(context.Context, int) error { return nil }
 
 func (r *recorder) got() []codec.Seq {
 	r.mu.Lock()
@@ -430,8 +431,9 @@ type keeper struct {
 	bufs [][]byte
 }
 
-func (k *keeper) Send(buf []byte) { k.mu.Lock(); k.bufs = append(k.bufs, buf); k.mu.Unlock() }
-func (k *keeper) Close()          {}
+func (k *keeper) Send(buf []byte)                         { k.mu.Lock(); k.bufs = append(k.bufs, buf); k.mu.Unlock() }
+func (k *keeper) Close()                                  {}
+func (k *keeper) WaitOutbound(context.Context, int) error { return nil }
 
 // msgs decodes the kept buffers: each frame's msg, in order.
 func (k *keeper) msgs(t *testing.T) []string {

@@ -41,8 +41,9 @@ type countFrames struct {
 	n  int
 }
 
-func (c *countFrames) Send([]byte) { c.mu.Lock(); c.n++; c.mu.Unlock() }
-func (c *countFrames) Close()      {}
+func (c *countFrames) Send([]byte)                             { c.mu.Lock(); c.n++; c.mu.Unlock() }
+func (c *countFrames) Close()                                  {}
+func (c *countFrames) WaitOutbound(context.Context, int) error { return nil }
 
 // TestHandleNow: the event loop's fast path handles a chat message whose
 // recipient is known without a store read, and a valid DELIVERED, and

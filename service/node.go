@@ -56,6 +56,11 @@ type Config struct {
 	// MaxFrame is reported to clients in LOGIN_ACK as "maxframe": the
 	// largest request frame body the server accepts. 0: not reported.
 	MaxFrame int
+	// PumpWindow bounds what a backlog's pump (after a login, a join or a
+	// resync) lets wait unsent to one client before it reads and writes
+	// more: default 1 MiB. Keep it well below the server's max-outbound,
+	// past which a connection is closed as a slow consumer.
+	PumpWindow int
 }
 
 // Limits on names and passwords.
@@ -118,6 +123,9 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.MaxMessageLen <= 0 {
 		cfg.MaxMessageLen = 4096
+	}
+	if cfg.PumpWindow <= 0 {
+		cfg.PumpWindow = 1 << 20
 	}
 	if cfg.AckFlushInterval <= 0 {
 		cfg.AckFlushInterval = time.Second
@@ -392,7 +400,11 @@ const pumpPage = 500
 
 // pump writes the entries of stream key (0: the inbox, else a group's log)
 // after what the session sent, in order, until it caught up with
-// everything known. The caller set the stream's pumping.
+// everything known. The caller set the stream's pumping. It goes at the
+// client's pace: before each read it waits until less than PumpWindow
+// waits unsent to the client, and it writes at most about PumpWindow a
+// read, so a long backlog never makes a client that reads look like a
+// slow consumer.
 func (n *Node) pump(s *Session, gen uint32, key codec.GroupID) {
 	for {
 		s.mu.Lock()
@@ -401,7 +413,17 @@ func (n *Node) pump(s *Session, gen uint32, key codec.GroupID) {
 			s.mu.Unlock()
 			return
 		}
-		uid, after := s.uid, st.sent
+		uid := s.uid
+		s.mu.Unlock()
+		if err := s.t.WaitOutbound(context.Background(), n.cfg.PumpWindow); err != nil {
+			return // the connection closed
+		}
+		s.mu.Lock()
+		if s.gen != gen || s.uid == 0 {
+			s.mu.Unlock()
+			return
+		}
+		after := st.sent
 		st.recheck = false // this read sees what a resync so far was for
 		s.mu.Unlock()
 
@@ -425,7 +447,12 @@ func (n *Node) pump(s *Session, gen uint32, key codec.GroupID) {
 			return
 		}
 		var out []byte
+		full := false // the rest of the page waits for the client
 		for i := range page {
+			if len(out) >= n.cfg.PumpWindow {
+				full = true
+				break
+			}
 			d := &page[i]
 			if _, seq := streamKey(d); seq == st.sent+1 {
 				if key == 0 || d.ID != uid {
@@ -440,7 +467,7 @@ func (n *Node) pump(s *Session, gen uint32, key codec.GroupID) {
 		if st.sent > st.known {
 			st.known = st.sent
 		}
-		if len(page) < pumpPage && st.sent >= st.known && !st.recheck {
+		if !full && len(page) < pumpPage && st.sent >= st.known && !st.recheck {
 			st.pumping = false
 			s.mu.Unlock()
 			return

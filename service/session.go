@@ -1,6 +1,7 @@
 package service
 
 import (
+	"context"
 	"slices"
 	"sync"
 
@@ -15,6 +16,12 @@ type Transport interface {
 	// the order queued. It must not change frame, which may be shared by
 	// several connections (a group message's one encoding).
 	Send(frame []byte)
+	// WaitOutbound blocks until fewer than below bytes wait to be written
+	// to the client, and returns nil; or it returns an error when the
+	// connection closes or ctx ends first. A pump calls it before it
+	// writes more of a backlog, so that a client catching up at its own
+	// pace is not closed as a slow consumer. Safe for concurrent use.
+	WaitOutbound(ctx context.Context, below int) error
 	// Close writes what was queued, then closes the connection. Safe for
 	// concurrent use and idempotent. It must not call Node.Closed itself
 	// (the server calls it later, on a goroutine of its own): a login
