@@ -511,6 +511,59 @@ func TestPacedLatencyCountsTheWaitToSend(t *testing.T) {
 	}
 }
 
+// stallRelay is a relay that stalls for d from at after the run phase
+// begins.
+func stallRelay(t *testing.T, at, d time.Duration) string {
+	var stallAt atomic.Int64 // unix nanos; 0: not armed
+	addr := faultyRelay(t, func(int32, uint64) relayFault {
+		if a := stallAt.Load(); a != 0 {
+			if now := time.Now().UnixNano(); now >= a && now < a+int64(d) {
+				time.Sleep(time.Duration(a + int64(d) - now))
+			}
+		}
+		return relayPass
+	})
+	onRunPhase = func() func() {
+		stallAt.Store(time.Now().Add(at).UnixNano())
+		return func() {}
+	}
+	t.Cleanup(func() { onRunPhase = nil })
+	return addr
+}
+
+// TestPacedStallAtTheEndCounts: a stall in the window's last 500 ms
+// counts like one in its middle: the messages due in it are written when
+// it ends, after the window, and their latencies are measured.
+func TestPacedStallAtTheEndCounts(t *testing.T) {
+	cfg := relayConfig(stallRelay(t, 1700*time.Millisecond, 500*time.Millisecond), 10)
+	cfg.Rate, cfg.Inflight, cfg.Duration = 1000, 8, 2*time.Second // the window: 0.2-2.2 s
+	rep := runOK(t, cfg)
+	tr := rep.Traffic
+	if tr.Latency.P90 < 100 || tr.DueUnsent != 0 {
+		t.Errorf("p90 %.3f ms, due but never sent %d: a quarter of the messages were due during a 500 ms stall, and all were sent late",
+			tr.Latency.P90, tr.DueUnsent)
+	}
+	if tr.Lost != 0 || tr.Unanswered != 0 {
+		t.Errorf("lost %d unanswered %d", tr.Lost, tr.Unanswered)
+	}
+}
+
+// TestPacedStallPastTheDrainFails: a stall that outlasts the window by
+// more than -drain leaves messages due in the window unwritten: the run
+// says so and fails.
+func TestPacedStallPastTheDrainFails(t *testing.T) {
+	cfg := relayConfig(stallRelay(t, 1700*time.Millisecond, 2500*time.Millisecond), 10)
+	cfg.Rate, cfg.Inflight, cfg.Duration = 1000, 8, 2*time.Second
+	cfg.Drain = 500 * time.Millisecond
+	rep, err := run(context.Background(), cfg, testLog{t})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := rep.Traffic; tr == nil || tr.DueUnsent == 0 || rep.OK || !hasError(rep, "due in the window were never sent") {
+		t.Errorf("OK %v, errors %q, traffic %+v", rep.OK, rep.Errors, rep.Traffic)
+	}
+}
+
 // TestPacedRunThatFallsBehindFails: the relay takes 20 ms over each
 // message and a sender has one in flight, so a sender paced at 200 msg/s
 // manages 50: the run reports the rate it sent and fails.

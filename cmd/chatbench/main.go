@@ -47,9 +47,12 @@
 // starts) and a message is stamped with the time it was due, not when it
 // was written: time it waited behind a full in-flight window or a late
 // goroutine counts in its latency, as it would for a user (no coordinated
-// omission), and how late it was written is reported as the send lag; a
-// run that sends below 98 % of -rate in its window fails, as the load
-// generator fell behind. Flat out a message is stamped when it is written.
+// omission), and how late it was written is reported as the send lag.
+// Messages due before the window's end are written after it if they are
+// late (for at most -drain), so a stall at the end counts like one in the
+// middle. A run that sends below 98 % of -rate in its window, or leaves
+// messages due in it unwritten, fails, as the load generator fell
+// behind. Flat out a message is stamped when it is written.
 // chatbench records the latency of each delivery and ACK from the stamp in
 // a log-linear histogram (1 µs resolution up to 60 s), for the messages
 // stamped in the window; checks that each recipient's inbox seqs are

@@ -71,8 +71,8 @@ func printTable(out io.Writer, r *Report) {
 		if len(t.Seconds) > 0 {
 			row("latency per second", "%s", secondsLine(t.Seconds))
 		}
-		row("totals", "sent %d (send errors %d), acked %d, ack errors %d (rate limited %d), unanswered %d, delivered %d of %d expected",
-			t.Sent, t.SendErrors, t.Acked, t.AckErrors, t.RateLimited, t.Unanswered, t.Delivered, t.Expected)
+		row("totals", "sent %d (send errors %d, due but never sent %d), acked %d, ack errors %d (rate limited %d), unanswered %d, delivered %d of %d expected",
+			t.Sent, t.SendErrors, t.DueUnsent, t.Acked, t.AckErrors, t.RateLimited, t.Unanswered, t.Delivered, t.Expected)
 		row("lost / extra / duplicates", "%d / %d / %d (per message; connections lost %d, drain %.2fs)",
 			t.Lost, t.Extra, t.Duplicates, t.ConnLost, t.DrainSeconds)
 		row("seq gaps / seq dups", "%d / %d, reorders %d (foreign %d)",

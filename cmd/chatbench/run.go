@@ -68,6 +68,7 @@ type TrafficReport struct {
 	Fanout          int64          `json:"fanout"`
 	Sent            int64          `json:"sent"`
 	SendErrors      int64          `json:"send_errors"` // requests that could not be written
+	DueUnsent       int64          `json:"due_unsent"`  // paced: due before the window's end, never written (not even within -drain)
 	Acked           int64          `json:"acked"`
 	AckErrors       int64          `json:"ack_errors"`
 	RateLimited     int64          `json:"rate_limited"`
@@ -223,7 +224,7 @@ func run(ctx context.Context, cfg Config, log io.Writer) (*Report, error) {
 
 func (r *Report) ok() bool {
 	if t := r.Traffic; t != nil && (t.Lost != 0 || t.Extra != 0 || t.Duplicates != 0 || t.SeqGaps != 0 || t.SeqDups != 0 || t.SeqReorders != 0 ||
-		t.AckErrors != 0 || t.Unanswered != 0 || t.SendErrors != 0 || t.ConnLost != 0 || t.DrainTimedOut || t.fellBehind()) {
+		t.AckErrors != 0 || t.Unanswered != 0 || t.SendErrors != 0 || t.DueUnsent != 0 || t.ConnLost != 0 || t.DrainTimedOut || t.fellBehind()) {
 		return false
 	}
 	if c := r.Connect; c != nil && (c.Failed != 0 || c.Dropped != 0) {
@@ -424,7 +425,7 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	win := cfg.Duration.Seconds()
 	t := &TrafficReport{
 		WindowSeconds: win, TargetRate: cfg.Rate, Fanout: res.Fanout,
-		Sent: l.Sent, SendErrors: l.SendErr, Acked: l.Acked, AckErrors: l.AckErr, RateLimited: l.Limited,
+		Sent: l.Sent, SendErrors: l.SendErr, DueUnsent: l.DueUnsent, Acked: l.Acked, AckErrors: l.AckErr, RateLimited: l.Limited,
 		Unanswered: max(0, l.Sent-l.Acked-l.AckErr), Delivered: l.Delivered, Expected: res.Expected,
 		Lost: res.Lost, Extra: res.Extra,
 		Duplicates: l.Dups, SeqGaps: l.SeqGaps + l.GSeqHoles, SeqDups: l.SeqDups, SeqReorders: l.Reorders,
@@ -448,6 +449,10 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 	if t.fellBehind() {
 		rep.Errors = append(rep.Errors, fmt.Sprintf("sent %.0f/s, below %.0f %% of -rate %.0f: the load generator fell behind",
 			t.SentPerSec, minRateShare*100, t.TargetRate))
+	}
+	if t.DueUnsent > 0 {
+		rep.Errors = append(rep.Errors, fmt.Sprintf("%d messages due in the window were never sent, not even within -drain (%v) after it: the senders were held up",
+			t.DueUnsent, cfg.Drain))
 	}
 	return nil
 }

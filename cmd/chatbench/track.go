@@ -64,6 +64,7 @@ func parseBody(b []byte) (sendNanos int64, sender int32, counter uint64, ok bool
 type Ledger struct {
 	Sent      atomic.Int64 // requests written
 	SendErr   atomic.Int64 // requests that could not be written (run phase)
+	DueUnsent atomic.Int64 // paced: messages due before the window's end never written
 	Acked     atomic.Int64 // ACK errno 0
 	AckErr    atomic.Int64 // ACK with errno != 0
 	Limited   atomic.Int64 // of which errno 8 (server rate limit)
@@ -375,16 +376,16 @@ func (b *bitset) testAndSet(i uint64) bool {
 
 // LedgerCounts is the JSON form of a Ledger, mergeable across processes.
 type LedgerCounts struct {
-	Sent, SendErr, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
-	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                                  int64
-	SentWin, AckedWin, DeliveredWin                                                             int64
-	Latency, AckLatency, SendLag                                                                HistSnapshot
+	Sent, SendErr, DueUnsent, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
+	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                                             int64
+	SentWin, AckedWin, DeliveredWin                                                                        int64
+	Latency, AckLatency, SendLag                                                                           HistSnapshot
 }
 
 // Counts snapshots l.
 func (l *Ledger) Counts() LedgerCounts {
 	return LedgerCounts{
-		Sent: l.Sent.Load(), SendErr: l.SendErr.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
+		Sent: l.Sent.Load(), SendErr: l.SendErr.Load(), DueUnsent: l.DueUnsent.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
 		Delivered: l.Delivered.Load(), Dups: l.Dups.Load(), SeqDups: l.SeqDups.Load(), SeqGaps: l.SeqGaps.Load(),
 		Foreign: l.Foreign.Load(), ConnLost: l.ConnLost.Load(),
 		Reorders: l.Reorders.Load(), GSeqHoles: l.GSeqHoles.Load(), OwnGSeqs: l.OwnGSeqs.Load(), GSeqChecked: l.GSeqChecked.Load(),
@@ -397,6 +398,7 @@ func (l *Ledger) Counts() LedgerCounts {
 func (c *LedgerCounts) Add(o LedgerCounts) {
 	c.Sent += o.Sent
 	c.SendErr += o.SendErr
+	c.DueUnsent += o.DueUnsent
 	c.Acked += o.Acked
 	c.AckErr += o.AckErr
 	c.Limited += o.Limited

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -609,7 +610,8 @@ func (w *worker) onAck(c *bconn, p pend, errno, gseq int64, now int64) {
 func (w *worker) run(ctx context.Context) error {
 	ss := w.senders()
 	t0 := time.Now()
-	w.ledger.SetWindow(t0.Add(w.cfg.Warmup).UnixNano(), t0.Add(w.cfg.Warmup+w.cfg.Duration).UnixNano())
+	end := t0.Add(w.cfg.Warmup + w.cfg.Duration)
+	w.ledger.SetWindow(t0.Add(w.cfg.Warmup).UnixNano(), end.UnixNano())
 	sctx, cancel := context.WithCancel(ctx)
 	w.stopSend = cancel
 	perSender := 0.0
@@ -618,11 +620,23 @@ func (w *worker) run(ctx context.Context) error {
 	}
 	for _, s := range ss {
 		w.sendWG.Add(1)
-		go w.sendLoop(sctx, s, perSender)
+		go w.sendLoop(sctx, s, perSender, end)
 	}
 	select {
-	case <-time.After(w.cfg.Warmup + w.cfg.Duration):
+	case <-time.After(time.Until(end)):
 	case <-ctx.Done():
+	}
+	if perSender > 0 {
+		// Paced senders still write what was due before the end, however
+		// late, for at most Drain: a stall at the end of the window counts
+		// like one in the middle.
+		done := make(chan struct{})
+		go func() { w.sendWG.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(w.cfg.Drain):
+		case <-ctx.Done():
+		}
 	}
 	cancel()
 	w.sendWG.Wait()
@@ -636,7 +650,7 @@ func (w *worker) run(ctx context.Context) error {
 // the wait, as a user's would, instead of leaving it out (coordinated
 // omission). How late each is written goes to the ledger's SendLag. A flat
 // out message is stamped when it is written.
-func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64) {
+func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64, end time.Time) {
 	defer w.sendWG.Done()
 	group := w.cfg.Scenario == "group"
 	body := make([]byte, 0, w.cfg.Size+64)
@@ -692,13 +706,25 @@ func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64) {
 	base := start.UnixNano()
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	// Message k is due at start + k/rate; those due before end are sent,
+	// after end too if they are late. What is left of them when the
+	// sender is stopped was never written: DueUnsent.
+	last := int64(math.Ceil(end.Sub(start).Seconds() * rate))
 	var done int64
-	for {
-		n := int64(time.Since(start).Seconds()*rate) + 1 // messages due so far
+	defer func() {
+		if done < last {
+			w.ledger.DueUnsent.Add(last - done)
+		}
+	}()
+	for done < last {
+		n := min(int64(time.Since(start).Seconds()*rate)+1, last) // messages due so far
 		for ; done < n; done++ {
 			if !send(base + int64(float64(done)*float64(time.Second)/rate)) {
 				return
 			}
+		}
+		if done == last {
+			return
 		}
 		select {
 		case <-t.C:
