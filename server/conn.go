@@ -166,6 +166,7 @@ func (c *conn) WaitOutbound(ctx context.Context, below int) error {
 			case n < below:
 				return nil
 			}
+		case <-time.After(time.Second): // no answer: look at closed again
 		case <-ctx.Done():
 			return ctx.Err()
 		}
