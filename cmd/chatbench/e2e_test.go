@@ -471,46 +471,6 @@ func hasError(rep *Report, substr string) bool {
 	return slices.ContainsFunc(rep.Errors, func(e string) bool { return strings.Contains(e, substr) })
 }
 
-// TestPacedLatencyCountsTheWaitToSend: at a fixed rate the relay stalls
-// for 500 ms. The messages due during the stall wait in chatbench, behind
-// the full in-flight window, and are written when it ends; their latencies
-// run from when they were due, so the stall shows in the percentiles
-// (coordinated omission would hide it) and in the send lag.
-func TestPacedLatencyCountsTheWaitToSend(t *testing.T) {
-	const stall = 500 * time.Millisecond
-	var stallAt atomic.Int64 // unix nanos; 0: not armed
-	addr := faultyRelay(t, func(int32, uint64) relayFault {
-		if at := stallAt.Load(); at != 0 {
-			if now := time.Now().UnixNano(); now >= at && now < at+int64(stall) {
-				time.Sleep(time.Duration(at + int64(stall) - now))
-			}
-		}
-		return relayPass
-	})
-	// 1.2 s into the run phase: 1 s into the window, which lasts 2 s.
-	onRunPhase = func() func() {
-		stallAt.Store(time.Now().Add(1200 * time.Millisecond).UnixNano())
-		return func() {}
-	}
-	defer func() { onRunPhase = nil }()
-	cfg := relayConfig(addr, 10) // 5 senders at 200 msg/s each
-	cfg.Rate, cfg.Inflight, cfg.Duration = 1000, 8, 2*time.Second
-	tr := runOK(t, cfg).Traffic
-	// A quarter of the window's 2,000 messages were due during the stall:
-	// their latencies spread from ~0 to 500 ms, which puts p90 near 300 ms.
-	if tr.Latency.P90 < 100 || tr.AckLatency.P90 < 100 {
-		t.Errorf("p90 %.3f ms, ACK p90 %.3f ms: a quarter of the messages were due during a 500 ms stall", tr.Latency.P90, tr.AckLatency.P90)
-	}
-	// Those past the in-flight window's 8 per sender waited up to ~460 ms
-	// to be written.
-	if tr.SendLag == nil || tr.SendLag.Count < 1000 || tr.SendLag.Max < 300 {
-		t.Errorf("send lag %+v, want one per message and a max near 460 ms", tr.SendLag)
-	}
-	if tr.Lost != 0 || tr.Extra != 0 || tr.Unanswered != 0 || tr.AckErrors != 0 {
-		t.Errorf("lost %d extra %d unanswered %d ack errors %d", tr.Lost, tr.Extra, tr.Unanswered, tr.AckErrors)
-	}
-}
-
 // stallRelay is a relay that stalls for d from at after the run phase
 // begins.
 func stallRelay(t *testing.T, at, d time.Duration) string {
@@ -529,6 +489,32 @@ func stallRelay(t *testing.T, at, d time.Duration) string {
 	}
 	t.Cleanup(func() { onRunPhase = nil })
 	return addr
+}
+
+// TestPacedLatencyCountsTheWaitToSend: at a fixed rate the relay stalls
+// for 500 ms. The messages due during the stall wait in chatbench, behind
+// the full in-flight window, and are written when it ends; their latencies
+// run from when they were due, so the stall shows in the percentiles
+// (coordinated omission would hide it) and in the send lag.
+func TestPacedLatencyCountsTheWaitToSend(t *testing.T) {
+	// 1.2 s into the run phase: 1 s into the window, which lasts 2 s.
+	addr := stallRelay(t, 1200*time.Millisecond, 500*time.Millisecond)
+	cfg := relayConfig(addr, 10) // 5 senders at 200 msg/s each
+	cfg.Rate, cfg.Inflight, cfg.Duration = 1000, 8, 2*time.Second
+	tr := runOK(t, cfg).Traffic
+	// A quarter of the window's 2,000 messages were due during the stall:
+	// their latencies spread from ~0 to 500 ms, which puts p90 near 300 ms.
+	if tr.Latency.P90 < 100 || tr.AckLatency.P90 < 100 {
+		t.Errorf("p90 %.3f ms, ACK p90 %.3f ms: a quarter of the messages were due during a 500 ms stall", tr.Latency.P90, tr.AckLatency.P90)
+	}
+	// Those past the in-flight window's 8 per sender waited up to ~460 ms
+	// to be written.
+	if tr.SendLag == nil || tr.SendLag.Count < 1000 || tr.SendLag.Max < 300 {
+		t.Errorf("send lag %+v, want one per message and a max near 460 ms", tr.SendLag)
+	}
+	if tr.Lost != 0 || tr.Extra != 0 || tr.Unanswered != 0 || tr.AckErrors != 0 {
+		t.Errorf("lost %d extra %d unanswered %d ack errors %d", tr.Lost, tr.Extra, tr.Unanswered, tr.AckErrors)
+	}
 }
 
 // TestPacedStallAtTheEndCounts: a stall in the window's last 500 ms
