@@ -172,6 +172,10 @@ func FuzzParseRequest(f *testing.F) {
 		if req == nil {
 			t.Fatal("nil request")
 		}
+		// Invalid JSON stays invalid, whatever member exactKeys drops.
+		if err == nil && !json.Valid(body) {
+			t.Fatalf("%q: not JSON, but accepted as %+v", body, req)
+		}
 		// exactKeys keeps a valid object valid, with every member but the
 		// folded ones, in order.
 		var in, kept []string
@@ -357,6 +361,22 @@ func TestParseRequestExactKeysKeepsTheRest(t *testing.T) {
 		_, err := ParseRequest([]byte(withFolded))
 		if plain == nil || err == nil || err.Error() != plain.Error() {
 			t.Errorf("%s: %v; with folded keys %v", body, plain, err)
+		}
+	}
+}
+
+// Dropping a wrong-case key never makes invalid JSON valid.
+func TestParseRequestInvalidStaysInvalid(t *testing.T) {
+	for _, body := range []string{
+		`{"MSG":tru,"msgid":1}`,
+		`{"msgid":1,"MSG":01}`,
+		"{\"msgid\":1,\"MSG\":\"a\x01b\"}",
+		`{"msgid":1,"MSG":1} trailing garbage`,
+		`{"msgid":1,"MSG":1}}`,
+		`{"msgid":1,"MSG":{"a" 1}}`,
+	} {
+		if req, err := ParseRequest([]byte(body)); err == nil {
+			t.Errorf("%q: accepted as %+v", body, req)
 		}
 	}
 }

@@ -169,8 +169,8 @@ func ParseRequest(body []byte) (*Request, error) {
 // wrong).
 func exactKeys(body []byte) []byte {
 	dropped := false
-	if !members(body, func(key, _ []byte) { dropped = dropped || folds(key) }) || !dropped {
-		return body
+	if !members(body, func(key, _ []byte) { dropped = dropped || folds(key) }) || !dropped || !json.Valid(body) {
+		return body // members skips values without checking them
 	}
 	out := append(make([]byte, 0, len(body)), '{')
 	members(body, func(key, member []byte) {

@@ -150,14 +150,16 @@ func (c *conn) WaitOutbound(ctx context.Context, below int) error {
 			return net.ErrClosed
 		}
 		ch := make(chan int, 1)
-		_ = c.gc.AsyncWritev(nil, func(gc gnet.Conn, err error) error {
+		if err := c.gc.AsyncWritev(nil, func(gc gnet.Conn, err error) error {
 			if err != nil {
 				ch <- -1
 				return nil
 			}
 			ch <- gc.OutboundBuffered()
 			return nil
-		})
+		}); err != nil {
+			return net.ErrClosed // the event loop is gone (the server stopped)
+		}
 		select {
 		case n := <-ch:
 			switch {

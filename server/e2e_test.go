@@ -689,20 +689,8 @@ func TestBacklogAtClientPace(t *testing.T) {
 	bob.c.Close()
 	// 8 MB, more than the kernel's socket buffers hold (at most 4 MiB for
 	// sending; the receiver's is kept small).
-	const n, workers = 2000, 8
-	text := strings.Repeat("z", 4000)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < n; i += workers {
-				if _, err := alice.c.Chat(ctxT(t), bob.id, text); err != nil {
-					t.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
+	const n = 2000
+	backlog(t, alice, bob.id, n, 4000)
 	r := ts.raw()
 	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
 		t.Fatal(err)
@@ -733,5 +721,57 @@ func TestBacklogAtClientPace(t *testing.T) {
 	}
 	if ts.Logged("closing slow consumer") {
 		t.Fatal("a connection was closed as a slow consumer")
+	}
+}
+
+// backlog sends n messages of size bytes from u to to, 8 at a time.
+func backlog(t *testing.T, u *user, to codec.UserID, n, size int) {
+	t.Helper()
+	text := strings.Repeat("z", size)
+	var wg sync.WaitGroup
+	const workers = 8
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < n; i += workers {
+				if _, err := u.c.Chat(ctxT(t), to, text); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestBacklogHoldsNoWorker: a backlog waiting for a client that does not
+// read holds none of the request workers: with one worker, other clients
+// are still served, and the server stops at once.
+func TestBacklogHoldsNoWorker(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1; c.Workers = 1 })
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	bob.c.Close()
+	backlog(t, alice, bob.id, 2000, 4000)
+	r := ts.raw()
+	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
+	if m := r.mustRead(); num(m, "msgid") != int(codec.MsgLoginAck) || num(m, "errno") != 0 {
+		t.Fatalf("login: %v", m)
+	}
+	// bob's client reads nothing more: the rest of the backlog waits.
+	c := ts.dial(client.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := c.Signup(ctx, "carol", "password-carol"); err != nil {
+		t.Fatalf("another client's signup while bob's backlog waits: %v", err)
+	}
+	stopped := make(chan struct{})
+	go func() { ts.stop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the server did not stop while bob's backlog waited")
 	}
 }

@@ -388,7 +388,7 @@ func TestRetriedJoinFollowsGroup(t *testing.T) {
 	if rerr == nil || rerr.errno != codec.ErrnoConflict {
 		t.Fatalf("retried join: %v, want errno %d", rerr, codec.ErrnoConflict)
 	}
-	if got := rec.got(); !equalSeqs(got, []codec.Seq{2002}) {
+	if got := waitWritten(t, rec, 1); !equalSeqs(got, []codec.Seq{2002}) { // written by a pump of its own
 		t.Fatalf("written %v, want [2002] (the backlog after the stored position)", got)
 	}
 	n.deliver([]pubsub.Notice{{To: carol, Deliveries: []codec.Delivery{st.addGroup(gid, 1)}}})

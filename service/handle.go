@@ -352,9 +352,11 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	}
 	s.mu.Unlock()
 	n.log.Debug("login", "user", uid)
-	// Send the rest of the backlogs and anything that arrived meanwhile.
+	// Send the rest of the backlogs and anything that arrived meanwhile,
+	// at the client's pace: not on this worker, which the client's next
+	// requests (and everyone else's) need.
 	for _, key := range pumps {
-		n.pump(s, gen, key)
+		go n.pump(s, gen, key)
 	}
 	if len(unlisted) > 0 {
 		n.followGroups(ctx, s, gen, uid, unlisted)
@@ -393,7 +395,7 @@ func (n *Node) followGroups(ctx context.Context, s *Session, gen uint32, uid cod
 	}
 	s.mu.Unlock()
 	for _, gid := range pumps {
-		n.pump(s, gen, gid)
+		go n.pump(s, gen, gid)
 	}
 }
 
@@ -734,7 +736,7 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	// A message from a member who joined at once may have been offered
 	// before the session followed the group: read the log once.
 	if gen, ok := s.claimPump(gid); ok {
-		n.pump(s, gen, gid)
+		go n.pump(s, gen, gid)
 	}
 	return nil
 }
@@ -804,7 +806,7 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 	}
 	s.mu.Unlock()
 	if pump {
-		n.pump(s, gen, gid)
+		go n.pump(s, gen, gid)
 	}
 	if follow {
 		n.followGroups(ctx, s, gen, uid, []codec.GroupID{gid})

@@ -30,8 +30,9 @@ import (
 // embedded SQLite store: a one-to-one message whose ACK came back with
 // errno 0 survives a SIGKILL of the node. Sender->recipient pairs send as
 // fast as they can to recipients who stay offline; the node is killed four
-// times (twice at a random moment, twice while the inbox logs are being
-// merged, as log_state says), restarted on the same file each time (Open's
+// times (twice at a random moment, twice aimed at a moment the inbox logs
+// are being merged, as log_state says; the kill lands a few ms later, and
+// the log says how many found a merge under way), restarted on the same file each time (Open's
 // flushLogs copies what the logs held), and at last every recipient logs
 // in and reads its whole inbox: every acknowledged message must be there
 // exactly once, seqs 1..last_seq without a gap, and nothing that was never
