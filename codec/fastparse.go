@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"reflect"
 	"strings"
-	"unicode/utf8"
 )
 
 // parseFast decodes the common shape of a request without reflection: one
@@ -112,23 +111,27 @@ func (p *fastParser) key() ([]byte, bool) {
 		return s, true
 	}
 	p.i = start
-	if !p.eat('"') {
+	if !p.skipString() {
 		return nil, false
+	}
+	var k string
+	if json.Unmarshal(p.b[start:p.i], &k) != nil {
+		return nil, false
+	}
+	return []byte(k), true
+}
+
+// skipString moves past a string, escapes and all, from its opening quote.
+func (p *fastParser) skipString() bool {
+	if !p.eat('"') {
+		return false
 	}
 	for ; p.i < len(p.b) && p.b[p.i] != '"'; p.i++ {
 		if p.b[p.i] == '\\' {
 			p.i++
 		}
 	}
-	if p.i >= len(p.b) {
-		return nil, false
-	}
-	p.i++
-	var k string
-	if json.Unmarshal(p.b[start:p.i], &k) != nil {
-		return nil, false
-	}
-	return []byte(k), true
+	return p.eat('"')
 }
 
 // skipValue moves past one JSON value, which it does not check: it only
@@ -139,14 +142,10 @@ func (p *fastParser) skipValue() bool {
 	for p.i < len(p.b) {
 		switch p.b[p.i] {
 		case '"':
-			for p.i++; p.i < len(p.b) && p.b[p.i] != '"'; p.i++ {
-				if p.b[p.i] == '\\' {
-					p.i++
-				}
-			}
-			if p.i >= len(p.b) {
+			if !p.skipString() {
 				return false
 			}
+			continue
 		case '{', '[':
 			depth++
 		case '}', ']':
@@ -257,20 +256,23 @@ func (p *fastParser) value(r *Request, key []byte) bool {
 	case "groupdesc":
 		return setStr(&r.GroupDesc)
 	default:
-		// encoding/json matches keys case-insensitively, with Unicode
-		// folding (the Kelvin sign is a k): leave those keys to it.
-		for _, c := range key {
-			if c >= utf8.RuneSelf {
-				return false
-			}
-		}
-		for _, k := range requestKeys {
-			if strings.EqualFold(k, string(key)) {
-				return false
-			}
-		}
+		// A key of Request's that the switch lacks, or one that matches
+		// one only when case is ignored (encoding/json would take it for
+		// the field, with Unicode folding: the Kelvin sign is a k;
+		// exactKeys drops it): left to the long way.
+		return !folds(key) && !isRequestKey(key)
 	}
 	return true
+}
+
+// isRequestKey reports whether key is one of Request's keys exactly.
+func isRequestKey(key []byte) bool {
+	for _, k := range requestKeys {
+		if k == string(key) {
+			return true
+		}
+	}
+	return false
 }
 
 // requestKeys are Request's JSON keys, read from its field tags: a field
