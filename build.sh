@@ -861,14 +861,19 @@ render_stream() {
 	((have_listen == 1)) || die "$tmpl has no line marked ##LISTEN##"
 }
 
-# cluster_start_node I DB REDIS: start node I; on a port clash retry with
-# another port. Records the node.
+# cluster_start_node I DB REDIS [PORT]: start node I, on PORT if given
+# (restart), else on a free port, retrying with another on a port clash.
+# Records the node.
 cluster_start_node() {
-	local i="$1" db="$2" redis="$3" name="node$1" logfile attempt port pid
+	local i="$1" db="$2" redis="$3" fixed="${4:-}" name="node$1" logfile attempt port pid
 	logfile="$CLUSTER_DIR/$name.log"
 	for ((attempt = 1; attempt <= 3; attempt++)); do
-		free_port
-		port="$FREE_PORT"
+		if [[ -n "$fixed" ]]; then
+			port="$fixed"
+		else
+			free_port
+			port="$FREE_PORT"
+		fi
 		log "starting $name on 127.0.0.1:$port"
 		spawn "$logfile" "$CLUSTER_DIR/bin/chatserver" \
 			-listen "127.0.0.1:$port" -db "$db" -redis "$redis" -node-id "$name"
@@ -882,7 +887,7 @@ cluster_start_node() {
 		stop_pid "$name" "$pid"
 		unregister_last
 		cluster_forget "$name"
-		if ((attempt < 3)) && grep -qi 'address already in use' "$logfile"; then
+		if [[ -z "$fixed" ]] && ((attempt < 3)) && grep -qi 'address already in use' "$logfile"; then
 			warn "port $port was taken, retrying with another port"
 			continue
 		fi
@@ -1106,7 +1111,7 @@ cmd_cluster_status() {
 # recorded address, as the same node id, against the cluster's MariaDB
 # and Redis.
 cmd_cluster_restart() {
-	local name="${1:-}" addr port pid db redis
+	local name="${1:-}" addr db redis
 	(($# == 1)) && [[ "$name" =~ ^node[0-9]+$ ]] || die "usage: ./build.sh cluster restart nodeN"
 	cluster_set_dir
 	addr="$(cluster_addr "$name")"
@@ -1114,19 +1119,8 @@ cmd_cluster_restart() {
 	cluster_alive mariadb && cluster_alive redis || die "the cluster's MariaDB or Redis is not running: start it with ./build.sh cluster up"
 	db="mysql:chat:chat@tcp($(cluster_addr mariadb))/chat"
 	redis="$(cluster_addr redis)"
-	port="${addr##*:}"
 	cluster_stop "$name"
-	log "starting $name again on $addr"
-	spawn "$CLUSTER_DIR/$name.log" "$CLUSTER_DIR/bin/chatserver" \
-		-listen "$addr" -db "$db" -redis "$redis" -node-id "$name"
-	pid="$SPAWNED_PID"
-	cluster_record "$name" "$pid" "$addr"
-	if ! wait_listen "$name" "$pid" "$port"; then
-		printf -- '----- %s (tail) -----\n' "$CLUSTER_DIR/$name.log" >&2
-		tail -n 40 "$CLUSTER_DIR/$name.log" >&2
-		die "$name failed to start again (log above)"
-	fi
-	log "$name ready on $addr (pid $pid)"
+	cluster_start_node "${name#node}" "$db" "$redis" "${addr##*:}"
 }
 
 cmd_cluster() {
