@@ -684,18 +684,8 @@ func TestSlowConsumerClosed(t *testing.T) {
 // everything, in order.
 func TestBacklogAtClientPace(t *testing.T) {
 	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1 })
-	alice := ts.newUser("alice", client.Options{})
-	bob := ts.newUser("bob", client.Options{})
-	bob.c.Close()
-	// 8 MB, more than the kernel's socket buffers hold (at most 4 MiB for
-	// sending; the receiver's is kept small).
 	const n = 2000
-	backlog(t, alice, bob.id, n, 4000)
-	r := ts.raw()
-	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
-		t.Fatal(err)
-	}
-	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
+	r := loginWithBacklog(t, ts, n)
 	got := 0
 	seq := func(m map[string]any) {
 		if s := num(m, "seq"); s != got+1 {
@@ -724,6 +714,24 @@ func TestBacklogAtClientPace(t *testing.T) {
 	}
 }
 
+// loginWithBacklog gives a new user bob n messages of 4,000 bytes while
+// offline (2,000 is 8 MB, more than the kernel's socket buffers hold: at
+// most 4 MiB for sending, and bob's receive buffer is kept small), then
+// sends bob's LOGIN on a bare connection, which it returns.
+func loginWithBacklog(t *testing.T, ts *testServer, n int) *raw {
+	t.Helper()
+	alice := ts.newUser("alice", client.Options{})
+	bob := ts.newUser("bob", client.Options{})
+	bob.c.Close()
+	backlog(t, alice, bob.id, n, 4000)
+	r := ts.raw()
+	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
+	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
+	return r
+}
+
 // backlog sends n messages of size bytes from u to to, 8 at a time.
 func backlog(t *testing.T, u *user, to codec.UserID, n, size int) {
 	t.Helper()
@@ -748,15 +756,7 @@ func backlog(t *testing.T, u *user, to codec.UserID, n, size int) {
 // are still served, and the server stops at once.
 func TestBacklogHoldsNoWorker(t *testing.T) {
 	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1; c.Workers = 1 })
-	alice := ts.newUser("alice", client.Options{})
-	bob := ts.newUser("bob", client.Options{})
-	bob.c.Close()
-	backlog(t, alice, bob.id, 2000, 4000)
-	r := ts.raw()
-	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
-		t.Fatal(err)
-	}
-	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
+	r := loginWithBacklog(t, ts, 2000)
 	if m := r.mustRead(); num(m, "msgid") != int(codec.MsgLoginAck) || num(m, "errno") != 0 {
 		t.Fatalf("login: %v", m)
 	}
