@@ -108,8 +108,8 @@ func (a *App) Close(ctx context.Context) error {
 
 // pumpWindow is what a backlog's pump lets wait unsent to a client: a
 // quarter of max-outbound (past which the connection is closed as a slow
-// consumer), at most 1 MiB; 0 (the service's default) when max-outbound
-// is the default.
+// consumer), at most 1 MiB; 0 (the service's default, 1 MiB) when
+// max-outbound is not set.
 func pumpWindow(maxOutbound int) int {
 	if maxOutbound <= 0 {
 		return 0

@@ -337,13 +337,7 @@ func (s *gseqSet) advance() {
 type bitset struct{ w []uint64 }
 
 // count is the number of bits set.
-func (b *bitset) count() int64 {
-	var n int
-	for _, w := range b.w {
-		n += bits.OnesCount64(w)
-	}
-	return int64(n)
-}
+func (b *bitset) count() int64 { return andNotCount(b.w, nil) }
 
 // andNotCount is the number of bits set in a and clear in b.
 func andNotCount(a, b []uint64) int64 {
