@@ -85,3 +85,36 @@ func addMember(n *Node, st *fakeStore, gid codec.GroupID, uid codec.UserID, t Tr
 	s.mu.Unlock()
 	n.hub.swap(uid, s)
 }
+
+// BenchmarkGroupEntriesAfterJoin times what a commit hook does for a
+// message to a 20,000-member group whose recipients were read before a
+// member joined: it reads the members again and finds the one missing
+// (Node.groupEntries). Its cost must grow with the group, not with its
+// square: the hook runs on the goroutine that sends every ACK and
+// delivery of the node.
+//
+//	go test -run '^$' -bench GroupEntriesAfterJoin ./service
+func BenchmarkGroupEntriesAfterJoin(b *testing.B) {
+	const members, gid = 20000, codec.GroupID(1)
+	st := newFakeStore()
+	n := newNode(b, st)
+	st.mu.Lock()
+	for i := 1; i <= members; i++ {
+		st.members[gid] = append(st.members[gid], codec.UserID(i))
+	}
+	st.mu.Unlock()
+	d := codec.Delivery{MsgID: codec.MsgGroupChat, ID: 1, Name: "sender", GroupID: gid, Msg: "x", GSeq: 1}
+	entries := make([]Entry, 0, members)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		entries = entries[:0]
+		for uid := codec.UserID(1); uid < members; uid++ { // all but the one who joined
+			entries = append(entries, Entry{To: uid, Delivery: d})
+		}
+		extra := n.groupEntries(context.Background(), entries)
+		if len(extra) != 1 || extra[0].To != members {
+			b.Fatalf("extra entries %d, want 1 for user %d", len(extra), members)
+		}
+	}
+}

@@ -304,8 +304,15 @@ func (n *Node) groupEntries(ctx context.Context, entries []Entry) []Entry {
 			}
 			fresh[d.GroupID] = ids
 		}
+		// A set of the message's recipients: a scan of msg for each member
+		// made this members × members comparisons, seconds for a big group
+		// on the goroutine that sends every ACK and delivery of the node.
+		got := make(map[codec.UserID]struct{}, len(msg))
+		for _, e := range msg {
+			got[e.To] = struct{}{}
+		}
 		for _, id := range ids {
-			if !slices.ContainsFunc(msg, func(e Entry) bool { return e.To == id }) {
+			if _, ok := got[id]; !ok {
 				extra = append(extra, Entry{To: id, Delivery: d})
 			}
 		}
