@@ -241,6 +241,11 @@ func (c Config) Validate() error {
 	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame || c.MaxMessage > 1<<20 {
 		errs = append(errs, errors.New("max-message must be 1..max-frame and at most 1 MiB"))
 	}
+	if c.MaxPendingBytes < c.MaxFrame {
+		// Otherwise a frame between the two is refused with errno 8 ("retry
+		// later") even on an idle connection, at every retry.
+		errs = append(errs, errors.New("max-pending-bytes must be at least max-frame"))
+	}
 	if burst := c.RateBurst; c.Rate > 0 {
 		if burst <= 0 {
 			burst = 2 * c.Rate

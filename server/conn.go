@@ -294,11 +294,12 @@ const (
 )
 
 // admit applies the pending limits, then the rate limit (a refused frame
-// spends no token).
+// spends no token). A frame is never refused for its bytes when none are
+// pending: a limit below the frame's size would refuse it at every retry.
 func (c *conn) admit(now int64, size int) int {
 	cfg := &c.srv.cfg
 	c.mu.Lock()
-	full := len(c.queue) >= cfg.MaxPending || c.qbytes+size > cfg.MaxPendingBytes
+	full := len(c.queue) >= cfg.MaxPending || (c.qbytes > 0 && c.qbytes+size > cfg.MaxPendingBytes)
 	c.mu.Unlock()
 	if full {
 		return queueFull

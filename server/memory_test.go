@@ -142,3 +142,20 @@ func TestWriteFramesChunks(t *testing.T) {
 		}
 	}
 }
+
+// TestAdmitLoneFrameAboveMaxPendingBytes: a frame larger than
+// max-pending-bytes is admitted when nothing is pending (else it would be
+// refused at every retry), and the byte limit holds once something is.
+func TestAdmitLoneFrameAboveMaxPendingBytes(t *testing.T) {
+	c := &conn{srv: &Server{cfg: Config{MaxPending: 256, MaxPendingBytes: 1000, RatePerSec: -1}}}
+	if got := c.admit(0, 4000); got != admitted {
+		t.Fatalf("admit 4,000 bytes with none pending: %d, want admitted", got)
+	}
+	c.qbytes = 600
+	if got := c.admit(0, 600); got != queueFull {
+		t.Fatalf("admit 600 bytes with 600 pending, limit 1000: %d, want queueFull", got)
+	}
+	if got := c.admit(0, 400); got != admitted {
+		t.Fatalf("admit 400 bytes with 600 pending, limit 1000: %d, want admitted", got)
+	}
+}

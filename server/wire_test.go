@@ -113,6 +113,21 @@ func TestOversizedAndEmptyFrames(t *testing.T) {
 	}
 }
 
+// TestFrameAboveMaxPendingBytes: a frame larger than max-pending-bytes
+// (conf refuses such a setting, server.Config does not) is still handled
+// on a connection with nothing pending, instead of errno 8 ("retry later")
+// at every retry.
+func TestFrameAboveMaxPendingBytes(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.MaxPendingBytes = 1000 })
+	if err := ts.Cfg.Validate(); err == nil || !strings.Contains(err.Error(), "max-pending-bytes must be at least max-frame") {
+		t.Fatalf("Validate: %v", err)
+	}
+	alice := ts.newUser("alice", client.Options{})
+	if _, err := alice.c.Chat(ctxT(t), alice.id, strings.Repeat("a", 4000)); err != nil {
+		t.Fatalf("a lone 4,000-byte request with max-pending-bytes 1000: %v", err)
+	}
+}
+
 func TestIdleTimeout(t *testing.T) {
 	ts := startServer(t, func(c *conf.Config) { c.IdleTimeout = 400 * time.Millisecond })
 	idle := ts.raw()
