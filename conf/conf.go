@@ -241,6 +241,9 @@ func (c Config) Validate() error {
 	if c.MaxMessage < 1 || c.MaxMessage > c.MaxFrame || c.MaxMessage > 1<<20 {
 		errs = append(errs, errors.New("max-message must be 1..max-frame and at most 1 MiB"))
 	}
+	if c.MaxFrame > 1<<30 || c.MaxPendingBytes > 1<<30 {
+		errs = append(errs, errors.New("max-frame and max-pending-bytes must be at most 1 GiB"))
+	}
 	if c.MaxPendingBytes < c.MaxFrame {
 		// Otherwise a frame between the two is refused with errno 8 ("retry
 		// later") even on an idle connection, at every retry.

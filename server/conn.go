@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -19,7 +20,7 @@ import (
 // open connection: no goroutine, no buffer of its own while idle (gnet
 // releases its inbound buffer when drained, serve drops the queue's backing
 // array), the service session embedded rather than allocated apart, and the
-// fields ordered to leave no padding (232 bytes, in the 240-byte size class).
+// fields ordered to leave no padding (240 bytes, the top of its size class).
 type conn struct {
 	srv *Server
 	gc  gnet.Conn
@@ -30,11 +31,14 @@ type conn struct {
 
 	lastActive atomic.Int64 // unix nanos of the last frame
 
-	mu     sync.Mutex
-	queue  []queued // frames waiting for a worker
-	qbytes int
-	out    [][]byte // frames waiting for the pending flush; guarded by mu
+	mu    sync.Mutex
+	queue []queued // frames waiting for a worker
+	out   [][]byte // frames waiting for the pending flush; guarded by mu
 
+	// buffered is gnet's outbound buffer as the event loop last saw it
+	// (after a flush, or for WaitOutbound); see Unsent.
+	buffered atomic.Int32
+	qbytes   int32 // bytes in queue (at most MaxPendingBytes and a frame); guarded by mu
 	slot     int32 // index in its registry shard; guarded by the shard's lock
 	shard    uint8 // registry shard, fixed at open
 	running  bool  // a worker owns the queue; guarded by mu
@@ -115,7 +119,9 @@ func (c *conn) flush(gc gnet.Conn, err error) error {
 	if err != nil || len(out) == 0 {
 		return nil // closed
 	}
-	if err = writeFrames(gc, out); err != nil {
+	err = writeFrames(gc, out)
+	c.seeBuffered(gc)
+	if err != nil {
 		c.srv.log.Debug("write failed; connection closed", "fd", gc.Fd(), "err", err)
 		return nil
 	}
@@ -135,13 +141,43 @@ func (c *conn) slowConsumer(gc gnet.Conn) bool {
 	return true
 }
 
-// outboundPoll is how often WaitOutbound looks at what waits to be written.
-const outboundPoll = 5 * time.Millisecond
+// seeBuffered records gc's outbound buffer for Unsent. On the event loop.
+func (c *conn) seeBuffered(gc gnet.Conn) int {
+	n := gc.OutboundBuffered()
+	c.buffered.Store(int32(min(n, math.MaxInt32/2)))
+	return n
+}
+
+// Unsent implements service.Transport: what waits for a flush (a few
+// frames: the event loop flushes soon), and what the event loop last saw
+// in gnet's outbound buffer. gnet writes that out without telling anyone,
+// so it can be less by now, never more.
+func (c *conn) Unsent() int {
+	n := int(c.buffered.Load())
+	c.mu.Lock()
+	for _, f := range c.out {
+		n += len(f)
+	}
+	c.mu.Unlock()
+	return n
+}
+
+// WaitOutbound's polls of the event loop: the first after outboundPoll,
+// then less often while the client reads nothing, up to outboundPollMax.
+const (
+	outboundPoll    = 5 * time.Millisecond
+	outboundPollMax = 100 * time.Millisecond
+)
 
 // WaitOutbound implements service.Transport. gnet tells nobody when it has
 // written its outbound buffer out, so it asks the event loop, every
-// outboundPoll until there is room.
+// outboundPoll at first and less often while nothing moves. A client that
+// takes nothing of what waits for IdleTimeout is closed as a slow
+// consumer: it may keep its connection open with PINGs, but it would hold
+// its backlog's pump for good.
 func (c *conn) WaitOutbound(ctx context.Context, below int) error {
+	poll := outboundPoll
+	least, since := -1, time.Now()
 	for {
 		c.mu.Lock()
 		closed := c.closed
@@ -155,26 +191,40 @@ func (c *conn) WaitOutbound(ctx context.Context, below int) error {
 				ch <- -1
 				return nil
 			}
-			ch <- gc.OutboundBuffered()
+			ch <- c.seeBuffered(gc)
 			return nil
 		}); err != nil {
 			return net.ErrClosed // the event loop is gone (the server stopped)
 		}
+		t := time.NewTimer(time.Second)
 		select {
 		case n := <-ch:
+			t.Stop()
 			switch {
 			case n < 0:
 				return net.ErrClosed
 			case n < below:
 				return nil
+			case least < 0 || n < least:
+				least, since, poll = n, time.Now(), outboundPoll // it moved
+			case time.Since(since) >= c.srv.cfg.IdleTimeout:
+				c.srv.log.Warn("closing slow consumer", "fd", c.gc.Fd(), "remote", c.gc.RemoteAddr(), "outbound", n,
+					"reason", fmt.Sprintf("took nothing for %v", c.srv.cfg.IdleTimeout))
+				_ = c.gc.Close()
+				return net.ErrClosed
+			default:
+				poll = min(2*poll, outboundPollMax)
 			}
-		case <-time.After(time.Second): // no answer: look at closed again
+		case <-t.C: // no answer: look at closed again
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		}
+		t.Reset(poll)
 		select {
-		case <-time.After(outboundPoll):
+		case <-t.C:
 		case <-ctx.Done():
+			t.Stop()
 			return ctx.Err()
 		}
 	}
@@ -299,7 +349,7 @@ const (
 func (c *conn) admit(now int64, size int) int {
 	cfg := &c.srv.cfg
 	c.mu.Lock()
-	full := len(c.queue) >= cfg.MaxPending || (c.qbytes > 0 && c.qbytes+size > cfg.MaxPendingBytes)
+	full := len(c.queue) >= cfg.MaxPending || (c.qbytes > 0 && int(c.qbytes)+size > cfg.MaxPendingBytes)
 	c.mu.Unlock()
 	if full {
 		return queueFull
@@ -325,7 +375,7 @@ func (s *Server) enqueue(c *conn, q queued) {
 		return
 	}
 	c.queue = append(c.queue, q)
-	c.qbytes += len(q.frame)
+	c.qbytes += int32(len(q.frame))
 	s.inflight.Add(1)
 	schedule := !c.running
 	c.running = true
@@ -403,7 +453,7 @@ func (s *Server) serve(c *conn) {
 		if len(c.queue) == 0 {
 			c.queue = nil // release the backing array while idle
 		}
-		c.qbytes -= len(q.frame)
+		c.qbytes -= int32(len(q.frame))
 		c.mu.Unlock()
 		if q.limited {
 			s.node.Refuse(&c.sess, q.frame, codec.ErrnoRateLimited, "rate limited: too many requests per second")

@@ -617,24 +617,31 @@ func TestManyPairs(t *testing.T) {
 	t.Logf("%d pairs x %d messages: all delivered once, in order", pairs, perPair)
 }
 
-// A client that stops reading is closed once the server holds more than
-// MaxOutbound unsent bytes for it; the sender is not held up, and nothing
-// is lost: the messages wait in the inbox for the next login.
+// A client that stops reading (but keeps its connection alive with PINGs)
+// is closed once it has taken nothing for idle-timeout; meanwhile what
+// it was sent waits in the store, not in the server's memory, the sender
+// is not held up, and nothing is lost: the messages wait in the inbox for
+// the next login.
 func TestSlowConsumerClosed(t *testing.T) {
-	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1 })
+	ts := startServer(t, func(c *conf.Config) { c.MaxOutbound = 64 << 10; c.Rate = -1; c.IdleTimeout = 2 * time.Second })
 	ctx := ctxT(t)
 	alice := ts.newUser("alice", client.Options{})
 	bob := ts.newUser("bob", client.Options{})
 	bob.c.Close()
 	r := ts.raw()
+	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
+		t.Fatal(err)
+	}
 	r.send(map[string]any{"msgid": codec.MsgLogin, "id": bob.id, "password": bob.password})
 	if m := r.mustRead(); num(m, "errno") != 0 {
 		t.Fatalf("raw login: %v", m)
 	}
+	stop := make(chan struct{})
+	defer close(stop)
+	go pingUnread(r, stop)
 	// bob's raw connection reads nothing more. 2,000 messages of 4000
 	// bytes (8 MB) overflow the kernel's socket buffers (at most 4 MiB for
-	// sending, and the receiver's does not grow while it reads nothing)
-	// and then the server's 64 KiB allowance.
+	// sending, and the receiver's, kept small).
 	const n, workers = 2000, 8
 	text := strings.Repeat("z", 4000)
 	var wg sync.WaitGroup
@@ -656,14 +663,17 @@ func TestSlowConsumerClosed(t *testing.T) {
 	for err := range errs {
 		t.Fatalf("sender held up or refused: %v", err)
 	}
-	// The server closed the connection: reading what the kernel buffered
-	// ends in EOF (possibly mid-frame), not in the read deadline.
+	checkFor(t, 10*time.Second, func() error {
+		if !ts.Logged("closing slow consumer") || !ts.Logged("took nothing for 2s") {
+			return errors.New("the connection is not closed as a slow consumer")
+		}
+		return nil
+	})
+	// Reading what the kernel buffered ends in EOF (possibly mid-frame) or
+	// a reset, not in the read deadline.
 	r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := io.Copy(io.Discard, r.c); err != nil && !isReset(err) {
 		t.Fatalf("slow consumer not closed: %v", err)
-	}
-	if !ts.Logged("closing slow consumer") {
-		t.Fatal("the connection was closed, but not as a slow consumer")
 	}
 	// Every message is still delivered, once, in order, at the next login.
 	// (The client library hands LOGIN_ACK's offline messages out first.)
@@ -717,13 +727,17 @@ func TestBacklogAtClientPace(t *testing.T) {
 // loginWithBacklog gives a new user bob n messages of 4,000 bytes while
 // offline (2,000 is 8 MB, more than the kernel's socket buffers hold: at
 // most 4 MiB for sending, and bob's receive buffer is kept small), then
-// sends bob's LOGIN on a bare connection, which it returns.
-func loginWithBacklog(t *testing.T, ts *testServer, n int) *raw {
+// sends bob's LOGIN on a bare connection, which it returns. Each more
+// function is called with bob's and alice's ids before the login.
+func loginWithBacklog(t *testing.T, ts *testServer, n int, more ...func(bob, alice codec.UserID)) *raw {
 	t.Helper()
 	alice := ts.newUser("alice", client.Options{})
 	bob := ts.newUser("bob", client.Options{})
 	bob.c.Close()
 	backlog(t, alice, bob.id, n, 4000)
+	for _, f := range more {
+		f(bob.id, alice.id)
+	}
 	r := ts.raw()
 	if err := r.c.(*net.TCPConn).SetReadBuffer(32 << 10); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -164,6 +165,7 @@ func (r *recorder) Send(buf []byte) {
 }
 func (r *recorder) Close()                                  {}
 func (r *recorder) WaitOutbound(context.Context, int) error { return nil }
+func (r *recorder) Unsent() int                             { return 0 }
 
 func (r *recorder) got() []codec.Seq {
 	r.mu.Lock()
@@ -229,10 +231,26 @@ func TestResyncDuringLoginRead(t *testing.T) {
 	if !pump {
 		t.Fatal("a resync during the login's read was dropped")
 	}
-	n.pump(s, gen, 0)
+	runPump(t, n, s, gen, 0)
 	if got := rec.got(); len(got) != 1 || got[0] != 1 {
 		t.Fatalf("written %v, want [1]", got)
 	}
+}
+
+// runPump queues streams keys for s's pump of generation gen and runs
+// the pump here, to its end.
+func runPump(t *testing.T, n *Node, s *Session, gen uint32, keys ...codec.GroupID) {
+	t.Helper()
+	s.mu.Lock()
+	start := false
+	for _, key := range keys {
+		start = s.queuePumpLocked(gen, key) || start
+	}
+	s.mu.Unlock()
+	if !start {
+		t.Fatalf("no pump to start for streams %v", keys)
+	}
+	n.pump(s, gen)
 }
 
 // waitWritten polls until rec holds n frames (or 5 s passed), then makes
@@ -323,7 +341,7 @@ func TestGroupDeliveryDuringLogin(t *testing.T) {
 	if !pump {
 		t.Fatal("a held-back group with a backlog needs no pump")
 	}
-	n.pump(s, gen, gid)
+	runPump(t, n, s, gen, gid)
 	if got := rec.got(); !equalSeqs(got, []codec.Seq{4001, 4002}) {
 		t.Fatalf("written %v, want [4001 4002]", got)
 	}
@@ -434,6 +452,7 @@ type keeper struct {
 func (k *keeper) Send(buf []byte)                         { k.mu.Lock(); k.bufs = append(k.bufs, buf); k.mu.Unlock() }
 func (k *keeper) Close()                                  {}
 func (k *keeper) WaitOutbound(context.Context, int) error { return nil }
+func (k *keeper) Unsent() int                             { return 0 }
 
 // msgs decodes the kept buffers: each frame's msg, in order.
 func (k *keeper) msgs(t *testing.T) []string {
@@ -481,5 +500,102 @@ func TestSharedGroupFrameKeepsPrivateMessagesApart(t *testing.T) {
 		if got := keepers[uid].msgs(t); !slices.Equal(got, want) {
 			t.Errorf("user %d was written %q, want %q", uid, got, want)
 		}
+	}
+}
+
+// gate is a recorder whose client is behind: Unsent reports unsent bytes,
+// and WaitOutbound blocks until open is closed. It counts the goroutines
+// waiting in WaitOutbound at once.
+type gate struct {
+	recorder
+	unsent  atomic.Int64
+	open    chan struct{}
+	waiting atomic.Int32
+	most    atomic.Int32
+}
+
+func (g *gate) Unsent() int { return int(g.unsent.Load()) }
+func (g *gate) WaitOutbound(ctx context.Context, _ int) error {
+	w := g.waiting.Add(1)
+	defer g.waiting.Add(-1)
+	for m := g.most.Load(); w > m && !g.most.CompareAndSwap(m, w); m = g.most.Load() {
+	}
+	select {
+	case <-g.open:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// behindSession is loggedIn with a gate (unsent: 1 MiB, the default
+// PumpWindow) for its transport.
+func behindSession(t *testing.T, st Store, uid codec.UserID, setup func(s *Session)) (*Node, *Session, *gate) {
+	t.Helper()
+	n, s, _ := loggedIn(t, st, uid, setup)
+	g := &gate{open: make(chan struct{})}
+	g.unsent.Store(1 << 20)
+	s.mu.Lock()
+	s.t = g
+	s.mu.Unlock()
+	return n, s, g
+}
+
+// TestOnePumpPerSession: a resync of a session in 100 groups whose client
+// is behind waits for it with one pump, not one per group; once the
+// client takes its output, every stream is read, each entry written once.
+func TestOnePumpPerSession(t *testing.T) {
+	st := newFakeStore()
+	const uid, groups = codec.UserID(7), 100
+	n, s, g := behindSession(t, st, uid, func(s *Session) {
+		for gid := codec.GroupID(1); gid <= groups; gid++ {
+			s.holdGroupLocked(gid)
+			s.setGroupLocked(gid, 0, 0)
+		}
+	})
+	for gid := codec.GroupID(1); gid <= groups; gid++ {
+		st.addGroup(gid, 9)
+	}
+	n.resync(s)
+	deadline := time.Now().Add(5 * time.Second)
+	for g.waiting.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // time for more waiters to show
+	if m := g.most.Load(); m != 1 {
+		t.Fatalf("%d goroutines waited for the client at once, want 1", m)
+	}
+	g.unsent.Store(0)
+	close(g.open)
+	got := waitWritten(t, &g.recorder, groups)
+	slices.Sort(got)
+	for i, seq := range got {
+		if want := codec.Seq(1000*(i+1) + 1); seq != want {
+			t.Fatalf("written %v, want gseq 1 of each group", got)
+		}
+	}
+}
+
+// TestBehindClientGetsNoLiveWrites: a delivery for a client with a pump
+// window unsent is not written at once but left to the pump, which writes
+// it when the client has taken its output; the next one is written live.
+func TestBehindClientGetsNoLiveWrites(t *testing.T) {
+	st := newFakeStore()
+	const uid = codec.UserID(7)
+	n, _, g := behindSession(t, st, uid, nil)
+	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{st.add(uid, 1)}}})
+	deadline := time.Now().Add(5 * time.Second)
+	for g.waiting.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	if got := g.got(); len(got) != 0 || g.waiting.Load() != 1 {
+		t.Fatalf("written %v, %d pumps waiting: want nothing written and the pump waiting", got, g.waiting.Load())
+	}
+	g.unsent.Store(0)
+	close(g.open)
+	waitWritten(t, &g.recorder, 1)
+	n.deliver([]pubsub.Notice{{To: uid, Deliveries: []codec.Delivery{st.add(uid, 2)}}})
+	if got := g.got(); !equalSeqs(got, []codec.Seq{1, 2}) {
+		t.Fatalf("written %v, want [1 2], the second at once", got)
 	}
 }

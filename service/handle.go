@@ -284,7 +284,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	}
 	s.uid, s.name, s.id = uid, u.Name, newLoginID()
 	s.inbox, s.groups, s.loggingIn = stream{pumping: true}, nil, true
-	s.gen++
+	s.newGenLocked()
 	gen, sid := s.gen, s.id
 	s.mu.Unlock()
 	// The hub, then presence, then the inbox read: once another node can
@@ -355,9 +355,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	// Send the rest of the backlogs and anything that arrived meanwhile,
 	// at the client's pace: not on this worker, which the client's next
 	// requests (and everyone else's) need.
-	for _, key := range pumps {
-		go n.pump(s, gen, key)
-	}
+	n.startPumps(s, gen, pumps)
 	if len(unlisted) > 0 {
 		n.followGroups(ctx, s, gen, uid, unlisted)
 	}
@@ -394,9 +392,7 @@ func (n *Node) followGroups(ctx context.Context, s *Session, gen uint32, uid cod
 		}
 	}
 	s.mu.Unlock()
-	for _, gid := range pumps {
-		go n.pump(s, gen, gid)
-	}
+	n.startPumps(s, gen, pumps)
 }
 
 // loginAck builds a successful LOGIN_ACK for uid and returns the user's
@@ -736,7 +732,7 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	// A message from a member who joined at once may have been offered
 	// before the session followed the group: read the log once.
 	if gen, ok := s.claimPump(gid); ok {
-		go n.pump(s, gen, gid)
+		n.startPumps(s, gen, []codec.GroupID{gid})
 	}
 	return nil
 }
@@ -806,7 +802,7 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 	}
 	s.mu.Unlock()
 	if pump {
-		go n.pump(s, gen, gid)
+		n.startPumps(s, gen, []codec.GroupID{gid})
 	}
 	if follow {
 		n.followGroups(ctx, s, gen, uid, []codec.GroupID{gid})

@@ -44,6 +44,7 @@ type countFrames struct {
 func (c *countFrames) Send([]byte)                             { c.mu.Lock(); c.n++; c.mu.Unlock() }
 func (c *countFrames) Close()                                  {}
 func (c *countFrames) WaitOutbound(context.Context, int) error { return nil }
+func (c *countFrames) Unsent() int                             { return 0 }
 
 // TestHandleNow: the event loop's fast path handles a chat message whose
 // recipient is known without a store read, and a valid DELIVERED, and

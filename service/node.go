@@ -354,38 +354,40 @@ func (n *Node) deliver(notices []pubsub.Notice) (rest []pubsub.Notice) {
 			continue
 		}
 		s.mu.Lock()
-		pumps := s.offerLocked(nt.Deliveries)
+		start := false
+		for _, key := range s.offerLocked(nt.Deliveries, n.cfg.PumpWindow) {
+			start = s.queuePumpLocked(s.gen, key) || start
+		}
 		gen := s.gen
 		s.mu.Unlock()
-		for _, key := range pumps {
-			go n.pump(s, gen, key)
+		if start {
+			go n.pump(s, gen)
 		}
 	}
 	return rest
 }
 
-// resyncAll makes every local session re-read its inbox: notices may have
-// been lost. At most resyncParallel inbox reads run at once.
+// resyncAll makes every local session re-read its inbox and group logs:
+// notices may have been lost. At most resyncParallel sessions' pumps that
+// it started run at once.
 func (n *Node) resyncAll() {
 	go func() {
 		sem := make(chan struct{}, resyncParallel)
 		count := 0
 		n.hub.each(func(s *Session) {
-			for _, key := range s.streamKeys() {
-				// A slot first: a claimed stream holds its live
-				// deliveries back until its pump runs.
-				sem <- struct{}{}
-				gen, ok := s.claimPump(key)
-				if !ok {
-					<-sem
-					continue
-				}
-				count++
-				go func() {
-					defer func() { <-sem }()
-					n.pump(s, gen, key)
-				}()
+			// A slot first: a claimed stream holds its live deliveries
+			// back until the pump reads it.
+			sem <- struct{}{}
+			gen, start, claimed := s.claimStreams()
+			count += claimed
+			if !start {
+				<-sem // none claimed, or the session's pump runs already
+				return
 			}
+			go func() {
+				defer func() { <-sem }()
+				n.pump(s, gen)
+			}()
 		})
 		n.log.Info("resynced sessions", "streams", count)
 	}()
@@ -395,91 +397,120 @@ const resyncParallel = 16
 
 // resync makes one session re-read its inbox and group logs.
 func (n *Node) resync(s *Session) {
-	for _, key := range s.streamKeys() {
-		if gen, ok := s.claimPump(key); ok {
-			go n.pump(s, gen, key)
-		}
+	if gen, start, _ := s.claimStreams(); start {
+		go n.pump(s, gen)
+	}
+}
+
+// startPumps hands streams keys of login generation gen, pumping with
+// their positions known, to the session's pump, and starts it if it is
+// not running.
+func (n *Node) startPumps(s *Session, gen uint32, keys []codec.GroupID) {
+	if len(keys) == 0 {
+		return
+	}
+	s.mu.Lock()
+	start := false
+	for _, key := range keys {
+		start = s.queuePumpLocked(gen, key) || start
+	}
+	s.mu.Unlock()
+	if start {
+		go n.pump(s, gen)
 	}
 }
 
 // pumpPage is how many inbox entries one pump read takes.
 const pumpPage = 500
 
-// pump writes the entries of stream key (0: the inbox, else a group's log)
-// after what the session sent, in order, until it caught up with
-// everything known. The caller set the stream's pumping. It goes at the
-// client's pace: before each read it waits until less than PumpWindow
-// waits unsent to the client, and it writes at most about PumpWindow a
-// read, so a long backlog never makes a client that reads look like a
-// slow consumer.
-func (n *Node) pump(s *Session, gen uint32, key codec.GroupID) {
+// pump is a session's one pump for login generation gen: it reads its
+// queued streams (0: the inbox, else a group's log) from the store, a page
+// of one stream at a time in turn, and writes the entries after what the
+// session sent, in order, until each caught up with everything known. It
+// goes at the client's pace: before each page it waits until less than
+// PumpWindow waits unsent to the client (for all the streams together),
+// and it writes at most about PumpWindow a page, so a long backlog never
+// makes a client that reads look like a slow consumer. It ends when no
+// stream is queued, the generation ends, or the connection closes.
+func (n *Node) pump(s *Session, gen uint32) {
+	last := codec.GroupID(-1)
 	for {
 		s.mu.Lock()
-		st := s.streamLocked(key)
-		if s.gen != gen || s.uid == 0 || st == nil {
+		if s.gen != gen {
+			s.mu.Unlock()
+			return // the generation's end stopped this pump
+		}
+		key, ok := s.nextQueuedLocked(last)
+		if !ok {
+			s.pumpOn = false
 			s.mu.Unlock()
 			return
 		}
-		uid := s.uid
 		s.mu.Unlock()
+		last = key
 		if err := s.t.WaitOutbound(context.Background(), n.cfg.PumpWindow); err != nil {
 			return // the connection closed
 		}
-		s.mu.Lock()
-		if s.gen != gen || s.uid == 0 {
-			s.mu.Unlock()
-			return
-		}
-		after := st.sent
-		st.recheck = false // this read sees what a resync so far was for
-		s.mu.Unlock()
+		n.pumpPage(s, gen, key)
+	}
+}
 
-		ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
-		var page []codec.Delivery
-		var err error
-		if key == 0 {
-			page, err = n.store.Inbox(ctx, uid, after, pumpPage)
-		} else {
-			page, err = n.store.GroupLog(ctx, key, after, pumpPage)
-		}
-		cancel()
-		if err != nil {
-			n.log.Warn("inbox read failed; retrying", "user", uid, "group", key, "err", err)
-			time.Sleep(time.Second)
-			continue
-		}
-		s.mu.Lock()
-		if s.gen != gen || s.uid == 0 {
-			s.mu.Unlock()
-			return
-		}
-		var out []byte
-		full := false // the rest of the page waits for the client
-		for i := range page {
-			if len(out) >= n.cfg.PumpWindow {
-				full = true
-				break
-			}
-			d := &page[i]
-			if _, seq := streamKey(d); seq == st.sent+1 {
-				if key == 0 || d.ID != uid {
-					out = appendDelivery(out, d)
-				}
-				st.sent = seq
-			}
-		}
-		if len(out) > 0 {
-			s.t.Send(out)
-		}
-		if st.sent > st.known {
-			st.known = st.sent
-		}
-		if !full && len(page) < pumpPage && st.sent >= st.known && !st.recheck {
-			st.pumping = false
-			s.mu.Unlock()
-			return
-		}
+// pumpPage reads and writes one page of stream key for the pump, and ends
+// the stream's pumping when it caught up.
+func (n *Node) pumpPage(s *Session, gen uint32, key codec.GroupID) {
+	s.mu.Lock()
+	st := s.streamLocked(key)
+	if s.gen != gen || s.uid == 0 || st == nil {
 		s.mu.Unlock()
+		return
+	}
+	uid := s.uid
+	after := st.sent
+	st.recheck = false // this read sees what a resync so far was for
+	s.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.RequestTimeout)
+	var page []codec.Delivery
+	var err error
+	if key == 0 {
+		page, err = n.store.Inbox(ctx, uid, after, pumpPage)
+	} else {
+		page, err = n.store.GroupLog(ctx, key, after, pumpPage)
+	}
+	cancel()
+	if err != nil {
+		n.log.Warn("inbox read failed; retrying", "user", uid, "group", key, "err", err)
+		time.Sleep(time.Second)
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen != gen || s.uid == 0 {
+		return
+	}
+	var out []byte
+	full := false // the rest of the page waits for the client
+	for i := range page {
+		if len(out) >= n.cfg.PumpWindow {
+			full = true
+			break
+		}
+		d := &page[i]
+		if _, seq := streamKey(d); seq == st.sent+1 {
+			if key == 0 || d.ID != uid {
+				out = appendDelivery(out, d)
+			}
+			st.sent = seq
+		}
+	}
+	if len(out) > 0 {
+		s.t.Send(out)
+	}
+	if st.sent > st.known {
+		st.known = st.sent
+	}
+	if !full && len(page) < pumpPage && st.sent >= st.known && !st.recheck {
+		st.pumping, st.queued = false, false
 	}
 }
 

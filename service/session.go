@@ -22,6 +22,13 @@ type Transport interface {
 	// writes more of a backlog, so that a client catching up at its own
 	// pace is not closed as a slow consumer. Safe for concurrent use.
 	WaitOutbound(ctx context.Context, below int) error
+	// Unsent returns about how many bytes wait to be written to the
+	// client, without waiting: never less than what waits, but it may
+	// lag behind writes since (WaitOutbound brings it up to date). A
+	// session writes no more live deliveries to a client with PumpWindow
+	// unsent, and lets its pump send them at the client's pace. Safe for
+	// concurrent use.
+	Unsent() int
 	// Close writes what was queued, then closes the connection. Safe for
 	// concurrent use and idempotent. It must not call Node.Closed itself
 	// (the server calls it later, on a goroutine of its own): a login
@@ -34,7 +41,8 @@ type Transport interface {
 type stream struct {
 	sent    codec.Seq // highest seq written to the transport (or passed over: own group messages)
 	known   codec.Seq // highest seq known to exist in the stream
-	pumping bool      // a pump (or the login, or a join) is reading the stream up to known
+	pumping bool      // the stream is read from the store up to known (by the pump, or a login or join first)
+	queued  bool      // the session's pump is to read the stream (pumping, position known)
 	recheck bool      // a resync came while pumping: read the stream once more
 }
 
@@ -67,6 +75,11 @@ type Session struct {
 	// delivery for an unknown group gets a held-back stream.
 	loggingIn bool
 	closed    bool
+	// pumpOn: the session's pump runs for login generation gen. One pump
+	// reads every queued stream of the session in turn, so one client's
+	// catching up is one goroutine, one wait on its connection and one
+	// window, however many groups it is in.
+	pumpOn bool
 }
 
 // User returns the logged-in user's id and name, or 0 and "".
@@ -128,7 +141,65 @@ func (s *Session) kickLocked() bool {
 
 func (s *Session) endLoginLocked() {
 	s.uid, s.name, s.inbox, s.groups, s.loggingIn = 0, "", stream{}, nil, false
+	s.newGenLocked()
+}
+
+// newGenLocked starts a login generation: a pump of the last one stops at
+// its next look, and the new one's streams get a pump of their own.
+// Called with s.mu held.
+func (s *Session) newGenLocked() {
 	s.gen++
+	s.pumpOn = false
+}
+
+// queuePumpLocked hands stream key, which is pumping with its position
+// known, to the session's pump for generation gen; it reports whether the
+// caller must start that pump (go Node.pump). Called with s.mu held.
+func (s *Session) queuePumpLocked(gen uint32, key codec.GroupID) (start bool) {
+	if s.gen != gen || s.uid == 0 {
+		return false
+	}
+	st := s.streamLocked(key)
+	if st == nil || !st.pumping {
+		return false
+	}
+	st.queued = true
+	if s.pumpOn {
+		return false
+	}
+	s.pumpOn = true
+	return true
+}
+
+// nextQueuedLocked returns the queued stream the pump reads next: the
+// first key after last, in key order, wrapping round (0, the inbox,
+// first), so that one long backlog does not hold the others back. Called
+// with s.mu held.
+func (s *Session) nextQueuedLocked(last codec.GroupID) (codec.GroupID, bool) {
+	first, next := codec.GroupID(-1), codec.GroupID(-1)
+	consider := func(k codec.GroupID) {
+		if first < 0 || k < first {
+			first = k
+		}
+		if k > last && (next < 0 || k < next) {
+			next = k
+		}
+	}
+	if s.inbox.queued {
+		consider(0)
+	}
+	for k, st := range s.groups {
+		if st.queued {
+			consider(k)
+		}
+	}
+	switch {
+	case next >= 0:
+		return next, true
+	case first >= 0:
+		return first, true
+	}
+	return 0, false
 }
 
 // claimPump marks stream key as pumping and returns the login generation;
@@ -154,15 +225,30 @@ func (s *Session) claimPump(key codec.GroupID) (uint32, bool) {
 	return s.gen, true
 }
 
-// streamKeys returns the inbox (0) and every group the session follows.
-func (s *Session) streamKeys() []codec.GroupID {
+// claimStreams claims every stream of the session as claimPump does and
+// queues those it claimed for the session's pump: a resync. It returns the
+// login generation, whether the caller must start the pump, and how many
+// streams it claimed.
+func (s *Session) claimStreams() (gen uint32, start bool, claimed int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	keys := make([]codec.GroupID, 1, 1+len(s.groups))
-	for g := range s.groups {
-		keys = append(keys, g)
+	if s.uid == 0 {
+		return 0, false, 0
 	}
-	return keys
+	claim := func(key codec.GroupID, st *stream) {
+		if st.pumping {
+			st.recheck = true // its reader reads it once more
+			return
+		}
+		st.pumping = true
+		claimed++
+		start = s.queuePumpLocked(s.gen, key) || start
+	}
+	claim(0, &s.inbox)
+	for g, st := range s.groups {
+		claim(g, st)
+	}
+	return s.gen, start, claimed
 }
 
 // needsPumpLocked ends a login's own inbox read (which found the backlog
@@ -199,11 +285,16 @@ func (s *Session) send(v any) { s.t.Send(codec.MustMarshal(v)) }
 
 // offerLocked takes deliveries from the bus: writes each at once when it
 // continues what was sent on its stream, and otherwise returns the stream
-// among those a pump must read. Called with s.mu held.
-func (s *Session) offerLocked(ds []codec.Delivery) (pumps []codec.GroupID) {
+// among those a pump must read. A client with window bytes or more unsent
+// (Transport.Unsent) is written nothing: the streams go to the pump, which
+// reads them from the store at the client's pace, so a burst to a client
+// that reads is not what closes it as a slow consumer. Called with s.mu
+// held.
+func (s *Session) offerLocked(ds []codec.Delivery, window int) (pumps []codec.GroupID) {
 	if s.uid == 0 || s.closed || len(ds) == 0 {
 		return nil
 	}
+	behind := s.t.Unsent() >= window
 	// One write for the whole run of frames: one syscall, not one each.
 	var out []byte
 	defer func() {
@@ -231,6 +322,9 @@ func (s *Session) offerLocked(ds []codec.Delivery) (pumps []codec.GroupID) {
 		switch {
 		case seq <= st.sent:
 			continue // already written (a duplicate notice)
+		case seq == st.sent+1 && (behind || len(out) >= window):
+			st.pumping = true
+			pumps = append(pumps, key)
 		case seq == st.sent+1:
 			if key == 0 || d.ID != s.uid {
 				out = appendDelivery(out, d)
