@@ -56,10 +56,12 @@ type Config struct {
 	// MaxFrame is reported to clients in LOGIN_ACK as "maxframe": the
 	// largest request frame body the server accepts. 0: not reported.
 	MaxFrame int
-	// PumpWindow bounds what a backlog's pump (after a login, a join or a
-	// resync) lets wait unsent to one client before it reads and writes
-	// more: default 1 MiB. Keep it well below the server's max-outbound,
-	// past which a connection is closed as a slow consumer.
+	// PumpWindow bounds what waits unsent to one client: with that much
+	// unsent, live deliveries are not written but left to the session's
+	// pump, which reads and writes more of its streams (a backlog after a
+	// login, a join or a resync, or what the client fell behind on) only
+	// once less waits: default 1 MiB. Keep it well below the server's
+	// max-outbound, past which a connection is closed as a slow consumer.
 	PumpWindow int
 }
 
