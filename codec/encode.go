@@ -66,6 +66,73 @@ func appendDeliveryFrame(dst []byte, d *Delivery) []byte {
 	return closeFrame(dst, start)
 }
 
+// DeliveryLen returns the length of d's JSON object as Marshal and
+// AppendFrameOf write it (the frame without its length prefix), and as it
+// appears inside LOGIN_ACK's offlineMsg, without encoding it: escapes
+// counted (a control character is 6 bytes), as JSONStringLen counts them.
+func DeliveryLen(d *Delivery) int {
+	n := len(`{"msgid":`) + intLen(int64(d.MsgID)) +
+		len(`,"id":`) + intLen(int64(d.ID)) +
+		len(`,"name":`) + JSONStringLen(d.Name) +
+		len(`,"msg":`) + JSONStringLen(d.Msg) +
+		len(`,"time":`) + JSONStringLen(d.Time) + len(`}`)
+	if d.ToID != 0 {
+		n += len(`,"toid":`) + intLen(int64(d.ToID))
+	}
+	if d.GroupID != 0 {
+		n += len(`,"groupid":`) + intLen(int64(d.GroupID))
+	}
+	if d.Seq != 0 {
+		n += len(`,"seq":`) + intLen(int64(d.Seq))
+	}
+	if d.GSeq != 0 {
+		n += len(`,"gseq":`) + intLen(int64(d.GSeq))
+	}
+	return n
+}
+
+// intLen is the number of bytes of v in decimal.
+func intLen(v int64) int {
+	n := 1
+	u := uint64(v)
+	if v < 0 {
+		n, u = 2, uint64(-v) // -(1<<63) stays 1<<63 as a uint64
+	}
+	for ; u >= 10; u /= 10 {
+		n++
+	}
+	return n
+}
+
+// JSONStringLen returns the length of s as a JSON string, quotes included,
+// as Marshal writes it (appendJSONString): up to 6 times len(s)+2.
+func JSONStringLen(s string) int {
+	n := 2
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			switch {
+			case b >= 0x20 && b != '"' && b != '\\':
+				n++
+			case b == '\\', b == '"', b == '\b', b == '\f', b == '\n', b == '\r', b == '\t':
+				n += 2
+			default:
+				n += 6
+			}
+			i++
+			continue
+		}
+		c, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case c == utf8.RuneError && size == 1, c == '\u2028', c == '\u2029':
+			n += 6
+		default:
+			n += size
+		}
+		i += size
+	}
+	return n
+}
+
 // openFrame appends room for a frame's length prefix and returns where the
 // frame starts; closeFrame ends the JSON object and fills in the length.
 func openFrame(dst []byte) ([]byte, int) { return append(dst, 0, 0, 0, 0), len(dst) }

@@ -3,6 +3,7 @@ package codec
 import (
 	"bytes"
 	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -127,6 +128,47 @@ func FuzzEncodeMatchesJSON(f *testing.F) {
 		checkSame(t, &Ack{MsgID: MsgID(n), ReqID: json.RawMessage(reqid), Ack: MsgID(m), Errno: Errno(n), ErrMsg: a,
 			GroupID: GroupID(m), Time: b, GSeq: Seq(n)})
 		checkSame(t, &Delivery{MsgID: MsgID(m), ID: UserID(n), Name: a, ToID: UserID(m), GroupID: GroupID(n), Msg: b,
+			Time: a, Seq: Seq(m), GSeq: Seq(n)})
+	})
+}
+
+// checkLen checks DeliveryLen and JSONStringLen against the encoders.
+func checkLen(t testing.TB, d *Delivery) {
+	t.Helper()
+	if got, want := DeliveryLen(d), len(jsonBody(t, d)); got != want {
+		t.Fatalf("DeliveryLen(%#v) = %d, encoded %d", d, got, want)
+	}
+	if got, want := JSONStringLen(d.Msg), len(appendJSONString(nil, d.Msg)); got != want {
+		t.Fatalf("JSONStringLen(%q) = %d, encoded %d", d.Msg, got, want)
+	}
+}
+
+// jsonBody is d's JSON object as encoding/json writes it.
+func jsonBody(t testing.TB, d *Delivery) []byte { return viaJSON(t, d)[HeaderLen:] }
+
+func TestDeliveryLen(t *testing.T) {
+	for _, s := range awkward {
+		for _, d := range []Delivery{
+			{MsgID: MsgOneChat, ID: 3, Name: s, ToID: 4, Msg: s, Time: "2026-11-26 07:00:00", Seq: 12},
+			{MsgID: MsgGroupChat, ID: -3, Name: "n", GroupID: 5, Msg: s, Time: s, GSeq: 1 << 40},
+			{MsgID: -1 << 63, ID: 1<<63 - 1, Msg: s + s},
+			{},
+		} {
+			checkLen(t, &d)
+		}
+	}
+	// 4096 control characters: 6 bytes each once escaped.
+	if n := JSONStringLen(strings.Repeat("\x01", 4096)); n != 6*4096+2 {
+		t.Fatalf("JSONStringLen(4096 × \\x01) = %d", n)
+	}
+}
+
+func FuzzDeliveryLen(f *testing.F) {
+	for _, s := range awkward {
+		f.Add(s, s, int64(5), int64(-1))
+	}
+	f.Fuzz(func(t *testing.T, a, b string, n, m int64) {
+		checkLen(t, &Delivery{MsgID: MsgID(m), ID: UserID(n), Name: a, ToID: UserID(m), GroupID: GroupID(n), Msg: b,
 			Time: a, Seq: Seq(m), GSeq: Seq(n)})
 	})
 }

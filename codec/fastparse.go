@@ -243,6 +243,10 @@ func (p *fastParser) value(r *Request, key []byte) bool {
 		return setInt(&r.Seq)
 	case "gseq":
 		return setInt(&r.GSeq)
+	case "after":
+		return setInt(&r.After)
+	case "limit":
+		return setInt(&r.Limit)
 	case "password":
 		return setStr(&r.Password)
 	case "token":

@@ -43,7 +43,15 @@ const (
 	MsgPing        MsgID = 13
 	MsgPong        MsgID = 14
 	MsgKicked      MsgID = 15
+	// MsgGroupUsers (GROUP_USERS) asks for one page of a group's members,
+	// answered by MsgGroupUsersAck.
+	MsgGroupUsers    MsgID = 16
+	MsgGroupUsersAck MsgID = 17
 )
+
+// MaxGroupUsersPage is the most members one GROUP_USERS answer lists (and
+// its "limit" when the request has none).
+const MaxGroupUsersPage = 1000
 
 // Errno is the error code carried in responses.
 type Errno int
@@ -60,6 +68,7 @@ const (
 	ErrnoRateLimited   Errno = 8  // too many requests on this connection
 	ErrnoFrameTooLarge Errno = 9  // frame length above the server's maximum
 	ErrnoUnavailable   Errno = 10 // store or bus unavailable; retry later
+	ErrnoLimit         Errno = 11 // a limit was reached (friends, groups, members, LOGIN_ACK size)
 )
 
 var errnoText = map[Errno]string{
@@ -73,6 +82,7 @@ var errnoText = map[Errno]string{
 	ErrnoRateLimited:   "rate limited",
 	ErrnoFrameTooLarge: "frame too large",
 	ErrnoUnavailable:   "server unavailable, retry later",
+	ErrnoLimit:         "limit reached",
 }
 
 // String returns a short human-readable description of e.
@@ -107,6 +117,8 @@ type Request struct {
 	GroupID     *int64          `json:"groupid,omitempty"`
 	Seq         *int64          `json:"seq,omitempty"`
 	GSeq        *int64          `json:"gseq,omitempty"`
+	After       *int64          `json:"after,omitempty"` // GROUP_USERS: list members with ids above it
+	Limit       *int64          `json:"limit,omitempty"` // GROUP_USERS: most members to list
 }
 
 // BadRequestError describes why a frame is not a valid request.
@@ -306,7 +318,8 @@ type Ack struct {
 	GSeq Seq `json:"gseq,omitempty"`
 }
 
-// ErrorResponse is a LOGIN_ACK or SIGNUP_ACK that reports a failure.
+// ErrorResponse is a LOGIN_ACK, SIGNUP_ACK or GROUP_USERS_ACK that reports
+// a failure.
 type ErrorResponse struct {
 	MsgID  MsgID           `json:"msgid"`
 	ReqID  json.RawMessage `json:"reqid,omitempty"`
@@ -330,7 +343,8 @@ type Friend struct {
 	State string `json:"state"` // "online" or "offline"
 }
 
-// GroupUser is one member in LOGIN_ACK.groups[].users.
+// GroupUser is one member in LOGIN_ACK.groups[].users and in
+// GROUP_USERS_ACK.users.
 type GroupUser struct {
 	ID    UserID `json:"id"`
 	Name  string `json:"name"`
@@ -338,12 +352,29 @@ type GroupUser struct {
 	Role  string `json:"role"` // "creator" or "normal"
 }
 
-// Group is one entry of LOGIN_ACK.groups.
+// Group is one entry of LOGIN_ACK.groups. Size is the group's number of
+// members. Users lists them all, or is empty when the group is too big to
+// list in LOGIN_ACK (len(Users) < Size): GROUP_USERS pages through them.
 type Group struct {
 	ID    GroupID     `json:"id"`
 	Name  string      `json:"groupname"`
 	Desc  string      `json:"groupdesc"`
+	Size  int         `json:"size"`
 	Users []GroupUser `json:"users"`
+}
+
+// GroupUsersAck is the GROUP_USERS_ACK (17) response to a successful
+// GROUP_USERS: up to the request's limit members of the group with ids
+// above its "after", in id order; More is true when there are members
+// after the last one listed.
+type GroupUsersAck struct {
+	MsgID   MsgID           `json:"msgid"`
+	ReqID   json.RawMessage `json:"reqid,omitempty"`
+	Errno   Errno           `json:"errno"`
+	ErrMsg  string          `json:"errmsg"`
+	GroupID GroupID         `json:"groupid"`
+	Users   []GroupUser     `json:"users"`
+	More    bool            `json:"more"`
 }
 
 // Presence states.
