@@ -63,6 +63,13 @@ type (
 		ReqID   uint64        `json:"reqid"`
 		GroupID codec.GroupID `json:"groupid"`
 	}
+	groupUsersReq struct {
+		MsgID   codec.MsgID   `json:"msgid"`
+		ReqID   uint64        `json:"reqid"`
+		GroupID codec.GroupID `json:"groupid"`
+		After   codec.UserID  `json:"after"`
+		Limit   int           `json:"limit,omitempty"` // 0: the server's page size
+	}
 )
 
 // call sends v (whose reqid must be id), waits for the response, turns a
@@ -223,4 +230,25 @@ func (c *Client) AddGroup(ctx context.Context, gid codec.GroupID) error {
 	_, err := c.callAck(ctx, id, codec.MsgAddGroup,
 		addGroupReq{MsgID: codec.MsgAddGroup, ReqID: id, GroupID: gid})
 	return err
+}
+
+// GroupUsers returns one page of group gid's members: up to limit of them
+// (0 or more than codec.MaxGroupUsersPage: that many) with ids above
+// after, in id order, each with its name, role and online state, and
+// whether more follow; pass the last id as after for the next page. Only
+// members may ask (errors.Is(err, ErrForbidden) otherwise). LOGIN_ACK
+// lists the members of small groups only; this lists any. Safe for
+// concurrent use.
+func (c *Client) GroupUsers(ctx context.Context, gid codec.GroupID, after codec.UserID, limit int) (users []codec.GroupUser, more bool, err error) {
+	id := c.nextReqID.Add(1)
+	r, err := c.call(ctx, id, codec.MsgGroupUsers, codec.MsgGroupUsersAck,
+		groupUsersReq{MsgID: codec.MsgGroupUsers, ReqID: id, GroupID: gid, After: after, Limit: max(limit, 0)})
+	if err != nil {
+		return nil, false, err
+	}
+	var ack codec.GroupUsersAck
+	if err := r.Decode(&ack); err != nil {
+		return nil, false, protocolErrorf("bad GROUP_USERS_ACK: %v", err)
+	}
+	return ack.Users, ack.More, nil
 }

@@ -63,6 +63,7 @@ var (
 	ErrRateLimited     = &ServerError{Errno: codec.ErrnoRateLimited, ErrMsg: codec.ErrnoRateLimited.String()}
 	ErrRequestTooLarge = &ServerError{Errno: codec.ErrnoFrameTooLarge, ErrMsg: codec.ErrnoFrameTooLarge.String()}
 	ErrUnavailable     = &ServerError{Errno: codec.ErrnoUnavailable, ErrMsg: codec.ErrnoUnavailable.String()}
+	ErrLimit           = &ServerError{Errno: codec.ErrnoLimit, ErrMsg: codec.ErrnoLimit.String()}
 )
 
 // NoErrno is what ErrnoOf returns for a non-nil error that is not a

@@ -57,6 +57,17 @@ type Config struct {
 	TokenTTL   time.Duration
 	OfflineCap int
 
+	// LoginGroupUsers is the largest group whose members LOGIN_ACK lists,
+	// LoginUsers the most members it lists in all; the other groups come
+	// with their size only (GROUP_USERS pages through them).
+	LoginGroupUsers int
+	LoginUsers      int
+	// MaxFriends, MaxGroups and MaxGroupMembers cap a user's friends, the
+	// groups a user is in and a group's members (errno 11 past them).
+	MaxFriends      int
+	MaxGroups       int
+	MaxGroupMembers int
+
 	LogLevel  string
 	LogFormat string
 
@@ -89,6 +100,11 @@ func Default() Config {
 		BcryptCost:      10,
 		TokenTTL:        7 * 24 * time.Hour,
 		OfflineCap:      500,
+		LoginGroupUsers: 1000,
+		LoginUsers:      10000,
+		MaxFriends:      5000,
+		MaxGroups:       1000,
+		MaxGroupMembers: 100000,
 		LogLevel:        "info",
 		LogFormat:       "text",
 	}
@@ -120,6 +136,11 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", c.BcryptCost, "bcrypt cost for new passwords (4..31)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "session token lifetime")
 	fs.IntVar(&c.OfflineCap, "offline-cap", c.OfflineCap, "most offline messages inside LOGIN_ACK, the rest follow at once (0: the default)")
+	fs.IntVar(&c.LoginGroupUsers, "login-group-users", c.LoginGroupUsers, "LOGIN_ACK lists the members of groups of at most this many (0: the default)")
+	fs.IntVar(&c.LoginUsers, "login-users", c.LoginUsers, "most group members one LOGIN_ACK lists, all groups together (0: the default)")
+	fs.IntVar(&c.MaxFriends, "max-friends", c.MaxFriends, "most friends a user may have (0: the default)")
+	fs.IntVar(&c.MaxGroups, "max-groups", c.MaxGroups, "most groups a user may be in (0: the default)")
+	fs.IntVar(&c.MaxGroupMembers, "max-group-members", c.MaxGroupMembers, "most members a group may have (0: the default)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply the database schema migrations and exit")

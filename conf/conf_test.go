@@ -86,3 +86,20 @@ func TestWriterPriority(t *testing.T) {
 		t.Fatalf("from the flag: %d, %v", c.WriterPriority, err)
 	}
 }
+
+// TestLimits: the LOGIN_ACK budget and the caps have their documented
+// defaults, and are set like every other option.
+func TestLimits(t *testing.T) {
+	none := func(string) string { return "" }
+	c, err := Load(nil, none, &strings.Builder{})
+	if err != nil || c.LoginGroupUsers != 1000 || c.LoginUsers != 10000 || c.MaxFriends != 5000 || c.MaxGroups != 1000 || c.MaxGroupMembers != 100000 {
+		t.Fatalf("defaults: %+v, %v", c, err)
+	}
+	path := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(path, []byte("max-friends: 7\nlogin-users: 50\n"), 0o644)
+	env := map[string]string{"CHAT_MAX_GROUPS": "8", "CHAT_LOGIN_GROUP_USERS": "20"}
+	c, err = Load([]string{"-config", path, "-max-group-members", "9"}, func(k string) string { return env[k] }, &strings.Builder{})
+	if err != nil || c.MaxFriends != 7 || c.LoginUsers != 50 || c.MaxGroups != 8 || c.LoginGroupUsers != 20 || c.MaxGroupMembers != 9 {
+		t.Fatalf("set: %+v, %v", c, err)
+	}
+}

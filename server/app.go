@@ -72,7 +72,9 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 		Store: st, Bus: bus, Logger: log,
 		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,
 		MaxMessageLen: cfg.MaxMessage, NodeName: nodeID, MaxFrame: cmp.Or(cfg.MaxFrame, codec.DefaultMaxFrame),
-		PumpWindow: pumpWindow(cfg.MaxOutbound),
+		PumpWindow: pumpWindow(cfg.MaxOutbound), MaxLoginAck: cfg.MaxOutbound / 2,
+		LoginGroupUsers: cfg.LoginGroupUsers, LoginUsers: cfg.LoginUsers,
+		MaxFriends: cfg.MaxFriends, MaxGroups: cfg.MaxGroups, MaxGroupMembers: cfg.MaxGroupMembers,
 	})
 	if err != nil {
 		st.Close()

@@ -387,7 +387,7 @@ type joinStore struct {
 	groups []Group
 }
 
-func (j *joinStore) JoinGroup(context.Context, codec.GroupID, codec.UserID) (codec.Seq, error) {
+func (j *joinStore) JoinGroup(context.Context, codec.GroupID, codec.UserID, int, int) (codec.Seq, error) {
 	return 0, ErrConflict
 }
 

@@ -40,6 +40,8 @@ func (n *Node) storeFail(op string, err error) *reqError {
 		return fail(codec.ErrnoNotFound, "%s: not found", op)
 	case errors.Is(err, ErrConflict):
 		return fail(codec.ErrnoConflict, "%s: already exists", op)
+	case errors.Is(err, ErrLimit):
+		return fail(codec.ErrnoLimit, "%s", err.Error())
 	}
 	n.log.Warn("request failed: database or Redis unavailable", "op", op, "err", err)
 	return fail(codec.ErrnoUnavailable, "%s: server unavailable, retry later", op)
@@ -68,7 +70,7 @@ func (n *Node) Handle(s *Session, body []byte) {
 	case codec.MsgPing:
 		s.send(&codec.Pong{MsgID: codec.MsgPong, ReqID: req.ReqID})
 	case codec.MsgLogout, codec.MsgOneChat, codec.MsgAddFriend, codec.MsgCreateGroup,
-		codec.MsgAddGroup, codec.MsgGroupChat, codec.MsgDelivered:
+		codec.MsgAddGroup, codec.MsgGroupChat, codec.MsgDelivered, codec.MsgGroupUsers:
 		uid, name := s.User()
 		if uid == 0 {
 			s.sends.Wait()
@@ -127,11 +129,12 @@ func (n *Node) HandleNow(s *Session, body []byte) bool {
 }
 
 // reply sends the response for req: ack on success (nil err) or the error.
-// LOGIN and SIGNUP failures use their own ack msgid, everything else ACK.
+// LOGIN, SIGNUP and GROUP_USERS failures use their own ack msgid,
+// everything else ACK.
 func (n *Node) reply(s *Session, req *codec.Request, ack *codec.Ack, err *reqError) {
 	if err != nil {
 		switch req.MsgID {
-		case codec.MsgLogin, codec.MsgSignup:
+		case codec.MsgLogin, codec.MsgSignup, codec.MsgGroupUsers:
 			s.send(&codec.ErrorResponse{MsgID: req.MsgID + 1, ReqID: req.ReqID, Errno: err.errno, ErrMsg: err.msg})
 		default:
 			s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: req.ReqID, Ack: req.MsgID, Errno: err.errno, ErrMsg: err.msg})
@@ -171,6 +174,10 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 		err = n.createGroup(ctx, s, req, uid, ack)
 	case codec.MsgAddGroup:
 		err = n.addGroup(ctx, s, req, uid)
+	case codec.MsgGroupUsers:
+		if err = n.groupUsers(ctx, s, req, uid); err == nil {
+			return // answered with GROUP_USERS_ACK
+		}
 	case codec.MsgDelivered:
 		if err = n.delivered(s, req, uid); err == nil {
 			return // DELIVERED has no response
@@ -316,12 +323,18 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		return
 	}
 	ack.ReqID = req.ReqID
+	frame, complete, rerr := n.fitLoginAck(ack, complete)
+	if rerr != nil {
+		n.unbind(s, uid, sid, gen)
+		n.reply(s, req, nil, rerr)
+		return
+	}
 	s.mu.Lock()
 	if s.gen != gen {
 		s.mu.Unlock()
 		return // kicked or closed meanwhile
 	}
-	s.send(ack)
+	s.t.Send(frame)
 	st := &s.inbox
 	if k := len(ack.OfflineMsg); k > 0 {
 		st.sent = ack.OfflineMsg[k-1].Seq
@@ -398,12 +411,17 @@ func (n *Node) followGroups(ctx context.Context, s *Session, gen uint32, uid cod
 // loginAck builds a successful LOGIN_ACK for uid and returns the user's
 // groups with the user's position in each, the user's acknowledged seq,
 // after which its offline messages start, and whether the offline messages
-// are the whole inbox backlog stored when it was read.
+// are the whole inbox backlog stored when it was read. It lists the
+// members of the groups listGroups picks only, and asks presence for those
+// and the friends only, each once.
 func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *codec.LoginAck, groups []Group, acked codec.Seq, complete bool, err error) {
 	friends, err := n.store.Friends(ctx, uid)
 	if err != nil {
 		return nil, nil, 0, false, err
 	}
+	// ADD_FRIEND keeps friends within MaxFriends; a user who has more
+	// (from before the cap, or a lower cap) sees the first ones, by id.
+	friends = friends[:min(len(friends), n.cfg.MaxFriends)]
 	groups, err = n.store.UserGroups(ctx, uid)
 	if err != nil {
 		return nil, nil, 0, false, err
@@ -411,6 +429,12 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 	last, acked, err := n.store.InboxState(ctx, uid)
 	if err != nil {
 		return nil, nil, 0, false, err
+	}
+	var members map[codec.GroupID][]Member
+	if listed := n.listGroups(groups); len(listed) > 0 {
+		if members, err = n.store.GroupMembersOf(ctx, listed); err != nil {
+			return nil, nil, 0, false, err
+		}
 	}
 	// A DELIVERED of an earlier session on this node may not be flushed yet.
 	acked = max(acked, n.pendingAck(AckKey{User: uid}))
@@ -426,26 +450,38 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 		}
 		complete = len(offline) < n.cfg.OfflineCap
 	}
-	// Keep the LOGIN_ACK frame modest; what is cut follows at once.
+	// Keep the LOGIN_ACK frame modest; what is cut follows at once. Each
+	// message counts as encoded: escapes make a message up to 6 times its
+	// length.
 	size := 0
-	for i, d := range offline {
-		if size += len(d.Msg) + len(d.Name) + 128; size > maxOfflineBytes && i > 0 {
+	for i := range offline {
+		if size += codec.DeliveryLen(&offline[i]) + 1; size > maxOfflineBytes && i > 0 {
 			offline, complete = offline[:i], false
 			break
 		}
 	}
+	// Presence of each friend and listed member, once; the user is online.
 	ids := make([]codec.UserID, 0, len(friends))
-	for _, f := range friends {
-		ids = append(ids, f.ID)
-	}
-	for _, g := range groups {
-		for _, m := range g.Members {
-			ids = append(ids, m.ID)
+	seen := make(map[codec.UserID]struct{}, len(friends))
+	see := func(id codec.UserID) {
+		if _, ok := seen[id]; !ok && id != uid {
+			seen[id] = struct{}{}
+			ids = append(ids, id)
 		}
 	}
-	online, err := n.bus.Online(ctx, ids)
-	if err != nil {
-		return nil, nil, 0, false, err
+	for _, f := range friends {
+		see(f.ID)
+	}
+	for _, ms := range members {
+		for _, m := range ms {
+			see(m.ID)
+		}
+	}
+	online := map[codec.UserID]bool{}
+	if len(ids) > 0 {
+		if online, err = n.bus.Online(ctx, ids); err != nil {
+			return nil, nil, 0, false, err
+		}
 	}
 	state := func(id codec.UserID) string {
 		if online[id] || id == uid {
@@ -467,13 +503,63 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 		ack.Friends = append(ack.Friends, codec.Friend{ID: f.ID, Name: f.Name, State: state(f.ID)})
 	}
 	for _, g := range groups {
-		cg := codec.Group{ID: g.ID, Name: g.Name, Desc: g.Desc, Users: make([]codec.GroupUser, 0, len(g.Members))}
-		for _, m := range g.Members {
-			cg.Users = append(cg.Users, codec.GroupUser{ID: m.ID, Name: m.Name, State: state(m.ID), Role: m.Role})
+		cg := codec.Group{ID: g.ID, Name: g.Name, Desc: g.Desc, Size: g.Size, Users: []codec.GroupUser{}}
+		if ms, ok := members[g.ID]; ok {
+			cg.Size = len(ms) // read after the size: joins since count
+			cg.Users = make([]codec.GroupUser, 0, len(ms))
+			for _, m := range ms {
+				cg.Users = append(cg.Users, codec.GroupUser{ID: m.ID, Name: m.Name, State: state(m.ID), Role: m.Role})
+			}
 		}
 		ack.Groups = append(ack.Groups, cg)
 	}
 	return ack, groups, acked, complete, nil
+}
+
+// listGroups returns the groups (of groups, in id order) whose members
+// LOGIN_ACK lists: each group of at most LoginGroupUsers members, in id
+// order, while the members listed stay within LoginUsers in all (a group
+// that does not fit what is left is skipped, a smaller one after it may
+// still be listed).
+func (n *Node) listGroups(groups []Group) []codec.GroupID {
+	var out []codec.GroupID
+	left := n.cfg.LoginUsers
+	for _, g := range groups {
+		if g.Size <= n.cfg.LoginGroupUsers && g.Size <= left {
+			out = append(out, g.ID)
+			left -= g.Size
+		}
+	}
+	return out
+}
+
+// fitLoginAck encodes ack within MaxLoginAck bytes, a frame the server
+// sends without closing the connection as a slow consumer. A bigger one
+// goes without the groups' member lists (their sizes stay), then also
+// without its offline messages, which then follow it as deliveries
+// (complete turns false); when even that is too big it returns errno 11,
+// and logs it. It returns the frame and complete.
+func (n *Node) fitLoginAck(ack *codec.LoginAck, complete bool) ([]byte, bool, *reqError) {
+	frame := codec.MustMarshal(ack)
+	if len(frame) <= n.cfg.MaxLoginAck {
+		return frame, complete, nil
+	}
+	full := len(frame)
+	for i := range ack.Groups {
+		ack.Groups[i].Users = []codec.GroupUser{}
+	}
+	if frame = codec.MustMarshal(ack); len(frame) > n.cfg.MaxLoginAck && len(ack.OfflineMsg) > 0 {
+		ack.OfflineMsg, complete = []codec.Delivery{}, false
+		frame = codec.MustMarshal(ack)
+	}
+	attrs := []any{"user", ack.ID, "bytes", full, "max", n.cfg.MaxLoginAck,
+		"friends", len(ack.Friends), "groups", len(ack.Groups)}
+	if len(frame) > n.cfg.MaxLoginAck {
+		n.log.Warn("login refused: LOGIN_ACK too large even without member lists and offline messages", append(attrs, "smallest", len(frame))...)
+		return nil, complete, fail(codec.ErrnoLimit, "login answer would be %d bytes, more than the %d allowed: too many friends or groups", len(frame), n.cfg.MaxLoginAck)
+	}
+	n.log.Warn("LOGIN_ACK too large: sent without member lists", append(attrs, "sent", len(frame), "offline_dropped", !complete)...)
+	return frame, complete, nil
 }
 
 // unbind undoes a login (sid, generation gen) that could not complete.
@@ -689,12 +775,14 @@ func (n *Node) addFriend(ctx context.Context, req *codec.Request, uid codec.User
 	if codec.UserID(fid) == uid {
 		return fail(codec.ErrnoBadRequest, "cannot add yourself as a friend")
 	}
-	err := n.store.AddFriend(ctx, uid, codec.UserID(fid))
+	err := n.store.AddFriend(ctx, uid, codec.UserID(fid), n.cfg.MaxFriends)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return fail(codec.ErrnoNotFound, "no user %d", fid)
 	case errors.Is(err, ErrConflict):
 		return fail(codec.ErrnoConflict, "already friends with %d", fid)
+	case errors.Is(err, ErrLimit):
+		return fail(codec.ErrnoLimit, "%s", err.Error())
 	case err != nil:
 		return n.storeFail("add friend", err)
 	}
@@ -716,9 +804,12 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	if len([]rune(desc)) > MaxGroupDesc {
 		return fail(codec.ErrnoBadRequest, "groupdesc must be at most %d characters", MaxGroupDesc)
 	}
-	gid, err := n.store.CreateGroup(ctx, uid, name, desc)
+	gid, err := n.store.CreateGroup(ctx, uid, name, desc, n.cfg.MaxGroups)
 	if errors.Is(err, ErrConflict) {
 		return fail(codec.ErrnoConflict, "group name %q is taken", name)
+	}
+	if errors.Is(err, ErrLimit) {
+		return fail(codec.ErrnoLimit, "%s", err.Error())
 	}
 	if err != nil {
 		return n.storeFail("create group", err)
@@ -784,14 +875,14 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 		s.holdGroupLocked(gid)
 	}
 	s.mu.Unlock()
-	start, err := n.store.JoinGroup(ctx, gid, uid)
+	start, err := n.store.JoinGroup(ctx, gid, uid, n.cfg.MaxGroups, n.cfg.MaxGroupMembers)
 	s.mu.Lock()
 	pump, follow := false, false
 	if s.gen == gen && s.uid == uid {
 		switch {
 		case err == nil:
 			pump = s.setGroupLocked(gid, start, start)
-		case !had && !errors.Is(err, ErrNotFound):
+		case !had && !errors.Is(err, ErrNotFound) && !errors.Is(err, ErrLimit):
 			// Already a member (a retried join whose answer was lost), or
 			// the join's outcome is unknown: follow from the stored
 			// position, if any.
@@ -812,9 +903,69 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 		return fail(codec.ErrnoNotFound, "no group %d", gid)
 	case errors.Is(err, ErrConflict):
 		return fail(codec.ErrnoConflict, "already a member of group %d", gid)
+	case errors.Is(err, ErrLimit):
+		return fail(codec.ErrnoLimit, "%s", err.Error())
 	case err != nil:
 		return n.storeFail("join group", err)
 	}
+	return nil
+}
+
+// groupUsers answers GROUP_USERS: a page of a group's members, for a
+// member of the group, with each one's presence.
+func (n *Node) groupUsers(ctx context.Context, s *Session, req *codec.Request, uid codec.UserID) *reqError {
+	gid, rerr := requireID(req.GroupID, "groupid")
+	if rerr != nil {
+		return rerr
+	}
+	var after codec.UserID
+	if req.After != nil {
+		if *req.After < 0 {
+			return fail(codec.ErrnoBadRequest, "field \"after\" must not be negative")
+		}
+		after = codec.UserID(*req.After)
+	}
+	limit := codec.MaxGroupUsersPage
+	if req.Limit != nil {
+		if *req.Limit <= 0 {
+			return fail(codec.ErrnoBadRequest, "field \"limit\" must be a positive integer")
+		}
+		limit = int(min(*req.Limit, codec.MaxGroupUsersPage))
+	}
+	// One more than the page, to tell whether there are more.
+	ms, err := n.store.GroupUsers(ctx, codec.GroupID(gid), uid, after, limit+1)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return fail(codec.ErrnoNotFound, "no group %d", gid)
+	case errors.Is(err, ErrNotMember):
+		return fail(codec.ErrnoForbidden, "not a member of group %d", gid)
+	case err != nil:
+		return n.storeFail("group users", err)
+	}
+	more := len(ms) > limit
+	ms = ms[:min(len(ms), limit)]
+	ids := make([]codec.UserID, 0, len(ms))
+	for _, m := range ms {
+		if m.ID != uid {
+			ids = append(ids, m.ID)
+		}
+	}
+	online := map[codec.UserID]bool{}
+	if len(ids) > 0 {
+		if online, err = n.bus.Online(ctx, ids); err != nil {
+			return n.storeFail("group users", fmt.Errorf("%w: presence: %v", ErrUnavailable, err))
+		}
+	}
+	ack := &codec.GroupUsersAck{MsgID: codec.MsgGroupUsersAck, ReqID: req.ReqID, ErrMsg: "ok", GroupID: codec.GroupID(gid),
+		Users: make([]codec.GroupUser, 0, len(ms)), More: more}
+	for _, m := range ms {
+		state := codec.StateOffline
+		if online[m.ID] || m.ID == uid {
+			state = codec.StateOnline
+		}
+		ack.Users = append(ack.Users, codec.GroupUser{ID: m.ID, Name: m.Name, State: state, Role: m.Role})
+	}
+	s.send(ack)
 	return nil
 }
 

@@ -63,7 +63,33 @@ type Config struct {
 	// once less waits: default 1 MiB. Keep it well below the server's
 	// max-outbound, past which a connection is closed as a slow consumer.
 	PumpWindow int
+
+	// LoginGroupUsers is the largest group whose members LOGIN_ACK lists:
+	// default 1000. LoginUsers bounds the members listed in one LOGIN_ACK,
+	// all groups together: default 10000. Groups not listed carry their
+	// size only; GROUP_USERS pages through their members.
+	LoginGroupUsers, LoginUsers int
+	// MaxLoginAck is the largest LOGIN_ACK frame sent: default 4 MiB (the
+	// server's max-outbound / 2). A bigger one goes without member lists,
+	// then without offline messages (they follow it), and if it is still
+	// too big the login fails with errno 11.
+	MaxLoginAck int
+	// MaxFriends, MaxGroups and MaxGroupMembers cap a user's friends
+	// (default 5000), the groups a user belongs to (default 1000) and a
+	// group's members (default 100000): past them ADD_FRIEND, CREATE_GROUP
+	// and ADD_GROUP get errno 11.
+	MaxFriends, MaxGroups, MaxGroupMembers int
 }
+
+// The defaults of Config's limits.
+const (
+	DefaultLoginGroupUsers = 1000
+	DefaultLoginUsers      = 10000
+	DefaultMaxLoginAck     = 4 << 20
+	DefaultMaxFriends      = 5000
+	DefaultMaxGroups       = 1000
+	DefaultMaxGroupMembers = 100000
+)
 
 // Limits on names and passwords.
 const (
@@ -128,6 +154,18 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 	}
 	if cfg.PumpWindow <= 0 {
 		cfg.PumpWindow = 1 << 20
+	}
+	for _, l := range []struct {
+		v   *int
+		def int
+	}{
+		{&cfg.LoginGroupUsers, DefaultLoginGroupUsers}, {&cfg.LoginUsers, DefaultLoginUsers},
+		{&cfg.MaxLoginAck, DefaultMaxLoginAck}, {&cfg.MaxFriends, DefaultMaxFriends},
+		{&cfg.MaxGroups, DefaultMaxGroups}, {&cfg.MaxGroupMembers, DefaultMaxGroupMembers},
+	} {
+		if *l.v <= 0 {
+			*l.v = l.def
+		}
 	}
 	if cfg.AckFlushInterval <= 0 {
 		cfg.AckFlushInterval = time.Second

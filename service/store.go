@@ -3,6 +3,7 @@ package service
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/chatcluster/chatcluster/codec"
 )
@@ -16,7 +17,52 @@ var (
 	ErrConflict = errors.New("conflict")
 	// ErrUnavailable: the store (or bus) cannot serve the request now.
 	ErrUnavailable = errors.New("unavailable")
+	// ErrNotMember: the user is not a member of the group.
+	ErrNotMember = errors.New("not a member")
+	// ErrLimit: a cap was reached; the error is a *LimitError, which says
+	// which.
+	ErrLimit = errors.New("limit reached")
 )
+
+// LimitKind names a cap a Store enforces where it writes.
+type LimitKind int
+
+// The caps.
+const (
+	LimitFriends LimitKind = iota + 1 // friends per user
+	LimitGroups                       // groups a user belongs to
+	LimitMembers                      // members per group
+)
+
+// LimitError reports a cap that a write would have exceeded; it matches
+// ErrLimit (errors.Is). Values are immutable once returned.
+type LimitError struct {
+	Kind LimitKind
+	// ID is the user (LimitFriends, LimitGroups) or the group
+	// (LimitMembers) at the cap.
+	ID int64
+	// Count is how many it has (at least Max), Max the cap.
+	Count, Max int
+}
+
+// Error names the cap, as clients read it in errmsg.
+func (e *LimitError) Error() string {
+	what := "user %d has %d friends"
+	switch e.Kind {
+	case LimitGroups:
+		what = "user %d is in %d groups"
+	case LimitMembers:
+		what = "group %d has %d members"
+	}
+	what = fmt.Sprintf(what, e.ID, e.Count)
+	if e.Count > e.Max {
+		return fmt.Sprintf("%s, more than the %d allowed", what, e.Max)
+	}
+	return what + ", the most allowed"
+}
+
+// Unwrap makes errors.Is(err, ErrLimit) true.
+func (e *LimitError) Unwrap() error { return ErrLimit }
 
 // User is a stored user.
 type User struct {
@@ -33,12 +79,13 @@ type Member struct {
 	Role string // codec.RoleCreator or codec.RoleNormal
 }
 
-// Group is a stored group with its members.
+// Group is a stored group the user UserGroups was called for belongs to.
 type Group struct {
-	ID      codec.GroupID
-	Name    string
-	Desc    string
-	Members []Member
+	ID   codec.GroupID
+	Name string
+	Desc string
+	// Size is the group's number of members.
+	Size int
 	// Last is the last gseq of the group's log, and Acked the highest gseq
 	// the user UserGroups was called for has acknowledged (or the log's
 	// last gseq when the user joined): everything in between is that
@@ -97,27 +144,41 @@ type Store interface {
 	// BumpTokenVersion revokes every token issued to the user so far.
 	BumpTokenVersion(ctx context.Context, id codec.UserID) error
 	// AddFriend makes a and b friends of each other; ErrNotFound when b does
-	// not exist, ErrConflict when they already are.
-	AddFriend(ctx context.Context, a, b codec.UserID) error
+	// not exist, ErrConflict when they already are, a *LimitError
+	// (LimitFriends) when either already has maxFriends friends (0: no
+	// cap). Concurrent calls cannot exceed the cap.
+	AddFriend(ctx context.Context, a, b codec.UserID, maxFriends int) error
 	// Friends lists the user's friends.
 	Friends(ctx context.Context, id codec.UserID) ([]Member, error)
 	// CreateGroup creates a group with creator as its first member;
-	// ErrConflict when the name is taken.
-	CreateGroup(ctx context.Context, creator codec.UserID, name, desc string) (codec.GroupID, error)
+	// ErrConflict when the name is taken, a *LimitError (LimitGroups) when
+	// the creator is in maxGroups groups already (0: no cap).
+	CreateGroup(ctx context.Context, creator codec.UserID, name, desc string, maxGroups int) (codec.GroupID, error)
 	// JoinGroup adds the user to the group and returns the group log's last
 	// gseq at that moment: the member receives what comes after it.
 	// ErrNotFound when the group does not exist, ErrConflict when the user
-	// is already a member.
-	JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) (codec.Seq, error)
+	// is already a member, a *LimitError when the user is in maxGroups
+	// groups already (LimitGroups) or the group has maxMembers members
+	// (LimitMembers); 0: no cap. Concurrent calls cannot exceed the caps.
+	JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID, maxGroups, maxMembers int) (codec.Seq, error)
 	// GroupMembers lists a group's members; ErrNotFound when there is no
 	// such group.
 	GroupMembers(ctx context.Context, gid codec.GroupID) ([]Member, error)
 	// GroupSizes returns the number of members of each of the groups (a
 	// group that does not exist is absent).
 	GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID]int, error)
-	// UserGroups lists the groups the user belongs to, with their members
-	// and the user's position in each group's log.
+	// UserGroups lists the groups the user belongs to, in id order, with
+	// their sizes and the user's position in each group's log; it reads no
+	// member lists.
 	UserGroups(ctx context.Context, uid codec.UserID) ([]Group, error)
+	// GroupMembersOf lists the members of each of gids, in join order (a
+	// group that does not exist is absent). Concurrent calls are batched,
+	// and the lists may be shared between callers: do not change them.
+	GroupMembersOf(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID][]Member, error)
+	// GroupUsers returns up to limit members of the group with ids above
+	// after, in id order, when member is one of them: ErrNotFound when the
+	// group does not exist, ErrNotMember when member is not in it.
+	GroupUsers(ctx context.Context, gid codec.GroupID, member, after codec.UserID, limit int) ([]Member, error)
 	// Send stores a message durably and returns once it is committed: a
 	// one-to-one message in the recipient's inbox at its next seq, a group
 	// message once, in the group's log at its next gseq. Concurrent calls are

@@ -68,18 +68,34 @@ func selectMembers(ctx context.Context, q sqlx.QueryerContext, gids []codec.Grou
 	return out, nil
 }
 
-// groupExists reports whether group gid exists; lock is "" or the
-// dialect's forShare, for a locking read inside a write transaction.
-func groupExists(ctx context.Context, q sqlx.QueryerContext, gid codec.GroupID, lock string) (bool, error) {
-	var n int
-	err := sqlx.GetContext(ctx, q, &n, "SELECT COUNT(*) FROM chat_groups WHERE id = ?"+lock, gid)
-	return n > 0, err
+// lockUsers reads which of ids are users, locking their rows (lock is ""
+// or the dialect's forUpdate) in id order: a write that locks a user's
+// row first (a friendship, a join, a new group) waits for the others of
+// that user, so what it counts stays true until it commits. SQLite's
+// writes are serialised anyway.
+func lockUsers(ctx context.Context, q sqlx.QueryerContext, lock string, ids ...codec.UserID) (map[codec.UserID]bool, error) {
+	found := make(map[codec.UserID]bool, len(ids))
+	err := queryIn(ctx, q, "SELECT id FROM users WHERE id IN (?) ORDER BY id"+lock, ids, func(rows rowScanner) error {
+		var id codec.UserID
+		err := rows.Scan(&id)
+		found[id] = true
+		return err
+	})
+	return found, err
 }
 
-func userExists(ctx context.Context, q sqlx.QueryerContext, id codec.UserID) (bool, error) {
-	var n int
-	err := sqlx.GetContext(ctx, q, &n, "SELECT COUNT(*) FROM users WHERE id = ?", id)
-	return n > 0, err
+// countPerUser counts, for each of ids, the rows of table (friends or
+// group_members) whose userid it is; lock is "" or the dialect's forShare.
+func countPerUser(ctx context.Context, q sqlx.QueryerContext, table, lock string, ids ...codec.UserID) (map[codec.UserID]int, error) {
+	out := make(map[codec.UserID]int, len(ids))
+	err := queryIn(ctx, q, "SELECT userid, COUNT(*) FROM "+table+" WHERE userid IN (?) GROUP BY userid"+lock, ids, func(rows rowScanner) error {
+		var id codec.UserID
+		var n int
+		err := rows.Scan(&id, &n)
+		out[id] = n
+		return err
+	})
+	return out, err
 }
 
 // CreateUser implements service.Store.
@@ -129,24 +145,41 @@ func (s *Store) BumpTokenVersion(ctx context.Context, id codec.UserID) error {
 	return unavailable(err)
 }
 
-// AddFriend implements service.Store.
-func (s *Store) AddFriend(ctx context.Context, a, b codec.UserID) error {
+// AddFriend implements service.Store. Both users' rows are locked first
+// (lockUsers), so the friend counts it checks after its inserts hold until
+// it commits: concurrent friendships cannot exceed maxFriends. An existing
+// friendship is ErrConflict whatever the counts.
+func (s *Store) AddFriend(ctx context.Context, a, b codec.UserID, maxFriends int) error {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		ok, err := userExists(ctx, tx, b)
+		found, err := lockUsers(ctx, tx, s.dialect.forUpdate, a, b)
 		if err != nil {
 			return err
 		}
-		if !ok {
+		if !found[b] {
 			return service.ErrNotFound
 		}
 		now := nowMilli()
 		if _, err := tx.ExecContext(ctx, "INSERT INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?)", a, b, now); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, s.dialect.insertIgnore+" INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?)", b, a, now)
-		return err
+		if _, err = tx.ExecContext(ctx, s.dialect.insertIgnore+" INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?)", b, a, now); err != nil {
+			return err
+		}
+		if maxFriends <= 0 {
+			return nil
+		}
+		counts, err := countPerUser(ctx, tx, "friends", s.dialect.forShare, a, b)
+		if err != nil {
+			return err
+		}
+		for _, u := range []codec.UserID{a, b} {
+			if n := counts[u]; n > maxFriends { // with the new one
+				return &service.LimitError{Kind: service.LimitFriends, ID: int64(u), Count: n - 1, Max: maxFriends}
+			}
+		}
+		return nil
 	})
 	if isConflict(err) {
 		return service.ErrConflict
@@ -175,14 +208,40 @@ func (s *Store) fetchFriends(ctx context.Context, ids []codec.UserID) (map[codec
 	return out, err
 }
 
-// CreateGroup implements service.Store.
-func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, desc string) (codec.GroupID, error) {
+// checkGroups returns a *service.LimitError when uid is in maxGroups
+// groups (or more) besides those it joins in this transaction (added),
+// and nil when maxGroups <= 0. The caller locked uid's row (lockUsers).
+func (s *Store) checkGroups(ctx context.Context, tx *sqlx.Tx, uid codec.UserID, added, maxGroups int) error {
+	if maxGroups <= 0 {
+		return nil
+	}
+	counts, err := countPerUser(ctx, tx, "group_members", s.dialect.forShare, uid)
+	if err != nil {
+		return err
+	}
+	if n := counts[uid] - added; n >= maxGroups {
+		return &service.LimitError{Kind: service.LimitGroups, ID: int64(uid), Count: n, Max: maxGroups}
+	}
+	return nil
+}
+
+// CreateGroup implements service.Store. The creator's row is locked first
+// (lockUsers), so concurrent creations and joins cannot exceed maxGroups.
+func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, desc string, maxGroups int) (codec.GroupID, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var gid codec.GroupID
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
+		if maxGroups > 0 {
+			if _, err := lockUsers(ctx, tx, s.dialect.forUpdate, creator); err != nil {
+				return err
+			}
+			if err := s.checkGroups(ctx, tx, creator, 0, maxGroups); err != nil {
+				return err
+			}
+		}
 		now := nowMilli()
-		res, err := tx.ExecContext(ctx, "INSERT INTO chat_groups (groupname, groupdesc, creator, created_ms) VALUES (?, ?, ?, ?)", name, desc, creator, now)
+		res, err := tx.ExecContext(ctx, "INSERT INTO chat_groups (groupname, groupdesc, creator, created_ms, members) VALUES (?, ?, ?, ?, 1)", name, desc, creator, now)
 		if err != nil {
 			return err
 		}
@@ -206,19 +265,48 @@ func (s *Store) CreateGroup(ctx context.Context, creator codec.UserID, name, des
 // after that, whose recipients were read before the join, is in the
 // member's backlog, and the service notifies late members after each
 // commit (Node.groupEntries).
-func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID) (codec.Seq, error) {
+//
+// The caps are exact: the user's row is locked first (lockUsers), and the
+// group's member count (chat_groups.members) goes up by a conditional
+// update, which on MySQL locks the group's row until the commit. An
+// existing membership is ErrConflict whatever the counts.
+func (s *Store) JoinGroup(ctx context.Context, gid codec.GroupID, uid codec.UserID, maxGroups, maxMembers int) (codec.Seq, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
 	var start int64
 	err := s.inTx(ctx, func(tx *sqlx.Tx) error {
-		ok, err := groupExists(ctx, tx, gid, s.dialect.forShare)
+		if maxGroups > 0 {
+			if _, err := lockUsers(ctx, tx, s.dialect.forUpdate, uid); err != nil {
+				return err
+			}
+		}
+		// A group that does not exist has no members to conflict with; the
+		// update below finds it missing and the insert is rolled back.
+		if _, err := tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, uid, codec.RoleNormal, nowMilli()); err != nil {
+			return err
+		}
+		query, args := "UPDATE chat_groups SET members = members + 1 WHERE id = ?", []any{gid}
+		if maxMembers > 0 {
+			query, args = query+" AND members < ?", append(args, maxMembers)
+		}
+		res, err := tx.ExecContext(ctx, query, args...)
 		if err != nil {
 			return err
 		}
-		if !ok {
-			return service.ErrNotFound
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			if err != nil {
+				return err
+			}
+			var members []int
+			if err := tx.SelectContext(ctx, &members, "SELECT members FROM chat_groups WHERE id = ?", gid); err != nil {
+				return err
+			}
+			if len(members) == 0 {
+				return service.ErrNotFound
+			}
+			return &service.LimitError{Kind: service.LimitMembers, ID: int64(gid), Count: members[0], Max: maxMembers}
 		}
-		if _, err = tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, uid, codec.RoleNormal, nowMilli()); err != nil {
+		if err := s.checkGroups(ctx, tx, uid, 1, maxGroups); err != nil {
 			return err
 		}
 		if err := tx.GetContext(ctx, &start, "SELECT COALESCE(MAX(last_seq), 0) FROM group_state WHERE groupid = ?"+s.dialect.forUpdate, gid); err != nil {
@@ -246,7 +334,9 @@ func (s *Store) GroupMembers(ctx context.Context, gid codec.GroupID) ([]service.
 	return m, unavailable(err)
 }
 
-// GroupSizes implements service.Store: one query for all of gids.
+// GroupSizes implements service.Store: one query for all of gids, which
+// reads each group's member count (chat_groups.members, kept by the
+// transactions that add members) instead of counting its members.
 func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID]int, error) {
 	ctx, cancel := s.ctx(ctx)
 	defer cancel()
@@ -254,7 +344,7 @@ func (s *Store) GroupSizes(ctx context.Context, gids []codec.GroupID) (map[codec
 	if len(gids) == 0 {
 		return out, nil
 	}
-	err := queryIn(ctx, s.db, "SELECT groupid, COUNT(*) FROM group_members WHERE groupid IN (?) GROUP BY groupid", gids, func(rows rowScanner) error {
+	err := queryIn(ctx, s.db, "SELECT id, members FROM chat_groups WHERE id IN (?)", gids, func(rows rowScanner) error {
 		var gid codec.GroupID
 		var n int
 		err := rows.Scan(&gid, &n)
@@ -269,15 +359,48 @@ func (s *Store) UserGroups(ctx context.Context, uid codec.UserID) ([]service.Gro
 	return s.groups.value(ctx, uid)
 }
 
+// GroupMembersOf implements service.Store: the members of every group a
+// batch of callers asks for, in one query per maxReadBatch groups.
+func (s *Store) GroupMembersOf(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID][]service.Member, error) {
+	m, err := s.members.getAll(ctx, gids)
+	return m, unavailable(err)
+}
+
+// GroupUsers implements service.Store: a page in the order of the
+// group_members primary key (groupid, userid).
+func (s *Store) GroupUsers(ctx context.Context, gid codec.GroupID, member, after codec.UserID, limit int) ([]service.Member, error) {
+	ctx, cancel := s.ctx(ctx)
+	defer cancel()
+	var group, isMember int
+	err := s.db.QueryRowxContext(ctx, "SELECT (SELECT COUNT(*) FROM chat_groups WHERE id = ?), "+
+		"(SELECT COUNT(*) FROM group_members WHERE groupid = ? AND userid = ?)", gid, gid, member).Scan(&group, &isMember)
+	switch {
+	case err != nil:
+		return nil, unavailable(err)
+	case group == 0:
+		return nil, service.ErrNotFound
+	case isMember == 0:
+		return nil, service.ErrNotMember
+	}
+	out := []service.Member{}
+	rows, err := s.db.QueryxContext(ctx, "SELECT u.id, u.name, m.role FROM group_members m JOIN users u ON u.id = m.userid "+
+		"WHERE m.groupid = ? AND m.userid > ? ORDER BY m.userid LIMIT ?", gid, after, limit)
+	err = scanRows(rows, err, func(rows rowScanner) error {
+		var m service.Member
+		err := rows.Scan(&m.ID, &m.Name, &m.Role)
+		out = append(out, m)
+		return err
+	})
+	return out, unavailable(err)
+}
+
 // fetchUserGroups is the group lists' readBatcher fetch: each user's groups
-// with their members, in two queries for the whole batch (the second only
-// if someone is in a group).
+// with their sizes, in one query for the whole batch. It reads no members:
+// the service asks for those of the groups it lists (GroupMembersOf).
 func (s *Store) fetchUserGroups(ctx context.Context, ids []codec.UserID) (map[codec.UserID][]service.Group, error) {
 	out := make(map[codec.UserID][]service.Group, len(ids))
-	var gids []codec.GroupID
-	seen := map[codec.GroupID]bool{}
 	err := queryIn(ctx, s.db,
-		"SELECT m.userid, g.id, g.groupname, g.groupdesc, COALESCE(gs.last_seq, 0), COALESCE(ms.acked_seq, 0) "+
+		"SELECT m.userid, g.id, g.groupname, g.groupdesc, g.members, COALESCE(gs.last_seq, 0), COALESCE(ms.acked_seq, 0) "+
 			"FROM group_members m JOIN chat_groups g ON g.id = m.groupid "+
 			"LEFT JOIN group_state gs ON gs.groupid = m.groupid "+
 			"LEFT JOIN member_state ms ON ms.userid = m.userid AND ms.groupid = m.groupid "+
@@ -287,30 +410,14 @@ func (s *Store) fetchUserGroups(ctx context.Context, ids []codec.UserID) (map[co
 				g           service.Group
 				last, acked int64
 			)
-			if err := rows.Scan(&uid, &g.ID, &g.Name, &g.Desc, &last, &acked); err != nil {
+			if err := rows.Scan(&uid, &g.ID, &g.Name, &g.Desc, &g.Size, &last, &acked); err != nil {
 				return err
 			}
 			g.Last, g.Acked = codec.Seq(last), codec.Seq(min(acked, last))
 			out[uid] = append(out[uid], g)
-			if !seen[g.ID] {
-				seen[g.ID] = true
-				gids = append(gids, g.ID)
-			}
 			return nil
 		})
-	if err != nil || len(gids) == 0 {
-		return out, err
-	}
-	members, err := selectMembers(ctx, s.db, gids)
-	if err != nil {
-		return nil, err
-	}
-	for _, gs := range out {
-		for i := range gs {
-			gs[i].Members = members[gs[i].ID] // the users' clones copy it
-		}
-	}
-	return out, nil
+	return out, err
 }
 
 type inboxRow struct {

@@ -74,7 +74,7 @@ func TestCommitMySQL(t *testing.T) {
 	s := openMySQL(t)
 	ctx := context.Background()
 	a, b := mustUser(t, s, "ma"), mustUser(t, s, "mb")
-	gid, err := s.CreateGroup(ctx, a, "g", "")
+	gid, err := s.CreateGroup(ctx, a, "g", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,11 +318,11 @@ func TestSnapshotIsolation(t *testing.T) {
 		}
 	}
 	a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
-	gid, err := s.CreateGroup(ctx, a, "g", "")
+	gid, err := s.CreateGroup(ctx, a, "g", "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.JoinGroup(ctx, gid, b); err != nil {
+	if _, err := s.JoinGroup(ctx, gid, b, 0, 0); err != nil {
 		t.Fatal(err)
 	}
 
@@ -360,7 +360,7 @@ func TestSnapshotIsolation(t *testing.T) {
 	commit := otherNodeCommit(t, s, gid, b)
 	joined := make(chan error, 1)
 	before := s.retries.Load()
-	go func() { _, err := s.JoinGroup(ctx, gid, c); joined <- err }()
+	go func() { _, err := s.JoinGroup(ctx, gid, c, 0, 0); joined <- err }()
 	waitLockWait(t, s)
 	commit()
 	if err := <-joined; err != nil {

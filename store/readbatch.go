@@ -52,16 +52,7 @@ type readCall[K comparable, V any] struct {
 // with ctx's error, if ctx ends first.
 func (b *readBatcher[K, V]) get(ctx context.Context, key K) (V, bool, error) {
 	c := &readCall[K, V]{ctx: ctx, key: key, done: make(chan struct{})}
-	b.mu.Lock()
-	b.queue = append(b.queue, c)
-	start := !b.running
-	b.running = true
-	b.mu.Unlock()
-	if start {
-		// On a goroutine of its own, so that this caller, too, stops
-		// waiting when its ctx ends.
-		go b.drain()
-	}
+	b.enqueue(c)
 	select {
 	case <-c.done:
 		if b.clone != nil {
@@ -71,6 +62,53 @@ func (b *readBatcher[K, V]) get(ctx context.Context, key K) (V, bool, error) {
 	case <-ctx.Done():
 		var zero V
 		return zero, false, ctx.Err()
+	}
+}
+
+// getAll is get for many keys at once: they queue together, so they are
+// fetched in as few batches as their number allows (one up to
+// maxReadBatch), not one after another. It returns the values of the keys
+// that have a row.
+func (b *readBatcher[K, V]) getAll(ctx context.Context, keys []K) (map[K]V, error) {
+	out := make(map[K]V, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	calls := make([]*readCall[K, V], len(keys))
+	for i, k := range keys {
+		calls[i] = &readCall[K, V]{ctx: ctx, key: k, done: make(chan struct{})}
+	}
+	b.enqueue(calls...)
+	for _, c := range calls {
+		select {
+		case <-c.done:
+			if c.err != nil {
+				return nil, c.err
+			}
+			if c.found {
+				if b.clone != nil {
+					c.val = b.clone(c.val)
+				}
+				out[c.key] = c.val
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return out, nil
+}
+
+// enqueue queues calls and starts the fetching if none is running.
+func (b *readBatcher[K, V]) enqueue(calls ...*readCall[K, V]) {
+	b.mu.Lock()
+	b.queue = append(b.queue, calls...)
+	start := !b.running
+	b.running = true
+	b.mu.Unlock()
+	if start {
+		// On a goroutine of its own, so that the caller, too, stops
+		// waiting when its ctx ends.
+		go b.drain()
 	}
 }
 

@@ -185,3 +185,33 @@ func TestReadBatcherGivenUpIsNotAnswered(t *testing.T) {
 		t.Fatalf("a lone read given up on: err %v; want context.Canceled", alone.err)
 	}
 }
+
+// TestReadBatcherGetAll: many keys asked at once queue together: one
+// fetch up to maxReadBatch of them (duplicates once), with the reads of
+// others that queued meanwhile; keys without a row are absent.
+func TestReadBatcherGetAll(t *testing.T) {
+	f, b := newGated()
+	close(f.gate)
+	ctx := context.Background()
+	keys := []int{1, 2, -3, 2, 7}
+	got, err := b.getAll(ctx, keys)
+	if err != nil || len(got) != 3 || got[1] != 2 || got[2] != 4 || got[7] != 14 {
+		t.Fatalf("getAll(%v) = %v, %v", keys, got, err)
+	}
+	if calls := f.callKeys(); len(calls) != 1 || len(calls[0]) != 4 {
+		t.Fatalf("fetches %v, want one of 4 distinct keys", calls)
+	}
+	many := make([]int, maxReadBatch+10)
+	for i := range many {
+		many[i] = i + 100
+	}
+	if got, err = b.getAll(ctx, many); err != nil || len(got) != len(many) {
+		t.Fatalf("getAll of %d keys: %d values, %v", len(many), len(got), err)
+	}
+	if calls := f.callKeys(); len(calls) != 3 || len(calls[1]) != maxReadBatch || len(calls[2]) != 10 {
+		t.Fatalf("fetches of %v keys, want 1+%d+10", len(calls), maxReadBatch)
+	}
+	if got, err := b.getAll(ctx, nil); err != nil || len(got) != 0 {
+		t.Fatalf("getAll(nil) = %v, %v", got, err)
+	}
+}

@@ -121,6 +121,9 @@ type Store struct {
 	inboxStates *readBatcher[codec.UserID, [2]codec.Seq]
 	friends     *readBatcher[codec.UserID, []service.Member]
 	groups      *readBatcher[codec.UserID, []service.Group]
+	// members batches the member lists logins read (GroupMembersOf),
+	// shared by the callers of one batch.
+	members *readBatcher[codec.GroupID, []service.Member]
 	// retries counts the statements and transactions tried again after a
 	// deadlock, a lock wait timeout or a snapshot conflict (retrying).
 	retries atomic.Int64
@@ -195,12 +198,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return append([]service.Member{}, m...) // never nil: no friends is an empty list
 	}}
 	s.groups = &readBatcher[codec.UserID, []service.Group]{fetch: s.fetchUserGroups, timeout: t, clone: func(gs []service.Group) []service.Group {
-		out := make([]service.Group, len(gs)) // never nil, as friends
-		for i, g := range gs {
-			g.Members = slices.Clone(g.Members)
-			out[i] = g
-		}
-		return out
+		return append([]service.Group{}, gs...) // never nil, as friends
+	}}
+	s.members = &readBatcher[codec.GroupID, []service.Member]{timeout: t, fetch: func(ctx context.Context, gids []codec.GroupID) (map[codec.GroupID][]service.Member, error) {
+		return selectMembers(ctx, s.db, gids)
 	}}
 	if err := s.migrate(ctx); err != nil {
 		db.Close()
@@ -467,7 +468,8 @@ func isRetryable(err error) bool {
 // unavailable wraps a driver error as service.ErrUnavailable, keeping the
 // cause for logs.
 func unavailable(err error) error {
-	if err == nil || errors.Is(err, service.ErrNotFound) || errors.Is(err, service.ErrConflict) || errors.Is(err, service.ErrUnavailable) {
+	if err == nil || errors.Is(err, service.ErrNotFound) || errors.Is(err, service.ErrConflict) || errors.Is(err, service.ErrUnavailable) ||
+		errors.Is(err, service.ErrLimit) || errors.Is(err, service.ErrNotMember) {
 		return err
 	}
 	return fmt.Errorf("%w: %v", service.ErrUnavailable, err)

@@ -142,36 +142,36 @@ func TestFriendsAndGroups(t *testing.T) {
 	forEachBackend(t, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
-		if err := s.AddFriend(ctx, a, b); err != nil {
+		if err := s.AddFriend(ctx, a, b, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.AddFriend(ctx, a, b); !errors.Is(err, service.ErrConflict) {
+		if err := s.AddFriend(ctx, a, b, 0); !errors.Is(err, service.ErrConflict) {
 			t.Fatalf("again: %v", err)
 		}
-		if err := s.AddFriend(ctx, b, a); !errors.Is(err, service.ErrConflict) {
+		if err := s.AddFriend(ctx, b, a, 0); !errors.Is(err, service.ErrConflict) {
 			t.Fatalf("reverse: %v", err)
 		}
-		if err := s.AddFriend(ctx, a, 777); !errors.Is(err, service.ErrNotFound) {
+		if err := s.AddFriend(ctx, a, 777, 0); !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("missing: %v", err)
 		}
 		fb, err := s.Friends(ctx, b)
 		if err != nil || len(fb) != 1 || fb[0].ID != a || fb[0].Name != "a" {
 			t.Fatalf("friends of b: %+v %v", fb, err)
 		}
-		g, err := s.CreateGroup(ctx, a, "g1", "first")
+		g, err := s.CreateGroup(ctx, a, "g1", "first", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.CreateGroup(ctx, b, "g1", "dup"); !errors.Is(err, service.ErrConflict) {
+		if _, err := s.CreateGroup(ctx, b, "g1", "dup", 0); !errors.Is(err, service.ErrConflict) {
 			t.Fatalf("dup group: %v", err)
 		}
-		if _, err := s.JoinGroup(ctx, g, c); err != nil {
+		if _, err := s.JoinGroup(ctx, g, c, 0, 0); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := s.JoinGroup(ctx, g, c); !errors.Is(err, service.ErrConflict) {
+		if _, err := s.JoinGroup(ctx, g, c, 0, 0); !errors.Is(err, service.ErrConflict) {
 			t.Fatalf("join twice: %v", err)
 		}
-		if _, err := s.JoinGroup(ctx, 999, c); !errors.Is(err, service.ErrNotFound) {
+		if _, err := s.JoinGroup(ctx, 999, c, 0, 0); !errors.Is(err, service.ErrNotFound) {
 			t.Fatalf("join missing: %v", err)
 		}
 		m, err := s.GroupMembers(ctx, g)
@@ -182,8 +182,12 @@ func TestFriendsAndGroups(t *testing.T) {
 			t.Fatalf("members of missing: %v", err)
 		}
 		gs, err := s.UserGroups(ctx, c)
-		if err != nil || len(gs) != 1 || gs[0].Name != "g1" || gs[0].Desc != "first" || len(gs[0].Members) != 2 {
+		if err != nil || len(gs) != 1 || gs[0].Name != "g1" || gs[0].Desc != "first" || gs[0].Size != 2 {
 			t.Fatalf("groups %+v %v", gs, err)
+		}
+		byGroup, err := s.GroupMembersOf(ctx, []codec.GroupID{g, 999})
+		if err != nil || len(byGroup) != 1 || len(byGroup[g]) != 2 || byGroup[g][0].ID != a || byGroup[g][1].ID != c {
+			t.Fatalf("GroupMembersOf: %+v %v", byGroup, err)
 		}
 		// A user in no group: an empty list, as the LOGIN_ACK's "groups": [].
 		if gs, err := s.UserGroups(ctx, b); err != nil || gs == nil || len(gs) != 0 {
@@ -208,17 +212,17 @@ func TestLoginReadsBatched(t *testing.T) {
 		for i := range ids {
 			for _, j := range []int{i + 1, i + 2} {
 				if j < n {
-					if err := s.AddFriend(ctx, ids[i], ids[j]); err != nil {
+					if err := s.AddFriend(ctx, ids[i], ids[j], 0); err != nil {
 						t.Fatal(err)
 					}
 				}
 			}
 		}
-		g0, err := s.CreateGroup(ctx, ids[0], "g0", "d0")
+		g0, err := s.CreateGroup(ctx, ids[0], "g0", "d0", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		g5, err := s.CreateGroup(ctx, ids[5], "g5", "d5")
+		g5, err := s.CreateGroup(ctx, ids[5], "g5", "d5", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -228,7 +232,7 @@ func TestLoginReadsBatched(t *testing.T) {
 				from, to int
 			}{{g0, 1, 10}, {g5, 6, 15}} {
 				if i >= g.from && i < g.to {
-					if _, err := s.JoinGroup(ctx, g.id, ids[i]); err != nil {
+					if _, err := s.JoinGroup(ctx, g.id, ids[i], 0, 0); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -282,8 +286,14 @@ func TestLoginReadsBatched(t *testing.T) {
 					var gids []codec.GroupID
 					for _, g := range gs {
 						gids = append(gids, g.ID)
-						if size := map[codec.GroupID]int{g0: 10, g5: 10}[g.ID]; len(g.Members) != size {
-							t.Errorf("group %d of %d: %d members, want %d", g.ID, i, len(g.Members), size)
+						if size := map[codec.GroupID]int{g0: 10, g5: 10}[g.ID]; g.Size != size {
+							t.Errorf("group %d of %d: size %d, want %d", g.ID, i, g.Size, size)
+						}
+					}
+					byGroup, merr := s.GroupMembersOf(ctx, gids)
+					for _, g := range gids {
+						if len(byGroup[g]) != 10 {
+							t.Errorf("members of group %d for %d: %d, want 10 (%v)", g, i, len(byGroup[g]), merr)
 						}
 					}
 					if err != nil || gs == nil || !slices.Equal(gids, wgs) {
@@ -430,11 +440,11 @@ func TestGroupLog(t *testing.T) {
 		ctx := context.Background()
 		a, b, c := mustUser(t, s, "a"), mustUser(t, s, "b"), mustUser(t, s, "c")
 		hook := recordHook(s)
-		g, err := s.CreateGroup(ctx, a, "g", "")
+		g, err := s.CreateGroup(ctx, a, "g", "", 0)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if start, err := s.JoinGroup(ctx, g, b); err != nil || start != 0 {
+		if start, err := s.JoinGroup(ctx, g, b, 0, 0); err != nil || start != 0 {
 			t.Fatalf("join b: start %d, %v", start, err)
 		}
 		// Concurrent senders: gseqs 1..n without gaps or repeats.
@@ -500,7 +510,7 @@ func TestGroupLog(t *testing.T) {
 		if sizes, err := s.GroupSizes(ctx, []codec.GroupID{g}); err != nil || !maps.Equal(sizes, map[codec.GroupID]int{g: 2}) {
 			t.Fatalf("group sizes %v, %v; want %d: 2", sizes, err, g)
 		}
-		if start, err := s.JoinGroup(ctx, g, c); err != nil || start != n {
+		if start, err := s.JoinGroup(ctx, g, c, 0, 0); err != nil || start != n {
 			t.Fatalf("join c: start %d, %v", start, err)
 		}
 		pos := func(uid codec.UserID) (codec.Seq, codec.Seq) {
@@ -573,7 +583,7 @@ func TestMigrationsIdempotent(t *testing.T) {
 					t.Fatalf("open %d: %v", i, err)
 				}
 				var v int
-				want := map[string]int{"sqlite": 5, "mysql": 3}[s.Driver()]
+				want := map[string]int{"sqlite": 6, "mysql": 4}[s.Driver()]
 				if err := s.DB().Get(&v, "SELECT MAX(version) FROM schema_migrations"); err != nil || v != want {
 					t.Fatalf("version %d, want %d (%v)", v, want, err)
 				}
@@ -608,8 +618,44 @@ func TestMigrationsConcurrentSQLite(t *testing.T) {
 	}
 	var versions []int
 	if err := stores[0].DB().Select(&versions, "SELECT version FROM schema_migrations ORDER BY version"); err != nil ||
-		!slices.Equal(versions, []int{1, 2, 3, 4, 5}) {
-		t.Fatalf("recorded migrations %v (%v), want 1 to 5 once each", versions, err)
+		!slices.Equal(versions, []int{1, 2, 3, 4, 5, 6}) {
+		t.Fatalf("recorded migrations %v (%v), want 1 to 6 once each", versions, err)
+	}
+}
+
+// TestMigrationCountsMembers: a database from before the member counts
+// (chat_groups.members) gets each group's count when it is opened.
+func TestMigrationCountsMembers(t *testing.T) {
+	for name, dsn := range backends(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			s := openStore(t, Config{DSN: dsn})
+			a, b := mustUser(t, s, "a"), mustUser(t, s, "b")
+			g1, err := s.CreateGroup(ctx, a, "g1", "", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			g2, err := s.CreateGroup(ctx, b, "g2", "", 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.JoinGroup(ctx, g1, b, 0, 0); err != nil {
+				t.Fatal(err)
+			}
+			// Back to the schema before: no column, no record of it.
+			last := map[string]int{"sqlite": 6, "mysql": 4}[s.Driver()]
+			for _, q := range []string{"ALTER TABLE chat_groups DROP COLUMN members", "DELETE FROM schema_migrations WHERE version = ?"} {
+				if _, err := s.DB().Exec(q, []any{last}[:strings.Count(q, "?")]...); err != nil {
+					t.Fatalf("%s: %v", q, err)
+				}
+			}
+			s.Close()
+			s = openStore(t, Config{DSN: dsn})
+			sizes, err := s.GroupSizes(ctx, []codec.GroupID{g1, g2})
+			if err != nil || !maps.Equal(sizes, map[codec.GroupID]int{g1: 2, g2: 1}) {
+				t.Fatalf("sizes after the migration %v (%v), want %d: 2, %d: 1", sizes, err, g1, g2)
+			}
+		})
 	}
 }
 
@@ -809,11 +855,11 @@ func BenchmarkSendGroup(b *testing.B) {
 			}
 			members[g] = append(members[g], uid)
 		}
-		if gids[g], err = s.CreateGroup(ctx, members[g][0], fmt.Sprintf("g%d", g), ""); err != nil {
+		if gids[g], err = s.CreateGroup(ctx, members[g][0], fmt.Sprintf("g%d", g), "", 0); err != nil {
 			b.Fatal(err)
 		}
 		for _, uid := range members[g][1:] {
-			if _, err := s.JoinGroup(ctx, gids[g], uid); err != nil {
+			if _, err := s.JoinGroup(ctx, gids[g], uid, 0, 0); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -89,3 +89,9 @@ CREATE TABLE IF NOT EXISTS inbox_ack (
   userid    BIGINT NOT NULL PRIMARY KEY,
   acked_seq BIGINT NOT NULL DEFAULT 0
 ) ENGINE=InnoDB;
+-- migration 4
+-- Each group's member count, kept by the transactions that add members
+-- (CREATE_GROUP, ADD_GROUP): LOGIN_ACK reports it and the members cap is
+-- checked against it (a conditional update) without counting the members.
+ALTER TABLE chat_groups ADD COLUMN members BIGINT NOT NULL DEFAULT 0;
+UPDATE chat_groups SET members = (SELECT COUNT(*) FROM group_members m WHERE m.groupid = chat_groups.id);

@@ -147,3 +147,9 @@ ALTER TABLE log_state ADD COLUMN gen INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE log_state ADD COLUMN from_seq INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE log_state ADD COLUMN from_cmid TEXT NOT NULL DEFAULT '';
 ALTER TABLE log_state ADD COLUMN from_sub_key INTEGER NOT NULL DEFAULT 0;
+-- migration 6
+-- Each group's member count, kept by the transactions that add members
+-- (CREATE_GROUP, ADD_GROUP): LOGIN_ACK reports it and the members cap is
+-- checked against it (a conditional update) without counting the members.
+ALTER TABLE chat_groups ADD COLUMN members INTEGER NOT NULL DEFAULT 0;
+UPDATE chat_groups SET members = (SELECT COUNT(*) FROM group_members m WHERE m.groupid = chat_groups.id);
