@@ -101,6 +101,11 @@ func (a *app) execute(ctx context.Context, cmd Command) error {
 	case CmdGroups:
 		_, groups, at := a.s.Lists()
 		a.p.Print(formatGroups(groups, a.p.color) + asOf(at))
+	case CmdMembers:
+		var users []codec.GroupUser
+		if users, err = a.s.GroupUsers(ctx, cmd.GroupID); err == nil {
+			a.p.Print(formatMembers(cmd.GroupID, users, a.p.color))
+		}
 	case CmdLogout:
 		if err = a.s.Logout(ctx); err == nil {
 			a.p.OK("logged out")

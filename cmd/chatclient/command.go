@@ -27,19 +27,20 @@ const (
 	CmdQuit
 	CmdLogin
 	CmdSignup
+	CmdMembers
 )
 
 // Command is one parsed command line.
 type Command struct {
 	Kind     Kind
-	Name     string       // the command's canonical name, e.g. "chat"
-	UserID   codec.UserID // chat, addfriend, login
-	GroupID  codec.GroupID
-	Text     string // chat and groupchat message
-	Group    string // creategroup name
-	Desc     string // creategroup description
-	UserName string // signup
-	Password string // login, signup
+	Name     string        // the command's canonical name, e.g. "chat"
+	UserID   codec.UserID  // chat, addfriend, login
+	GroupID  codec.GroupID // groupchat, addgroup, members
+	Text     string        // chat and groupchat message
+	Group    string        // creategroup name
+	Desc     string        // creategroup description
+	UserName string        // signup
+	Password string        // login, signup
 }
 
 // NeedsLogin reports whether the command needs a logged-in session.
@@ -72,6 +73,7 @@ var commandSpecs = []commandSpec{
 	{CmdLogout, "loginout", "loginout", "log out and return to the start menu"},
 	{CmdFriends, "friends", "friends", "list your friends, as of your login"},
 	{CmdGroups, "groups", "groups", "list your groups and their members, as of your login"},
+	{CmdMembers, "members", "members:groupid", "list all members of a group, now"},
 	{CmdQuit, "quit", "quit", "exit chatclient"},
 	{CmdLogin, "login", "login:userid:password", "log in (scripts; the menu asks instead)"},
 	{CmdSignup, "signup", "signup:username:password", "register a new user (alias register)"},
@@ -152,7 +154,7 @@ func Parse(line string) (Command, error) {
 		} else {
 			cmd.GroupID = codec.GroupID(id)
 		}
-	case CmdAddFriend, CmdAddGroup:
+	case CmdAddFriend, CmdAddGroup, CmdMembers:
 		if !hasArgs {
 			return Command{}, usage
 		}

@@ -62,6 +62,8 @@ func friendly(err error) string {
 			return "message too large"
 		case codec.ErrnoUnavailable:
 			return "server unavailable, try again"
+		case codec.ErrnoLimit:
+			return withMsg("limit reached")
 		}
 		return withMsg("server error " + strconv.Itoa(int(se.Errno)))
 	}

@@ -151,6 +151,20 @@ func formatGroups(groups []groupEntry, color bool) string {
 		for _, u := range g.Users {
 			fmt.Fprintf(&b, "    %d %s %s %s\n", u.ID, sanitize(u.Name), formatState(u.State, color), sanitize(u.Role))
 		}
+		if len(g.Users) < g.Size { // too big for LOGIN_ACK to list
+			fmt.Fprintf(&b, "    (%d members; members:%d lists them)\n", g.Size, g.ID)
+		}
+	}
+	return b.String()
+}
+
+// formatMembers is what members prints: the group's members, one a line,
+// as groups prints them, and their number.
+func formatMembers(gid codec.GroupID, users []codec.GroupUser, color bool) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "group %d: %d members\n", gid, len(users))
+	for _, u := range users {
+		fmt.Fprintf(&b, "    %d %s %s %s\n", u.ID, sanitize(u.Name), formatState(u.State, color), sanitize(u.Role))
 	}
 	return b.String()
 }

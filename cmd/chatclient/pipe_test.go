@@ -255,3 +255,62 @@ func TestScriptedKicked(t *testing.T) {
 		t.Fatalf("exit %d", code)
 	}
 }
+
+// TestScriptedMembers: groups shows the size of a group too big for
+// LOGIN_ACK to list, and members lists all of its members (several
+// GROUP_USERS pages); a non-member is refused.
+func TestScriptedMembers(t *testing.T) {
+	ts := startServer(t)
+	ctx := ctxT(t)
+	alice := ts.newUser("alice")
+	carol := ts.newUser("carol")
+	gid, err := alice.c.CreateGroup(ctx, "big", "many")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1,500 more members, straight into the database (the rows ADD_GROUP
+	// writes): more than LOGIN_ACK lists (login-group-users, 1000).
+	const n = 1500
+	db := ts.App.Store.DB()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		res, err := tx.Exec("INSERT INTO users (name, password, created_ms) VALUES (?, x'00', 0)", fmt.Sprintf("m%04d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		id, _ := res.LastInsertId()
+		if _, err := tx.Exec("INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, 'normal', ?)", gid, id, i+1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tx.Exec("UPDATE chat_groups SET members = members + ? WHERE id = ?", n, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+	r := runCC(t, "", append(alice.loginArgs(), "-c", "groups", "-c", fmt.Sprintf("members:%d", gid), ts.Addr)...)
+	noANSI(t, r)
+	if r.code != 0 || r.stderr != "" {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if want := fmt.Sprintf("%d big many\n    (%d members; members:%d lists them)\n", gid, n+1, gid); !strings.Contains(r.stdout, want) {
+		t.Errorf("groups lacks %q:\n%s", want, r.stdout)
+	}
+	head := fmt.Sprintf("group %d: %d members\n    %d alice online creator\n", gid, n+1, alice.id)
+	i := strings.Index(r.stdout, head)
+	if i < 0 {
+		t.Fatalf("members lacks %q", head)
+	}
+	lines := strings.Split(strings.TrimSuffix(r.stdout[i+len(head):], "\n"), "\n")
+	if len(lines) < n || lines[0] != fmt.Sprintf("    %d m0000 offline normal", alice.id+2) || lines[n-1] != fmt.Sprintf("    %d m%04d offline normal", alice.id+1+n, n-1) {
+		t.Fatalf("members: %d lines after alice, first %q, last %q", len(lines), lines[0], lines[min(n, len(lines))-1])
+	}
+	r = runCC(t, "", append(carol.loginArgs(), "-c", fmt.Sprintf("members:%d", gid), ts.Addr)...)
+	if want := fmt.Sprintf("members: not allowed: you are not a member (not a member of group %d)\n", gid); r.code != 1 || r.stderr != want {
+		t.Fatalf("non-member: exit %d, stderr %q; want %q", r.code, r.stderr, want)
+	}
+}

@@ -562,6 +562,30 @@ func (s *session) AddGroup(ctx context.Context, gid codec.GroupID) error {
 	return err
 }
 
+// GroupUsers lists every member of a group, a GROUP_USERS page at a time
+// (each page retried after a reconnect: reading changes nothing).
+func (s *session) GroupUsers(ctx context.Context, gid codec.GroupID) ([]codec.GroupUser, error) {
+	var all []codec.GroupUser
+	after, more := codec.UserID(0), true
+	for more {
+		var page []codec.GroupUser
+		err := s.do(ctx, true, func(c *client.Client, _ int) error {
+			var err error
+			page, more, err = c.GroupUsers(ctx, gid, after, 0)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if len(page) == 0 {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	return all, nil
+}
+
 // User returns the logged-in user's id and name.
 func (s *session) User() (codec.UserID, string) {
 	s.mu.Lock()
