@@ -2,6 +2,8 @@ package service
 
 import (
 	"context"
+	"encoding/json"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -238,5 +240,91 @@ func TestReloginIsNewSessionID(t *testing.T) {
 	busHandler{n}.Kick(uid, second)
 	if u, _ := s.User(); u != 0 {
 		t.Fatal("a kick of the current login did not end it")
+	}
+}
+
+// groupsStore is a loginStore whose user 1 has friends 2 and 3 and is in
+// group 10 (members 1, 2, 4: listed) and group 11 (5000 members: not
+// listed); it records the groups whose members are read.
+type groupsStore struct {
+	*loginStore
+	mu   sync.Mutex
+	read [][]codec.GroupID
+}
+
+func (g *groupsStore) Friends(context.Context, codec.UserID) ([]Member, error) {
+	return []Member{{ID: 2, Name: "b"}, {ID: 3, Name: "c"}}, nil
+}
+
+func (g *groupsStore) UserGroups(context.Context, codec.UserID) ([]Group, error) {
+	return []Group{{ID: 10, Name: "small", Size: 3}, {ID: 11, Name: "big", Size: 5000}}, nil
+}
+
+func (g *groupsStore) GroupMembersOf(_ context.Context, gids []codec.GroupID) (map[codec.GroupID][]Member, error) {
+	g.mu.Lock()
+	g.read = append(g.read, gids)
+	g.mu.Unlock()
+	out := map[codec.GroupID][]Member{}
+	for _, gid := range gids {
+		if gid == 10 {
+			out[gid] = []Member{{ID: 1, Role: codec.RoleCreator}, {ID: 2, Role: codec.RoleNormal}, {ID: 4, Role: codec.RoleNormal}}
+		}
+	}
+	return out, nil
+}
+
+// onlineBus records the ids of each presence lookup.
+type onlineBus struct {
+	*pubsub.Memory
+	mu      sync.Mutex
+	lookups [][]codec.UserID
+}
+
+func (b *onlineBus) Online(ctx context.Context, ids []codec.UserID) (map[codec.UserID]bool, error) {
+	b.mu.Lock()
+	b.lookups = append(b.lookups, slices.Clone(ids))
+	b.mu.Unlock()
+	return b.Memory.Online(ctx, ids)
+}
+
+// frames is a Transport that keeps what it is sent.
+type frames struct {
+	mu  sync.Mutex
+	got [][]byte
+}
+
+func (f *frames) Send(b []byte)                           { f.mu.Lock(); f.got = append(f.got, b); f.mu.Unlock() }
+func (f *frames) Close()                                  {}
+func (f *frames) WaitOutbound(context.Context, int) error { return nil }
+
+// A login reads the members of the groups it lists only, and asks
+// presence once for each friend and listed member (not the user, nor the
+// members of a group it does not list).
+func TestLoginReadsListedMembersOnly(t *testing.T) {
+	st := &groupsStore{loginStore: newLoginStore(t)}
+	bus := &onlineBus{Memory: pubsub.NewMemory()}
+	n, err := New(context.Background(), Config{Store: st, Bus: bus, BcryptCost: bcrypt.MinCost})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	out := &frames{}
+	s := n.Open(out)
+	n.Handle(s, []byte(`{"msgid":1,"id":1,"password":"secret1"}`))
+	if len(out.got) != 1 {
+		t.Fatalf("%d frames, want the LOGIN_ACK", len(out.got))
+	}
+	var ack codec.LoginAck
+	if err := json.Unmarshal(out.got[0][codec.HeaderLen:], &ack); err != nil || ack.Errno != codec.OK {
+		t.Fatalf("LOGIN_ACK %s: %v", out.got[0], err)
+	}
+	if len(ack.Groups) != 2 || ack.Groups[0].Size != 3 || len(ack.Groups[0].Users) != 3 || ack.Groups[1].Size != 5000 || len(ack.Groups[1].Users) != 0 {
+		t.Fatalf("groups %+v", ack.Groups)
+	}
+	if len(st.read) != 1 || !slices.Equal(st.read[0], []codec.GroupID{10}) {
+		t.Fatalf("member lists read %v, want only group 10's", st.read)
+	}
+	if len(bus.lookups) != 1 || !slices.Equal(bus.lookups[0], []codec.UserID{2, 3, 4}) {
+		t.Fatalf("presence lookups %v, want one of 2, 3, 4", bus.lookups)
 	}
 }
