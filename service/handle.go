@@ -472,8 +472,8 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 	for _, f := range friends {
 		see(f.ID)
 	}
-	for _, ms := range members {
-		for _, m := range ms {
+	for _, g := range groups {
+		for _, m := range members[g.ID] {
 			see(m.ID)
 		}
 	}
