@@ -534,7 +534,7 @@ func (s *session) CreateGroup(ctx context.Context, name, desc string) (codec.Gro
 	if err == nil {
 		s.mu.Lock()
 		s.groups = append(s.groups, groupEntry{Group: codec.Group{
-			ID: gid, Name: name, Desc: desc,
+			ID: gid, Name: name, Desc: desc, Size: 1,
 			Users: []codec.GroupUser{{ID: s.id, Name: s.name, State: codec.StateOnline, Role: codec.RoleCreator}},
 		}})
 		s.mu.Unlock()
