@@ -296,6 +296,7 @@ type frames struct {
 func (f *frames) Send(b []byte)                           { f.mu.Lock(); f.got = append(f.got, b); f.mu.Unlock() }
 func (f *frames) Close()                                  {}
 func (f *frames) WaitOutbound(context.Context, int) error { return nil }
+func (f *frames) Unsent() int                             { return 0 }
 
 // A login reads the members of the groups it lists only, and asks
 // presence once for each friend and listed member (not the user, nor the
