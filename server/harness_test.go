@@ -211,3 +211,28 @@ func startServerB(b *testing.B, mutate func(*conf.Config)) *testServer {
 }
 
 func codecID(id int64) codec.UserID { return codec.UserID(id) }
+
+// dbTx runs fn in one transaction on the server's database: test setup
+// written straight into it, which the protocol would make slow. exec runs
+// a statement (failing the test on an error) and returns the id of the
+// row it inserted.
+func dbTx(t *testing.T, ts *testServer, fn func(exec func(q string, args ...any) int64)) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := ts.App.Store.DB().BeginTxx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	fn(func(q string, args ...any) int64 {
+		res, err := tx.ExecContext(ctx, q, args...)
+		if err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+		id, _ := res.LastInsertId()
+		return id
+	})
+	if err := tx.Commit(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,40 +22,24 @@ import (
 // ids, in insertion (and id) order.
 func insertUsers(t *testing.T, ts *testServer, n int, name func(i int) string, gid codec.GroupID, friendOf codec.UserID) []codec.UserID {
 	t.Helper()
-	ctx := context.Background()
-	tx, err := ts.App.Store.DB().BeginTxx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
 	now := time.Now().UnixMilli()
 	ids := make([]codec.UserID, n)
-	exec := func(q string, args ...any) {
-		if _, err := tx.ExecContext(ctx, q, args...); err != nil {
-			t.Fatalf("%s: %v", q, err)
+	dbTx(t, ts, func(exec func(string, ...any) int64) {
+		for i := range n {
+			id := exec("INSERT INTO users (name, password, created_ms) VALUES (?, x'00', ?)", name(i), now)
+			ids[i] = codec.UserID(id)
+			exec("INSERT INTO inbox_state (userid, last_seq, acked_seq) VALUES (?, 0, 0)", id)
+			if gid != 0 {
+				exec("INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, id, codec.RoleNormal, now+int64(i))
+			}
+			if friendOf != 0 {
+				exec("INSERT INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?), (?, ?, ?)", friendOf, id, now, id, friendOf, now)
+			}
 		}
-	}
-	for i := range n {
-		res, err := tx.ExecContext(ctx, "INSERT INTO users (name, password, created_ms) VALUES (?, x'00', ?)", name(i), now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		id, _ := res.LastInsertId()
-		ids[i] = codec.UserID(id)
-		exec("INSERT INTO inbox_state (userid, last_seq, acked_seq) VALUES (?, 0, 0)", id)
 		if gid != 0 {
-			exec("INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, ?, ?)", gid, id, codec.RoleNormal, now+int64(i))
+			exec("UPDATE chat_groups SET members = members + ? WHERE id = ?", n, gid)
 		}
-		if friendOf != 0 {
-			exec("INSERT INTO friends (userid, friendid, created_ms) VALUES (?, ?, ?), (?, ?, ?)", friendOf, id, now, id, friendOf, now)
-		}
-	}
-	if gid != 0 {
-		exec("UPDATE chat_groups SET members = members + ? WHERE id = ?", n, gid)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	})
 	return ids
 }
 
@@ -222,25 +205,14 @@ func TestLoginAckTooLargeRefused(t *testing.T) {
 // none acknowledged, straight into the database.
 func insertInbox(t *testing.T, ts *testServer, uid, from codec.UserID, n int, body string) {
 	t.Helper()
-	ctx := context.Background()
-	tx, err := ts.App.Store.DB().BeginTxx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
 	now := time.Now().UnixMilli()
-	for seq := 1; seq <= n; seq++ {
-		if _, err := tx.ExecContext(ctx, "INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES (?, ?, 6, ?, 'other', ?, 0, ?, ?)",
-			uid, seq, from, uid, body, now); err != nil {
-			t.Fatal(err)
+	dbTx(t, ts, func(exec func(string, ...any) int64) {
+		for seq := 1; seq <= n; seq++ {
+			exec("INSERT INTO inbox (userid, seq, kind, fromid, fromname, toid, groupid, body, created_ms) VALUES (?, ?, 6, ?, 'other', ?, 0, ?, ?)",
+				uid, seq, from, uid, body, now)
 		}
-	}
-	if _, err := tx.ExecContext(ctx, "UPDATE inbox_state SET last_seq = ? WHERE userid = ?", n, uid); err != nil {
-		t.Fatal(err)
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+		exec("UPDATE inbox_state SET last_seq = ? WHERE userid = ?", n, uid)
+	})
 }
 
 // LOGIN_ACK's offline messages are bounded by their encoded size (1 MiB):

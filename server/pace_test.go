@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,34 +22,17 @@ import (
 // file.
 func groupBacklogs(t *testing.T, ts *testServer, member, other codec.UserID, groups, per int, body string) {
 	t.Helper()
-	ctx := context.Background()
-	tx, err := ts.App.Store.DB().BeginTxx(ctx, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback()
 	now := time.Now().UnixMilli()
-	for g := range groups {
-		res, err := tx.ExecContext(ctx, "INSERT INTO chat_groups (groupname, groupdesc, creator, created_ms) VALUES (?, '', ?, ?)", fmt.Sprintf("g%d", g), other, now)
-		if err != nil {
-			t.Fatal(err)
-		}
-		gid, _ := res.LastInsertId()
-		if _, err := tx.ExecContext(ctx, "INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, 'creator', 0), (?, ?, 'normal', 1)", gid, other, gid, member); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO group_state (groupid, last_seq) VALUES (?, ?)", gid, per); err != nil {
-			t.Fatal(err)
-		}
-		for seq := 1; seq <= per; seq++ {
-			if _, err := tx.ExecContext(ctx, "INSERT INTO group_log (groupid, seq, fromid, fromname, body, created_ms) VALUES (?, ?, ?, 'other', ?, ?)", gid, seq, other, body, now); err != nil {
-				t.Fatal(err)
+	dbTx(t, ts, func(exec func(string, ...any) int64) {
+		for g := range groups {
+			gid := exec("INSERT INTO chat_groups (groupname, groupdesc, creator, created_ms, members) VALUES (?, '', ?, ?, 2)", fmt.Sprintf("g%d", g), other, now)
+			exec("INSERT INTO group_members (groupid, userid, role, joined_ms) VALUES (?, ?, 'creator', 0), (?, ?, 'normal', 1)", gid, other, gid, member)
+			exec("INSERT INTO group_state (groupid, last_seq) VALUES (?, ?)", gid, per)
+			for seq := 1; seq <= per; seq++ {
+				exec("INSERT INTO group_log (groupid, seq, fromid, fromname, body, created_ms) VALUES (?, ?, ?, 'other', ?, ?)", gid, seq, other, body, now)
 			}
 		}
-	}
-	if err := tx.Commit(); err != nil {
-		t.Fatal(err)
-	}
+	})
 }
 
 // TestGroupBacklogsShareOneWindow: the backlogs of a member of 20 groups
