@@ -265,7 +265,7 @@ func (c Config) Validate() error {
 	if c.MaxFrame > 1<<30 || c.MaxPendingBytes > 1<<30 {
 		errs = append(errs, errors.New("max-frame and max-pending-bytes must be at most 1 GiB"))
 	}
-	if c.MaxPendingBytes < c.MaxFrame {
+	if c.MaxPendingBytes > 0 && c.MaxPendingBytes < c.MaxFrame { // 0 or below: the default, at least max-frame
 		// Otherwise a frame between the two is refused with errno 8 ("retry
 		// later") even on an idle connection, at every retry.
 		errs = append(errs, errors.New("max-pending-bytes must be at least max-frame"))

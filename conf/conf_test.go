@@ -103,3 +103,22 @@ func TestLimits(t *testing.T) {
 		t.Fatalf("set: %+v, %v", c, err)
 	}
 }
+
+// TestMaxPendingBytesZeroIsDefault: max-pending-bytes 0 or below means
+// the default, as for the other limits, with any max-frame; the check
+// against max-frame applies to a value that was set.
+func TestMaxPendingBytesZeroIsDefault(t *testing.T) {
+	none := func(string) string { return "" }
+	for _, args := range [][]string{{"-max-pending-bytes", "0"}, {"-max-pending-bytes", "-1"}, {"-max-pending-bytes", "0", "-max-frame", "2097152"}} {
+		if _, err := Load(args, none, &strings.Builder{}); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+	env := map[string]string{"CHAT_MAX_PENDING_BYTES": "0"}
+	if _, err := Load(nil, func(k string) string { return env[k] }, &strings.Builder{}); err != nil {
+		t.Errorf("CHAT_MAX_PENDING_BYTES=0: %v", err)
+	}
+	if _, err := Load([]string{"-max-pending-bytes", "1000"}, none, &strings.Builder{}); err == nil {
+		t.Error("max-pending-bytes 1000 below max-frame 65536 accepted")
+	}
+}

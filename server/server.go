@@ -50,7 +50,8 @@ type Config struct {
 	// MaxPending bounds requests received but not yet handled on one
 	// connection: default 256. Beyond it requests get errno 8.
 	MaxPending int
-	// MaxPendingBytes bounds their bytes (the inbound buffer): default 1 MiB.
+	// MaxPendingBytes bounds their bytes (the inbound buffer): default 1 MiB,
+	// or MaxFrame if that is more.
 	MaxPendingBytes int
 	// MaxOutbound closes a connection whose unsent output exceeds it (a
 	// client that does not read): default 8 MiB. Nothing is lost: unread
@@ -106,7 +107,7 @@ func (c *Config) setDefaults() {
 		c.MaxPending = 256
 	}
 	if c.MaxPendingBytes <= 0 {
-		c.MaxPendingBytes = 1 << 20
+		c.MaxPendingBytes = max(1<<20, c.MaxFrame)
 	}
 	if c.MaxOutbound <= 0 {
 		c.MaxOutbound = 8 << 20

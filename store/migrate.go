@@ -3,10 +3,13 @@ package store
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
 )
 
 //go:embed migrations/sqlite.sql
@@ -115,7 +118,7 @@ func (s *Store) migrate(ctx context.Context) (err error) {
 			continue
 		}
 		for _, st := range m.statements {
-			if _, err := conn.ExecContext(ctx, st); err != nil {
+			if _, err := conn.ExecContext(ctx, st); err != nil && !redoneDDL(err) {
 				return fmt.Errorf("store: migration %d: %w", m.version, err)
 			}
 		}
@@ -125,4 +128,14 @@ func (s *Store) migrate(ctx context.Context) (err error) {
 		s.log.Info("applied schema migration", "version", m.version, "driver", s.dialect.name)
 	}
 	return nil
+}
+
+// redoneDDL reports a MySQL "duplicate column name" (1060) or "duplicate
+// key name" (1061): MySQL commits each ALTER TABLE on its own, so a
+// migration stopped after one (killed, or a later statement failing)
+// runs it again at the next start, and finds it done. The migrations'
+// other statements are written to be run again.
+func redoneDDL(err error) bool {
+	var me *mysql.MySQLError
+	return errors.As(err, &me) && (me.Number == 1060 || me.Number == 1061)
 }

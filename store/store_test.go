@@ -593,6 +593,31 @@ func TestMigrationsIdempotent(t *testing.T) {
 	}
 }
 
+// TestMySQLMigrationRedoneAfterDDL: MySQL commits an ALTER TABLE on its
+// own, so a start stopped after migration 4's ALTER (killed, or its
+// UPDATE failing) left the column without the version record, and every
+// later start failed on "Duplicate column name". It now runs the
+// migration again and finds the ALTER done.
+func TestMySQLMigrationRedoneAfterDDL(t *testing.T) {
+	dsn := MySQLTestDSN(t)
+	if dsn == "" {
+		t.Skip("no MySQL (CHAT_TEST_MYSQL_DSN)")
+	}
+	s := openStore(t, Config{DSN: dsn})
+	if _, err := s.DB().Exec("DELETE FROM schema_migrations WHERE version = 4"); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := Open(t.Context(), Config{DSN: dsn})
+	if err != nil {
+		t.Fatalf("start after an interrupted migration 4: %v", err)
+	}
+	defer s2.Close()
+	var v int
+	if err := s2.DB().Get(&v, "SELECT MAX(version) FROM schema_migrations"); err != nil || v != 4 {
+		t.Fatalf("version %d, want 4 (%v)", v, err)
+	}
+}
+
 // TestMigrationsConcurrentSQLite: processes starting together on a new
 // SQLite file (a server and chatbench -bulk-db) each open it; every one
 // must start, with each migration applied once.
