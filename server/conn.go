@@ -174,8 +174,12 @@ const (
 // outboundPoll at first and less often while nothing moves. A client that
 // takes nothing of what waits for IdleTimeout is closed as a slow
 // consumer: it may keep its connection open with PINGs, but it would hold
-// its backlog's pump for good.
+// its pump and what waits for it for good. What it takes is seen in the
+// socket's send queue too: gnet's buffer moves only once the kernel's has
+// room for a good part of it, which a client reading slowly (but reading)
+// may take longer than IdleTimeout to make.
 func (c *conn) WaitOutbound(ctx context.Context, below int) error {
+	type look struct{ buffered, total int }
 	poll := outboundPoll
 	least, since := -1, time.Now()
 	for {
@@ -185,30 +189,31 @@ func (c *conn) WaitOutbound(ctx context.Context, below int) error {
 		if closed {
 			return net.ErrClosed
 		}
-		ch := make(chan int, 1)
+		ch := make(chan look, 1)
 		if err := c.gc.AsyncWritev(nil, func(gc gnet.Conn, err error) error {
 			if err != nil {
-				ch <- -1
+				ch <- look{-1, -1}
 				return nil
 			}
-			ch <- c.seeBuffered(gc)
+			n := c.seeBuffered(gc)
+			ch <- look{n, n + kernelUnsent(gc.Fd())}
 			return nil
 		}); err != nil {
 			return net.ErrClosed // the event loop is gone (the server stopped)
 		}
 		t := time.NewTimer(time.Second)
 		select {
-		case n := <-ch:
+		case l := <-ch:
 			t.Stop()
 			switch {
-			case n < 0:
+			case l.buffered < 0:
 				return net.ErrClosed
-			case n < below:
+			case l.buffered < below:
 				return nil
-			case least < 0 || n < least:
-				least, since, poll = n, time.Now(), outboundPoll // it moved
+			case least < 0 || l.total < least:
+				least, since, poll = l.total, time.Now(), outboundPoll // it moved
 			case time.Since(since) >= c.srv.cfg.IdleTimeout:
-				c.srv.log.Warn("closing slow consumer", "fd", c.gc.Fd(), "remote", c.gc.RemoteAddr(), "outbound", n,
+				c.srv.log.Warn("closing slow consumer", "fd", c.gc.Fd(), "remote", c.gc.RemoteAddr(), "outbound", l.buffered,
 					"reason", fmt.Sprintf("took nothing for %v", c.srv.cfg.IdleTimeout))
 				_ = c.gc.Close()
 				return net.ErrClosed

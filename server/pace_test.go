@@ -168,3 +168,27 @@ func TestLiveBurstToReader(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowReaderNotClosed: a client that reads its backlog slowly but
+// steadily (about 40 KB/s) and pings is not closed as a slow consumer,
+// though gnet's own buffer does not move for longer than idle-timeout
+// (it moves only once the kernel's send buffer has drained a good part):
+// what the client takes shows in the socket's send queue.
+func TestSlowReaderNotClosed(t *testing.T) {
+	ts := startServer(t, func(c *conf.Config) { c.IdleTimeout = 2 * time.Second })
+	r := loginWithBacklog(t, ts, 1500)
+	stop := make(chan struct{})
+	defer close(stop)
+	go pingUnread(r, stop)
+	buf := make([]byte, 4<<10)
+	total := 0
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); {
+		r.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := io.ReadFull(r.c, buf)
+		total += n
+		if err != nil || ts.Logged("took nothing for") {
+			t.Fatalf("closed after %d bytes read steadily: %v (slow consumer logged: %v)", total, err, ts.Logged("took nothing for"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
