@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"database/sql"
+	"errors"
 	"fmt"
 	"time"
 
@@ -15,16 +17,18 @@ import (
 // password. SIGNUP over the protocol commits one transaction per user, which
 // on SQLite with synchronous=FULL is one fsync each (about 110 users/s on a
 // disk with a 7.5 ms fsync); this takes a second for 20,000 users. The rows
-// are the ones store.CreateUser writes.
-func bulkCreate(ctx context.Context, dsn string, users []*user, password string) error {
+// are the ones store.CreateUser writes. A user that exists (an earlier
+// run's with the same -prefix, and so the same password) is kept as it
+// is, with its history; it returns how many did.
+func bulkCreate(ctx context.Context, dsn string, users []*user, password string) (reused int, err error) {
 	st, err := store.Open(ctx, store.Config{DSN: dsn, MaxOpenConns: 2})
 	if err != nil {
-		return fmt.Errorf("-bulk-db: %w", err)
+		return 0, fmt.Errorf("-bulk-db: %w", err)
 	}
 	defer st.Close()
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	db := st.DB()
 	now := time.Now().UnixMilli()
@@ -32,19 +36,30 @@ func bulkCreate(ctx context.Context, dsn string, users []*user, password string)
 	for start := 0; start < len(users); start += perTx {
 		tx, err := db.BeginTxx(ctx, nil)
 		if err != nil {
-			return fmt.Errorf("-bulk-db: %w", err)
+			return reused, fmt.Errorf("-bulk-db: %w", err)
 		}
 		insUser, err := tx.PreparexContext(ctx, "INSERT INTO users (name, password, created_ms) VALUES (?, ?, ?)")
 		if err != nil {
 			_ = tx.Rollback()
-			return fmt.Errorf("-bulk-db: %w", err)
+			return reused, fmt.Errorf("-bulk-db: %w", err)
 		}
 		insState, err := tx.PreparexContext(ctx, "INSERT INTO inbox_state (userid, last_seq, acked_seq) VALUES (?, 0, 0)")
 		if err != nil {
 			_ = tx.Rollback()
-			return fmt.Errorf("-bulk-db: %w", err)
+			return reused, fmt.Errorf("-bulk-db: %w", err)
 		}
 		for _, u := range users[start:min(start+perTx, len(users))] {
+			// A user of an earlier run with the same -prefix is taken as
+			// it is, with its history: a database warmed by such a run.
+			err := tx.GetContext(ctx, &u.id, "SELECT id FROM users WHERE name = ?", u.name)
+			if err == nil {
+				reused++
+				continue
+			}
+			if !errors.Is(err, sql.ErrNoRows) {
+				_ = tx.Rollback()
+				return reused, fmt.Errorf("-bulk-db: user %s: %w", u.name, err)
+			}
 			res, err := insUser.ExecContext(ctx, u.name, hash, now)
 			if err == nil {
 				u.id, err = res.LastInsertId()
@@ -54,14 +69,14 @@ func bulkCreate(ctx context.Context, dsn string, users []*user, password string)
 			}
 			if err != nil {
 				_ = tx.Rollback()
-				return fmt.Errorf("-bulk-db: user %s: %w (name taken? use another -prefix)", u.name, err)
+				return reused, fmt.Errorf("-bulk-db: user %s: %w", u.name, err)
 			}
 		}
 		_ = insUser.Close()
 		_ = insState.Close()
 		if err := tx.Commit(); err != nil {
-			return fmt.Errorf("-bulk-db: commit: %w", err)
+			return reused, fmt.Errorf("-bulk-db: commit: %w", err)
 		}
 	}
-	return nil
+	return reused, nil
 }

@@ -182,6 +182,26 @@ func TestChatPacedWithBulkUsersAndSourceIPs(t *testing.T) {
 	}
 }
 
+// TestChatReusesUsersOfAnEarlierRun: -bulk-db with the -prefix of an
+// earlier run keeps its users and their history (a warm database), says
+// so, and the run is measured as any other: its clientmsgids are not the
+// earlier run's, which the server would take for retries and not store.
+func TestChatReusesUsersOfAnEarlierRun(t *testing.T) {
+	ts := startServer(t)
+	cfg := testConfig("chat", ts.addr, 10)
+	cfg.Rate = 200
+	cfg.BulkDB = ts.db
+	cfg.Prefix = "warm"
+	if rep := runOK(t, cfg); rep.UsersReused != 0 {
+		t.Fatalf("first run reused %d users", rep.UsersReused)
+	}
+	rep := runOK(t, cfg)
+	if rep.UsersReused != 10 {
+		t.Fatalf("second run reused %d users, want 10", rep.UsersReused)
+	}
+	checkTraffic(t, rep, 1)
+}
+
 func TestGroupFanout(t *testing.T) {
 	ts := startServer(t)
 	cfg := testConfig("group", ts.addr, 10)

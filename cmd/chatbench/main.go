@@ -174,7 +174,7 @@ func parseFlags(args []string, out io.Writer) (Config, error) {
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON object instead of the table")
 	fs.IntVar(&cfg.SourceIPs, "source-ips", 1, "spread connections over local addresses 127.0.0.1..127.0.0.N")
 	fs.IntVar(&cfg.Procs, "procs", 1, "worker processes (each has its own open-file limit)")
-	fs.StringVar(&cfg.Prefix, "prefix", "", "user name prefix (default random per run)")
+	fs.StringVar(&cfg.Prefix, "prefix", "", "user name prefix (default random per run); with -bulk-db, an earlier run's prefix reuses its users with their history (a warm database)")
 	fs.StringVar(&cfg.Password, "password", "benchpass", "password of every user")
 	fs.BoolVar(&cfg.Baseline, "baseline", false, "connect: the target is a baseline-server (no login)")
 	fs.BoolVar(&cfg.CompareBaseline, "compare-baseline", false, "connect: also measure a baseline-server started by chatbench, report the ratio; chat: also run the same load against a relay-server started by chatbench")

@@ -25,6 +25,9 @@ func printTable(out io.Writer, r *Report) {
 	row("server assumed", "%s", r.ServerAssumed)
 	row("user creation", "%s", r.UserCreation)
 	row("users / procs / source IPs", "%d / %d / %d (open-file limit %d)", r.Users, c.Procs, c.SourceIPs, r.FileLimit)
+	if r.UsersReused > 0 {
+		row("users reused", "%d of %d existed (-prefix of an earlier run), with their history", r.UsersReused, r.Users)
+	}
 	if r.SignupSeconds > 0 {
 		row("user creation took", "%.2fs (%.0f users/s)", r.SignupSeconds, r.SignupPerSec)
 	}

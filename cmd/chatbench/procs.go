@@ -329,6 +329,7 @@ func (m *WorkerResult) merge(r WorkerResult) {
 	m.DrainTimedOut = m.DrainTimedOut || r.DrainTimedOut
 	m.Users += r.Users
 	m.SignupSeconds = max(m.SignupSeconds, r.SignupSeconds)
+	m.UsersReused += r.UsersReused
 	m.LoginSeconds = max(m.LoginSeconds, r.LoginSeconds)
 	m.GroupSeconds = max(m.GroupSeconds, r.GroupSeconds)
 	m.DrainSeconds = max(m.DrainSeconds, r.DrainSeconds)

@@ -26,9 +26,12 @@ type Report struct {
 	Users         int     `json:"users"`
 	FileLimit     uint64  `json:"file_limit"`
 	SignupSeconds float64 `json:"signup_seconds,omitempty"`
-	SignupPerSec  float64 `json:"signups_per_second,omitempty"`
-	LoginSeconds  float64 `json:"login_seconds,omitempty"`
-	GroupSeconds  float64 `json:"group_setup_seconds,omitempty"`
+	// UsersReused: with -bulk-db and the -prefix of an earlier run, the
+	// users that existed already, with their history (a warm database).
+	UsersReused  int     `json:"users_reused,omitempty"`
+	SignupPerSec float64 `json:"signups_per_second,omitempty"`
+	LoginSeconds float64 `json:"login_seconds,omitempty"`
+	GroupSeconds float64 `json:"group_setup_seconds,omitempty"`
 	// chat: users per node, as LOGIN_ACK named it (none if it did not),
 	// sender-recipient pairs, and the pairs on two different nodes
 	Nodes      map[string]int `json:"nodes,omitempty"`
@@ -281,7 +284,7 @@ func (r *runner) finish(ctx context.Context, rep *Report, a, b snapshot) (Worker
 // setupInfo copies setup timings into the report.
 func (r *runner) setupInfo(rep *Report, res WorkerResult) {
 	rep.Users = res.Users
-	rep.SignupSeconds = res.SignupSeconds
+	rep.SignupSeconds, rep.UsersReused = res.SignupSeconds, res.UsersReused
 	if res.SignupSeconds > 0 && !r.cfg.Baseline {
 		rep.SignupPerSec = float64(res.Users) / res.SignupSeconds
 	}

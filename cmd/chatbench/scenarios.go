@@ -20,8 +20,8 @@ func (w *worker) signupPool(ctx context.Context) error {
 	w.makeUsers(w.cfg.N)
 	t0 := time.Now()
 	if w.cfg.BulkDB != "" {
-		err := bulkCreate(ctx, w.cfg.BulkDB, w.users, w.cfg.ChildPassword)
-		w.res.SignupSeconds = time.Since(t0).Seconds()
+		reused, err := bulkCreate(ctx, w.cfg.BulkDB, w.users, w.cfg.ChildPassword)
+		w.res.SignupSeconds, w.res.UsersReused = time.Since(t0).Seconds(), reused
 		return err
 	}
 	conc := min(w.cfg.Concurrency, len(w.users))

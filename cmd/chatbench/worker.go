@@ -73,6 +73,7 @@ type WorkerResult struct {
 	Expected      int64        `json:"expected"`
 	Users         int          `json:"users"`
 	SignupSeconds float64      `json:"signup_seconds"`
+	UsersReused   int          `json:"users_reused"` // -bulk-db: users of an earlier run, kept
 	LoginSeconds  float64      `json:"login_seconds"`
 	GroupSeconds  float64      `json:"group_seconds"`
 	DrainSeconds  float64      `json:"drain_seconds"`
@@ -117,9 +118,13 @@ type worker struct {
 	dial   *dialer
 	users  []*user
 	pairs  int // chat: users[i] sends to users[pairs+i], for i < pairs
-	ss     []*sender
-	from   map[*bconn][]*sender // recipient -> the senders all of whose messages it must get
-	res    WorkerResult
+	// cmidBase is added to each sender's counter to make its clientmsgid:
+	// 0, unless users of an earlier run were reused, whose clientmsgids
+	// the server would take for retries of that run's messages.
+	cmidBase uint64
+	ss       []*sender
+	from     map[*bconn][]*sender // recipient -> the senders all of whose messages it must get
+	res      WorkerResult
 
 	connected atomic.Int64
 	errMu     sync.Mutex
@@ -326,12 +331,16 @@ func (w *worker) signupAndLogin(ctx context.Context, split int) error {
 	}
 	t0 := time.Now()
 	if w.cfg.BulkDB != "" {
-		if err := bulkCreate(ctx, w.cfg.BulkDB, w.users, w.cfg.ChildPassword); err != nil {
+		reused, err := bulkCreate(ctx, w.cfg.BulkDB, w.users, w.cfg.ChildPassword)
+		if err != nil {
 			return err
 		}
-		w.res.SignupSeconds = time.Since(t0).Seconds()
+		w.res.SignupSeconds, w.res.UsersReused = time.Since(t0).Seconds(), reused
+		if reused > 0 {
+			w.cmidBase = uint64(1+rand.Int32N(math.MaxInt32-1)) << 32
+		}
 		t0 = time.Now()
-		err := parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
+		err = parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
 			return w.connectUser(ctx, w.users[i], addrOf(i), false, w.receiveHooks)
 		})
 		w.res.LoginSeconds = time.Since(t0).Seconds()
@@ -674,7 +683,7 @@ func (w *worker) sendLoop(ctx context.Context, s *sender, rate float64, end time
 		body = appendBody(body[:0], stamp, s.idx, s.count, w.cfg.Size)
 		cmid := uint64(0)
 		if w.cfg.ClientMsgID {
-			cmid = s.count
+			cmid = w.cmidBase + s.count
 		}
 		if err := s.c.sendChat(group, s.to, stamp, s.count, body, cmid); err != nil {
 			w.ledger.SendErr.Add(1)
