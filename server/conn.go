@@ -115,6 +115,12 @@ func (c *conn) flush(gc gnet.Conn, err error) error {
 	c.mu.Lock()
 	out := c.out
 	c.out, c.flushing = nil, false
+	// Until seeBuffered below, Unsent counts what leaves out as buffered.
+	n := 0
+	for _, f := range out {
+		n += len(f)
+	}
+	c.buffered.Add(int32(min(n, math.MaxInt32/4)))
 	c.mu.Unlock()
 	if err != nil || len(out) == 0 {
 		return nil // closed
