@@ -159,8 +159,10 @@ func (c *conn) seeBuffered(gc gnet.Conn) int {
 // in gnet's outbound buffer. gnet writes that out without telling anyone,
 // so it can be less by now, never more.
 func (c *conn) Unsent() int {
-	n := int(c.buffered.Load())
+	// buffered is read under mu, which flush holds while it moves out's
+	// bytes into it: read before, a flush in between would hide them.
 	c.mu.Lock()
+	n := int(c.buffered.Load())
 	for _, f := range c.out {
 		n += len(f)
 	}

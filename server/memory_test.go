@@ -2,13 +2,18 @@ package server
 
 import (
 	"bytes"
+	"io"
 	"log/slog"
 	"runtime"
 	"runtime/debug"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 	"unsafe"
+
+	"github.com/panjf2000/gnet/v2"
 )
 
 // One conn is kept per open connection: keep it within its size class.
@@ -157,5 +162,78 @@ func TestAdmitLoneFrameAboveMaxPendingBytes(t *testing.T) {
 	}
 	if got := c.admit(0, 400); got != admitted {
 		t.Fatalf("admit 400 bytes with 600 pending, limit 1000: %d, want admitted", got)
+	}
+}
+
+// fakeGC is a gnet.Conn whose client reads nothing: every byte written
+// stays in its outbound buffer. AsyncWritev's callbacks run in order on
+// one goroutine, as on an event loop.
+type fakeGC struct {
+	gnet.Conn
+	mu   sync.Mutex
+	outb int
+	loop chan func()
+}
+
+func (f *fakeGC) Write(b []byte) (int, error) {
+	f.mu.Lock()
+	f.outb += len(b)
+	f.mu.Unlock()
+	return len(b), nil
+}
+func (f *fakeGC) Writev(bs [][]byte) (int, error) {
+	n := 0
+	for _, b := range bs {
+		n += len(b)
+	}
+	return f.Write(make([]byte, n))
+}
+func (f *fakeGC) OutboundBuffered() int { f.mu.Lock(); defer f.mu.Unlock(); return f.outb }
+func (f *fakeGC) Fd() int               { return 0 }
+func (f *fakeGC) AsyncWritev(_ [][]byte, cb gnet.AsyncCallback) error {
+	f.loop <- func() { _ = cb(f, nil) }
+	return nil
+}
+
+// TestUnsentNeverBelowSent: nothing is ever taken, so Unsent must never
+// be less than what was Sent before it was called, flushes or not.
+func TestUnsentNeverBelowSent(t *testing.T) {
+	gc := &fakeGC{loop: make(chan func(), 1<<16)}
+	srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	srv.cfg.MaxOutbound = 1 << 40
+	c := &conn{srv: srv, gc: gc}
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case f := <-gc.loop:
+				f()
+			case <-done:
+				return
+			}
+		}
+	}()
+	defer close(done)
+	var sent atomic.Int64
+	frame := make([]byte, 100)
+	stop := time.Now().Add(time.Second)
+	go func() {
+		for time.Now().Before(stop) && sent.Load() < 1<<29 {
+			c.Send(frame)
+			sent.Add(int64(len(frame)))
+		}
+	}()
+	low := 0
+	for time.Now().Before(stop) {
+		before := sent.Load()
+		if u := c.Unsent(); int64(u) < before {
+			low++
+			if low == 1 {
+				t.Errorf("Unsent %d with %d sent and nothing taken", u, before)
+			}
+		}
+	}
+	if low > 0 {
+		t.Errorf("Unsent read below what was sent %d times", low)
 	}
 }
