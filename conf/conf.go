@@ -92,7 +92,7 @@ func Default() Config {
 		Rate:            1000,
 		RateBurst:       0, // twice Rate
 		MaxPending:      256,
-		MaxPendingBytes: 1 << 20,
+		MaxPendingBytes: 0, // 1 MiB, or max-frame if that is more
 		MaxOutbound:     8 << 20,
 		Workers:         256,
 		MemReleaseIdle:  5 * time.Second,
@@ -127,7 +127,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.Float64Var(&c.Rate, "rate", c.Rate, "requests per second per connection (negative: unlimited, 0: the default)")
 	fs.Float64Var(&c.RateBurst, "rate-burst", c.RateBurst, "request burst per connection (0: twice rate)")
 	fs.IntVar(&c.MaxPending, "max-pending", c.MaxPending, "requests queued per connection before errno 8")
-	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", c.MaxPendingBytes, "bytes queued per connection before errno 8")
+	fs.IntVar(&c.MaxPendingBytes, "max-pending-bytes", c.MaxPendingBytes, "bytes queued per connection before errno 8, at least max-frame (0: 1 MiB, or max-frame if more)")
 	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unsent bytes per connection before it is closed as a slow consumer")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "request handler goroutines")
 	fs.IntVar(&c.EventLoops, "event-loops", c.EventLoops, "gnet event loops (0: one per CPU but one, at least one)")

@@ -28,7 +28,7 @@ func TestPrecedence(t *testing.T) {
 func TestErrors(t *testing.T) {
 	none := func(string) string { return "" }
 	for _, args := range [][]string{{"-max-frame", "10"}, {"-bcrypt-cost", "99"}, {"-log-level", "loud"}, {"-nope"}, {"extra"},
-		{"-offline-cap", "4097"}, {"-max-frame", "2097152"}, {"-max-pending-bytes", "2147483648", "-max-frame", "2147483648"}} {
+		{"-offline-cap", "4097"}, {"-max-frame", "2097152", "-max-pending-bytes", "1048576"}, {"-max-pending-bytes", "2147483648", "-max-frame", "2147483648"}} {
 		if _, err := Load(args, none, &strings.Builder{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}
@@ -109,7 +109,7 @@ func TestLimits(t *testing.T) {
 // against max-frame applies to a value that was set.
 func TestMaxPendingBytesZeroIsDefault(t *testing.T) {
 	none := func(string) string { return "" }
-	for _, args := range [][]string{{"-max-pending-bytes", "0"}, {"-max-pending-bytes", "-1"}, {"-max-pending-bytes", "0", "-max-frame", "2097152"}} {
+	for _, args := range [][]string{{"-max-pending-bytes", "0"}, {"-max-pending-bytes", "-1"}, {"-max-pending-bytes", "0", "-max-frame", "2097152"}, {"-max-frame", "2097152"}} {
 		if _, err := Load(args, none, &strings.Builder{}); err != nil {
 			t.Errorf("%v: %v", args, err)
 		}

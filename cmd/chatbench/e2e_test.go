@@ -196,10 +196,19 @@ func TestChatReusesUsersOfAnEarlierRun(t *testing.T) {
 		t.Fatalf("first run reused %d users", rep.UsersReused)
 	}
 	rep := runOK(t, cfg)
-	if rep.UsersReused != 10 {
-		t.Fatalf("second run reused %d users, want 10", rep.UsersReused)
+	if rep.UsersReused != 10 || rep.SignupPerSec != 0 {
+		t.Fatalf("second run reused %d users, created %.0f/s; want 10 and none", rep.UsersReused, rep.SignupPerSec)
 	}
 	checkTraffic(t, rep, 1)
+	// Groups too: the earlier run's group names are taken.
+	g := testConfig("group", ts.addr, 10)
+	g.Groups, g.BulkDB, g.Prefix = 2, ts.db, "gwarm"
+	runOK(t, g)
+	rep = runOK(t, g)
+	if rep.UsersReused != 10 {
+		t.Fatalf("second group run reused %d users, want 10", rep.UsersReused)
+	}
+	checkTraffic(t, rep, 4)
 }
 
 func TestGroupFanout(t *testing.T) {

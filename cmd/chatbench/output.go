@@ -28,7 +28,10 @@ func printTable(out io.Writer, r *Report) {
 	if r.UsersReused > 0 {
 		row("users reused", "%d of %d existed (-prefix of an earlier run), with their history", r.UsersReused, r.Users)
 	}
-	if r.SignupSeconds > 0 {
+	switch {
+	case r.SignupSeconds > 0 && r.UsersReused == r.Users:
+		row("user creation took", "%.2fs (none created)", r.SignupSeconds)
+	case r.SignupSeconds > 0:
 		row("user creation took", "%.2fs (%.0f users/s)", r.SignupSeconds, r.SignupPerSec)
 	}
 	if r.LoginSeconds > 0 {
@@ -80,6 +83,9 @@ func printTable(out io.Writer, r *Report) {
 			t.Lost, t.Extra, t.Duplicates, t.ConnLost, t.DrainSeconds)
 		row("seq gaps / seq dups", "%d / %d, reorders %d (foreign %d)",
 			t.SeqGaps, t.SeqDups, t.SeqReorders, t.Foreign)
+		if t.Stale > 0 {
+			row("an earlier run's messages", "%d delivered to reused users, not counted", t.Stale)
+		}
 		if t.GSeqDeliveries > 0 || t.OwnGSeqs > 0 {
 			row("group log (gseq) checks", "%d deliveries, %d own messages from ACKs", t.GSeqDeliveries, t.OwnGSeqs)
 		}

@@ -87,6 +87,7 @@ type TrafficReport struct {
 	GSeqDeliveries  int64          `json:"gseq_deliveries"` // deliveries checked by group log position
 	OwnGSeqs        int64          `json:"own_gseqs"`       // members' own messages' gseqs, from their ACKs
 	Foreign         int64          `json:"foreign"`
+	Stale           int64          `json:"stale,omitempty"` // reused users: deliveries of an earlier run's messages, not counted
 	ConnLost        int64          `json:"conn_lost"`
 	SentPerSec      float64        `json:"sent_per_sec"` // written in the window, whenever due
 	AckedPerSec     float64        `json:"acked_per_sec"`
@@ -286,7 +287,7 @@ func (r *runner) setupInfo(rep *Report, res WorkerResult) {
 	rep.Users = res.Users
 	rep.SignupSeconds, rep.UsersReused = res.SignupSeconds, res.UsersReused
 	if res.SignupSeconds > 0 && !r.cfg.Baseline {
-		rep.SignupPerSec = float64(res.Users) / res.SignupSeconds
+		rep.SignupPerSec = float64(res.Users-res.UsersReused) / res.SignupSeconds
 	}
 	rep.LoginSeconds = res.LoginSeconds
 	rep.GroupSeconds = res.GroupSeconds
@@ -432,7 +433,7 @@ func runTraffic(ctx context.Context, cfg Config, log io.Writer, rep *Report) err
 		Unanswered: max(0, l.Sent-l.Acked-l.AckErr), Delivered: l.Delivered, Expected: res.Expected,
 		Lost: res.Lost, Extra: res.Extra,
 		Duplicates: l.Dups, SeqGaps: l.SeqGaps + l.GSeqHoles, SeqDups: l.SeqDups, SeqReorders: l.Reorders,
-		GSeqDeliveries: l.GSeqChecked, OwnGSeqs: l.OwnGSeqs, Foreign: l.Foreign, ConnLost: l.ConnLost,
+		GSeqDeliveries: l.GSeqChecked, OwnGSeqs: l.OwnGSeqs, Foreign: l.Foreign, Stale: l.Stale, ConnLost: l.ConnLost,
 		SentPerSec: float64(l.SentWin) / win, AckedPerSec: float64(l.AckedWin) / win,
 		DeliveredPerSec: float64(l.DeliveredWin) / win, DrainSeconds: res.DrainSeconds, DrainTimedOut: res.DrainTimedOut,
 		Latency: l.Latency.Summary(), AckLatency: l.AckLatency.Summary(), Seconds: secs,

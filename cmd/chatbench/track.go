@@ -73,6 +73,7 @@ type Ledger struct {
 	SeqDups   atomic.Int64 // a seq at or below the last one seen; a gseq seen twice by one member
 	SeqGaps   atomic.Int64 // seqs skipped (should be zero)
 	Foreign   atomic.Int64 // deliveries that are not benchmark messages
+	Stale     atomic.Int64 // deliveries of messages stamped before since: an earlier run's
 	ConnLost  atomic.Int64 // connections that ended during the run
 
 	// Group logs (see groupTrack).
@@ -85,6 +86,10 @@ type Ledger struct {
 	SentWin      atomic.Int64
 	AckedWin     atomic.Int64
 	DeliveredWin atomic.Int64
+
+	// since: with users of an earlier run reused, when this run began
+	// (unix nanos); messages stamped before it are Stale. 0: none.
+	since atomic.Int64
 
 	winStart atomic.Int64 // unix nanos; 0 = not started
 	winEnd   atomic.Int64 // unix nanos; 0 = open
@@ -231,6 +236,10 @@ func (l *Ledger) account(r *recvState, body []byte, now int64) {
 		l.Foreign.Add(1)
 		return
 	}
+	if t < l.since.Load() {
+		l.Stale.Add(1)
+		return
+	}
 	if r.seen == nil {
 		r.seen = map[int32]*bitset{}
 	}
@@ -370,10 +379,10 @@ func (b *bitset) testAndSet(i uint64) bool {
 
 // LedgerCounts is the JSON form of a Ledger, mergeable across processes.
 type LedgerCounts struct {
-	Sent, SendErr, DueUnsent, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, ConnLost int64
-	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                                             int64
-	SentWin, AckedWin, DeliveredWin                                                                        int64
-	Latency, AckLatency, SendLag                                                                           HistSnapshot
+	Sent, SendErr, DueUnsent, Acked, AckErr, Limited, Delivered, Dups, SeqDups, SeqGaps, Foreign, Stale, ConnLost int64
+	Reorders, GSeqHoles, OwnGSeqs, GSeqChecked                                                                    int64
+	SentWin, AckedWin, DeliveredWin                                                                               int64
+	Latency, AckLatency, SendLag                                                                                  HistSnapshot
 }
 
 // Counts snapshots l.
@@ -381,7 +390,7 @@ func (l *Ledger) Counts() LedgerCounts {
 	return LedgerCounts{
 		Sent: l.Sent.Load(), SendErr: l.SendErr.Load(), DueUnsent: l.DueUnsent.Load(), Acked: l.Acked.Load(), AckErr: l.AckErr.Load(), Limited: l.Limited.Load(),
 		Delivered: l.Delivered.Load(), Dups: l.Dups.Load(), SeqDups: l.SeqDups.Load(), SeqGaps: l.SeqGaps.Load(),
-		Foreign: l.Foreign.Load(), ConnLost: l.ConnLost.Load(),
+		Foreign: l.Foreign.Load(), Stale: l.Stale.Load(), ConnLost: l.ConnLost.Load(),
 		Reorders: l.Reorders.Load(), GSeqHoles: l.GSeqHoles.Load(), OwnGSeqs: l.OwnGSeqs.Load(), GSeqChecked: l.GSeqChecked.Load(),
 		SentWin: l.SentWin.Load(), AckedWin: l.AckedWin.Load(), DeliveredWin: l.DeliveredWin.Load(),
 		Latency: l.Latency.Snapshot(), AckLatency: l.AckLatency.Snapshot(), SendLag: l.SendLag.Snapshot(),
@@ -401,6 +410,7 @@ func (c *LedgerCounts) Add(o LedgerCounts) {
 	c.SeqDups += o.SeqDups
 	c.SeqGaps += o.SeqGaps
 	c.Foreign += o.Foreign
+	c.Stale += o.Stale
 	c.ConnLost += o.ConnLost
 	c.Reorders += o.Reorders
 	c.GSeqHoles += o.GSeqHoles

@@ -416,3 +416,24 @@ func TestGroupDeliveryAllocs(t *testing.T) {
 		t.Fatalf("%d messages in the acked set, %d own ACKs", n, cnt.OwnGSeqs)
 	}
 }
+
+// TestStaleMessagesOfAnEarlierRun: with reused users, a delivery stamped
+// before this run began (an earlier run's unacknowledged message, sent
+// again at login) is counted apart, not as this run's message; without
+// reuse (since 0) it is an ordinary one.
+func TestStaleMessagesOfAnEarlierRun(t *testing.T) {
+	l := NewLedger()
+	var r recvState
+	l.since.Store(1000)
+	l.account(&r, appendBody(nil, 999, 0, 1, 60), 2000)
+	l.account(&r, appendBody(nil, 1001, 0, 1, 60), 2000)
+	if l.Stale.Load() != 1 || l.Delivered.Load() != 1 || l.Dups.Load() != 0 {
+		t.Fatalf("stale %d delivered %d dups %d, want 1 1 0", l.Stale.Load(), l.Delivered.Load(), l.Dups.Load())
+	}
+	l = NewLedger()
+	r = recvState{}
+	l.account(&r, appendBody(nil, 999, 0, 1, 60), 2000)
+	if l.Stale.Load() != 0 || l.Delivered.Load() != 1 {
+		t.Fatalf("without reuse: stale %d delivered %d, want 0 1", l.Stale.Load(), l.Delivered.Load())
+	}
+}

@@ -338,6 +338,9 @@ func (w *worker) signupAndLogin(ctx context.Context, split int) error {
 		w.res.SignupSeconds, w.res.UsersReused = time.Since(t0).Seconds(), reused
 		if reused > 0 {
 			w.cmidBase = uint64(1+rand.Int32N(math.MaxInt32-1)) << 32
+			// What reused users get of an earlier run's messages (its
+			// unacknowledged backlog) is not this run's.
+			w.ledger.since.Store(t0.UnixNano())
 		}
 		t0 = time.Now()
 		err = parallel(ctx, len(w.users), w.cfg.Concurrency, func(ctx context.Context, i int) error {
@@ -459,7 +462,11 @@ func (w *worker) setupGroup(ctx context.Context) error {
 	err := parallel(ctx, g, w.cfg.Concurrency, func(ctx context.Context, k int) error {
 		ctx, cancel := context.WithTimeout(ctx, w.cfg.Timeout)
 		defer cancel()
-		gid, err := w.users[k*size].c.createGroup(ctx, fmt.Sprintf("%sg%d", w.cfg.Prefix, k))
+		name := fmt.Sprintf("%sg%d", w.cfg.Prefix, k)
+		if w.cmidBase != 0 { // reused users: an earlier run's groups have the plain names
+			name += fmt.Sprintf("r%x", w.cmidBase>>32)
+		}
+		gid, err := w.users[k*size].c.createGroup(ctx, name)
 		gids[k] = gid
 		if err != nil {
 			return fmt.Errorf("create group: %w", hint(err))
