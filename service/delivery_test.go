@@ -242,10 +242,7 @@ func TestResyncDuringLoginRead(t *testing.T) {
 func runPump(t *testing.T, n *Node, s *Session, gen uint32, keys ...codec.GroupID) {
 	t.Helper()
 	s.mu.Lock()
-	start := false
-	for _, key := range keys {
-		start = s.queuePumpLocked(gen, key) || start
-	}
+	start := s.queuePumpsLocked(gen, keys...)
 	s.mu.Unlock()
 	if !start {
 		t.Fatalf("no pump to start for streams %v", keys)

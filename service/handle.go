@@ -781,9 +781,7 @@ func (n *Node) addFriend(ctx context.Context, req *codec.Request, uid codec.User
 		return fail(codec.ErrnoNotFound, "no user %d", fid)
 	case errors.Is(err, ErrConflict):
 		return fail(codec.ErrnoConflict, "already friends with %d", fid)
-	case errors.Is(err, ErrLimit):
-		return fail(codec.ErrnoLimit, "%s", err.Error())
-	case err != nil:
+	case err != nil: // ErrLimit too
 		return n.storeFail("add friend", err)
 	}
 	return nil
@@ -808,10 +806,7 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	if errors.Is(err, ErrConflict) {
 		return fail(codec.ErrnoConflict, "group name %q is taken", name)
 	}
-	if errors.Is(err, ErrLimit) {
-		return fail(codec.ErrnoLimit, "%s", err.Error())
-	}
-	if err != nil {
+	if err != nil { // ErrLimit too
 		return n.storeFail("create group", err)
 	}
 	ack.GroupID = gid
@@ -822,8 +817,8 @@ func (n *Node) createGroup(ctx context.Context, s *Session, req *codec.Request, 
 	s.mu.Unlock()
 	// A message from a member who joined at once may have been offered
 	// before the session followed the group: read the log once.
-	if gen, ok := s.claimPump(gid); ok {
-		n.startPumps(s, gen, []codec.GroupID{gid})
+	if gen, start, _ := s.claimStreams(gid); start {
+		go n.pump(s, gen)
 	}
 	return nil
 }
@@ -903,9 +898,7 @@ func (n *Node) addGroup(ctx context.Context, s *Session, req *codec.Request, uid
 		return fail(codec.ErrnoNotFound, "no group %d", gid)
 	case errors.Is(err, ErrConflict):
 		return fail(codec.ErrnoConflict, "already a member of group %d", gid)
-	case errors.Is(err, ErrLimit):
-		return fail(codec.ErrnoLimit, "%s", err.Error())
-	case err != nil:
+	case err != nil: // ErrLimit too
 		return n.storeFail("join group", err)
 	}
 	return nil

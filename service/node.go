@@ -394,10 +394,7 @@ func (n *Node) deliver(notices []pubsub.Notice) (rest []pubsub.Notice) {
 			continue
 		}
 		s.mu.Lock()
-		start := false
-		for _, key := range s.offerLocked(nt.Deliveries, n.cfg.PumpWindow) {
-			start = s.queuePumpLocked(s.gen, key) || start
-		}
+		start := s.queuePumpsLocked(s.gen, s.offerLocked(nt.Deliveries, n.cfg.PumpWindow)...)
 		gen := s.gen
 		s.mu.Unlock()
 		if start {
@@ -450,10 +447,7 @@ func (n *Node) startPumps(s *Session, gen uint32, keys []codec.GroupID) {
 		return
 	}
 	s.mu.Lock()
-	start := false
-	for _, key := range keys {
-		start = s.queuePumpLocked(gen, key) || start
-	}
+	start := s.queuePumpsLocked(gen, keys...)
 	s.mu.Unlock()
 	if start {
 		go n.pump(s, gen)

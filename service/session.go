@@ -152,19 +152,20 @@ func (s *Session) newGenLocked() {
 	s.pumpOn = false
 }
 
-// queuePumpLocked hands stream key, which is pumping with its position
+// queuePumpsLocked hands streams keys, pumping with their positions
 // known, to the session's pump for generation gen; it reports whether the
 // caller must start that pump (go Node.pump). Called with s.mu held.
-func (s *Session) queuePumpLocked(gen uint32, key codec.GroupID) (start bool) {
+func (s *Session) queuePumpsLocked(gen uint32, keys ...codec.GroupID) (start bool) {
 	if s.gen != gen || s.uid == 0 {
 		return false
 	}
-	st := s.streamLocked(key)
-	if st == nil || !st.pumping {
-		return false
+	queued := false
+	for _, key := range keys {
+		if st := s.streamLocked(key); st != nil && st.pumping {
+			st.queued, queued = true, true
+		}
 	}
-	st.queued = true
-	if s.pumpOn {
+	if !queued || s.pumpOn {
 		return false
 	}
 	s.pumpOn = true
@@ -202,51 +203,41 @@ func (s *Session) nextQueuedLocked(last codec.GroupID) (codec.GroupID, bool) {
 	return 0, false
 }
 
-// claimPump marks stream key as pumping and returns the login generation;
-// it reports false when s is not logged in, does not follow the stream, or
-// a pump already runs (or a login or join is reading it), which then reads
-// the stream once more before it stops: what the resync is for may have
-// been committed after its read.
-func (s *Session) claimPump(key codec.GroupID) (uint32, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.uid == 0 {
-		return 0, false
-	}
-	st := s.streamLocked(key)
-	if st == nil {
-		return 0, false
-	}
-	if st.pumping {
-		st.recheck = true
-		return 0, false
-	}
-	st.pumping = true
-	return s.gen, true
-}
-
-// claimStreams claims every stream of the session as claimPump does and
-// queues those it claimed for the session's pump: a resync. It returns the
-// login generation, whether the caller must start the pump, and how many
-// streams it claimed.
-func (s *Session) claimStreams() (gen uint32, start bool, claimed int) {
+// claimStreams claims streams keys of the session, or all of them when
+// none is named (a resync), for the session's pump: each one not being
+// read is marked pumping and queued; one that a pump (or a login or join)
+// is reading already is read once more before it stops, since what the
+// claim is for may have been committed after that read. A stream the
+// session does not follow is passed over. It returns the login
+// generation, whether the caller must start the pump (go Node.pump), and
+// how many streams it claimed.
+func (s *Session) claimStreams(keys ...codec.GroupID) (gen uint32, start bool, claimed int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.uid == 0 {
 		return 0, false, 0
 	}
 	claim := func(key codec.GroupID, st *stream) {
+		if st == nil {
+			return
+		}
 		if st.pumping {
-			st.recheck = true // its reader reads it once more
+			st.recheck = true
 			return
 		}
 		st.pumping = true
 		claimed++
-		start = s.queuePumpLocked(s.gen, key) || start
+		start = s.queuePumpsLocked(s.gen, key) || start
 	}
-	claim(0, &s.inbox)
-	for g, st := range s.groups {
-		claim(g, st)
+	if len(keys) > 0 {
+		for _, key := range keys {
+			claim(key, s.streamLocked(key))
+		}
+	} else {
+		claim(0, &s.inbox)
+		for g, st := range s.groups {
+			claim(g, st)
+		}
 	}
 	return s.gen, start, claimed
 }
