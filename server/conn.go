@@ -116,11 +116,7 @@ func (c *conn) flush(gc gnet.Conn, err error) error {
 	out := c.out
 	c.out, c.flushing = nil, false
 	// Until seeBuffered below, Unsent counts what leaves out as buffered.
-	n := 0
-	for _, f := range out {
-		n += len(f)
-	}
-	c.buffered.Add(int32(min(n, math.MaxInt32/4)))
+	c.buffered.Add(int32(min(frameBytes(out), math.MaxInt32/4)))
 	c.mu.Unlock()
 	if err != nil || len(out) == 0 {
 		return nil // closed
@@ -162,11 +158,16 @@ func (c *conn) Unsent() int {
 	// buffered is read under mu, which flush holds while it moves out's
 	// bytes into it: read before, a flush in between would hide them.
 	c.mu.Lock()
-	n := int(c.buffered.Load())
-	for _, f := range c.out {
+	defer c.mu.Unlock()
+	return int(c.buffered.Load()) + frameBytes(c.out)
+}
+
+// frameBytes is the length of frames together.
+func frameBytes(frames [][]byte) int {
+	n := 0
+	for _, f := range frames {
 		n += len(f)
 	}
-	c.mu.Unlock()
 	return n
 }
 
