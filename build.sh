@@ -833,9 +833,9 @@ wait_listen() {
 
 # render_stream TEMPLATE LISTEN NODE...: print the stream block of TEMPLATE
 # with the ##NODES## lines replaced by one server line per NODE address
-# (options taken from the first ##NODES## line) and the
-# ##LISTEN## line by "listen LISTEN;" - exactly as test/harness_test.go's
-# renderStream does.
+# (options taken from the first ##NODES## line) and the address of the
+# ##LISTEN## line replaced by LISTEN, its options kept - exactly as
+# test/harness_test.go's renderStream does.
 render_stream() {
 	local tmpl="$1" listen="$2" line node emitted=0 have_listen=0
 	local -a nodes=("${@:3}") fields
@@ -852,7 +852,14 @@ render_stream() {
 			done
 		elif [[ "$line" == *'##LISTEN##' ]]; then
 			have_listen=1
-			printf '        listen %s;\n' "$listen"
+			read -ra fields <<<"${line%'##LISTEN##'}"
+			((${#fields[@]} >= 2)) || die "$tmpl: bad ##LISTEN## line: $line"
+			if [[ "${fields[1]}" == *';' ]]; then
+				fields[1]="$listen;"
+			else
+				fields[1]="$listen"
+			fi
+			printf '        %s\n' "${fields[*]}"
 		else
 			printf '%s\n' "$line"
 		fi

@@ -46,6 +46,27 @@ func TestBuildShCluster(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
 	addr := lines[len(lines)-1]
+	// build.sh renders the stream template as the cluster tests do (the
+	// listen options, such as the accept queue, kept).
+	tmpl, err := os.ReadFile("../deploy/nginx/chatcluster-stream.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nodes []string
+	for _, name := range []string{"node1", "node2"} {
+		b, err := os.ReadFile(filepath.Join(dir, "addr", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		nodes = append(nodes, strings.TrimSpace(string(b)))
+	}
+	conf, err := os.ReadFile(filepath.Join(dir, "nginx", "nginx.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := renderStream(string(tmpl), nodes, addr); !strings.HasSuffix(string(conf), want) {
+		t.Fatalf("build.sh's nginx.conf:\n%s\ndoes not end with the stream block the tests render:\n%s", conf, want)
+	}
 	pidOf := func(name string) int {
 		b, err := os.ReadFile(filepath.Join(dir, "pids", name+".pid"))
 		if err != nil {

@@ -351,7 +351,8 @@ func (c *cluster) startNginx() {
 
 // renderStream replaces the template's example upstream servers (lines
 // marked ##NODES##) with one line per node and sets the listen address
-// (the line marked ##LISTEN##), as build.sh cluster up does.
+// (the line marked ##LISTEN##, its options kept), as build.sh cluster up
+// does.
 func renderStream(tmpl string, nodes []string, listen string) string {
 	var out []string
 	sc := bufio.NewScanner(strings.NewReader(tmpl))
@@ -370,7 +371,13 @@ func renderStream(tmpl string, nodes []string, listen string) string {
 				out = append(out, "        "+strings.Join(fields, " "))
 			}
 		case strings.HasSuffix(line, "##LISTEN##"):
-			out = append(out, "        listen "+listen+";")
+			fields := strings.Fields(strings.TrimSuffix(line, "##LISTEN##"))
+			if strings.HasSuffix(fields[1], ";") {
+				fields[1] = listen + ";"
+			} else {
+				fields[1] = listen
+			}
+			out = append(out, "        "+strings.Join(fields, " "))
 		default:
 			out = append(out, line)
 		}
