@@ -41,7 +41,10 @@ APT_PACKAGES=(redis-server mariadb-server nginx libnginx-mod-stream)
 # Dynamic module file shipped by Debian's libnginx-mod-stream.
 NGINX_STREAM_MODULE=/usr/lib/nginx/modules/ngx_stream_module.so
 
-# Port range used for private service instances.
+# Port range used for private service instances: free_port keeps below
+# the kernel's ephemeral range (ip_local_port_range) when that leaves at
+# least 1,000 ports, so that no client connection can hold the port it
+# picks (after a benchmark run, tens of thousands of them wait in TIME_WAIT).
 PORT_MIN=20000
 PORT_MAX=60000
 
@@ -223,30 +226,50 @@ used_ports() {
 	fi
 }
 
-# free_port: set FREE_PORT to a random TCP port in [PORT_MIN, PORT_MAX] that
-# nothing listens on and that this script has not handed out before (it sets
-# a variable instead of printing, because a $(...) subshell could not record
-# the port). There is an unavoidable race with other processes; the start_*
+# taken_ports: print the local port of every TCP socket, whatever its state:
+# a port that a closed client connection holds in TIME_WAIT cannot be
+# listened on either (the client did not set SO_REUSEADDR).
+taken_ports() {
+	if command -v ss >/dev/null 2>&1; then
+		ss -Htan | awk '{ n = split($4, a, ":"); print a[n] }'
+	else
+		local f
+		for f in /proc/net/tcp /proc/net/tcp6; do
+			[[ -r "$f" ]] || continue
+			awk 'NR > 1 { split($2, a, ":"); print strtonum("0x" a[2]) }' "$f"
+		done
+	fi
+}
+
+# port_range: print the range free_port picks from: [PORT_MIN, PORT_MAX],
+# ending below the ephemeral range when that leaves 1,000 ports or more.
+port_range() {
+	local lo="" hi="$PORT_MAX"
+	read -r lo _ 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range || true
+	if [[ "$lo" =~ ^[0-9]+$ ]] && ((lo - 1 < hi && lo - 1 - PORT_MIN >= 1000)); then
+		hi=$((lo - 1))
+	fi
+	printf '%s %s\n' "$PORT_MIN" "$hi"
+}
+
+# free_port: set FREE_PORT to a random TCP port of port_range that no socket
+# uses and that this script has not handed out before (it sets a variable
+# instead of printing, because a $(...) subshell could not record the
+# port). There is an unavoidable race with other processes; the start_*
 # functions retry with a new port when the bind fails.
 free_port() {
-	local used port tries p taken
-	used=" $(used_ports | tr '\n' ' ') ${ALLOCATED_PORTS[*]:-} "
+	local used port tries lo hi
+	read -r lo hi < <(port_range)
+	used=" $(taken_ports | sort -u | tr '\n' ' ') ${ALLOCATED_PORTS[*]:-} "
 	for ((tries = 0; tries < 1000; tries++)); do
-		port=$((PORT_MIN + (RANDOM * 32768 + RANDOM) % (PORT_MAX - PORT_MIN + 1)))
-		taken=0
-		for p in $used; do
-			if [[ "$p" == "$port" ]]; then
-				taken=1
-				break
-			fi
-		done
-		if ((taken == 0)); then
+		port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
+		if [[ "$used" != *" $port "* ]]; then
 			ALLOCATED_PORTS+=("$port")
 			FREE_PORT="$port"
 			return 0
 		fi
 	done
-	die "no free port found in $PORT_MIN-$PORT_MAX"
+	die "no free port found in $lo-$hi"
 }
 
 # pid_alive PID: true while PID exists and is not a zombie.

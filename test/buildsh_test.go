@@ -67,6 +67,24 @@ func TestBuildShCluster(t *testing.T) {
 	if want := renderStream(string(tmpl), nodes, addr); !strings.HasSuffix(string(conf), want) {
 		t.Fatalf("build.sh's nginx.conf:\n%s\ndoes not end with the stream block the tests render:\n%s", conf, want)
 	}
+	// Its ports are below the kernel's ephemeral range (where it leaves
+	// room), so that no client connection, open or in TIME_WAIT, holds
+	// one of them when a service binds it.
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if lo, err := strconv.Atoi(strings.Fields(string(b))[0]); err == nil && lo-1-20000 >= 1000 {
+			for _, name := range []string{"node1", "node2", "redis", "mariadb", "nginx"} {
+				b, err := os.ReadFile(filepath.Join(dir, "addr", name))
+				if err != nil {
+					t.Fatal(err)
+				}
+				a := strings.TrimSpace(string(b))
+				port, err := strconv.Atoi(a[strings.LastIndexByte(a, ':')+1:])
+				if err != nil || port < 20000 || port >= lo {
+					t.Errorf("%s listens on %s: want a port in 20000-%d, below the ephemeral range", name, a, lo-1)
+				}
+			}
+		}
+	}
 	pidOf := func(name string) int {
 		b, err := os.ReadFile(filepath.Join(dir, "pids", name+".pid"))
 		if err != nil {
