@@ -81,7 +81,8 @@ type Config struct {
 // from MariaDB and Redis) waited for sysmon, up to 10 ms. With 2 CPUs and
 // 2 loops that put a two-node cluster at 1,000 msg/s into stretches where
 // every round trip took up to 10 ms more (p99 53-65 ms); with one loop,
-// p99 17-21 ms, and flat out no slower (BENCHMARKS.md, (c)).
+// p99 17-21 ms, and flat out no slower (docs/BENCHMARKS-history.md,
+// "What bounds it", (c)).
 func DefaultEventLoops() int { return max(1, runtime.GOMAXPROCS(0)-1) }
 
 func (c *Config) setDefaults() {

@@ -19,7 +19,8 @@ import (
 // own C code through cgo when a C compiler is at hand (the default), the
 // pure-Go translation otherwise (CGO_ENABLED=0; sqlite_purego.go). Both take
 // the same DSNs and files. The C library runs the group commit's
-// statements ~1.2-1.4× faster (BENCHMARKS.md).
+// statements ~1.2-1.4× faster (docs/BENCHMARKS-history.md, "Changes in
+// session 6").
 const SQLiteImplementation = "github.com/mattn/go-sqlite3 (SQLite's C library, cgo)"
 
 // openSQLite opens dsn, "file:PATH?QUERY" as parseDSN builds (and checks)

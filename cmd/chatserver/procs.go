@@ -31,7 +31,7 @@ import (
 // more it runs at once: at 26,020 msg/s p99 fell from 42.5 to 34.5 ms with
 // 2,000 users (medians of 6 pairs) and from 9-10 to 4-5 ms with 20, and
 // flat out did not change. On the MySQL nodes (no writer in C) a P more
-// made 6b worse (BENCHMARKS.md, "Changes in session 14").
+// made 6b worse (docs/BENCHMARKS-history.md, "Changes in session 14").
 func maxProcs(env string, defaultProcs, eventLoops int, sqlite bool) int {
 	if n, err := strconv.Atoi(env); err == nil && n > 0 {
 		return n
