@@ -211,32 +211,22 @@ ensure_packages() {
 	packages_present || die "required packages still missing after apt-get install"
 }
 
-# used_ports: print every local TCP port in LISTEN state, one per line.
-# Uses ss when available, otherwise parses /proc/net/tcp{,6} (hex ports,
-# state 0A == LISTEN).
-used_ports() {
+# local_ports [listen]: print the local port of every TCP socket, one per
+# line, whatever its state (a port that a closed client connection holds in
+# TIME_WAIT cannot be listened on either: the client did not set
+# SO_REUSEADDR); with "listen", of listening sockets only. Uses ss when
+# available, otherwise parses /proc/net/tcp{,6} (hex ports, state 0A ==
+# LISTEN).
+local_ports() {
+	local only="${1:-}"
 	if command -v ss >/dev/null 2>&1; then
-		ss -Hltn | awk '{ n = split($4, a, ":"); print a[n] }'
+		if [[ "$only" == listen ]]; then ss -Hltn; else ss -Htan; fi |
+			awk '{ n = split($4, a, ":"); print a[n] }'
 	else
 		local f
 		for f in /proc/net/tcp /proc/net/tcp6; do
 			[[ -r "$f" ]] || continue
-			awk 'NR > 1 && $4 == "0A" { split($2, a, ":"); print strtonum("0x" a[2]) }' "$f"
-		done
-	fi
-}
-
-# taken_ports: print the local port of every TCP socket, whatever its state:
-# a port that a closed client connection holds in TIME_WAIT cannot be
-# listened on either (the client did not set SO_REUSEADDR).
-taken_ports() {
-	if command -v ss >/dev/null 2>&1; then
-		ss -Htan | awk '{ n = split($4, a, ":"); print a[n] }'
-	else
-		local f
-		for f in /proc/net/tcp /proc/net/tcp6; do
-			[[ -r "$f" ]] || continue
-			awk 'NR > 1 { split($2, a, ":"); print strtonum("0x" a[2]) }' "$f"
+			awk -v only="$only" 'NR > 1 && (only != "listen" || $4 == "0A") { split($2, a, ":"); print strtonum("0x" a[2]) }' "$f"
 		done
 	fi
 }
@@ -260,7 +250,7 @@ port_range() {
 free_port() {
 	local used port tries lo hi
 	read -r lo hi < <(port_range)
-	used=" $(taken_ports | sort -u | tr '\n' ' ') ${ALLOCATED_PORTS[*]:-} "
+	used=" $(local_ports | sort -u | tr '\n' ' ') ${ALLOCATED_PORTS[*]:-} "
 	for ((tries = 0; tries < 1000; tries++)); do
 		port=$((lo + (RANDOM * 32768 + RANDOM) % (hi - lo + 1)))
 		if [[ "$used" != *" $port "* ]]; then
@@ -843,7 +833,7 @@ wait_listen() {
 	for ((i = 0; i < START_TIMEOUT * 10; i++)); do
 		pid_alive "$pid" || return 1
 		# (grep without -q reads all input: no SIGPIPE under pipefail)
-		if used_ports | grep -x -- "$port" >/dev/null; then
+		if local_ports listen | grep -x -- "$port" >/dev/null; then
 			# Still ours (not another process that took the port)?
 			pid_alive "$pid" && return 0
 			return 1

@@ -16,8 +16,8 @@ import (
 // reconnect through nginx at once. Connections beyond nginx's accept queue
 // are dropped by the kernel, and each of those clients then waits for TCP's
 // SYN retransmit (1 s, then 3 s) before it can log in again: with nginx's
-// default queue (511) a failover of 900 users had 40 % of them back only
-// after ~1.1 s (BENCHMARKS.md, case 7). With nginx's worker stopped, so
+// default queue (511) a failover of 900 users had up to 40 % of them back
+// only after ~1.1 s (BENCHMARKS.md, case 7). With nginx's worker stopped, so
 // that nothing is accepted, every connection of a storm of 1,000 must still
 // complete its handshake: the deployed config's queue holds them.
 func TestNginxQueuesAReconnectStorm(t *testing.T) {
