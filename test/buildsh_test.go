@@ -3,6 +3,7 @@ package test
 import (
 	"bytes"
 	"errors"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -154,5 +155,25 @@ func TestBuildShCluster(t *testing.T) {
 	}
 	if login(id) == nil {
 		t.Fatalf("a login through %s after cluster down", addr)
+	}
+}
+
+// TestFreePortBelowEphemeralRange: the tests' services listen on ports
+// that no client connection can be given meanwhile.
+func TestFreePortBelowEphemeralRange(t *testing.T) {
+	lo := ephemeralLow()
+	room := lo-1-20000 >= 1000 // else freePort lets the kernel choose
+	seen := map[int]bool{}
+	for range 50 {
+		p := freePort()
+		if room && (p < 20000 || p >= lo || seen[p]) {
+			t.Fatalf("freePort gave %d (seen before: %v), want a new port in 20000-%d", p, seen[p], lo-1)
+		}
+		seen[p] = true
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			t.Fatalf("freePort gave %d, which cannot be listened on: %v", p, err)
+		}
+		l.Close()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -106,14 +107,59 @@ func needCluster(t *testing.T) {
 	}
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// Ports freePort has handed out, so that two services never get the same.
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
+
+// freePort returns a loopback port that was free a moment ago. Like
+// build.sh, it picks from below the kernel's ephemeral range where that
+// leaves room: a client connection (chatbench's, another test's) can take
+// an ephemeral port between this check and the service's bind, and after
+// a benchmark run tens of thousands of them wait in TIME_WAIT.
 func freePort() int {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	if lo, hi := 20000, ephemeralLow()-1; hi-lo >= 1000 {
+		for range 1000 {
+			p := lo + rand.IntN(hi-lo+1)
+			if portsGiven[p] {
+				continue
+			}
+			l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+			if err != nil {
+				continue // in use
+			}
+			l.Close()
+			portsGiven[p] = true
+			return p
+		}
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		panic(err) // the loopback interface is gone: nothing can work
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (32768
+// when it cannot be read).
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	lo, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return lo
 }
 
 // service is one child process (MariaDB, Redis, nginx or a chatserver node)
