@@ -223,23 +223,33 @@ local_ports() {
 		if [[ "$only" == listen ]]; then ss -Hltn; else ss -Htan; fi |
 			awk '{ n = split($4, a, ":"); print a[n] }'
 	else
-		local f
+		local f h
 		for f in /proc/net/tcp /proc/net/tcp6; do
 			[[ -r "$f" ]] || continue
-			awk -v only="$only" 'NR > 1 && (only != "listen" || $4 == "0A") { split($2, a, ":"); print strtonum("0x" a[2]) }' "$f"
+			# (hex to decimal in bash: mawk, Debian's default awk, has no strtonum)
+			awk -v only="$only" 'NR > 1 && (only != "listen" || $4 == "0A") { split($2, a, ":"); print a[2] }' "$f" |
+				while read -r h; do echo "$((16#$h))"; done
 		done
 	fi
 }
 
-# port_range: print the range free_port picks from: [PORT_MIN, PORT_MAX],
-# ending below the ephemeral range when that leaves 1,000 ports or more.
+# port_range: print the range free_port picks from: the part of
+# [PORT_MIN, PORT_MAX] below the kernel's ephemeral range, or else above
+# it, when that part has 1,000 ports or more; the whole otherwise.
 port_range() {
-	local lo="" hi="$PORT_MAX"
-	read -r lo _ 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range || true
-	if [[ "$lo" =~ ^[0-9]+$ ]] && ((lo - 1 < hi && lo - 1 - PORT_MIN >= 1000)); then
-		hi=$((lo - 1))
+	local elo="" ehi=""
+	read -r elo ehi 2>/dev/null </proc/sys/net/ipv4/ip_local_port_range || true
+	if [[ "$elo" =~ ^[0-9]+$ && "$ehi" =~ ^[0-9]+$ ]]; then
+		if ((elo - 1 <= PORT_MAX && elo - 1 - PORT_MIN >= 1000)); then
+			printf '%s %s\n' "$PORT_MIN" "$((elo - 1))"
+			return
+		fi
+		if ((ehi + 1 >= PORT_MIN && PORT_MAX - (ehi + 1) >= 1000)); then
+			printf '%s %s\n' "$((ehi + 1))" "$PORT_MAX"
+			return
+		fi
 	fi
-	printf '%s %s\n' "$PORT_MIN" "$hi"
+	printf '%s %s\n' "$PORT_MIN" "$PORT_MAX"
 }
 
 # free_port: set FREE_PORT to a random TCP port of port_range that no socket

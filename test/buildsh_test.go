@@ -65,24 +65,26 @@ func TestBuildShCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := renderStream(string(tmpl), nodes, addr); !strings.HasSuffix(string(conf), want) {
+	want, err := renderStream(string(tmpl), nodes, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasSuffix(string(conf), want) {
 		t.Fatalf("build.sh's nginx.conf:\n%s\ndoes not end with the stream block the tests render:\n%s", conf, want)
 	}
-	// Its ports are below the kernel's ephemeral range (where it leaves
-	// room), so that no client connection, open or in TIME_WAIT, holds
-	// one of them when a service binds it.
-	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
-		if lo, err := strconv.Atoi(strings.Fields(string(b))[0]); err == nil && lo-1-20000 >= 1000 {
-			for _, name := range []string{"node1", "node2", "redis", "mariadb", "nginx"} {
-				b, err := os.ReadFile(filepath.Join(dir, "addr", name))
-				if err != nil {
-					t.Fatal(err)
-				}
-				a := strings.TrimSpace(string(b))
-				port, err := strconv.Atoi(a[strings.LastIndexByte(a, ':')+1:])
-				if err != nil || port < 20000 || port >= lo {
-					t.Errorf("%s listens on %s: want a port in 20000-%d, below the ephemeral range", name, a, lo-1)
-				}
+	// Its ports are outside the kernel's ephemeral range (where that
+	// leaves room), so that no client connection, open or in TIME_WAIT,
+	// holds one of them when a service binds it.
+	if lo, hi, ok := portRange(); ok {
+		for _, name := range []string{"node1", "node2", "redis", "mariadb", "nginx"} {
+			b, err := os.ReadFile(filepath.Join(dir, "addr", name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := strings.TrimSpace(string(b))
+			port, err := strconv.Atoi(a[strings.LastIndexByte(a, ':')+1:])
+			if err != nil || port < lo || port > hi {
+				t.Errorf("%s listens on %s: want a port in %d-%d, outside the ephemeral range", name, a, lo, hi)
 			}
 		}
 	}
@@ -158,16 +160,15 @@ func TestBuildShCluster(t *testing.T) {
 	}
 }
 
-// TestFreePortBelowEphemeralRange: the tests' services listen on ports
+// TestFreePortOutsideEphemeralRange: the tests' services listen on ports
 // that no client connection can be given meanwhile.
-func TestFreePortBelowEphemeralRange(t *testing.T) {
-	lo := ephemeralLow()
-	room := lo-1-20000 >= 1000 // else freePort lets the kernel choose
+func TestFreePortOutsideEphemeralRange(t *testing.T) {
+	lo, hi, room := portRange() // without room freePort lets the kernel choose
 	seen := map[int]bool{}
 	for range 50 {
 		p := freePort()
-		if room && (p < 20000 || p >= lo || seen[p]) {
-			t.Fatalf("freePort gave %d (seen before: %v), want a new port in 20000-%d", p, seen[p], lo-1)
+		if room && (p < lo || p > hi || seen[p]) {
+			t.Fatalf("freePort gave %d (seen before: %v), want a new port in %d-%d", p, seen[p], lo, hi)
 		}
 		seen[p] = true
 		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
@@ -175,5 +176,32 @@ func TestFreePortBelowEphemeralRange(t *testing.T) {
 			t.Fatalf("freePort gave %d, which cannot be listened on: %v", p, err)
 		}
 		l.Close()
+	}
+}
+
+// TestRenderStream: the template's listen line keeps its options whatever
+// their shape, and a template without its markers is refused.
+func TestRenderStream(t *testing.T) {
+	nodes := []string{"127.0.0.1:1", "127.0.0.1:2"}
+	const up = "    upstream u {\n        server 127.0.0.1:6001 weight=1 max_fails=2; ##NODES##\n        server 127.0.0.1:6002 weight=1 max_fails=2; ##NODES##\n    }\n"
+	for _, c := range []struct{ line, want string }{
+		{"listen 127.0.0.1:8000; ##LISTEN##", "listen 127.0.0.1:9; ##x"},
+		{"listen 127.0.0.1:8000 backlog=4096; ##LISTEN##", "listen 127.0.0.1:9 backlog=4096; ##x"},
+		{"listen [::]:8000 ssl;##LISTEN##", "listen 127.0.0.1:9 ssl; ##x"},
+		{"\tlisten\t8000 reuseport backlog=4096 so_keepalive=on; ##LISTEN##", "listen 127.0.0.1:9 reuseport backlog=4096 so_keepalive=on; ##x"},
+	} {
+		got, err := renderStream(up+c.line+"\n", nodes, "127.0.0.1:9")
+		if err != nil {
+			t.Fatalf("%q: %v", c.line, err)
+		}
+		want := strings.TrimSuffix(c.want, " ##x")
+		if !strings.Contains(got, "        "+want+"\n") || !strings.Contains(got, "server 127.0.0.1:2 weight=1 max_fails=2;") {
+			t.Errorf("%q rendered as:\n%s\nwant the line %q and both servers", c.line, got, want)
+		}
+	}
+	for _, tmpl := range []string{up + "listen 8000;\n", "listen 8000; ##LISTEN##\n", up + "##LISTEN##\n"} {
+		if got, err := renderStream(tmpl, nodes, "127.0.0.1:9"); err == nil {
+			t.Errorf("template %q rendered without an error:\n%s", tmpl, got)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"bufio"
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -114,14 +115,15 @@ var (
 )
 
 // freePort returns a loopback port that was free a moment ago. Like
-// build.sh, it picks from below the kernel's ephemeral range where that
-// leaves room: a client connection (chatbench's, another test's) can take
-// an ephemeral port between this check and the service's bind, and after
-// a benchmark run tens of thousands of them wait in TIME_WAIT.
+// build.sh, it picks from outside the kernel's ephemeral range (below it,
+// or else above it, within 20000-60000) where that leaves room: a client
+// connection (chatbench's, another test's) can take an ephemeral port
+// between this check and the service's bind, and after a benchmark run
+// tens of thousands of them wait in TIME_WAIT.
 func freePort() int {
 	portsMu.Lock()
 	defer portsMu.Unlock()
-	if lo, hi := 20000, ephemeralLow()-1; hi-lo >= 1000 {
+	if lo, hi, ok := portRange(); ok {
 		for range 1000 {
 			p := lo + rand.IntN(hi-lo+1)
 			if portsGiven[p] {
@@ -144,22 +146,36 @@ func freePort() int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// ephemeralLow is the first port of the kernel's ephemeral range (32768
-// when it cannot be read).
-func ephemeralLow() int {
+// portRange is the part of 20000-60000 below the kernel's ephemeral range,
+// or else above it, as build.sh's port_range; ok is false when neither has
+// 1,000 ports (or the range cannot be read).
+func portRange() (lo, hi int, ok bool) {
+	const pmin, pmax = 20000, 60000
+	elo, ehi, ok := ephemeralRange()
+	switch {
+	case !ok:
+		return 0, 0, false
+	case elo-1 <= pmax && elo-1-pmin >= 1000:
+		return pmin, elo - 1, true
+	case ehi+1 >= pmin && pmax-(ehi+1) >= 1000:
+		return ehi + 1, pmax, true
+	}
+	return 0, 0, false
+}
+
+// ephemeralRange is the kernel's ephemeral port range.
+func ephemeralRange() (lo, hi int, ok bool) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
-		return 32768
+		return 0, 0, false
 	}
 	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 32768
+	if len(f) != 2 {
+		return 0, 0, false
 	}
-	lo, err := strconv.Atoi(f[0])
-	if err != nil {
-		return 32768
-	}
-	return lo
+	lo, err1 := strconv.Atoi(f[0])
+	hi, err2 := strconv.Atoi(f[1])
+	return lo, hi, err1 == nil && err2 == nil
 }
 
 // service is one child process (MariaDB, Redis, nginx or a chatserver node)
@@ -377,7 +393,10 @@ func (c *cluster) startNginx() {
 	}
 	port := freePort()
 	listen := "127.0.0.1:" + strconv.Itoa(port)
-	stream := renderStream(string(tmpl), upstreams, listen)
+	stream, err := renderStream(string(tmpl), upstreams, listen)
+	if err != nil {
+		c.t.Fatal(err)
+	}
 	prefix := filepath.Join(c.dir, "nginx")
 	os.MkdirAll(filepath.Join(prefix, "logs"), 0o755)
 	conf := fmt.Sprintf("load_module %s;\ndaemon off;\nmaster_process on;\nworker_processes 1;\npid %s/nginx.pid;\nerror_log %s/error.log info;\nevents { worker_connections 16384; }\n%s",
@@ -398,11 +417,11 @@ func (c *cluster) startNginx() {
 // renderStream replaces the template's example upstream servers (lines
 // marked ##NODES##) with one line per node and sets the listen address
 // (the line marked ##LISTEN##, its options kept), as build.sh cluster up
-// does.
-func renderStream(tmpl string, nodes []string, listen string) string {
+// does; like it, it refuses a template without both markers.
+func renderStream(tmpl string, nodes []string, listen string) (string, error) {
 	var out []string
 	sc := bufio.NewScanner(strings.NewReader(tmpl))
-	emitted := false
+	emitted, listened := false, false
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -412,12 +431,19 @@ func renderStream(tmpl string, nodes []string, listen string) string {
 			}
 			emitted = true
 			fields := strings.Fields(strings.TrimSuffix(line, "##NODES##"))
+			if len(fields) < 2 {
+				return "", fmt.Errorf("bad ##NODES## line: %q", line)
+			}
 			for _, n := range nodes {
 				fields[1] = n
 				out = append(out, "        "+strings.Join(fields, " "))
 			}
 		case strings.HasSuffix(line, "##LISTEN##"):
+			listened = true
 			fields := strings.Fields(strings.TrimSuffix(line, "##LISTEN##"))
+			if len(fields) < 2 {
+				return "", fmt.Errorf("bad ##LISTEN## line: %q", line)
+			}
 			if strings.HasSuffix(fields[1], ";") {
 				fields[1] = listen + ";"
 			} else {
@@ -428,7 +454,10 @@ func renderStream(tmpl string, nodes []string, listen string) string {
 			out = append(out, line)
 		}
 	}
-	return strings.Join(out, "\n") + "\n"
+	if !emitted || !listened {
+		return "", errors.New("the template has no line marked ##NODES## or none marked ##LISTEN##")
+	}
+	return strings.Join(out, "\n") + "\n", nil
 }
 
 // checkFor polls fn until it returns nil or timeout passes.
