@@ -460,34 +460,18 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 			break
 		}
 	}
-	// Presence of each friend and listed member, once; the user is online.
 	ids := make([]codec.UserID, 0, len(friends))
-	seen := make(map[codec.UserID]struct{}, len(friends))
-	see := func(id codec.UserID) {
-		if _, ok := seen[id]; !ok && id != uid {
-			seen[id] = struct{}{}
-			ids = append(ids, id)
-		}
-	}
 	for _, f := range friends {
-		see(f.ID)
+		ids = append(ids, f.ID)
 	}
 	for _, g := range groups {
 		for _, m := range members[g.ID] {
-			see(m.ID)
+			ids = append(ids, m.ID)
 		}
 	}
-	online := map[codec.UserID]bool{}
-	if len(ids) > 0 {
-		if online, err = n.bus.Online(ctx, ids); err != nil {
-			return nil, nil, 0, false, err
-		}
-	}
-	state := func(id codec.UserID) string {
-		if online[id] || id == uid {
-			return codec.StateOnline
-		}
-		return codec.StateOffline
+	state, err := n.presence(ctx, uid, ids)
+	if err != nil {
+		return nil, nil, 0, false, err
 	}
 	ack = &codec.LoginAck{
 		MsgID: codec.MsgLoginAck, ErrMsg: "ok", ID: uid, Name: u.Name,
@@ -514,6 +498,33 @@ func (n *Node) loginAck(ctx context.Context, uid codec.UserID, u User) (ack *cod
 		ack.Groups = append(ack.Groups, cg)
 	}
 	return ack, groups, acked, complete, nil
+}
+
+// presence asks the bus, in one call, whether each of ids is online
+// (each asked once, and uid, the user asking, not at all: it is online),
+// and returns each one's state.
+func (n *Node) presence(ctx context.Context, uid codec.UserID, ids []codec.UserID) (func(codec.UserID) string, error) {
+	ask := make([]codec.UserID, 0, len(ids))
+	seen := make(map[codec.UserID]struct{}, len(ids))
+	for _, id := range ids {
+		if _, ok := seen[id]; !ok && id != uid {
+			seen[id] = struct{}{}
+			ask = append(ask, id)
+		}
+	}
+	online := map[codec.UserID]bool{}
+	if len(ask) > 0 {
+		var err error
+		if online, err = n.bus.Online(ctx, ask); err != nil {
+			return nil, err
+		}
+	}
+	return func(id codec.UserID) string {
+		if online[id] || id == uid {
+			return codec.StateOnline
+		}
+		return codec.StateOffline
+	}, nil
 }
 
 // listGroups returns the groups (of groups, in id order) whose members
@@ -937,26 +948,18 @@ func (n *Node) groupUsers(ctx context.Context, s *Session, req *codec.Request, u
 	}
 	more := len(ms) > limit
 	ms = ms[:min(len(ms), limit)]
-	ids := make([]codec.UserID, 0, len(ms))
-	for _, m := range ms {
-		if m.ID != uid {
-			ids = append(ids, m.ID)
-		}
+	ids := make([]codec.UserID, len(ms))
+	for i, m := range ms {
+		ids[i] = m.ID
 	}
-	online := map[codec.UserID]bool{}
-	if len(ids) > 0 {
-		if online, err = n.bus.Online(ctx, ids); err != nil {
-			return n.storeFail("group users", fmt.Errorf("%w: presence: %v", ErrUnavailable, err))
-		}
+	state, err := n.presence(ctx, uid, ids)
+	if err != nil {
+		return n.storeFail("group users", fmt.Errorf("%w: presence: %v", ErrUnavailable, err))
 	}
 	ack := &codec.GroupUsersAck{MsgID: codec.MsgGroupUsersAck, ReqID: req.ReqID, ErrMsg: "ok", GroupID: codec.GroupID(gid),
 		Users: make([]codec.GroupUser, 0, len(ms)), More: more}
 	for _, m := range ms {
-		state := codec.StateOffline
-		if online[m.ID] || m.ID == uid {
-			state = codec.StateOnline
-		}
-		ack.Users = append(ack.Users, codec.GroupUser{ID: m.ID, Name: m.Name, State: state, Role: m.Role})
+		ack.Users = append(ack.Users, codec.GroupUser{ID: m.ID, Name: m.Name, State: state(m.ID), Role: m.Role})
 	}
 	s.send(ack)
 	return nil
