@@ -44,6 +44,20 @@ func TestSignupAndLoginErrors(t *testing.T) {
 	wantErrno(t, err, codec.ErrnoAuth)
 	_, err = c.Login(ctx, 999999, "secret1")
 	wantErrno(t, err, codec.ErrnoAuth)
+	// bcrypt reads a password's first 72 bytes only: a longer one is not
+	// the 72-byte password it starts with.
+	long := strings.Repeat("p", 72)
+	longID, err := c.Signup(ctx, "longpw", long)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pw := range []string{long + "-and-more", long + "p"} {
+		_, err = c.Login(ctx, longID, pw)
+		wantErrno(t, err, codec.ErrnoAuth)
+	}
+	if _, err := ts.dial(client.Options{}).Login(ctx, longID, long); err != nil {
+		t.Fatalf("login with the 72-byte password: %v", err)
+	}
 	r, err := c.Do(ctx, map[string]any{"msgid": 1, "id": id})
 	if err != nil || r.Errno != codec.ErrnoBadRequest || r.Header.MsgID != codec.MsgLoginAck {
 		t.Fatalf("login without password: %+v %v", r, err)

@@ -255,8 +255,19 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	}
 	uid := codec.UserID(rawID)
 	wrong := fail(codec.ErrnoAuth, "wrong id, password or token")
+	// bcrypt reads only a password's first 72 bytes: a longer one (SIGNUP
+	// takes none) would log in with whatever follows them.
+	if req.Token == nil && len(*req.Password) > MaxPasswordLen {
+		n.reply(s, req, nil, wrong)
+		return
+	}
 	u, err := n.store.User(ctx, uid)
 	if errors.Is(err, ErrNotFound) {
+		if req.Token == nil {
+			// As long as a wrong password takes: how long the answer
+			// takes does not tell whether the id exists.
+			_ = bcrypt.CompareHashAndPassword(n.noUserHash(), []byte(*req.Password))
+		}
 		n.reply(s, req, nil, wrong)
 		return
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -327,5 +328,40 @@ func TestLoginReadsListedMembersOnly(t *testing.T) {
 	}
 	if len(bus.lookups) != 1 || !slices.Equal(bus.lookups[0], []codec.UserID{2, 3, 4}) {
 		t.Fatalf("presence lookups %v, want one of 2, 3, 4", bus.lookups)
+	}
+}
+
+// noUsers is a fakeStore without users.
+type noUsers struct{ *fakeStore }
+
+func (noUsers) User(context.Context, codec.UserID) (User, error) { return User{}, ErrNotFound }
+
+// A password login for an id that does not exist is checked against a
+// hash all the same, so that its answer takes as long as a wrong
+// password's and does not tell which ids exist; a token login checks none.
+func TestLoginOfMissingIDChecksAHash(t *testing.T) {
+	n := newNode(t, noUsers{newFakeStore()})
+	hash, err := bcrypt.GenerateFromPassword([]byte("x"), bcrypt.MinCost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checked := 0
+	n.noUserHash = func() []byte { checked++; return hash }
+	f := &frames{}
+	s := n.Open(f)
+	for i, req := range []string{
+		`{"msgid":1,"reqid":1,"id":99,"password":"secret1"}`,
+		`{"msgid":1,"reqid":2,"id":99,"token":"abc"}`,
+	} {
+		n.Handle(s, []byte(req))
+		f.mu.Lock()
+		got := string(f.got[i])
+		f.mu.Unlock()
+		if want := `"errno":1,`; !strings.Contains(got, want) {
+			t.Fatalf("answer %s, want errno 1", got)
+		}
+		if checked != 1 {
+			t.Fatalf("after %s the hash was checked %d times, want once in all", req, checked)
+		}
 	}
 }

@@ -115,6 +115,10 @@ type Node struct {
 	deadlines *requestDeadlines
 	// members caches group member ids for group sends.
 	members *memberCache
+	// noUserHash is a bcrypt hash at BcryptCost that a password login for
+	// a missing id is checked against, so that it takes as long as a
+	// wrong password.
+	noUserHash func() []byte
 
 	sending atomic.Int64 // chat sends waiting for their commit
 
@@ -187,9 +191,13 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		names:     newNameCache(1 << 14),
 		deadlines: newRequestDeadlines(cfg.RequestTimeout),
 		members:   newMemberCache(1 << 10),
-		acks:      map[AckKey]codec.Seq{},
-		ackStop:   make(chan struct{}),
-		ackDone:   make(chan struct{}),
+		noUserHash: sync.OnceValue(func() []byte {
+			h, _ := bcrypt.GenerateFromPassword([]byte("a password no user has"), cfg.BcryptCost)
+			return h
+		}),
+		acks:    map[AckKey]codec.Seq{},
+		ackStop: make(chan struct{}),
+		ackDone: make(chan struct{}),
 	}
 	if err := cfg.Bus.Subscribe(busHandler{n}); err != nil {
 		return nil, fmt.Errorf("service: subscribe: %w", err)
