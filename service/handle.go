@@ -125,7 +125,7 @@ func (n *Node) HandleNow(s *Session, body []byte) bool {
 	default:
 		return false
 	}
-	return rerr == nil && n.trySendAsync(s, req, sr)
+	return rerr == nil && n.roomToSend(s, sr) && n.trySendAsync(s, req, sr)
 }
 
 // reply sends the response for req: ack on success (nil err) or the error.
@@ -162,6 +162,9 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 			sr, err = n.groupChat(ctx, req, uid, name, false)
 		}
 		if err == nil {
+			if !n.roomToSend(s, sr) {
+				s.sends.Wait() // the connection's earlier sends are stored
+			}
 			n.sendAsync(ctx, s, req, sr)
 			return
 		}
@@ -303,7 +306,7 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	s.uid, s.name, s.id = uid, u.Name, newLoginID()
 	s.inbox, s.groups, s.loggingIn = stream{pumping: true}, nil, true
 	s.newGenLocked()
-	gen, sid := s.gen, s.id
+	gen, sid := s.gen, s.id.String()
 	s.mu.Unlock()
 	// The hub, then presence, then the inbox read: once another node can
 	// see this session in presence (and kick it), the hub holds it; and a
@@ -614,7 +617,7 @@ func (n *Node) logout(ctx context.Context, s *Session, uid codec.UserID) *reqErr
 		return n.storeFail("logout", err)
 	}
 	s.mu.Lock()
-	sid := s.id
+	sid := s.id.String()
 	s.endLoginLocked()
 	s.mu.Unlock()
 	n.leave(uid, sid, s)
@@ -670,7 +673,7 @@ func (n *Node) userExists(ctx context.Context, uid codec.UserID, cachedOnly bool
 // commit queue.
 func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr SendRequest) {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	n.startSend(s)
+	n.startSend(s, len(sr.To))
 	n.store.SendAsync(ctx, sr, n.sent(s, req, sr))
 }
 
@@ -678,22 +681,37 @@ func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr
 // queued nothing, when it has none.
 func (n *Node) trySendAsync(s *Session, req *codec.Request, sr SendRequest) bool {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	n.startSend(s)
+	n.startSend(s, len(sr.To))
 	if n.store.TrySendAsync(sr, n.sent(s, req, sr)) {
 		return true
 	}
-	n.endSend(s)
+	n.endSend(s, len(sr.To))
 	return false
 }
 
-// startSend counts a send that waits for its commit.
-func (n *Node) startSend(s *Session) {
+// roomToSend reports whether s may queue sr for the commit now: when none
+// of its sends waits for its commit, or when the recipients of those that
+// wait and sr's stay within MaxSendingTo. What a connection's sends hold
+// until their commit grows with their recipients (a group send holds a
+// row and an entry for each), and the pending limits count a request
+// only until it is queued here; past this bound the request waits for
+// the connection's earlier sends, and the connection's later requests
+// wait as pending (errno 8 past those limits).
+func (n *Node) roomToSend(s *Session, sr SendRequest) bool {
+	w := s.sendingTo.Load()
+	return w == 0 || w+int64(len(sr.To)) <= int64(n.cfg.MaxSendingTo)
+}
+
+// startSend counts a send to k recipients that waits for its commit.
+func (n *Node) startSend(s *Session, k int) {
 	s.sends.Add(1)
+	s.sendingTo.Add(int64(k))
 	n.sending.Add(1)
 }
 
 // endSend uncounts a send counted by startSend.
-func (n *Node) endSend(s *Session) {
+func (n *Node) endSend(s *Session, k int) {
+	s.sendingTo.Add(-int64(k))
 	s.sends.Done()
 	n.sending.Add(-1)
 }
@@ -701,9 +719,9 @@ func (n *Node) endSend(s *Session) {
 // sent returns the completion of a send counted by startSend: it writes
 // the send's ACK.
 func (n *Node) sent(s *Session, req *codec.Request, sr SendRequest) func(SendResult, error) {
-	reqID, msgID, gid := req.ReqID, req.MsgID, sr.Group
+	reqID, msgID, gid, k := req.ReqID, req.MsgID, sr.Group, len(sr.To)
 	return func(res SendResult, err error) {
-		defer n.endSend(s)
+		defer n.endSend(s, k)
 		if err != nil {
 			rerr := n.storeFail("send", err)
 			s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, Errno: rerr.errno, ErrMsg: rerr.msg})

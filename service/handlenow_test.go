@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/chatcluster/chatcluster/codec"
 )
@@ -105,5 +106,89 @@ func TestHandleNow(t *testing.T) {
 	n2, s2, _ := loggedIn(t, st2, alice, nil)
 	if n2.HandleNow(s2, []byte(`{"msgid":6,"toid":1,"msg":"hi","clientmsgid":"c6"}`)) || n2.Busy() || len(st2.queued) != 0 {
 		t.Errorf("full queue: handled, busy %v, queued %d; want it left to Handle", n2.Busy(), len(st2.queued))
+	}
+}
+
+// heldStore is a fakeStore whose sends wait for their commit until the
+// test completes them.
+type heldStore struct {
+	*fakeStore
+	mu   sync.Mutex
+	sent []SendRequest
+	done []func(SendResult, error)
+}
+
+func (h *heldStore) TrySendAsync(req SendRequest, done func(SendResult, error)) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.sent, h.done = append(h.sent, req), append(h.done, done)
+	return true
+}
+
+func (h *heldStore) SendAsync(_ context.Context, req SendRequest, done func(SendResult, error)) {
+	h.TrySendAsync(req, done)
+}
+
+// queued returns how many sends were queued.
+func (h *heldStore) queued() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sent)
+}
+
+// commit completes every send queued so far.
+func (h *heldStore) commit() {
+	h.mu.Lock()
+	done := h.done
+	h.done = nil
+	h.mu.Unlock()
+	for _, d := range done {
+		d(SendResult{}, nil)
+	}
+}
+
+// A connection's sends waiting for their commit have at most
+// MaxSendingTo recipients together (or are one send): past that, the
+// event loop leaves a send to Handle, which queues it once the earlier
+// ones are stored.
+func TestSendsWaitingAreBoundedByRecipients(t *testing.T) {
+	const alice, gid = codec.UserID(1), codec.GroupID(7)
+	st := &heldStore{fakeStore: newFakeStore()}
+	n, _, _ := loggedIn(t, st, alice, nil)
+	s := n.Open(&countFrames{})
+	s.mu.Lock()
+	s.uid, s.name = alice, "alice"
+	s.mu.Unlock()
+	n.cfg.MaxSendingTo = 10
+	n.members.put(gid, []codec.UserID{alice, 2, 3, 4, 5, 6, 7}) // 6 recipients
+	group := []byte(`{"msgid":10,"groupid":7,"msg":"hi"}`)
+	if !n.HandleNow(s, group) {
+		t.Fatal("the first group send was not queued")
+	}
+	if n.HandleNow(s, group) {
+		t.Fatal("a second group send was queued: 12 recipients waiting, more than 10")
+	}
+	if !n.HandleNow(s, []byte(`{"msgid":6,"toid":1,"msg":"to myself"}`)) {
+		t.Fatal("a one-to-one send was not queued: 7 recipients waiting, within 10")
+	}
+	handled := make(chan struct{})
+	go func() { n.Handle(s, group); close(handled) }()
+	time.Sleep(50 * time.Millisecond)
+	if got := st.queued(); got != 2 {
+		t.Fatalf("%d sends queued while 7 recipients wait, want 2: the third must wait", got)
+	}
+	st.commit()
+	<-handled
+	if got := st.queued(); got != 3 {
+		t.Fatalf("%d sends queued after the commit, want 3", got)
+	}
+	st.commit()
+	if w := s.sendingTo.Load(); w != 0 {
+		t.Fatalf("%d recipients counted after every send's commit, want 0", w)
+	}
+	// One send to a group bigger than the bound goes when nothing waits.
+	n.cfg.MaxSendingTo = 3
+	if !n.HandleNow(s, group) {
+		t.Fatal("a send to 6 recipients with nothing waiting was not queued")
 	}
 }

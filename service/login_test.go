@@ -140,8 +140,8 @@ func TestConcurrentLoginsOfOneUser(t *testing.T) {
 		bus := newHeldBus()
 		n := newLoginNode(t, bus)
 		live, other := raceLogins(t, n, bus)
-		if got := bus.named(uid); got != live.id {
-			t.Fatalf("presence names session %q, the live session is %q", got, live.id)
+		if got := bus.named(uid); got != live.id.String() {
+			t.Fatalf("presence names session %q, the live session is %q", got, live.id.String())
 		}
 		if n.hub.get(uid) != live {
 			t.Fatal("the hub does not hold the live session")

@@ -8,6 +8,7 @@ package service
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -79,6 +80,12 @@ type Config struct {
 	// group's members (default 100000): past them ADD_FRIEND, CREATE_GROUP
 	// and ADD_GROUP get errno 11.
 	MaxFriends, MaxGroups, MaxGroupMembers int
+	// MaxSendingTo bounds the recipients of one session's chat sends
+	// waiting for their commit, all together: default 10000. A send past
+	// it waits until the session's earlier sends are stored, and the
+	// session's later requests wait as pending meanwhile; a send with
+	// none waiting goes whatever its group's size.
+	MaxSendingTo int
 }
 
 // The defaults of Config's limits.
@@ -89,6 +96,7 @@ const (
 	DefaultMaxFriends      = 5000
 	DefaultMaxGroups       = 1000
 	DefaultMaxGroupMembers = 100000
+	DefaultMaxSendingTo    = 10000
 )
 
 // Limits on names and passwords.
@@ -166,6 +174,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		{&cfg.LoginGroupUsers, DefaultLoginGroupUsers}, {&cfg.LoginUsers, DefaultLoginUsers},
 		{&cfg.MaxLoginAck, DefaultMaxLoginAck}, {&cfg.MaxFriends, DefaultMaxFriends},
 		{&cfg.MaxGroups, DefaultMaxGroups}, {&cfg.MaxGroupMembers, DefaultMaxGroupMembers},
+		{&cfg.MaxSendingTo, DefaultMaxSendingTo},
 	} {
 		if *l.v <= 0 {
 			*l.v = l.def
@@ -230,12 +239,22 @@ func (n *Node) Attach(s *Session, t Transport) {
 	s.t = t
 }
 
-// newLoginID returns a login's session id (Session.id): 64 random bits, so
-// a collision among a cluster's live sessions is negligible, and the hex
-// string fits the 16-byte size class.
-func newLoginID() string {
+// loginID names one login (Session.id) in presence and in cross-node
+// kicks: 64 random bits, so a collision among a cluster's live sessions is
+// negligible. A session keeps it as a number; the bus carries its String.
+type loginID uint64
+
+// newLoginID returns a new login's id.
+func newLoginID() loginID {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
+	return loginID(binary.BigEndian.Uint64(b[:]))
+}
+
+// String returns id as 16 hex digits, as the bus carries it.
+func (id loginID) String() string {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(id))
 	return hex.EncodeToString(b[:])
 }
 
@@ -247,7 +266,7 @@ func (n *Node) Closed(s *Session) {
 	s.endLoginLocked()
 	s.mu.Unlock()
 	if uid != 0 {
-		n.leave(uid, sid, s)
+		n.leave(uid, sid.String(), s)
 	}
 }
 
@@ -386,7 +405,7 @@ func (h busHandler) Kick(uid codec.UserID, session string) {
 	// Checked and done under s.mu, which a logout and a new login on the
 	// connection take too: a later login there (a new id) is never ended.
 	s.mu.Lock()
-	ended := s.id == session && s.uid == uid && h.n.hub.remove(uid, s) && s.kickLocked()
+	ended := s.uid == uid && s.id.String() == session && h.n.hub.remove(uid, s) && s.kickLocked()
 	s.mu.Unlock()
 	if ended {
 		s.t.Close()

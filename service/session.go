@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/chatcluster/chatcluster/codec"
 )
@@ -57,7 +58,8 @@ type stream struct {
 type Session struct {
 	t Transport
 
-	sends sync.WaitGroup // chat sends waiting for their commit
+	sends     sync.WaitGroup // chat sends waiting for their commit
+	sendingTo atomic.Int64   // their recipients (Node.roomToSend)
 
 	mu   sync.Mutex
 	uid  codec.UserID // 0 until login
@@ -66,7 +68,7 @@ type Session struct {
 	// cross-node kicks: a new one at each login, so that whatever is still
 	// pending for an earlier login on the same connection (a presence
 	// delete being retried, a kick) cannot touch a later one.
-	id string
+	id loginID
 	// Delivery state for the logged-in user:
 	inbox  stream
 	groups map[codec.GroupID]*stream // one per group the user is in
