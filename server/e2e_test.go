@@ -32,7 +32,7 @@ func TestSignupAndLoginErrors(t *testing.T) {
 	wantErrno(t, err, codec.ErrnoConflict)
 	for _, bad := range []struct{ name, pw string }{
 		{"", "secret1"}, {strings.Repeat("n", 51), "secret1"}, {"tab\tname", "secret1"}, {"   ", "secret1"},
-		{"bob", "short"}, {"bob", strings.Repeat("p", 73)},
+		{"bob", "short"}, {"bob", strings.Repeat("p", 73)}, {"evil\u202egnp.exe", "secret1"},
 	} {
 		_, err := c.Signup(ctx, bad.name, bad.pw)
 		wantErrno(t, err, codec.ErrnoBadRequest)

@@ -647,6 +647,11 @@ func validName(s string) error {
 		if unicode.IsControl(r) {
 			return errors.New("must not contain control characters")
 		}
+		if unicode.Is(unicode.Bidi_Control, r) {
+			// They make a name display as another: "photo\u202Egnp.exe"
+			// as "photoexe.png".
+			return errors.New("must not contain bidirectional text controls")
+		}
 	}
 	if strings.TrimSpace(s) != s {
 		return errors.New("must not start or end with spaces")
