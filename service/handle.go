@@ -673,7 +673,7 @@ func (n *Node) userExists(ctx context.Context, uid codec.UserID, cachedOnly bool
 // commit queue.
 func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr SendRequest) {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	n.startSend(s, len(sr.To))
+	n.startSend(s, sendCost(sr))
 	n.store.SendAsync(ctx, sr, n.sent(s, req, sr))
 }
 
@@ -681,37 +681,43 @@ func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr
 // queued nothing, when it has none.
 func (n *Node) trySendAsync(s *Session, req *codec.Request, sr SendRequest) bool {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	n.startSend(s, len(sr.To))
+	n.startSend(s, sendCost(sr))
 	if n.store.TrySendAsync(sr, n.sent(s, req, sr)) {
 		return true
 	}
-	n.endSend(s, len(sr.To))
+	n.endSend(s, sendCost(sr))
 	return false
 }
 
 // roomToSend reports whether s may queue sr for the commit now: when none
-// of its sends waits for its commit, or when the recipients of those that
-// wait and sr's stay within MaxSendingTo. What a connection's sends hold
-// until their commit grows with their recipients (a group send holds a
-// row and an entry for each), and the pending limits count a request
-// only until it is queued here; past this bound the request waits for
-// the connection's earlier sends, and the connection's later requests
-// wait as pending (errno 8 past those limits).
+// of its sends waits for its commit, or when what those that wait and sr
+// hold stays within MaxSending (sendCost). The pending limits count a
+// request only until it is queued here, and what a send holds until its
+// commit grows with its recipients (a group send holds a row and an entry
+// for each); past this bound the request waits for the connection's
+// earlier sends, and the connection's later requests wait as pending
+// (errno 8 past those limits).
 func (n *Node) roomToSend(s *Session, sr SendRequest) bool {
-	w := s.sendingTo.Load()
-	return w == 0 || w+int64(len(sr.To)) <= int64(n.cfg.MaxSendingTo)
+	held := s.sendingHeld.Load()
+	return held == 0 || held+sendCost(sr) <= int64(n.cfg.MaxSending)
 }
 
-// startSend counts a send to k recipients that waits for its commit.
-func (n *Node) startSend(s *Session, k int) {
+// sendCost is what sr is counted to hold until its commit: its text and
+// SendRecipientCost for each recipient.
+func sendCost(sr SendRequest) int64 {
+	return int64(len(sr.Body)) + SendRecipientCost*int64(len(sr.To))
+}
+
+// startSend counts a send that waits for its commit, holding cost.
+func (n *Node) startSend(s *Session, cost int64) {
 	s.sends.Add(1)
-	s.sendingTo.Add(int64(k))
+	s.sendingHeld.Add(cost)
 	n.sending.Add(1)
 }
 
 // endSend uncounts a send counted by startSend.
-func (n *Node) endSend(s *Session, k int) {
-	s.sendingTo.Add(-int64(k))
+func (n *Node) endSend(s *Session, cost int64) {
+	s.sendingHeld.Add(-cost)
 	s.sends.Done()
 	n.sending.Add(-1)
 }
@@ -719,9 +725,9 @@ func (n *Node) endSend(s *Session, k int) {
 // sent returns the completion of a send counted by startSend: it writes
 // the send's ACK.
 func (n *Node) sent(s *Session, req *codec.Request, sr SendRequest) func(SendResult, error) {
-	reqID, msgID, gid, k := req.ReqID, req.MsgID, sr.Group, len(sr.To)
+	reqID, msgID, gid, cost := req.ReqID, req.MsgID, sr.Group, sendCost(sr)
 	return func(res SendResult, err error) {
-		defer n.endSend(s, k)
+		defer n.endSend(s, cost)
 		if err != nil {
 			rerr := n.storeFail("send", err)
 			s.send(&codec.Ack{MsgID: codec.MsgAck, ReqID: reqID, Ack: msgID, Errno: rerr.errno, ErrMsg: rerr.msg})

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -147,11 +148,11 @@ func (h *heldStore) commit() {
 	}
 }
 
-// A connection's sends waiting for their commit have at most
-// MaxSendingTo recipients together (or are one send): past that, the
-// event loop leaves a send to Handle, which queues it once the earlier
-// ones are stored.
-func TestSendsWaitingAreBoundedByRecipients(t *testing.T) {
+// What a connection's sends waiting for their commit hold (each one's
+// text and SendRecipientCost a recipient) stays within MaxSending, or is
+// one send: past that, the event loop leaves a send to Handle, which
+// queues it once the earlier ones are stored.
+func TestSendsWaitingAreBounded(t *testing.T) {
 	const alice, gid = codec.UserID(1), codec.GroupID(7)
 	st := &heldStore{fakeStore: newFakeStore()}
 	n, _, _ := loggedIn(t, st, alice, nil)
@@ -159,23 +160,24 @@ func TestSendsWaitingAreBoundedByRecipients(t *testing.T) {
 	s.mu.Lock()
 	s.uid, s.name = alice, "alice"
 	s.mu.Unlock()
-	n.cfg.MaxSendingTo = 10
 	n.members.put(gid, []codec.UserID{alice, 2, 3, 4, 5, 6, 7}) // 6 recipients
-	group := []byte(`{"msgid":10,"groupid":7,"msg":"hi"}`)
+	group := []byte(`{"msgid":10,"groupid":7,"msg":"hi"}`)      // holds 6*128+2 = 770
+	one := func(text string) []byte { return []byte(`{"msgid":6,"toid":1,"msg":"` + text + `"}`) }
+	n.cfg.MaxSending = 1000
 	if !n.HandleNow(s, group) {
 		t.Fatal("the first group send was not queued")
 	}
 	if n.HandleNow(s, group) {
-		t.Fatal("a second group send was queued: 12 recipients waiting, more than 10")
+		t.Fatal("a second group send was queued: 1540 held, more than 1000")
 	}
-	if !n.HandleNow(s, []byte(`{"msgid":6,"toid":1,"msg":"to myself"}`)) {
-		t.Fatal("a one-to-one send was not queued: 7 recipients waiting, within 10")
+	if !n.HandleNow(s, one("to myself")) { // 128+9
+		t.Fatal("a one-to-one send was not queued: 907 held, within 1000")
 	}
 	handled := make(chan struct{})
 	go func() { n.Handle(s, group); close(handled) }()
 	time.Sleep(50 * time.Millisecond)
 	if got := st.queued(); got != 2 {
-		t.Fatalf("%d sends queued while 7 recipients wait, want 2: the third must wait", got)
+		t.Fatalf("%d sends queued while 907 is held, want 2: the third must wait", got)
 	}
 	st.commit()
 	<-handled
@@ -183,12 +185,15 @@ func TestSendsWaitingAreBoundedByRecipients(t *testing.T) {
 		t.Fatalf("%d sends queued after the commit, want 3", got)
 	}
 	st.commit()
-	if w := s.sendingTo.Load(); w != 0 {
-		t.Fatalf("%d recipients counted after every send's commit, want 0", w)
+	if held := s.sendingHeld.Load(); held != 0 {
+		t.Fatalf("%d held after every send's commit, want 0", held)
 	}
-	// One send to a group bigger than the bound goes when nothing waits.
-	n.cfg.MaxSendingTo = 3
-	if !n.HandleNow(s, group) {
-		t.Fatal("a send to 6 recipients with nothing waiting was not queued")
+	// A message's text counts: with nothing waiting a send of any size
+	// goes, and then a short one does not fit beside it.
+	if !n.HandleNow(s, one(strings.Repeat("x", 900))) {
+		t.Fatal("a send holding 1028 with nothing waiting was not queued")
+	}
+	if n.HandleNow(s, one("x")) {
+		t.Fatal("a send was queued beside one holding 1028")
 	}
 }

@@ -80,12 +80,13 @@ type Config struct {
 	// group's members (default 100000): past them ADD_FRIEND, CREATE_GROUP
 	// and ADD_GROUP get errno 11.
 	MaxFriends, MaxGroups, MaxGroupMembers int
-	// MaxSendingTo bounds the recipients of one session's chat sends
-	// waiting for their commit, all together: default 10000. A send past
-	// it waits until the session's earlier sends are stored, and the
-	// session's later requests wait as pending meanwhile; a send with
-	// none waiting goes whatever its group's size.
-	MaxSendingTo int
+	// MaxSending bounds what one session's chat sends waiting for their
+	// commit hold, all together, counted as each message's text and
+	// SendRecipientCost bytes for each recipient: default 1 MiB. A send
+	// past it waits until the session's earlier sends are stored, and the
+	// session's later requests wait as pending meanwhile; a send with none
+	// waiting goes whatever its size.
+	MaxSending int
 }
 
 // The defaults of Config's limits.
@@ -96,8 +97,13 @@ const (
 	DefaultMaxFriends      = 5000
 	DefaultMaxGroups       = 1000
 	DefaultMaxGroupMembers = 100000
-	DefaultMaxSendingTo    = 10000
+	DefaultMaxSending      = 1 << 20
 )
+
+// SendRecipientCost is what a chat send is counted to hold for each
+// recipient until its commit (MaxSending): its place in the recipient
+// list, and the commit's row and delivery entry for it.
+const SendRecipientCost = 128
 
 // Limits on names and passwords.
 const (
@@ -174,7 +180,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		{&cfg.LoginGroupUsers, DefaultLoginGroupUsers}, {&cfg.LoginUsers, DefaultLoginUsers},
 		{&cfg.MaxLoginAck, DefaultMaxLoginAck}, {&cfg.MaxFriends, DefaultMaxFriends},
 		{&cfg.MaxGroups, DefaultMaxGroups}, {&cfg.MaxGroupMembers, DefaultMaxGroupMembers},
-		{&cfg.MaxSendingTo, DefaultMaxSendingTo},
+		{&cfg.MaxSending, DefaultMaxSending},
 	} {
 		if *l.v <= 0 {
 			*l.v = l.def

@@ -58,8 +58,8 @@ type stream struct {
 type Session struct {
 	t Transport
 
-	sends     sync.WaitGroup // chat sends waiting for their commit
-	sendingTo atomic.Int64   // their recipients (Node.roomToSend)
+	sends       sync.WaitGroup // chat sends waiting for their commit
+	sendingHeld atomic.Int64   // what they hold (sendCost)
 
 	mu   sync.Mutex
 	uid  codec.UserID // 0 until login
