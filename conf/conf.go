@@ -253,6 +253,11 @@ func configPath(args []string, getenv func(string) string) string {
 // once anyway.
 const MaxOfflineCap = 4096
 
+// MinPresenceLease is the shortest presence-lease: a node renews its lease
+// every third of it, and a renewal late by more than that has its users
+// read offline.
+const MinPresenceLease = time.Second
+
 // Validate checks ranges.
 func (c Config) Validate() error {
 	var errs []error
@@ -286,6 +291,11 @@ func (c Config) Validate() error {
 	}
 	if c.IdleTimeout <= 0 || c.TokenTTL <= 0 {
 		errs = append(errs, errors.New("idle-timeout and token-ttl must be positive"))
+	}
+	if c.PresenceLease < MinPresenceLease {
+		// Renewed every third of it over the network: shorter would
+		// have live nodes' users read offline.
+		errs = append(errs, fmt.Errorf("presence-lease must be at least %v", MinPresenceLease))
 	}
 	if _, err := c.Level(); err != nil {
 		errs = append(errs, fmt.Errorf("log-level must be debug, info, warn or error, not %q", c.LogLevel))
