@@ -200,6 +200,11 @@ func TestChatReusesUsersOfAnEarlierRun(t *testing.T) {
 		t.Fatalf("second run reused %d users, created %.0f/s; want 10 and none", rep.UsersReused, rep.SignupPerSec)
 	}
 	checkTraffic(t, rep, 1)
+	// The first run acknowledged all it got before it closed: nothing of
+	// it comes again.
+	if rep.Traffic.Stale != 0 {
+		t.Errorf("second run got %d of the first run's messages again", rep.Traffic.Stale)
+	}
 	// Groups too: the earlier run's group names are taken.
 	g := testConfig("group", ts.addr, 10)
 	g.Groups, g.BulkDB, g.Prefix = 2, ts.db, "gwarm"
@@ -209,6 +214,9 @@ func TestChatReusesUsersOfAnEarlierRun(t *testing.T) {
 		t.Fatalf("second group run reused %d users, want 10", rep.UsersReused)
 	}
 	checkTraffic(t, rep, 4)
+	if rep.Traffic.Stale != 0 {
+		t.Errorf("second group run got %d of the first run's messages again", rep.Traffic.Stale)
+	}
 }
 
 func TestGroupFanout(t *testing.T) {

@@ -844,7 +844,17 @@ func (w *worker) closeAll() {
 		}
 		u.c.flushAck()
 		wg.Add(1)
-		go func(c *bconn) { defer wg.Done(); c.Close() }(u.c)
+		go func(c *bconn) {
+			defer wg.Done()
+			// Close resets the connection, and a reset discards what the
+			// server has not read yet: the DELIVERED just written, whose
+			// messages a later run's login (-prefix) would then get again.
+			// A PING after it, answered, says the server has read it.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = c.ping(ctx)
+			cancel()
+			c.Close()
+		}(u.c)
 		u.c = nil
 	}
 	wg.Wait()
