@@ -292,7 +292,7 @@ func (c Config) Validate() error {
 	if c.IdleTimeout <= 0 || c.TokenTTL <= 0 {
 		errs = append(errs, errors.New("idle-timeout and token-ttl must be positive"))
 	}
-	if c.PresenceLease < MinPresenceLease {
+	if c.Redis != "" && c.PresenceLease < MinPresenceLease {
 		// Renewed every third of it over the network: shorter would
 		// have live nodes' users read offline.
 		errs = append(errs, fmt.Errorf("presence-lease must be at least %v", MinPresenceLease))

@@ -29,7 +29,8 @@ func TestErrors(t *testing.T) {
 	none := func(string) string { return "" }
 	for _, args := range [][]string{{"-max-frame", "10"}, {"-bcrypt-cost", "99"}, {"-log-level", "loud"}, {"-nope"}, {"extra"},
 		{"-offline-cap", "4097"}, {"-max-frame", "2097152", "-max-pending-bytes", "1048576"}, {"-max-pending-bytes", "2147483648", "-max-frame", "2147483648"},
-		{"-presence-lease", "0s"}, {"-presence-lease", "-1s"}, {"-presence-lease", "500ms"}} {
+		{"-redis", "r:6379", "-presence-lease", "0s"}, {"-redis", "r:6379", "-presence-lease", "-1s"},
+		{"-redis", "r:6379", "-presence-lease", "500ms"}} {
 		if _, err := Load(args, none, &strings.Builder{}); err == nil {
 			t.Errorf("%v accepted", args)
 		}

@@ -319,6 +319,8 @@ func TestGroups(t *testing.T) {
 	wantErrno(t, err, codec.ErrnoConflict)
 	_, err = users[1].c.CreateGroup(ctx, "", "empty")
 	wantErrno(t, err, codec.ErrnoBadRequest)
+	_, err = users[1].c.CreateGroup(ctx, "devs\u2067sved", "a bidirectional control")
+	wantErrno(t, err, codec.ErrnoBadRequest)
 	for _, u := range users[1:4] {
 		if err := u.c.AddGroup(ctx, gid); err != nil {
 			t.Fatal(err)

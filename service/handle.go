@@ -93,7 +93,8 @@ func Reject(errno codec.Errno, msg string) []byte {
 // and reports whether it did; when it did not, it did nothing, and the
 // caller hands the frame to Handle. It runs a chat message whose recipient
 // (a user, or a group the sender is in) is known without a store read, when
-// the commit queue has room, and a valid DELIVERED: the requests that make
+// the commit queue has room and the session's sends waiting for their
+// commit leave room for it (roomToSend), and a valid DELIVERED: the requests that make
 // up a chat's steady traffic. The server calls it on an event loop, for a
 // session none of whose requests is queued or running, so it saves the
 // hand-off to a worker (docs/BENCHMARKS-history.md, "Changes in session
@@ -163,7 +164,11 @@ func (n *Node) loggedIn(ctx context.Context, s *Session, req *codec.Request, uid
 		}
 		if err == nil {
 			if !n.roomToSend(s, sr) {
-				s.sends.Wait() // the connection's earlier sends are stored
+				// Until the connection's earlier sends are stored: this
+				// holds a worker for about a commit (as the ACK of a
+				// refused send does below), which the connection's
+				// bound on what waits makes rare for ordinary clients.
+				s.sends.Wait()
 			}
 			n.sendAsync(ctx, s, req, sr)
 			return

@@ -105,8 +105,9 @@ func TestHandleNow(t *testing.T) {
 	// A full commit queue: nothing queued, nothing counted.
 	st2 := &queueStore{fakeStore: newFakeStore(), full: true}
 	n2, s2, _ := loggedIn(t, st2, alice, nil)
-	if n2.HandleNow(s2, []byte(`{"msgid":6,"toid":1,"msg":"hi","clientmsgid":"c6"}`)) || n2.Busy() || len(st2.queued) != 0 {
-		t.Errorf("full queue: handled, busy %v, queued %d; want it left to Handle", n2.Busy(), len(st2.queued))
+	if n2.HandleNow(s2, []byte(`{"msgid":6,"toid":1,"msg":"hi","clientmsgid":"c6"}`)) || n2.Busy() || len(st2.queued) != 0 ||
+		s2.sendingHeld.Load() != 0 {
+		t.Errorf("full queue: handled, busy %v, queued %d, held %d; want it left to Handle", n2.Busy(), len(st2.queued), s2.sendingHeld.Load())
 	}
 }
 

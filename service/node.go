@@ -131,7 +131,8 @@ type Node struct {
 	members *memberCache
 	// noUserHash is a bcrypt hash at BcryptCost that a password login for
 	// a missing id is checked against, so that it takes as long as a
-	// wrong password.
+	// wrong password (as long as the users' hashes have that cost: a
+	// hash keeps the cost it was made with).
 	noUserHash func() []byte
 
 	sending atomic.Int64 // chat sends waiting for their commit

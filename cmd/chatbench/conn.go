@@ -391,8 +391,9 @@ func (c *bconn) sendChat(group bool, to int64, sendNanos int64, counter uint64, 
 
 // flushAck sends DELIVERED for the highest inbox seq and the highest gseq
 // of each group received, where not yet sent: the seq and the first group
-// in one frame, any further group in a frame of its own.
-func (c *bconn) flushAck() {
+// in one frame, any further group in a frame of its own. It reports
+// whether it wrote any.
+func (c *bconn) flushAck() (wrote bool) {
 	seq := c.lastSeq.Load()
 	if seq <= c.ackedSeq.Load() {
 		seq = 0
@@ -411,14 +412,14 @@ func (c *bconn) flushAck() {
 			}
 		}
 		if seq == 0 && gid == 0 {
-			return
+			return wrote
 		}
 		if c.write(false, pend{}, func(b []byte, _ uint64) []byte {
 			return appendDelivered(b, seq, gid, gseq)
 		}) != nil {
-			return
+			return wrote
 		}
-		seq = 0
+		wrote, seq = true, 0
 	}
 }
 

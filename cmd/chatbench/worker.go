@@ -842,7 +842,7 @@ func (w *worker) closeAll() {
 		if u.c == nil {
 			continue
 		}
-		u.c.flushAck()
+		acked := u.c.flushAck()
 		wg.Add(1)
 		go func(c *bconn) {
 			defer wg.Done()
@@ -850,9 +850,11 @@ func (w *worker) closeAll() {
 			// server has not read yet: the DELIVERED just written, whose
 			// messages a later run's login (-prefix) would then get again.
 			// A PING after it, answered, says the server has read it.
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = c.ping(ctx)
-			cancel()
+			if acked {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = c.ping(ctx)
+				cancel()
+			}
 			c.Close()
 		}(u.c)
 		u.c = nil
