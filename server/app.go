@@ -68,6 +68,13 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 			return nil, err
 		}
 	}
+	scfg := Config{
+		Listen: cfg.Listen, MaxFrame: cfg.MaxFrame, MaxConns: cfg.MaxConns, IdleTimeout: cfg.IdleTimeout,
+		RatePerSec: cfg.Rate, RateBurst: cfg.RateBurst, MaxPending: cfg.MaxPending,
+		MaxPendingBytes: cfg.MaxPendingBytes, MaxOutbound: cfg.MaxOutbound,
+		Workers: cfg.Workers, EventLoops: cfg.EventLoops, MemReleaseIdle: cfg.MemReleaseIdle, Logger: log,
+	}
+	scfg.setDefaults()
 	node, err := service.New(ctx, service.Config{
 		Store: st, Bus: bus, Logger: log,
 		BcryptCost: cfg.BcryptCost, TokenTTL: cfg.TokenTTL, OfflineCap: cfg.OfflineCap,
@@ -75,17 +82,15 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 		PumpWindow: pumpWindow(cfg.MaxOutbound), MaxLoginAck: cfg.MaxOutbound / 2,
 		LoginGroupUsers: cfg.LoginGroupUsers, LoginUsers: cfg.LoginUsers,
 		MaxFriends: cfg.MaxFriends, MaxGroups: cfg.MaxGroups, MaxGroupMembers: cfg.MaxGroupMembers,
+		// What a connection's sends hold waiting for their commit, as
+		// what its requests hold waiting to be handled.
+		MaxSending: scfg.MaxPendingBytes,
 	})
 	if err != nil {
 		st.Close()
 		return nil, err
 	}
-	srv := New(Config{
-		Listen: cfg.Listen, MaxFrame: cfg.MaxFrame, MaxConns: cfg.MaxConns, IdleTimeout: cfg.IdleTimeout,
-		RatePerSec: cfg.Rate, RateBurst: cfg.RateBurst, MaxPending: cfg.MaxPending,
-		MaxPendingBytes: cfg.MaxPendingBytes, MaxOutbound: cfg.MaxOutbound,
-		Workers: cfg.Workers, EventLoops: cfg.EventLoops, MemReleaseIdle: cfg.MemReleaseIdle, Logger: log,
-	}, node)
+	srv := New(scfg, node)
 	if err := srv.Start(); err != nil {
 		node.Close()
 		bus.Close()
