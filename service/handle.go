@@ -94,8 +94,8 @@ func Reject(errno codec.Errno, msg string) []byte {
 // caller hands the frame to Handle. It runs a chat message whose recipient
 // (a user, or a group the sender is in) is known without a store read, when
 // the commit queue has room and the session's sends waiting for their
-// commit leave room for it (roomToSend), and a valid DELIVERED: the requests that make
-// up a chat's steady traffic. The server calls it on an event loop, for a
+// commit leave room for it (roomToSend), and a valid DELIVERED: the
+// requests that make up a chat's steady traffic. The server calls it on an event loop, for a
 // session none of whose requests is queued or running, so it saves the
 // hand-off to a worker (docs/BENCHMARKS-history.md, "Changes in session
 // 9").
@@ -678,19 +678,21 @@ func (n *Node) userExists(ctx context.Context, uid codec.UserID, cachedOnly bool
 // commit queue.
 func (n *Node) sendAsync(ctx context.Context, s *Session, req *codec.Request, sr SendRequest) {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	n.startSend(s, sendCost(sr))
-	n.store.SendAsync(ctx, sr, n.sent(s, req, sr))
+	cost := sendCost(sr)
+	n.startSend(s, cost)
+	n.store.SendAsync(ctx, sr, n.sent(s, req, sr, cost))
 }
 
 // trySendAsync is sendAsync when the commit queue has room; false, having
 // queued nothing, when it has none.
 func (n *Node) trySendAsync(s *Session, req *codec.Request, sr SendRequest) bool {
 	sr.UnixMilli = n.cfg.Now().UnixMilli()
-	n.startSend(s, sendCost(sr))
-	if n.store.TrySendAsync(sr, n.sent(s, req, sr)) {
+	cost := sendCost(sr)
+	n.startSend(s, cost)
+	if n.store.TrySendAsync(sr, n.sent(s, req, sr, cost)) {
 		return true
 	}
-	n.endSend(s, sendCost(sr))
+	n.endSend(s, cost)
 	return false
 }
 
@@ -727,10 +729,10 @@ func (n *Node) endSend(s *Session, cost int64) {
 	n.sending.Add(-1)
 }
 
-// sent returns the completion of a send counted by startSend: it writes
-// the send's ACK.
-func (n *Node) sent(s *Session, req *codec.Request, sr SendRequest) func(SendResult, error) {
-	reqID, msgID, gid, cost := req.ReqID, req.MsgID, sr.Group, sendCost(sr)
+// sent returns the completion of a send counted by startSend (holding
+// cost): it writes the send's ACK.
+func (n *Node) sent(s *Session, req *codec.Request, sr SendRequest, cost int64) func(SendResult, error) {
+	reqID, msgID, gid := req.ReqID, req.MsgID, sr.Group
 	return func(res SendResult, err error) {
 		defer n.endSend(s, cost)
 		if err != nil {

@@ -83,10 +83,10 @@ type Config struct {
 	// MaxSending bounds what one session's chat sends waiting for their
 	// commit hold, all together, counted as each message's text and
 	// SendRecipientCost bytes for each recipient: default 1 MiB (the
-	// server passes its max-pending-bytes). A send
-	// past it waits until the session's earlier sends are stored, and the
-	// session's later requests wait as pending meanwhile; a send with none
-	// waiting goes whatever its size.
+	// server passes its max-pending-bytes). A send past it waits until the
+	// session's earlier sends are stored, and the session's later requests
+	// wait as pending meanwhile; a send with none waiting goes whatever
+	// its size.
 	MaxSending int
 }
 
