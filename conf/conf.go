@@ -313,12 +313,16 @@ func (c Config) Level() (slog.Level, error) {
 	return l, err
 }
 
-// Logger builds the slog logger the configuration asks for.
+// Logger builds the slog logger the configuration asks for. It passes on
+// a warning or error with the same message at most once a
+// LogRepeatInterval, the next one counting those it dropped
+// ("suppressed").
 func (c Config) Logger(w io.Writer) *slog.Logger {
 	level, _ := c.Level()
 	opts := &slog.HandlerOptions{Level: level}
+	var h slog.Handler = slog.NewTextHandler(w, opts)
 	if c.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(w, opts))
+		h = slog.NewJSONHandler(w, opts)
 	}
-	return slog.New(slog.NewTextHandler(w, opts))
+	return slog.New(newThrottle(h, LogRepeatInterval, time.Now))
 }

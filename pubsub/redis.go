@@ -125,6 +125,19 @@ type envelope struct {
 	From    string           `json:"f,omitempty"`
 }
 
+// LogRedisTo sends go-redis's own log lines (its connection pool's dial
+// failures, for one) to log at Warn, instead of to stderr past the
+// process's log format. go-redis has one logger per process: the last
+// call wins.
+func LogRedisTo(log *slog.Logger) { redis.SetLogger(redisLog{log}) }
+
+// redisLog is go-redis's logger on a slog.Logger.
+type redisLog struct{ log *slog.Logger }
+
+func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
+	r.log.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "src", "go-redis")
+}
+
 // NewRedis connects to Redis and starts the node's lease, probe, publisher
 // and subscriber goroutines once Subscribe is called.
 func NewRedis(ctx context.Context, cfg RedisConfig) (*Redis, error) {

@@ -58,6 +58,7 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	}
 	var bus pubsub.Bus = pubsub.NewMemory()
 	if cfg.Redis != "" {
+		pubsub.LogRedisTo(log)
 		// The bus adds the node id to its own lines.
 		bus, err = pubsub.NewRedis(ctx, pubsub.RedisConfig{
 			Addr: cfg.Redis, NodeID: nodeID, Prefix: cfg.RedisPrefix, Lease: cfg.PresenceLease, Logger: log,

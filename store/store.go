@@ -12,6 +12,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -161,7 +162,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	driver, dsn, d, err := parseDSN(cfg.DSN)
+	_, dsn, d, err := parseDSN(cfg.DSN)
 	if err != nil {
 		return nil, err
 	}
@@ -181,7 +182,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if d.name == "sqlite" {
 		db, err = openSQLite(dsn)
 	} else {
-		db, err = sqlx.Open(driver, dsn)
+		db, err = openMySQLPool(dsn, cfg.Logger, nil)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -232,28 +233,54 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
+// openMySQLPool opens a pool on the MySQL dsn (as parseDSN made it), changed by
+// adjust if not nil, whose driver logs to log (at Warn) instead of to
+// stderr past the process's log format.
+func openMySQLPool(dsn string, log *slog.Logger, adjust func(*mysql.Config)) (*sqlx.DB, error) {
+	mc, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadDSN, err)
+	}
+	if adjust != nil {
+		adjust(mc)
+	}
+	mc.Logger = mysqlLog{log}
+	connector, err := mysql.NewConnector(mc)
+	if err != nil {
+		return nil, fmt.Errorf("store: open: %w", err)
+	}
+	return sqlx.NewDb(sql.OpenDB(connector), "mysql"), nil
+}
+
+// mysqlLog is the MySQL driver's logger (a bad idle connection closed, for
+// one) on a slog.Logger.
+type mysqlLog struct{ log *slog.Logger }
+
+func (m mysqlLog) Print(v ...any) {
+	m.log.Warn(strings.TrimSpace(fmt.Sprint(v...)), "src", "mysql")
+}
+
 // openWriterPool opens the MySQL group commits' pool: dsn with
 // multi-statement queries allowed, cfg.Writers connections. Every value
 // still goes in as an argument, escaped by the driver (interpolateParams).
 // It also returns how much one round trip may carry: maxTripBytes, or half
 // the server's or the DSN's max_allowed_packet if that is less.
 func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int, error) {
-	mc, err := mysql.ParseDSN(dsn)
+	var allowed int // the DSN's maxAllowedPacket
+	wdb, err := openMySQLPool(dsn, cfg.Logger, func(mc *mysql.Config) {
+		allowed = mc.MaxAllowedPacket
+		mc.MultiStatements = true
+		if mc.Params == nil {
+			mc.Params = map[string]string{}
+		}
+		if _, ok := mc.Params["innodb_lock_wait_timeout"]; !ok {
+			// A commit's lock wait ends on the server before the commit
+			// stops waiting for its outcome (commitOutcomeWait).
+			mc.Params["innodb_lock_wait_timeout"] = strconv.Itoa(lockWaitSeconds(cfg.QueryTimeout))
+		}
+	})
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: %v", ErrBadDSN, err)
-	}
-	mc.MultiStatements = true
-	if mc.Params == nil {
-		mc.Params = map[string]string{}
-	}
-	if _, ok := mc.Params["innodb_lock_wait_timeout"]; !ok {
-		// A commit's lock wait ends on the server before the commit stops
-		// waiting for its outcome (commitOutcomeWait).
-		mc.Params["innodb_lock_wait_timeout"] = strconv.Itoa(lockWaitSeconds(cfg.QueryTimeout))
-	}
-	wdb, err := sqlx.Open("mysql", mc.FormatDSN())
-	if err != nil {
-		return nil, 0, fmt.Errorf("store: open: %w", err)
+		return nil, 0, err
 	}
 	sizePool(wdb, cfg.Writers, cfg.ConnMaxLifetime)
 	ctx, cancel := context.WithTimeout(ctx, cfg.QueryTimeout)
@@ -264,8 +291,8 @@ func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int,
 		return nil, 0, fmt.Errorf("store: max_allowed_packet: %w", err)
 	}
 	trip := min(maxTripBytes, packet/2)
-	if mc.MaxAllowedPacket > 0 {
-		trip = min(trip, mc.MaxAllowedPacket/2)
+	if allowed > 0 {
+		trip = min(trip, allowed/2)
 	}
 	return wdb, trip, nil
 }

@@ -1,0 +1,92 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// syncBuffer is a bytes.Buffer safe for the driver's and the test's
+// goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// The MySQL driver's own messages go to the store's logger, not to
+// stderr past the process's log format: here, the one it writes when it
+// finds an idle connection the server closed.
+func TestMySQLDriverLogsToTheStoreLogger(t *testing.T) {
+	dsn := MySQLTestDSN(t)
+	if dsn == "" {
+		t.Skip("CHAT_TEST_MYSQL_DSN is not set")
+	}
+	_, conn, _, err := parseDSN(dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out syncBuffer
+	db, err := openMySQLPool(conn, slog.New(slog.NewJSONHandler(&out, nil)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(1)
+	admin, err := openMySQLPool(conn, slog.Default(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	ctx := context.Background()
+	var id int64
+	if err := db.GetContext(ctx, &id, "SELECT CONNECTION_ID()"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.ExecContext(ctx, "KILL ?", id); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		var n int
+		if err := admin.GetContext(ctx, &n, "SELECT COUNT(*) FROM information_schema.processlist WHERE id = ?", id); err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the killed connection is still listed after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var one int
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), `"src":"mysql"`); {
+		// The pool's one idle connection is the killed one: the driver
+		// finds it closed, says so, and the pool dials another.
+		if err := db.GetContext(ctx, &one, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no driver message in the store's log after 5 s: %q", out.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := out.String(); !strings.Contains(got, "closing bad idle connection") || !strings.HasPrefix(got, "{") {
+		t.Errorf("store log %q: want the driver's message as a JSON line", got)
+	}
+}
