@@ -230,7 +230,14 @@ func (n *Node) signup(ctx context.Context, s *Session, req *codec.Request) {
 		n.reply(s, req, nil, rerr)
 		return
 	}
-	hash, err := bcrypt.GenerateFromPassword([]byte(password), n.cfg.BcryptCost)
+	var (
+		hash []byte
+		err  error
+	)
+	if n.passwordWork(ctx, func() { hash, err = bcrypt.GenerateFromPassword([]byte(password), n.cfg.BcryptCost) }) != nil {
+		n.reply(s, req, nil, busy("signup"))
+		return
+	}
 	if err != nil {
 		n.reply(s, req, nil, fail(codec.ErrnoBadRequest, "password rejected: %v", err))
 		return
@@ -246,6 +253,27 @@ func (n *Node) signup(ctx context.Context, s *Session, req *codec.Request) {
 	}
 	n.names.put(id, name)
 	s.send(&codec.SignupAck{MsgID: codec.MsgSignupAck, ReqID: req.ReqID, ErrMsg: "ok", ID: id})
+}
+
+// passwordWork runs fn, a bcrypt hash or comparison, once fewer than
+// PasswordWorkers of them run, or returns ctx's error first. bcrypt is
+// slow on purpose: without this bound a few connections sending LOGINs
+// with wrong passwords (or SIGNUPs) would take every CPU from the chat.
+// Token logins do not hash.
+func (n *Node) passwordWork(ctx context.Context, fn func()) error {
+	select {
+	case n.hashing <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-n.hashing }()
+	fn()
+	return nil
+}
+
+// busy is the answer to a request that waited too long for password work.
+func busy(op string) *reqError {
+	return fail(codec.ErrnoUnavailable, "%s: server busy, retry later", op)
 }
 
 func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
@@ -271,10 +299,15 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 	}
 	u, err := n.store.User(ctx, uid)
 	if errors.Is(err, ErrNotFound) {
-		if req.Token == nil {
-			// As long as a wrong password takes: how long the answer
-			// takes does not tell whether the id exists.
-			_ = bcrypt.CompareHashAndPassword(n.noUserHash(), []byte(*req.Password))
+		if req.Token != nil {
+			n.reply(s, req, nil, wrong)
+			return
+		}
+		// As long as a wrong password takes: how long the answer takes
+		// does not tell whether the id exists.
+		if n.passwordWork(ctx, func() { _ = bcrypt.CompareHashAndPassword(n.noUserHash(), []byte(*req.Password)) }) != nil {
+			n.reply(s, req, nil, busy("login"))
+			return
 		}
 		n.reply(s, req, nil, wrong)
 		return
@@ -289,9 +322,15 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 			n.reply(s, req, nil, wrong)
 			return
 		}
-	} else if bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(*req.Password)) != nil {
-		n.reply(s, req, nil, wrong)
-		return
+	} else {
+		if n.passwordWork(ctx, func() { err = bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(*req.Password)) }) != nil {
+			n.reply(s, req, nil, busy("login"))
+			return
+		}
+		if err != nil {
+			n.reply(s, req, nil, wrong)
+			return
+		}
 	}
 	// The name cache is not filled here: a send to a user with a session on
 	// this node finds it in the hub (see userExists), so idle logged-in

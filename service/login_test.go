@@ -365,3 +365,42 @@ func TestLoginOfMissingIDChecksAHash(t *testing.T) {
 		}
 	}
 }
+
+// bcrypt runs at most PasswordWorkers at once: a password login or a
+// signup that waits for one past its deadline gets errno 10; a token login
+// does not wait.
+func TestPasswordWorkIsBounded(t *testing.T) {
+	n, err := New(context.Background(), Config{Store: newLoginStore(t), Bus: pubsub.NewMemory(),
+		BcryptCost: bcrypt.MinCost, PasswordWorkers: 1, RequestTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	answer := func(req string) string {
+		f := &frames{}
+		n.Handle(n.Open(f), []byte(req))
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if len(f.got) == 0 {
+			t.Fatalf("%s: no answer", req)
+		}
+		return string(f.got[0])
+	}
+	n.hashing <- struct{}{} // the one password worker is busy
+	for _, req := range []string{
+		`{"msgid":1,"id":5,"password":"secret1"}`,
+		`{"msgid":4,"name":"newbie","password":"secret1"}`,
+	} {
+		if got := answer(req); !strings.Contains(got, `"errno":10`) {
+			t.Errorf("%s while bcrypt is busy: %s, want errno 10", req, got)
+		}
+	}
+	token := n.tokens.issue(5, 0, n.cfg.Now())
+	if got := answer(`{"msgid":1,"id":5,"token":"` + token + `"}`); !strings.Contains(got, `"errmsg":"ok"`) {
+		t.Errorf("token login while bcrypt is busy: %s, want ok", got)
+	}
+	<-n.hashing
+	if got := answer(`{"msgid":1,"id":6,"password":"secret1"}`); !strings.Contains(got, `"errmsg":"ok"`) {
+		t.Errorf("password login once bcrypt is free: %s, want ok", got)
+	}
+}

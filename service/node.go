@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -88,6 +89,11 @@ type Config struct {
 	// wait as pending meanwhile; a send with none waiting goes whatever
 	// its size.
 	MaxSending int
+	// PasswordWorkers bounds the bcrypt hashes and comparisons (SIGNUP,
+	// password LOGIN) that run at once: default half of GOMAXPROCS, at
+	// least 1. A request that waits for one longer than its deadline gets
+	// errno 10.
+	PasswordWorkers int
 }
 
 // The defaults of Config's limits.
@@ -135,6 +141,8 @@ type Node struct {
 	// wrong password (as long as the users' hashes have that cost: a
 	// hash keeps the cost it was made with).
 	noUserHash func() []byte
+	// hashing holds a token for each bcrypt run (PasswordWorkers).
+	hashing chan struct{}
 
 	sending atomic.Int64 // chat sends waiting for their commit
 
@@ -182,7 +190,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 		{&cfg.LoginGroupUsers, DefaultLoginGroupUsers}, {&cfg.LoginUsers, DefaultLoginUsers},
 		{&cfg.MaxLoginAck, DefaultMaxLoginAck}, {&cfg.MaxFriends, DefaultMaxFriends},
 		{&cfg.MaxGroups, DefaultMaxGroups}, {&cfg.MaxGroupMembers, DefaultMaxGroupMembers},
-		{&cfg.MaxSending, DefaultMaxSending},
+		{&cfg.MaxSending, DefaultMaxSending}, {&cfg.PasswordWorkers, max(1, runtime.GOMAXPROCS(0)/2)},
 	} {
 		if *l.v <= 0 {
 			*l.v = l.def
@@ -212,6 +220,7 @@ func New(ctx context.Context, cfg Config) (*Node, error) {
 			h, _ := bcrypt.GenerateFromPassword([]byte("a password no user has"), cfg.BcryptCost)
 			return h
 		}),
+		hashing: make(chan struct{}, cfg.PasswordWorkers),
 		acks:    map[AckKey]codec.Seq{},
 		ackStop: make(chan struct{}),
 		ackDone: make(chan struct{}),
