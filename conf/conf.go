@@ -67,6 +67,10 @@ type Config struct {
 	MaxFriends      int
 	MaxGroups       int
 	MaxGroupMembers int
+	// PasswordWorkers bounds the bcrypt hashes (SIGNUP, password LOGIN)
+	// that run at once; 0 or less: half the CPUs, at least 1 (chatserver
+	// resolves it before it adds Ps for the event loops and the writer).
+	PasswordWorkers int
 
 	LogLevel  string
 	LogFormat string
@@ -141,6 +145,7 @@ func (c *Config) flagSet(out io.Writer) *flag.FlagSet {
 	fs.IntVar(&c.MaxFriends, "max-friends", c.MaxFriends, "most friends a user may have (0: the default)")
 	fs.IntVar(&c.MaxGroups, "max-groups", c.MaxGroups, "most groups a user may be in (0: the default)")
 	fs.IntVar(&c.MaxGroupMembers, "max-group-members", c.MaxGroupMembers, "most members a group may have (0: the default)")
+	fs.IntVar(&c.PasswordWorkers, "password-workers", c.PasswordWorkers, "bcrypt hashes (SIGNUP, password LOGIN) run at once; the rest wait (0: half the CPUs, at least 1)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", c.LogFormat, "text or json")
 	fs.BoolVar(&c.Migrate, "migrate", c.Migrate, "apply the database schema migrations and exit")

@@ -94,14 +94,16 @@ func TestWriterPriority(t *testing.T) {
 func TestLimits(t *testing.T) {
 	none := func(string) string { return "" }
 	c, err := Load(nil, none, &strings.Builder{})
-	if err != nil || c.LoginGroupUsers != 1000 || c.LoginUsers != 10000 || c.MaxFriends != 5000 || c.MaxGroups != 1000 || c.MaxGroupMembers != 100000 {
+	if err != nil || c.LoginGroupUsers != 1000 || c.LoginUsers != 10000 || c.MaxFriends != 5000 || c.MaxGroups != 1000 || c.MaxGroupMembers != 100000 ||
+		c.PasswordWorkers != 0 {
 		t.Fatalf("defaults: %+v, %v", c, err)
 	}
 	path := filepath.Join(t.TempDir(), "c.yaml")
 	os.WriteFile(path, []byte("max-friends: 7\nlogin-users: 50\n"), 0o644)
-	env := map[string]string{"CHAT_MAX_GROUPS": "8", "CHAT_LOGIN_GROUP_USERS": "20"}
+	env := map[string]string{"CHAT_MAX_GROUPS": "8", "CHAT_LOGIN_GROUP_USERS": "20", "CHAT_PASSWORD_WORKERS": "3"}
 	c, err = Load([]string{"-config", path, "-max-group-members", "9"}, func(k string) string { return env[k] }, &strings.Builder{})
-	if err != nil || c.MaxFriends != 7 || c.LoginUsers != 50 || c.MaxGroups != 8 || c.LoginGroupUsers != 20 || c.MaxGroupMembers != 9 {
+	if err != nil || c.MaxFriends != 7 || c.LoginUsers != 50 || c.MaxGroups != 8 || c.LoginGroupUsers != 20 || c.MaxGroupMembers != 9 ||
+		c.PasswordWorkers != 3 {
 		t.Fatalf("set: %+v, %v", c, err)
 	}
 }

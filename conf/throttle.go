@@ -18,10 +18,13 @@ const LogRepeatInterval = time.Second
 const maxThrottled = 1024
 
 // throttle is a slog.Handler that passes on at most one Warn or Error
-// record with the same message per interval, and adds to the next one it
-// passes "suppressed": how many it dropped since the last. Records below
-// Warn all pass. Safe for concurrent use; the handlers WithAttrs and
-// WithGroup derive share the count.
+// record with the same level and message per interval, and adds to the
+// next one it passes "suppressed": how many it dropped since the last.
+// What it dropped of a message that does not come again is reported all
+// the same, as the message alone with "suppressed", once its interval is
+// over and anything is logged. Records below Warn all pass. Safe for
+// concurrent use; the handlers WithAttrs and WithGroup derive share the
+// counts (a summary goes out through the handler that logs at the time).
 type throttle struct {
 	next     slog.Handler
 	interval time.Duration
@@ -30,8 +33,14 @@ type throttle struct {
 }
 
 type throttleState struct {
-	mu   sync.Mutex
-	seen map[string]*throttled
+	mu    sync.Mutex
+	seen  map[throttleKey]*throttled
+	sweep time.Time // when to look for drops left to report next
+}
+
+type throttleKey struct {
+	level slog.Level
+	msg   string
 }
 
 type throttled struct {
@@ -40,38 +49,67 @@ type throttled struct {
 }
 
 func newThrottle(next slog.Handler, interval time.Duration, now func() time.Time) *throttle {
-	return &throttle{next: next, interval: interval, now: now, st: &throttleState{seen: map[string]*throttled{}}}
+	return &throttle{next: next, interval: interval, now: now, st: &throttleState{seen: map[throttleKey]*throttled{}}}
 }
 
 func (t *throttle) Enabled(ctx context.Context, l slog.Level) bool { return t.next.Enabled(ctx, l) }
 
 func (t *throttle) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level < slog.LevelWarn {
-		return t.next.Handle(ctx, r)
-	}
 	now := t.now()
 	t.st.mu.Lock()
-	e := t.st.seen[r.Message]
-	if e != nil && now.Sub(e.passed) < t.interval {
-		e.dropped++
-		t.st.mu.Unlock()
+	k := throttleKey{r.Level, r.Message}
+	summaries := t.sweepLocked(now, k)
+	pass, dropped := true, 0
+	if r.Level >= slog.LevelWarn {
+		e := t.st.seen[k]
+		switch {
+		case e != nil && now.Sub(e.passed) < t.interval:
+			e.dropped++
+			pass = false
+		case e != nil:
+			dropped = e.dropped
+			e.passed, e.dropped = now, 0
+		default:
+			if len(t.st.seen) >= maxThrottled {
+				clear(t.st.seen) // what it dropped goes unreported
+			}
+			t.st.seen[k] = &throttled{passed: now}
+		}
+	}
+	t.st.mu.Unlock()
+	for _, sr := range summaries {
+		if err := t.next.Handle(ctx, sr); err != nil {
+			return err
+		}
+	}
+	if !pass {
 		return nil
 	}
-	if e == nil {
-		if len(t.st.seen) >= maxThrottled {
-			clear(t.st.seen)
-		}
-		e = &throttled{}
-		t.st.seen[r.Message] = e
-	}
-	dropped := e.dropped
-	e.passed, e.dropped = now, 0
-	t.st.mu.Unlock()
 	if dropped > 0 {
 		r = r.Clone()
 		r.AddAttrs(slog.Int("suppressed", dropped))
 	}
 	return t.next.Handle(ctx, r)
+}
+
+// sweepLocked returns, at most once an interval, a record for each message
+// but current's whose interval is over with records dropped, and counts
+// them reported (current's next record carries its own count).
+func (t *throttle) sweepLocked(now time.Time, current throttleKey) []slog.Record {
+	if now.Before(t.st.sweep) {
+		return nil
+	}
+	t.st.sweep = now.Add(t.interval)
+	var out []slog.Record
+	for k, e := range t.st.seen {
+		if k != current && e.dropped > 0 && now.Sub(e.passed) >= t.interval {
+			r := slog.NewRecord(now, k.level, k.msg, 0)
+			r.AddAttrs(slog.Int("suppressed", e.dropped))
+			out = append(out, r)
+			e.passed, e.dropped = now, 0
+		}
+	}
+	return out
 }
 
 func (t *throttle) WithAttrs(as []slog.Attr) slog.Handler {

@@ -131,11 +131,13 @@ type envelope struct {
 // call wins.
 func LogRedisTo(log *slog.Logger) { redis.SetLogger(redisLog{log}) }
 
-// redisLog is go-redis's logger on a slog.Logger.
+// redisLog is go-redis's logger on a slog.Logger: one message, so that
+// the log's throttle counts them together, with go-redis's text as
+// "detail" (it holds addresses and connection numbers).
 type redisLog struct{ log *slog.Logger }
 
 func (r redisLog) Printf(ctx context.Context, format string, v ...any) {
-	r.log.WarnContext(ctx, strings.TrimSpace(fmt.Sprintf(format, v...)), "src", "go-redis")
+	r.log.WarnContext(ctx, "go-redis", "detail", strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
 
 // NewRedis connects to Redis and starts the node's lease, probe, publisher

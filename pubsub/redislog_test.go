@@ -47,7 +47,7 @@ func TestLogRedisTo(t *testing.T) {
 	if err := c.Ping(context.Background()).Err(); err == nil {
 		t.Fatal("ping to a closed port succeeded")
 	}
-	if got := out.String(); !strings.Contains(got, "failed to dial") || !strings.Contains(got, `"src":"go-redis"`) {
+	if got := out.String(); !strings.Contains(got, `"msg":"go-redis"`) || !strings.Contains(got, "failed to dial") {
 		t.Errorf("logged %q: want go-redis's dial failure as a JSON line", got)
 	}
 }

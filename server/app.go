@@ -85,7 +85,8 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 		MaxFriends: cfg.MaxFriends, MaxGroups: cfg.MaxGroups, MaxGroupMembers: cfg.MaxGroupMembers,
 		// What a connection's sends hold waiting for their commit, as
 		// what its requests hold waiting to be handled.
-		MaxSending: scfg.MaxPendingBytes,
+		MaxSending:      scfg.MaxPendingBytes,
+		PasswordWorkers: cfg.PasswordWorkers,
 	})
 	if err != nil {
 		st.Close()

@@ -404,3 +404,22 @@ func TestPasswordWorkIsBounded(t *testing.T) {
 		t.Errorf("password login once bcrypt is free: %s, want ok", got)
 	}
 }
+
+// A password login for an id that does not exist waits for password work
+// like any other (its check is a hash too).
+func TestPasswordWorkBoundsMissingIDs(t *testing.T) {
+	n, err := New(context.Background(), Config{Store: noUsers{newFakeStore()}, Bus: pubsub.NewMemory(),
+		BcryptCost: bcrypt.MinCost, PasswordWorkers: 1, RequestTimeout: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(n.Close)
+	n.hashing <- struct{}{}
+	f := &frames{}
+	n.Handle(n.Open(f), []byte(`{"msgid":1,"id":99,"password":"secret1"}`))
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.got) != 1 || !strings.Contains(string(f.got[0]), `"errno":10`) {
+		t.Errorf("missing id while bcrypt is busy: %q, want errno 10", f.got)
+	}
+}

@@ -75,7 +75,7 @@ func TestMySQLDriverLogsToTheStoreLogger(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	var one int
-	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), `"src":"mysql"`); {
+	for deadline := time.Now().Add(5 * time.Second); !strings.Contains(out.String(), `"msg":"mysql driver"`); {
 		// The pool's one idle connection is the killed one: the driver
 		// finds it closed, says so, and the pool dials another.
 		if err := db.GetContext(ctx, &one, "SELECT 1"); err != nil {

@@ -253,11 +253,12 @@ func openMySQLPool(dsn string, log *slog.Logger, adjust func(*mysql.Config)) (*s
 }
 
 // mysqlLog is the MySQL driver's logger (a bad idle connection closed, for
-// one) on a slog.Logger.
+// one) on a slog.Logger: one message, so that the log's throttle counts
+// them together, with the driver's text as "detail" (it holds addresses).
 type mysqlLog struct{ log *slog.Logger }
 
 func (m mysqlLog) Print(v ...any) {
-	m.log.Warn(strings.TrimSpace(fmt.Sprint(v...)), "src", "mysql")
+	m.log.Warn("mysql driver", "detail", strings.TrimSpace(fmt.Sprint(v...)))
 }
 
 // openWriterPool opens the MySQL group commits' pool: dsn with

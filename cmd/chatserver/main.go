@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime"
 	"syscall"
 	"time"
 
@@ -27,6 +28,9 @@ func main() {
 	}
 	log := cfg.Logger(os.Stderr)
 	raiseFileLimit(log)
+	if cfg.PasswordWorkers <= 0 { // half the CPUs, before setMaxProcs adds Ps
+		cfg.PasswordWorkers = max(1, runtime.GOMAXPROCS(0)/2)
+	}
 	cfg.EventLoops = setMaxProcs(os.Getenv, cfg.EventLoops, cfg.DB, log)
 	setGC(os.Getenv, log)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
