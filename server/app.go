@@ -58,12 +58,12 @@ func Open(ctx context.Context, cfg conf.Config, log *slog.Logger) (*App, error) 
 	}
 	var bus pubsub.Bus = pubsub.NewMemory()
 	if cfg.Redis != "" {
-		pubsub.LogRedisTo(log)
 		// The bus adds the node id to its own lines.
 		bus, err = pubsub.NewRedis(ctx, pubsub.RedisConfig{
 			Addr: cfg.Redis, NodeID: nodeID, Prefix: cfg.RedisPrefix, Lease: cfg.PresenceLease, Logger: log,
 		})
 		log = log.With("node", nodeID)
+		pubsub.LogRedisTo(log)
 		if err != nil {
 			st.Close()
 			return nil, err

@@ -95,10 +95,10 @@ func Reject(errno codec.Errno, msg string) []byte {
 // (a user, or a group the sender is in) is known without a store read, when
 // the commit queue has room and the session's sends waiting for their
 // commit leave room for it (roomToSend), and a valid DELIVERED: the
-// requests that make up a chat's steady traffic. The server calls it on an event loop, for a
-// session none of whose requests is queued or running, so it saves the
-// hand-off to a worker (docs/BENCHMARKS-history.md, "Changes in session
-// 9").
+// requests that make up a chat's steady traffic. The server calls it on an
+// event loop, for a session none of whose requests is queued or running,
+// so it saves the hand-off to a worker (docs/BENCHMARKS-history.md,
+// "Changes in session 9").
 func (n *Node) HandleNow(s *Session, body []byte) bool {
 	uid, name := s.User()
 	if uid == 0 {
@@ -298,36 +298,32 @@ func (n *Node) login(ctx context.Context, s *Session, req *codec.Request) {
 		return
 	}
 	u, err := n.store.User(ctx, uid)
-	if errors.Is(err, ErrNotFound) {
-		if req.Token != nil {
-			n.reply(s, req, nil, wrong)
-			return
-		}
-		// As long as a wrong password takes: how long the answer takes
-		// does not tell whether the id exists.
-		if n.passwordWork(ctx, func() { _ = bcrypt.CompareHashAndPassword(n.noUserHash(), []byte(*req.Password)) }) != nil {
-			n.reply(s, req, nil, busy("login"))
-			return
-		}
-		n.reply(s, req, nil, wrong)
-		return
-	}
-	if err != nil {
+	missing := errors.Is(err, ErrNotFound)
+	if err != nil && !missing {
 		n.reply(s, req, nil, n.storeFail("login", err))
 		return
 	}
 	if req.Token != nil {
 		version, err := n.tokens.verify(*req.Token, uid, n.cfg.Now())
-		if err != nil || version != u.TokenVersion {
+		if missing || err != nil || version != u.TokenVersion {
 			n.reply(s, req, nil, wrong)
 			return
 		}
 	} else {
-		if n.passwordWork(ctx, func() { err = bcrypt.CompareHashAndPassword(u.PasswordHash, []byte(*req.Password)) }) != nil {
+		// A missing id is checked against a hash all the same, so that
+		// how long the answer takes does not tell whether it exists.
+		var bad error
+		if n.passwordWork(ctx, func() {
+			hash := u.PasswordHash
+			if missing {
+				hash = n.noUserHash()
+			}
+			bad = bcrypt.CompareHashAndPassword(hash, []byte(*req.Password))
+		}) != nil {
 			n.reply(s, req, nil, busy("login"))
 			return
 		}
-		if err != nil {
+		if missing || bad != nil {
 			n.reply(s, req, nil, wrong)
 			return
 		}

@@ -8,6 +8,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/go-sql-driver/mysql"
+	"github.com/jmoiron/sqlx"
 )
 
 // syncBuffer is a bytes.Buffer safe for the driver's and the test's
@@ -41,14 +44,21 @@ func TestMySQLDriverLogsToTheStoreLogger(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	open := func(log *slog.Logger) (*sqlx.DB, error) {
+		mc, err := mysql.ParseDSN(conn)
+		if err != nil {
+			return nil, err
+		}
+		return openMySQLPool(mc, log)
+	}
 	var out syncBuffer
-	db, err := openMySQLPool(conn, slog.New(slog.NewJSONHandler(&out, nil)), nil)
+	db, err := open(slog.New(slog.NewJSONHandler(&out, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
 	db.SetMaxOpenConns(1)
-	admin, err := openMySQLPool(conn, slog.Default(), nil)
+	admin, err := open(slog.Default())
 	if err != nil {
 		t.Fatal(err)
 	}

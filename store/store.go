@@ -182,7 +182,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if d.name == "sqlite" {
 		db, err = openSQLite(dsn)
 	} else {
-		db, err = openMySQLPool(dsn, cfg.Logger, nil)
+		var mc *mysql.Config
+		if mc, err = mysql.ParseDSN(dsn); err == nil {
+			db, err = openMySQLPool(mc, cfg.Logger)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("store: open: %w", err)
@@ -233,17 +236,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// openMySQLPool opens a pool on the MySQL dsn (as parseDSN made it), changed by
-// adjust if not nil, whose driver logs to log (at Warn) instead of to
-// stderr past the process's log format.
-func openMySQLPool(dsn string, log *slog.Logger, adjust func(*mysql.Config)) (*sqlx.DB, error) {
-	mc, err := mysql.ParseDSN(dsn)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrBadDSN, err)
-	}
-	if adjust != nil {
-		adjust(mc)
-	}
+// openMySQLPool opens a pool on mc whose driver logs to log (at Warn)
+// instead of to stderr past the process's log format.
+func openMySQLPool(mc *mysql.Config, log *slog.Logger) (*sqlx.DB, error) {
 	mc.Logger = mysqlLog{log}
 	connector, err := mysql.NewConnector(mc)
 	if err != nil {
@@ -267,19 +262,20 @@ func (m mysqlLog) Print(v ...any) {
 // It also returns how much one round trip may carry: maxTripBytes, or half
 // the server's or the DSN's max_allowed_packet if that is less.
 func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int, error) {
-	var allowed int // the DSN's maxAllowedPacket
-	wdb, err := openMySQLPool(dsn, cfg.Logger, func(mc *mysql.Config) {
-		allowed = mc.MaxAllowedPacket
-		mc.MultiStatements = true
-		if mc.Params == nil {
-			mc.Params = map[string]string{}
-		}
-		if _, ok := mc.Params["innodb_lock_wait_timeout"]; !ok {
-			// A commit's lock wait ends on the server before the commit
-			// stops waiting for its outcome (commitOutcomeWait).
-			mc.Params["innodb_lock_wait_timeout"] = strconv.Itoa(lockWaitSeconds(cfg.QueryTimeout))
-		}
-	})
+	mc, err := mysql.ParseDSN(dsn)
+	if err != nil {
+		return nil, 0, fmt.Errorf("%w: %v", ErrBadDSN, err)
+	}
+	mc.MultiStatements = true
+	if mc.Params == nil {
+		mc.Params = map[string]string{}
+	}
+	if _, ok := mc.Params["innodb_lock_wait_timeout"]; !ok {
+		// A commit's lock wait ends on the server before the commit stops
+		// waiting for its outcome (commitOutcomeWait).
+		mc.Params["innodb_lock_wait_timeout"] = strconv.Itoa(lockWaitSeconds(cfg.QueryTimeout))
+	}
+	wdb, err := openMySQLPool(mc, cfg.Logger)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -292,8 +288,8 @@ func openWriterPool(ctx context.Context, dsn string, cfg Config) (*sqlx.DB, int,
 		return nil, 0, fmt.Errorf("store: max_allowed_packet: %w", err)
 	}
 	trip := min(maxTripBytes, packet/2)
-	if allowed > 0 {
-		trip = min(trip, allowed/2)
+	if mc.MaxAllowedPacket > 0 {
+		trip = min(trip, mc.MaxAllowedPacket/2)
 	}
 	return wdb, trip, nil
 }
